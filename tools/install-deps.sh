@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of sluice from Debian 12 packages.
+# Idempotent: packages already present are left alone; safe to run repeatedly.
+set -euo pipefail
+pkgs=(
+  # build
+  g++ clang meson ninja-build pkg-config cmake
+  # libraries (see docs/dependencies.md for why each one is here)
+  libyaml-cpp-dev libexpected-dev libboost-program-options-dev libre2-dev
+  nlohmann-json3-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  dpdk-dev libdpdk-dev libipsec-mb-dev libbpf-dev
+  # fuzzing (libFuzzer runtime for clang 14)
+  libclang-rt-14-dev
+  # test tools
+  iproute2 curl socat openssl python3
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: all dependencies present"
