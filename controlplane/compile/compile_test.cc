@@ -1,0 +1,306 @@
+#include "compile.h"
+
+#include <gtest/gtest.h>
+
+#include "decide.h"
+#include "ir_codec.h"
+#include "loader.h"
+
+namespace sluice::cp {
+namespace {
+
+constexpr const char* kBase = R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: infra}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {team: apps}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: same, port: 8080, protocol: HTTP}
+  - {name: sel, port: 8081, protocol: HTTP, hostname: "*.example.com",
+     allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: apps}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v1, namespace: apps}
+spec: {ports: [{port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v2, namespace: apps}
+spec: {ports: [{port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: infra}
+spec: {ports: [{port: 8080}]}
+)";
+
+struct Env {
+    Store store;
+    Diagnostics diags;
+    CompileOutput out;
+};
+
+Env build(const std::string& extra) {
+    Env e;
+    auto docs = parse_yaml(std::string(kBase) + "---\n" + extra, "t.yaml", {}, e.diags);
+    load_documents(docs, {}, e.store, e.diags);
+    e.out = compile(e.store, {});
+    return e;
+}
+
+const Condition* parent_cond(const CompileOutput& out, const std::string& kind,
+                             const std::string& ns, const std::string& name, const std::string& type,
+                             size_t parent = 0) {
+    const ObjectStatus* st = out.find({kind, ns, name});
+    if (!st || st->parents.size() <= parent) {
+        return nullptr;
+    }
+    for (const Condition& c : st->parents[parent].conditions) {
+        if (c.type == type) {
+            return &c;
+        }
+    }
+    return nullptr;
+}
+
+route::Request req(uint16_t port, const std::string& host, const std::string& path) {
+    route::Request r;
+    r.gateway_ns = "infra";
+    r.gateway_name = "gw";
+    r.port = port;
+    r.host = host;
+    r.target = path;
+    return r;
+}
+
+std::string backend_of(const CompileOutput& out, const route::Request& r, uint64_t pick = 0) {
+    const route::Decision d = route::decide(out.ir, r, pick);
+    if (d.outcome != route::Outcome::Forward) {
+        return "status " + std::to_string(d.status);
+    }
+    return out.ir.groups[d.group].name;
+}
+
+TEST(Compile, AttachmentReasons) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ok, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  rules: [{backendRefs: [{name: v1, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: wrong-ns, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: same}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: no-section, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: nope}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad-host, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: sel}]
+  hostnames: [foo.example.org]
+)");
+    ASSERT_EQ(e.diags.errors(), 0u);
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "ok", "Accepted")->reason, "Accepted");
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "wrong-ns", "Accepted")->reason,
+              "NotAllowedByListeners");
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "no-section", "Accepted")->reason,
+              "NoMatchingParent");
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "bad-host", "Accepted")->reason,
+              "NoMatchingListenerHostname");
+    // A rejected parent still reports ResolvedRefs.
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "wrong-ns", "ResolvedRefs")->status, "True");
+    const ObjectStatus* gw = e.out.find({"Gateway", "infra", "gw"});
+    ASSERT_NE(gw, nullptr);
+    EXPECT_EQ(gw->listeners[0].attached_routes, 1);
+    EXPECT_EQ(gw->listeners[1].attached_routes, 0);
+}
+
+TEST(Compile, InvalidBackendsKeepWeightAndAnswer500) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  rules:
+  - backendRefs:
+    - {name: v1, port: 8080, weight: 1}
+    - {name: missing, port: 8080, weight: 1}
+    - {name: v2, port: 8080, weight: 0}
+  - matches: [{path: {type: PathPrefix, value: /cross}}]
+    backendRefs: [{name: other, namespace: infra, port: 8080}]
+)");
+    const Condition* rr = parent_cond(e.out, "HTTPRoute", "apps", "r", "ResolvedRefs");
+    ASSERT_NE(rr, nullptr);
+    EXPECT_EQ(rr->status, "False");
+    EXPECT_EQ(rr->reason, "BackendNotFound");
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "r", "Accepted")->status, "True");
+    EXPECT_EQ(backend_of(e.out, req(80, "x", "/"), 0), "v1");
+    EXPECT_EQ(backend_of(e.out, req(80, "x", "/"), 1), "status 500");
+    for (uint64_t pick = 0; pick < 10; ++pick) {
+        EXPECT_NE(backend_of(e.out, req(80, "x", "/"), pick), "v2") << "weight 0 selected";
+    }
+    // Cross-namespace without a ReferenceGrant: 500.
+    EXPECT_EQ(backend_of(e.out, req(80, "x", "/cross")), "status 500");
+}
+
+TEST(Compile, ReferenceGrantAllowsCrossNamespaceBackends) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  rules: [{backendRefs: [{name: other, namespace: infra, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: g, namespace: infra}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: apps}]
+  to: [{group: "", kind: Service}]
+)");
+    EXPECT_EQ(parent_cond(e.out, "HTTPRoute", "apps", "r", "ResolvedRefs")->status, "True");
+    EXPECT_EQ(backend_of(e.out, req(80, "x", "/")), "other");
+}
+
+TEST(Compile, PrecedenceAcrossRoutes) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  hostnames: ["*.example.com"]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: v1, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  hostnames: [foo.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /only}}]
+    backendRefs: [{name: v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x, value: "1"}]},
+              {path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: other, namespace: infra, port: 8080}]
+)");
+    EXPECT_EQ(backend_of(e.out, req(80, "foo.example.com", "/only/x")), "v2");
+    EXPECT_EQ(backend_of(e.out, req(80, "foo.example.com:80", "/elsewhere")), "v1");
+    EXPECT_EQ(backend_of(e.out, req(80, "bar.example.com", "/only")), "v1");
+    EXPECT_EQ(backend_of(e.out, req(80, "example.com", "/")), "status 404");
+}
+
+TEST(Compile, ListenerProblemsBecomeConditions) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g2, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: weird, port: 9000, protocol: SCTP}
+  - {name: kinds, port: 9001, protocol: HTTP, allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: HTTPRoute}]}}
+  - {name: tls, port: 9443, protocol: HTTPS, tls: {certificateRefs: [{name: nope}]}}
+  - {name: clash-a, port: 9500, protocol: HTTP}
+  - {name: clash-b, port: 9500, protocol: TCP}
+)");
+    const ObjectStatus* g = e.out.find({"Gateway", "infra", "g2"});
+    ASSERT_NE(g, nullptr);
+    auto lc = [&](size_t i, const std::string& type) -> const Condition& {
+        for (const Condition& c : g->listeners[i].conditions) {
+            if (c.type == type) {
+                return c;
+            }
+        }
+        static Condition none;
+        return none;
+    };
+    EXPECT_EQ(lc(0, "Accepted").reason, "UnsupportedProtocol");
+    EXPECT_TRUE(g->listeners[0].supported_kinds.empty());
+    EXPECT_EQ(lc(1, "ResolvedRefs").reason, "InvalidRouteKinds");
+    ASSERT_EQ(g->listeners[1].supported_kinds.size(), 1u);
+    EXPECT_EQ(g->listeners[1].supported_kinds[0].kind, "HTTPRoute");
+    EXPECT_EQ(lc(2, "ResolvedRefs").reason, "InvalidCertificateRef");
+    EXPECT_EQ(lc(3, "Conflicted").reason, "ProtocolConflict");
+    EXPECT_EQ(lc(4, "Conflicted").status, "True");
+    EXPECT_EQ(g->condition("Accepted")->reason, "ListenersNotValid");
+    EXPECT_EQ(g->condition("Accepted")->status, "True");
+}
+
+TEST(Compile, IsDeterministicAndProgrammedWaitsForTheDataplane) {
+    Env a = build("");
+    Env b = build("");
+    EXPECT_EQ(ir::encode(a.out.ir), ir::encode(b.out.ir));
+    const ObjectStatus* g = a.out.find({"Gateway", "infra", "gw"});
+    EXPECT_EQ(g->condition("Programmed")->reason, "Pending");
+    set_programmed(a.out, true);
+    EXPECT_EQ(g->condition("Programmed")->status, "True");
+    EXPECT_EQ(g->listeners[0].conditions.back().reason, "Programmed");
+}
+
+TEST(Compile, SeedScenarioRoutesAsTheTextSays) {
+    Store store;
+    Diagnostics diags;
+    const std::string root = SLUICE_SOURCE_ROOT;
+    load_documents(load_path(root + "/examples/seed", {}, diags), {}, store, diags);
+    ASSERT_EQ(diags.errors(), 0u);
+    CompileOutput out = compile(store, {});
+    route::Request r;
+    r.gateway_ns = "default";
+    r.gateway_name = "prod-web";
+    r.port = 443;
+    r.scheme = "https";
+    r.sni = r.host = "foo.example.com";
+    r.target = "/login";
+    EXPECT_EQ(backend_of(out, r), "foo-auth");
+    r.target = "/home";
+    EXPECT_EQ(backend_of(out, r), "foo-home");
+    r.target = "/x";
+    EXPECT_EQ(backend_of(out, r), "foo-404");
+    r.sni = r.host = "bar.example.com";
+    r.target = "/";
+    int v1 = 0, v2 = 0;
+    for (uint64_t pick = 0; pick < 100; ++pick) {
+        (backend_of(out, r, pick) == "bar-v1" ? v1 : v2)++;
+    }
+    EXPECT_EQ(v1, 90);
+    EXPECT_EQ(v2, 10);
+    r.headers.push_back({"env", "canary"});
+    for (uint64_t pick = 0; pick < 100; ++pick) {
+        EXPECT_EQ(backend_of(out, r, pick), "bar-v2");
+    }
+}
+
+} // namespace
+} // namespace sluice::cp

@@ -1,0 +1,245 @@
+#include "controller.h"
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include <poll.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include "ir_codec.h"
+#include "loader.h"
+
+namespace sluice::cp {
+
+namespace fs = std::filesystem;
+
+Controller::Controller(ControllerOptions opts)
+    : opts_(std::move(opts))
+    , link_(opts_.dp_socket) {}
+
+namespace {
+
+/// Writes `content` to `path` atomically, and only when it differs.
+void write_if_changed(const fs::path& path, const std::string& content) {
+    std::error_code ec;
+    {
+        std::ifstream in(path, std::ios::binary);
+        if (in) {
+            std::string old((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+            if (old == content) {
+                return;
+            }
+        }
+    }
+    fs::create_directories(path.parent_path(), ec);
+    const fs::path tmp = path.string() + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        out << content;
+    }
+    fs::rename(tmp, path, ec);
+}
+
+std::string status_file(const ObjectKey& k) {
+    return k.kind + "/" + (k.ns.empty() ? "" : k.ns + "/") + k.name + ".yaml";
+}
+
+void log(const std::string& msg) {
+    // Control path: one line per reconcile, to stderr (journald / kubectl logs).
+    std::cerr << "sluice-controlplane: " << msg << std::endl;
+}
+
+} // namespace
+
+void Controller::publish(CompileOutput& out, ReconcileResult& r) {
+    const std::string bytes = ir::encode(out.ir);
+    r.hash = ir::hash_of(bytes);
+    r.changed = r.hash != pushed_hash_ || generation_ == 0;
+    if (r.changed) {
+        ++generation_;
+        pushed_hash_ = r.hash;
+        acked_ = false;
+        nack_reason_.clear();
+    }
+    r.generation = generation_;
+    if (opts_.dp_socket.empty()) {
+        return; // no dataplane configured: Programmed stays Pending
+    }
+    if (!acked_ && nack_reason_.empty()) {
+        auto res = link_.push(generation_, bytes);
+        r.published = true;
+        if (!res) {
+            r.message = "dataplane: " + res.error().message + " (Programmed stays Pending)";
+        } else if (res->acked) {
+            acked_ = true;
+        } else {
+            nack_reason_ = res->reason.empty() ? "no reason given" : res->reason;
+        }
+    }
+    if (acked_) {
+        set_programmed(out, true);
+        r.acked = true;
+    } else if (!nack_reason_.empty()) {
+        set_programmed(out, false, nack_reason_);
+        r.message = "dataplane refused generation " + std::to_string(generation_) + ": " +
+                    nack_reason_;
+    }
+}
+
+ReconcileResult Controller::reconcile() {
+    ReconcileResult r;
+    Diagnostics diags;
+    std::vector<Document> docs = load_path(opts_.config_dir, opts_.limits, diags);
+    Store store;
+    LoadOptions lo;
+    lo.controller_name = opts_.compile.controller_name;
+    load_documents(docs, lo, store, diags);
+    r.errors = diags.errors();
+    r.warnings = diags.size() - r.errors;
+    if (r.errors > 0) {
+        r.message = std::to_string(r.errors) +
+                    " error(s) in the configuration; keeping the last good configuration";
+        if (current_) {
+            r.generation = generation_;
+            r.hash = pushed_hash_;
+            r.acked = acked_;
+        }
+        write_status(current_ ? *current_ : CompileOutput{}, diags, r.message);
+        for (const Diagnostic& d : diags.items()) {
+            log(d.str());
+        }
+        log(r.message);
+        return r;
+    }
+    r.accepted_input = true;
+    CompileOutput out = compile(store, opts_.compile);
+    publish(out, r);
+    current_ = std::move(out);
+    write_status(*current_, diags, r.message);
+    for (const Diagnostic& d : diags.items()) {
+        log(d.str());
+    }
+    std::ostringstream m;
+    m << "generation " << r.generation << (r.changed ? " (new)" : " (unchanged)") << ": "
+      << current_->ir.gateways.size() << " gateway(s), " << current_->ir.listeners.size()
+      << " listener(s), " << current_->statuses.size() << " object status(es)"
+      << (r.acked ? ", programmed" : opts_.dp_socket.empty() ? ", no dataplane configured" : "")
+      << (r.message.empty() ? "" : "; " + r.message);
+    log(m.str());
+    return r;
+}
+
+void Controller::write_status(const CompileOutput& out, const Diagnostics& diags,
+                              const std::string& note) {
+    if (opts_.status_dir.empty()) {
+        return;
+    }
+    const fs::path dir = opts_.status_dir;
+    std::vector<std::string> now;
+    for (const ObjectStatus& st : out.statuses) {
+        const std::string rel = status_file(st.key);
+        write_if_changed(dir / rel, status_yaml(st));
+        now.push_back(rel);
+    }
+    std::set<std::string> keep(now.begin(), now.end());
+    std::error_code ec;
+    for (const std::string& old : written_) {
+        if (!keep.count(old)) {
+            fs::remove(dir / old, ec);
+        }
+    }
+    written_ = std::move(now);
+    std::string diag_text;
+    for (const Diagnostic& d : diags.items()) {
+        diag_text += d.str() + "\n";
+    }
+    if (!note.empty()) {
+        diag_text += note + "\n";
+    }
+    if (diag_text.empty()) {
+        fs::remove(dir / "diagnostics.txt", ec);
+    } else {
+        write_if_changed(dir / "diagnostics.txt", diag_text);
+    }
+}
+
+int Controller::run(const std::atomic<bool>& stop) {
+    const int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (in < 0) {
+        log(std::string("inotify_init1: ") + strerror(errno));
+        return 1;
+    }
+    constexpr uint32_t kMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
+                               IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
+    auto watch_all = [&]() {
+        std::error_code ec;
+        if (inotify_add_watch(in, opts_.config_dir.c_str(), kMask) < 0) {
+            return false;
+        }
+        for (fs::recursive_directory_iterator it(opts_.config_dir, ec), end; it != end;
+             it.increment(ec)) {
+            if (ec) {
+                break;
+            }
+            if (it->is_directory()) {
+                inotify_add_watch(in, it->path().c_str(), kMask);
+            }
+        }
+        return true;
+    };
+    if (!watch_all()) {
+        log("cannot watch " + opts_.config_dir + ": " + strerror(errno));
+        ::close(in);
+        return 1;
+    }
+    ReconcileResult last = reconcile();
+    using Clock = std::chrono::steady_clock;
+    auto pending_since = Clock::time_point::max();
+    auto last_try = Clock::now();
+    char buf[64 * 1024];
+    while (!stop.load(std::memory_order_relaxed)) {
+        pollfd p{in, POLLIN, 0};
+        const int r = poll(&p, 1, 200);
+        if (r > 0) {
+            bool new_dir = false;
+            for (;;) {
+                const ssize_t n = ::read(in, buf, sizeof buf);
+                if (n <= 0) {
+                    break;
+                }
+                for (ssize_t off = 0; off < n;) {
+                    const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+                    new_dir |= (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO));
+                    off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+                }
+            }
+            if (new_dir) {
+                watch_all();
+            }
+            if (pending_since == Clock::time_point::max()) {
+                pending_since = Clock::now();
+            }
+        }
+        const auto now = Clock::now();
+        const bool due = pending_since != Clock::time_point::max() &&
+                         now - pending_since >= std::chrono::milliseconds(opts_.debounce_ms);
+        const bool retry = !opts_.dp_socket.empty() && last.accepted_input && !last.acked &&
+                           now - last_try >= std::chrono::milliseconds(opts_.retry_ms);
+        if (due || retry) {
+            pending_since = Clock::time_point::max();
+            last_try = now;
+            last = reconcile();
+        }
+    }
+    ::close(in);
+    return 0;
+}
+
+} // namespace sluice::cp

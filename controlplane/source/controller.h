@@ -1,0 +1,72 @@
+#pragma once
+
+/// @file
+/// The file-source controller behind `sluice-controlplane --config-dir`: load the manifest
+/// directory, compile, publish the IR to the dataplane, write status files. Broken input
+/// (any error diagnostic) never replaces the last good configuration: the controller keeps
+/// serving it and reports the errors. Thread: one owner thread (run() blocks).
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compile.h"
+#include "dp_link.h"
+#include "yaml_doc.h"
+
+namespace sluice::cp {
+
+struct ControllerOptions {
+    std::string config_dir;
+    std::string status_dir;  ///< "" = do not write status files
+    std::string dp_socket;   ///< "" = no dataplane (Programmed stays Pending)
+    CompileOptions compile;
+    LoadLimits limits;
+    int debounce_ms = 150;
+    int retry_ms = 2000; ///< retry a dataplane that did not answer
+};
+
+struct ReconcileResult {
+    bool accepted_input = false; ///< the new input was used (no error diagnostics)
+    bool changed = false;        ///< the IR differs from the last published one
+    bool published = false;      ///< sent to a dataplane
+    bool acked = false;          ///< the dataplane confirmed it
+    size_t errors = 0, warnings = 0;
+    uint64_t generation = 0; ///< IR generation in force
+    uint64_t hash = 0;       ///< hash of the IR in force
+    std::string message;
+};
+
+class Controller {
+public:
+    explicit Controller(ControllerOptions opts);
+
+    /// One pass: load, compile, publish, write status.
+    ReconcileResult reconcile();
+
+    /// Watches config_dir with inotify and reconciles on change until `stop` is set.
+    /// Returns 0, or 1 when the directory cannot be watched.
+    int run(const std::atomic<bool>& stop);
+
+    /// The configuration in force (last good), if any.
+    [[nodiscard]] const CompileOutput* current() const noexcept {
+        return current_ ? &*current_ : nullptr;
+    }
+
+private:
+    void publish(CompileOutput& out, ReconcileResult& r);
+    void write_status(const CompileOutput& out, const Diagnostics& diags, const std::string& note);
+
+    ControllerOptions opts_;
+    std::optional<CompileOutput> current_;
+    uint64_t generation_ = 0;
+    uint64_t pushed_hash_ = 0;
+    bool acked_ = false;
+    std::string nack_reason_;
+    DpLink link_;
+    std::vector<std::string> written_; ///< status files written last time
+};
+
+} // namespace sluice::cp

@@ -1,0 +1,192 @@
+#include "controller.h"
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+namespace sluice::cp {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+public:
+    TempDir() {
+        char tmpl[] = "/tmp/sluice-ctl-XXXXXX";
+        path_ = mkdtemp(tmpl);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path_, ec);
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+void write(const fs::path& p, const std::string& s) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << s;
+}
+
+std::string read(const fs::path& p) {
+    std::ifstream in(p);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+constexpr const char* kGood = R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec: {parentRefs: [{name: gw}]}
+)";
+
+TEST(Controller, KeepsTheLastGoodConfigurationWhenInputBreaks) {
+    TempDir cfg, status;
+    write(fs::path(cfg.path()) / "a.yaml", kGood);
+    ControllerOptions o;
+    o.config_dir = cfg.path();
+    o.status_dir = status.path();
+    Controller c(o);
+    ReconcileResult r = c.reconcile();
+    ASSERT_TRUE(r.accepted_input);
+    EXPECT_EQ(r.generation, 1u);
+    const fs::path gw = fs::path(status.path()) / "Gateway/default/gw.yaml";
+    ASSERT_TRUE(fs::exists(gw));
+    EXPECT_NE(read(gw).find("reason: Pending"), std::string::npos);
+    EXPECT_NE(read(fs::path(status.path()) / "HTTPRoute/default/r.yaml").find("reason: Accepted"),
+              std::string::npos);
+
+    // Unchanged input: same generation, nothing republished.
+    r = c.reconcile();
+    EXPECT_FALSE(r.changed);
+    EXPECT_EQ(r.generation, 1u);
+
+    // Broken YAML: the old configuration stays in force; diagnostics explain why.
+    write(fs::path(cfg.path()) / "b.yaml", "kind: [unclosed");
+    r = c.reconcile();
+    EXPECT_FALSE(r.accepted_input);
+    EXPECT_GT(r.errors, 0u);
+    ASSERT_NE(c.current(), nullptr);
+    EXPECT_EQ(c.current()->ir.gateways.size(), 1u);
+    EXPECT_TRUE(fs::exists(gw));
+    EXPECT_NE(read(fs::path(status.path()) / "diagnostics.txt").find("b.yaml"), std::string::npos);
+
+    // Fixed: a new generation, stale status files removed.
+    fs::remove(fs::path(cfg.path()) / "b.yaml");
+    std::string without_route = kGood;
+    without_route = without_route.substr(0, without_route.rfind("---"));
+    write(fs::path(cfg.path()) / "a.yaml", without_route);
+    r = c.reconcile();
+    EXPECT_TRUE(r.accepted_input);
+    EXPECT_TRUE(r.changed);
+    EXPECT_EQ(r.generation, 2u);
+    EXPECT_FALSE(fs::exists(fs::path(status.path()) / "HTTPRoute/default/r.yaml"));
+    EXPECT_FALSE(fs::exists(fs::path(status.path()) / "diagnostics.txt"));
+}
+
+/// A stand-in dp-control: accepts one connection, answers every IR frame with `answer`.
+class FakeDataplane {
+public:
+    FakeDataplane(const std::string& path, FrameType answer, std::string reason = "")
+        : path_(path) {
+        fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+        EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        EXPECT_EQ(::listen(fd_, 4), 0);
+        thread_ = std::thread([this, answer, reason] {
+            const int c = ::accept(fd_, nullptr, nullptr);
+            if (c < 0) {
+                return;
+            }
+            while (true) {
+                auto f = read_frame(c, 3000);
+                if (!f) {
+                    break;
+                }
+                ++frames_;
+                last_payload_ = f->payload;
+                Frame reply{answer, f->generation, reason};
+                if (!write_all(c, encode_frame(reply), 1000)) {
+                    break;
+                }
+            }
+            ::close(c);
+        });
+    }
+    ~FakeDataplane() {
+        ::shutdown(fd_, SHUT_RDWR);
+        ::close(fd_);
+        thread_.join();
+        ::unlink(path_.c_str());
+    }
+    int frames() const { return frames_; }
+
+private:
+    std::string path_;
+    int fd_ = -1;
+    std::thread thread_;
+    std::atomic<int> frames_{0};
+    std::string last_payload_;
+};
+
+TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
+    TempDir cfg, status;
+    write(fs::path(cfg.path()) / "a.yaml", kGood);
+    const std::string sock = cfg.path() + "/../" + fs::path(cfg.path()).filename().string() + ".sock";
+    ControllerOptions o;
+    o.config_dir = cfg.path();
+    o.status_dir = status.path();
+    o.dp_socket = sock;
+    {
+        // No dataplane listening: Programmed stays Pending.
+        Controller c(o);
+        ReconcileResult r = c.reconcile();
+        EXPECT_FALSE(r.acked);
+        EXPECT_NE(read(fs::path(status.path()) / "Gateway/default/gw.yaml").find("reason: Pending"),
+                  std::string::npos);
+    }
+    {
+        FakeDataplane dp(sock, FrameType::Ack);
+        Controller c(o);
+        ReconcileResult r = c.reconcile();
+        EXPECT_TRUE(r.acked);
+        const std::string st = read(fs::path(status.path()) / "Gateway/default/gw.yaml");
+        EXPECT_NE(st.find("reason: Programmed"), std::string::npos) << st;
+        EXPECT_EQ(dp.frames(), 1);
+        r = c.reconcile(); // unchanged IR is not republished
+        EXPECT_TRUE(r.acked);
+        EXPECT_EQ(dp.frames(), 1);
+    }
+    {
+        FakeDataplane dp(sock, FrameType::Nack, "table too large");
+        Controller c(o);
+        ReconcileResult r = c.reconcile();
+        EXPECT_FALSE(r.acked);
+        const std::string st = read(fs::path(status.path()) / "Gateway/default/gw.yaml");
+        EXPECT_NE(st.find("table too large"), std::string::npos) << st;
+    }
+}
+
+} // namespace
+} // namespace sluice::cp
