@@ -67,6 +67,7 @@ const std::vector<std::string>& supported_features() {
         "HTTPRouteRequestTimeout",
         "HTTPRouteResponseHeaderModification",
         "HTTPRouteSchemeRedirect",
+        "ListenerSet",
         "ReferenceGrant",
         "TCPRoute",
         "TLSRoute",
@@ -163,6 +164,8 @@ struct ListenerState {
     std::vector<ir::CertRef> certs;
     std::vector<std::string> client_ca_pems;
     bool client_cert_optional = false;
+    std::string owner_ns;                   ///< namespace of the Gateway or ListenerSet
+    ObjectStatus* listener_set = nullptr;   ///< owning ListenerSet's status, if any
     struct Attached {
         const Route* route;
         std::vector<std::string> hostnames; ///< effective (intersected) hostnames
@@ -301,13 +304,13 @@ private:
 
     /// Resolves a certificate / CA reference from `from_kind` in `from_ns`.
     /// Returns "" when fine, else the reason.
-    std::string resolve_secret_ref(const SecretObjectRef& r, const std::string& from_ns,
-                                   ir::CertRef* cert_out) {
+    std::string resolve_secret_ref(const SecretObjectRef& r, const std::string& from_kind,
+                                   const std::string& from_ns, ir::CertRef* cert_out) {
         if (!r.group.empty() || r.kind != "Secret") {
             return "InvalidCertificateRef";
         }
         const std::string ns = r.ns.value_or(from_ns);
-        if (ns != from_ns && !granted("Gateway", from_ns, "", "Secret", ns, r.name)) {
+        if (ns != from_ns && !granted(from_kind, from_ns, "", "Secret", ns, r.name)) {
             return "RefNotPermitted";
         }
         auto it = secrets_.find({ns, r.name});
@@ -412,56 +415,16 @@ private:
         }
 
         // Listeners.
-        std::map<int, std::vector<size_t>> by_port;
         for (const Listener& l : g.listeners) {
             ListenerStatus ls;
             ls.name = l.name;
             st.listeners.push_back(std::move(ls));
         }
+        std::map<int, std::vector<size_t>> by_port;
         for (size_t i = 0; i < g.listeners.size(); ++i) {
-            const Listener& l = g.listeners[i];
-            ListenerState s;
-            s.l = &l;
-            s.gateway = gi;
-            s.st = &st.listeners[i];
-            const std::vector<RouteGroupKind> allowed = kinds_for(l.protocol);
-            if (allowed.empty()) {
-                s.accepted = false;
-                s.not_accepted_reason = "UnsupportedProtocol";
-            } else if (l.kinds_given) {
-                for (const RouteGroupKind& k : l.kinds) {
-                    if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) {
-                        if (std::find(s.kinds.begin(), s.kinds.end(), k) == s.kinds.end()) {
-                            s.kinds.push_back(k);
-                        }
-                    } else {
-                        s.resolved = false;
-                        s.not_resolved_reason = "InvalidRouteKinds";
-                    }
-                }
-            } else {
-                s.kinds = allowed;
-            }
-            if (l.protocol == "HTTPS" || l.protocol == "TLS") {
-                if (l.tls_mode == "Terminate") {
-                    for (const SecretObjectRef& r : l.certificate_refs) {
-                        ir::CertRef c;
-                        const std::string why = resolve_secret_ref(r, g.meta.ns, &c);
-                        if (!why.empty()) {
-                            if (s.resolved || s.not_resolved_reason == "InvalidRouteKinds") {
-                                s.not_resolved_reason = why;
-                            }
-                            s.resolved = false;
-                        } else {
-                            s.certs.push_back(std::move(c));
-                        }
-                    }
-                }
-                if (l.protocol == "HTTPS" && l.tls_mode == "Terminate") {
-                    frontend_validation(g, l, s);
-                }
-            }
-            by_port[l.port].push_back(listeners_.size());
+            ListenerState s = make_listener(g, g.listeners[i], gi, &st.listeners[i], "Gateway",
+                                            g.meta.ns);
+            by_port[g.listeners[i].port].push_back(listeners_.size());
             gs.listeners.push_back(listeners_.size());
             listeners_.push_back(std::move(s));
         }
@@ -473,22 +436,11 @@ private:
                     if (a == b) {
                         continue;
                     }
-                    const Listener& la = *listeners_[a].l;
-                    const Listener& lb = *listeners_[b].l;
-                    const bool udp_a = la.protocol == "UDP", udp_b = lb.protocol == "UDP";
-                    if (udp_a != udp_b) {
-                        continue; // different transports share a port number fine
-                    }
-                    const bool proto_conflict =
-                        la.protocol != lb.protocol ||
-                        (la.protocol == "TLS" && la.tls_mode != lb.tls_mode);
-                    if (proto_conflict) {
+                    const std::string why = conflict(*listeners_[a].l, *listeners_[b].l);
+                    if (!why.empty() && (listeners_[a].conflict_reason.empty() ||
+                                         why == "ProtocolConflict")) {
                         listeners_[a].conflicted = true;
-                        listeners_[a].conflict_reason = "ProtocolConflict";
-                    } else if (la.hostname == lb.hostname &&
-                               listeners_[a].conflict_reason.empty()) {
-                        listeners_[a].conflicted = true;
-                        listeners_[a].conflict_reason = "HostnameConflict";
+                        listeners_[a].conflict_reason = why;
                     }
                 }
             }
@@ -501,35 +453,9 @@ private:
 
         int valid = 0;
         for (size_t li : gs.listeners) {
-            ListenerState& s = listeners_[li];
-            ListenerStatus& ls = *s.st;
-            ls.supported_kinds = s.kinds;
-            if (!s.accepted) {
-                ls.conditions.push_back(cond("Accepted", false, s.not_accepted_reason,
-                                             "protocol " + s.l->protocol + " is not supported",
-                                             gen));
-            } else if (s.conflicted) {
-                ls.conditions.push_back(
-                    cond("Accepted", false, s.conflict_reason, "listener conflicts", gen));
-            } else {
-                ls.conditions.push_back(cond("Accepted", true, "Accepted", "", gen));
-            }
-            ls.conditions.push_back(
-                s.conflicted ? cond("Conflicted", true, s.conflict_reason,
-                                    "another listener uses this port incompatibly", gen)
-                             : cond("Conflicted", false, "NoConflicts", "", gen));
-            ls.conditions.push_back(s.resolved ? cond("ResolvedRefs", true, "ResolvedRefs", "", gen)
-                                               : cond("ResolvedRefs", false, s.not_resolved_reason,
-                                                      resolved_message(s.not_resolved_reason),
-                                                      gen));
-            const bool ok = s.accepted && !s.conflicted && s.resolved;
-            ls.conditions.push_back(
-                ok ? cond("Programmed", false, "Pending", "waiting for a dataplane", gen)
-                   : cond("Programmed", false,
-                          s.conflicted ? s.conflict_reason : "Invalid",
-                          "listener is not valid", gen));
-            valid += s.accepted && !s.conflicted ? 1 : 0;
+            valid += write_listener_conditions(listeners_[li], gen) ? 1 : 0;
         }
+        listener_sets(g, gs, gi, gen);
 
         // Gateway conditions.
         bool params_ok = true;
@@ -559,7 +485,7 @@ private:
             st.conditions.push_back(cond("Accepted", true, "Accepted", "", gen));
         }
         if (g.backend_client_cert) {
-            const std::string why = resolve_secret_ref(*g.backend_client_cert, g.meta.ns, nullptr);
+            const std::string why = resolve_secret_ref(*g.backend_client_cert, "Gateway", g.meta.ns, nullptr);
             st.conditions.push_back(
                 why.empty() ? cond("ResolvedRefs", true, "ResolvedRefs", "", gen)
                             : cond("ResolvedRefs", false,
@@ -586,6 +512,186 @@ private:
                                                        "gateway cannot be programmed", gen));
         gateway_index_[{g.meta.ns, g.meta.name}] = gi;
         gateways_.push_back(std::move(gs));
+    }
+
+    static std::string conflict(const Listener& a, const Listener& b) {
+        if (a.port != b.port || (a.protocol == "UDP") != (b.protocol == "UDP")) {
+            return ""; // different transports share a port number fine
+        }
+        if (a.protocol != b.protocol || (a.protocol == "TLS" && a.tls_mode != b.tls_mode)) {
+            return "ProtocolConflict";
+        }
+        if (a.hostname == b.hostname) {
+            return "HostnameConflict";
+        }
+        return "";
+    }
+
+    ListenerState make_listener(const Gateway& g, const Listener& l, size_t gi, ListenerStatus* st,
+                                const std::string& owner_kind, const std::string& owner_ns) {
+        ListenerState s;
+        s.l = &l;
+        s.gateway = gi;
+        s.st = st;
+        s.owner_ns = owner_ns;
+        const std::vector<RouteGroupKind> allowed = kinds_for(l.protocol);
+        if (allowed.empty()) {
+            s.accepted = false;
+            s.not_accepted_reason = "UnsupportedProtocol";
+        } else if (l.kinds_given) {
+            for (const RouteGroupKind& k : l.kinds) {
+                if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) {
+                    if (std::find(s.kinds.begin(), s.kinds.end(), k) == s.kinds.end()) {
+                        s.kinds.push_back(k);
+                    }
+                } else {
+                    s.resolved = false;
+                    s.not_resolved_reason = "InvalidRouteKinds";
+                }
+            }
+        } else {
+            s.kinds = allowed;
+        }
+        if ((l.protocol == "HTTPS" || l.protocol == "TLS") && l.tls_mode == "Terminate") {
+            for (const SecretObjectRef& r : l.certificate_refs) {
+                ir::CertRef c;
+                const std::string why = resolve_secret_ref(r, owner_kind, owner_ns, &c);
+                if (!why.empty()) {
+                    if (s.resolved || s.not_resolved_reason == "InvalidRouteKinds") {
+                        s.not_resolved_reason = why;
+                    }
+                    s.resolved = false;
+                } else {
+                    s.certs.push_back(std::move(c));
+                }
+            }
+            if (l.protocol == "HTTPS") {
+                frontend_validation(g, l, s);
+            }
+        }
+        return s;
+    }
+
+    /// Writes a listener's conditions; returns whether it is valid (accepted, no conflict).
+    bool write_listener_conditions(const ListenerState& s, int64_t gen) {
+        ListenerStatus& ls = *s.st;
+        ls.supported_kinds = s.kinds;
+        if (!s.accepted) {
+            ls.conditions.push_back(cond("Accepted", false, s.not_accepted_reason,
+                                         s.not_accepted_reason == "UnsupportedProtocol"
+                                             ? "protocol " + s.l->protocol + " is not supported"
+                                             : "no valid CA certificate for client validation",
+                                         gen));
+        } else if (s.conflicted) {
+            ls.conditions.push_back(cond("Accepted", false, s.conflict_reason,
+                                         "listener conflicts with another on port " +
+                                             std::to_string(s.l->port),
+                                         gen));
+        } else {
+            ls.conditions.push_back(cond("Accepted", true, "Accepted", "", gen));
+        }
+        ls.conditions.push_back(s.conflicted
+                                    ? cond("Conflicted", true, s.conflict_reason,
+                                           "another listener uses this port incompatibly", gen)
+                                    : cond("Conflicted", false, "NoConflicts", "", gen));
+        ls.conditions.push_back(s.resolved ? cond("ResolvedRefs", true, "ResolvedRefs", "", gen)
+                                           : cond("ResolvedRefs", false, s.not_resolved_reason,
+                                                  resolved_message(s.not_resolved_reason), gen));
+        const bool ok = s.accepted && !s.conflicted && s.resolved;
+        ls.conditions.push_back(
+            ok ? cond("Programmed", false, "Pending", "waiting for a dataplane", gen)
+               : cond("Programmed", false, s.conflicted ? s.conflict_reason : "Invalid",
+                      "listener is not valid", gen));
+        return s.accepted && !s.conflicted;
+    }
+
+    bool listener_set_allowed(const Gateway& g, const ListenerSet& ls) const {
+        const std::string& from = g.allowed_listeners_from;
+        if (from == "All") {
+            return true;
+        }
+        if (from == "Same") {
+            return ls.meta.ns == g.meta.ns;
+        }
+        if (from == "Selector" && g.allowed_listeners_selector) {
+            auto it = namespaces_.find(ls.meta.ns);
+            std::map<std::string, std::string> labels;
+            if (it != namespaces_.end()) {
+                labels = it->second->meta.labels;
+            }
+            labels.emplace("kubernetes.io/metadata.name", ls.meta.ns);
+            return g.allowed_listeners_selector->matches(labels);
+        }
+        return false;
+    }
+
+    /// ListenerSets of this Gateway: merged after the Gateway's own listeners, oldest set
+    /// first; a listener that conflicts with an earlier one is rejected, the earlier keeps
+    /// working (listenerset_types.go precedence).
+    void listener_sets(const Gateway& g, GatewayState& gs, size_t gi, int64_t gw_gen) {
+        (void)gw_gen;
+        std::vector<const ListenerSet*> sets;
+        for (const ListenerSet& ls : s_.listener_sets) {
+            if (ls.parent_group == kGatewayGroup && ls.parent_kind == "Gateway" &&
+                ls.parent_name == g.meta.name && ls.parent_ns == g.meta.ns) {
+                sets.push_back(&ls);
+            }
+        }
+        std::sort(sets.begin(), sets.end(),
+                  [](const ListenerSet* a, const ListenerSet* b) { return older(*a, *b); });
+        for (const ListenerSet* ls : sets) {
+            const int64_t gen = ls->meta.generation;
+            ObjectStatus& st = new_status("ListenerSet", ls->meta);
+            if (!listener_set_allowed(g, *ls)) {
+                st.conditions.push_back(cond("Accepted", false, "NotAllowed",
+                                             "the Gateway's allowedListeners does not admit "
+                                             "this ListenerSet",
+                                             gen));
+                st.conditions.push_back(cond("Programmed", false, "NotAllowed",
+                                             "not attached to the Gateway", gen));
+                continue;
+            }
+            for (const Listener& l : ls->listeners) {
+                ListenerStatus x;
+                x.name = l.name;
+                st.listeners.push_back(std::move(x));
+            }
+            int valid = 0;
+            std::vector<size_t> mine;
+            for (size_t i = 0; i < ls->listeners.size(); ++i) {
+                ListenerState s = make_listener(g, ls->listeners[i], gi, &st.listeners[i],
+                                                "ListenerSet", ls->meta.ns);
+                for (size_t earlier : gs.listeners) {
+                    const ListenerState& e = listeners_[earlier];
+                    if (!e.accepted || e.conflicted) {
+                        continue;
+                    }
+                    const std::string why = conflict(*s.l, *e.l);
+                    if (!why.empty()) {
+                        s.conflicted = true;
+                        s.conflict_reason = why;
+                        break;
+                    }
+                }
+                s.listener_set = &st;
+                valid += write_listener_conditions(s, gen) && s.resolved ? 1 : 0;
+                mine.push_back(listeners_.size());
+                gs.listeners.push_back(listeners_.size());
+                listeners_.push_back(std::move(s));
+            }
+            listener_set_index_[{ls->meta.ns, ls->meta.name}] = mine;
+            if (valid == 0) {
+                st.conditions.push_back(
+                    cond("Accepted", false, "ListenersNotValid", "no valid listener", gen));
+                st.conditions.push_back(
+                    cond("Programmed", false, "ListenersNotValid", "no valid listener", gen));
+            } else {
+                st.conditions.push_back(cond("Accepted", true, "Accepted", "", gen));
+                st.conditions.push_back(
+                    cond("Programmed", false, "Pending", "waiting for a dataplane", gen));
+                ++gs.st->attached_listener_sets;
+            }
+        }
     }
 
     static std::string resolved_message(const std::string& reason) {
@@ -921,12 +1027,13 @@ private:
         return lr;
     }
 
-    bool namespace_allowed(const Listener& l, const Gateway& g, const std::string& route_ns) const {
+    bool namespace_allowed(const ListenerState& s, const std::string& route_ns) const {
+        const Listener& l = *s.l;
         if (l.from == "All") {
             return true;
         }
         if (l.from == "Same") {
-            return route_ns == g.meta.ns;
+            return route_ns == s.owner_ns;
         }
         if (l.from == "Selector" && l.ns_selector) {
             auto it = namespaces_.find(route_ns);
@@ -1001,17 +1108,34 @@ private:
             }
         } else {
             for (const ParentRef& pr : r.parents) {
-                if (pr.group != kGatewayGroup || pr.kind != "Gateway") {
-                    continue; // ListenerSet / Service parents: not handled by this controller
+                if (pr.group != kGatewayGroup || (pr.kind != "Gateway" && pr.kind != "ListenerSet")) {
+                    continue; // Service parents (mesh): not handled by this controller
                 }
-                auto it = gateway_index_.find({pr.ns.value_or(r.meta.ns), pr.name});
-                if (it == gateway_index_.end()) {
-                    continue; // not one of our Gateways: leave its status to its controller
+                const NsName target{pr.ns.value_or(r.meta.ns), pr.name};
+                std::vector<size_t> pool;
+                if (pr.kind == "Gateway") {
+                    auto it = gateway_index_.find(target);
+                    if (it == gateway_index_.end()) {
+                        continue; // not one of our Gateways: leave its status to its controller
+                    }
+                    // A Gateway parentRef reaches the Gateway's own listeners only, never
+                    // those of its ListenerSets.
+                    for (size_t li : gateways_[it->second].listeners) {
+                        if (!listeners_[li].listener_set) {
+                            pool.push_back(li);
+                        }
+                    }
+                } else {
+                    auto it = listener_set_index_.find(target);
+                    if (it == listener_set_index_.end()) {
+                        continue; // unknown or not attached to one of our Gateways
+                    }
+                    pool = it->second;
                 }
                 Parent p;
                 p.ref = pr;
                 p.gateway_found = true;
-                for (size_t li : gateways_[it->second].listeners) {
+                for (size_t li : pool) {
                     const Listener& l = *listeners_[li].l;
                     if (pr.section_name && l.name != *pr.section_name) {
                         continue;
@@ -1051,10 +1175,9 @@ private:
             int worst = 0; // 1 = NotAllowedByListeners, 2 = NoMatchingListenerHostname
             for (size_t li : p.candidates) {
                 ListenerState& ls = listeners_[li];
-                const Gateway& g = *gateways_[ls.gateway].g;
                 const bool kind_ok =
                     std::find(ls.kinds.begin(), ls.kinds.end(), my_kind) != ls.kinds.end();
-                if (!kind_ok || !namespace_allowed(*ls.l, g, r.meta.ns)) {
+                if (!kind_ok || !namespace_allowed(ls, r.meta.ns)) {
                     worst = std::max(worst, 1);
                     continue;
                 }
@@ -1460,6 +1583,7 @@ private:
     std::set<std::string> our_classes_, bad_classes_;
     std::vector<GatewayState> gateways_;
     std::map<NsName, size_t> gateway_index_;
+    std::map<NsName, std::vector<size_t>> listener_set_index_;
     std::vector<ListenerState> listeners_;
     std::map<const Route*, size_t> route_order_;
     std::map<const Route*, size_t> route_slot_;
