@@ -1,0 +1,56 @@
+#pragma once
+
+/// @file
+/// Maglev consistent hashing (Eisenbud et al., NSDI 2016) with weights. The lookup table is
+/// a pure function of the backends' keys, weights and the table size, so every sluice node
+/// given the same IR builds the same table and a fleet behind ECMP needs no shared state.
+/// build() runs on dp-control (allocates); lookup is a single array read on workers.
+/// Thread: build() any (control path); Table::pick() any, no allocation.
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace sluice::dp {
+
+inline constexpr uint32_t kMaglevDefaultSize = 65537; ///< prime, ~100x a large backend set
+inline constexpr uint32_t kMaglevNoBackend = 0xFFFFFFFFu;
+
+struct MaglevBackend {
+    uint64_t key = 0;    ///< stable identity (see maglev_key()); equal on every node
+    uint32_t weight = 1; ///< 0 = never chosen
+};
+
+/// Stable 64-bit identity of a backend from its name (e.g. "ns/svc:port 10.0.0.1:8080").
+[[nodiscard]] uint64_t maglev_key(std::string_view name) noexcept;
+
+/// True when n is prime (table sizes must be prime so every skip visits every slot).
+[[nodiscard]] bool is_prime(uint32_t n) noexcept;
+
+class MaglevTable {
+public:
+    /// Builds the table: entry i holds the index (into `backends`) that owns slot i, or
+    /// kMaglevNoBackend when no backend has weight. `size` must be prime; else the build
+    /// falls back to kMaglevDefaultSize (callers validate user input before).
+    static MaglevTable build(std::span<const MaglevBackend> backends,
+                             uint32_t size = kMaglevDefaultSize);
+
+    /// Backend index for a flow hash. Thread: any; no allocation.
+    [[nodiscard]] uint32_t pick(uint64_t flow_hash) const noexcept {
+        return slots_.empty() ? kMaglevNoBackend : slots_[flow_hash % slots_.size()];
+    }
+    [[nodiscard]] std::span<const uint32_t> slots() const noexcept { return slots_; }
+    [[nodiscard]] uint32_t size() const noexcept { return static_cast<uint32_t>(slots_.size()); }
+
+private:
+    std::vector<uint32_t> slots_;
+};
+
+/// Fraction of slots whose owner differs between two tables of equal size, counting only
+/// slots that `before` did not give to `removed` (the flows that did not have to move).
+[[nodiscard]] double maglev_disruption(const MaglevTable& before, const MaglevTable& after,
+                                       std::span<const uint32_t> before_to_after,
+                                       uint32_t removed) noexcept;
+
+} // namespace sluice::dp
