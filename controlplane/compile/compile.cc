@@ -190,7 +190,6 @@ public:
         , o_(o) {}
 
     CompileOutput run() {
-        index();
         classes();
         gateways();
         routes();
@@ -575,7 +574,11 @@ private:
     /// Writes a listener's conditions; returns whether it is valid (accepted, no conflict).
     bool write_listener_conditions(const ListenerState& s, int64_t gen) {
         ListenerStatus& ls = *s.st;
-        ls.supported_kinds = s.kinds;
+        // A listener that is not accepted serves no route kind (conformance expects an
+        // empty supportedKinds for unsupported protocols and conflicts alike).
+        if (s.accepted && !s.conflicted) {
+            ls.supported_kinds = s.kinds;
+        }
         if (!s.accepted) {
             ls.conditions.push_back(cond("Accepted", false, s.not_accepted_reason,
                                          s.not_accepted_reason == "UnsupportedProtocol"
@@ -797,7 +800,7 @@ private:
                                                            "kubernetes.io/wss",
                                                            "grpc",
                                                            "h2c"};
-            if (!kHttpApp.count(sp->app_protocol)) {
+            if (!kHttpApp.count(lower(sp->app_protocol))) {
                 return invalid("UnsupportedProtocol",
                                "appProtocol " + sp->app_protocol + " is not supported");
             }
@@ -1569,7 +1572,10 @@ private:
     }
 
 public:
-    void prepare() { prepare_policies(); }
+    void prepare() {
+        index();
+        prepare_policies();
+    }
 
 private:
     const Store& s_;

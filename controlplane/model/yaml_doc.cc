@@ -12,6 +12,13 @@
 
 namespace sluice::cp {
 
+Node::Node() = default;
+Node::Node(const Node&) = default;
+Node::Node(Node&&) noexcept = default;
+Node& Node::operator=(const Node&) = default;
+Node& Node::operator=(Node&&) noexcept = default;
+Node::~Node() = default;
+
 const Node* Node::get(std::string_view key) const noexcept {
     if (kind != Kind::Map) {
         return nullptr;

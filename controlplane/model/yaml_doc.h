@@ -25,6 +25,16 @@ struct Node {
     std::vector<Node> items;                         ///< Seq
     std::vector<std::pair<std::string, Node>> fields; ///< Map, in document order
 
+    // Declared here, defaulted in yaml_doc.cc: with implicit inline special members, clang
+    // (with libstdc++) instantiates pair<string, Node> while Node is still incomplete and
+    // rejects the header, which stops the libFuzzer build (clang only).
+    Node();
+    Node(const Node&);
+    Node(Node&&) noexcept;
+    Node& operator=(const Node&);
+    Node& operator=(Node&&) noexcept;
+    ~Node();
+
     [[nodiscard]] const Node* get(std::string_view key) const noexcept;
     [[nodiscard]] bool is_map() const noexcept { return kind == Kind::Map; }
     [[nodiscard]] bool is_seq() const noexcept { return kind == Kind::Seq; }

@@ -12,6 +12,10 @@
 namespace sluice::cp {
 namespace {
 
+using msg::encode_frame;
+using msg::read_frame;
+using msg::write_all;
+
 namespace fs = std::filesystem;
 
 class TempDir {

@@ -377,7 +377,8 @@ bool apply_cors(const ir::Cors& c, const Request& req, Decision& d) {
                 out.emplace_back("access-control-allow-headers", join(c.allow_headers));
             }
             out.emplace_back("access-control-max-age", std::to_string(c.max_age));
-        } else if (!c.expose_headers.empty()) {
+        }
+        if (!c.expose_headers.empty()) {
             out.emplace_back("access-control-expose-headers", join(c.expose_headers));
         }
     }
