@@ -39,7 +39,12 @@ const std::vector<std::string>& supported_features() {
         "BackendTLSPolicy",
         "BackendTLSPolicySANValidation",
         "GRPCRoute",
+        "GRPCRouteNamedRouteRule",
         "Gateway",
+        "GatewayAddressEmpty",
+        "GatewayBackendClientCertificate",
+        "GatewayFrontendClientCertificateValidation",
+        "GatewayFrontendClientCertificateValidationInsecureFallback",
         "GatewayHTTPListenerIsolation",
         "GatewayHTTPSListenerDetectMisdirectedRequests",
         "GatewayPort8080",
@@ -181,6 +186,7 @@ struct GatewayState {
     bool programmable = true;
     std::string programmed_reason;
     std::vector<std::string> addresses;
+    ir::CertRef backend_client_cert;
 };
 
 class Compiler {
@@ -391,8 +397,11 @@ private:
 
         // Addresses.
         bool unsupported_address = false, unusable = false;
+        bool want_default = g.addresses.empty();
         for (const GatewayAddress& a : g.addresses) {
-            if (a.type == "IPAddress") {
+            if (a.type == "IPAddress" && a.value.empty()) {
+                want_default = true; // "give me an address" (GatewayAddressEmpty)
+            } else if (a.type == "IPAddress") {
                 if (!ip_literal(a.value)) {
                     unsupported_address = true;
                 } else if (!o_.usable_addresses.empty() &&
@@ -406,7 +415,7 @@ private:
                 unsupported_address = true; // Hostname and vendor types: not supported
             }
         }
-        if (g.addresses.empty()) {
+        if (want_default && gs.addresses.empty()) {
             gs.addresses = o_.default_addresses;
         }
         for (const std::string& a : gs.addresses) {
@@ -484,7 +493,8 @@ private:
             st.conditions.push_back(cond("Accepted", true, "Accepted", "", gen));
         }
         if (g.backend_client_cert) {
-            const std::string why = resolve_secret_ref(*g.backend_client_cert, "Gateway", g.meta.ns, nullptr);
+            const std::string why = resolve_secret_ref(*g.backend_client_cert, "Gateway", g.meta.ns,
+                                                       &gs.backend_client_cert);
             st.conditions.push_back(
                 why.empty() ? cond("ResolvedRefs", true, "ResolvedRefs", "", gen)
                             : cond("ResolvedRefs", false,
@@ -1373,6 +1383,7 @@ private:
             g.ns = gs.g->meta.ns;
             g.name = gs.g->meta.name;
             g.addresses = gs.addresses;
+            g.backend_client_cert = gs.backend_client_cert;
             for (size_t li : gs.listeners) {
                 ListenerState& ls = listeners_[li];
                 if (!ls.accepted || ls.conflicted || !ls.resolved) {

@@ -15,7 +15,7 @@
 
 namespace sluice::ir {
 
-inline constexpr uint32_t kIrVersion = 1;
+inline constexpr uint32_t kIrVersion = 2;
 inline constexpr uint32_t kNone = 0xFFFFFFFFu;
 
 enum class Protocol : uint8_t { HTTP = 0, HTTPS = 1, TLS = 2, TCP = 3, UDP = 4 };
@@ -244,9 +244,10 @@ struct Gateway {
     std::string ns, name;
     std::vector<std::string> addresses;
     std::vector<uint32_t> listeners; ///< indices into Ir::listeners
+    CertRef backend_client_cert;     ///< spec.tls.backend.clientCertificateRef (name "" = none)
     template <class A>
     void io(A& a) {
-        a(ns, name, addresses, listeners);
+        a(ns, name, addresses, listeners, backend_client_cert);
     }
 };
 

@@ -31,7 +31,7 @@ Ir sample() {
     l.http_matches.push_back(m);
     l.host_groups.push_back({"bar.example.com", {0}, {}});
     ir.listeners.push_back(l);
-    ir.gateways.push_back({"default", "prod-web", {"192.0.2.1"}, {0}});
+    ir.gateways.push_back({"default", "prod-web", {"192.0.2.1"}, {0}, {}});
     return ir;
 }
 

@@ -33,7 +33,7 @@ ir::Ir l4_ir() {
     listener("tcp", 5432, ir::Protocol::TCP, 0);
     listener("udp", 53, ir::Protocol::UDP, 1);
     listener("pass", 443, ir::Protocol::TLS, 2);
-    ir.gateways.push_back({"net", "l4", {"192.0.2.10"}, {0, 1, 2}});
+    ir.gateways.push_back({"net", "l4", {"192.0.2.10"}, {0, 1, 2}, {}});
     return ir;
 }
 
@@ -86,7 +86,7 @@ TEST(ServiceTable, InvalidBackendShareIsRejectedNotDropped) {
     ir::BackendGroup g;
     g.endpoints.push_back({"2001:db8::5", 80, true, true, false, "x"});
     ir.groups.push_back(g);
-    ir.gateways.push_back({"ns", "gw", {"2001:db8::1"}, {0}});
+    ir.gateways.push_back({"ns", "gw", {"2001:db8::1"}, {0}, {}});
     auto t = build_service_table(ir, {});
     ASSERT_TRUE(t);
     uint8_t fam = 0;
@@ -104,7 +104,7 @@ TEST(ServiceTable, InvalidBackendShareIsRejectedNotDropped) {
 
 TEST(ServiceTable, BadAddressesAreRefused) {
     ir::Ir ir;
-    ir.gateways.push_back({"ns", "gw", {"not-an-ip"}, {}});
+    ir.gateways.push_back({"ns", "gw", {"not-an-ip"}, {}, {}});
     auto t = build_service_table(ir, {});
     ASSERT_FALSE(t);
     EXPECT_NE(t.error().message.find("not-an-ip"), std::string::npos);

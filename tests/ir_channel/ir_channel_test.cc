@@ -18,7 +18,7 @@ ir::Ir sample(uint16_t port) {
     l.port = port;
     l.protocol = ir::Protocol::TCP;
     ir.listeners.push_back(l);
-    ir.gateways.push_back({"ns", "gw", {"192.0.2.1"}, {0}});
+    ir.gateways.push_back({"ns", "gw", {"192.0.2.1"}, {0}, {}});
     return ir;
 }
 

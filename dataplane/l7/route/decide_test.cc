@@ -55,7 +55,7 @@ ir::Ir two_rules() {
     l.http_matches = {prefix, any};
     l.host_groups.push_back({"", {0, 1}, {}});
     ir.listeners.push_back(l);
-    ir.gateways.push_back({"ns", "gw", {"127.0.0.1"}, {0}});
+    ir.gateways.push_back({"ns", "gw", {"127.0.0.1"}, {0}, {}});
     return ir;
 }
 
