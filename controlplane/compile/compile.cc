@@ -901,8 +901,12 @@ private:
         return "";
     }
 
-    ir::Filters lower_filters(const Route& route, const std::vector<HttpFilter>& fs,
-                              std::string& resolved_reason) {
+    /// Lowers a filter list into Ir::filters; returns its index, or kNone when empty.
+    uint32_t lower_filters(const Route& route, const std::vector<HttpFilter>& fs,
+                           std::string& resolved_reason) {
+        if (fs.empty()) {
+            return ir::kNone;
+        }
         ir::Filters f;
         for (const HttpFilter& x : fs) {
             if (x.type == "RequestHeaderModifier") {
@@ -952,12 +956,14 @@ private:
                 }
             }
         }
-        return f;
+        out_.ir.filters.push_back(std::move(f));
+        return static_cast<uint32_t>(out_.ir.filters.size() - 1);
     }
 
     /// Lowers every rule of a route once (shared by every listener it attaches to).
     struct LoweredRoute {
         std::vector<ir::Rule> rules;
+        uint32_t base = ir::kNone; ///< index of rules[0] in Ir::rules once placed
         std::string resolved_reason; ///< "" = ResolvedRefs True
         std::string resolved_message;
     };
@@ -1455,12 +1461,16 @@ private:
 
         for (const auto& a : ls.routes) {
             const Route& r = *a.route;
-            const LoweredRoute& lr = lowered_[route_slot_[&r]];
+            LoweredRoute& lr = lowered_[route_slot_[&r]];
             const size_t order = route_order_[&r];
-            const auto base = static_cast<uint32_t>(out.rules.size());
-            for (const ir::Rule& rule : lr.rules) {
-                out.rules.push_back(rule);
+            if (lr.base == ir::kNone) {
+                // First listener this route serves: its rules move into the IR once.
+                lr.base = static_cast<uint32_t>(out_.ir.rules.size());
+                for (ir::Rule& rule : lr.rules) {
+                    out_.ir.rules.push_back(std::move(rule));
+                }
             }
+            const uint32_t base = lr.base;
             if (r.kind == RouteKind::HTTP) {
                 for (size_t ri = 0; ri < r.http_rules.size(); ++ri) {
                     const HttpRule& hr = r.http_rules[ri];

@@ -15,7 +15,7 @@
 
 namespace sluice::ir {
 
-inline constexpr uint32_t kIrVersion = 2;
+inline constexpr uint32_t kIrVersion = 3;
 inline constexpr uint32_t kNone = 0xFFFFFFFFu;
 
 enum class Protocol : uint8_t { HTTP = 0, HTTPS = 1, TLS = 2, TCP = 3, UDP = 4 };
@@ -128,7 +128,7 @@ struct Backend {
     uint32_t weight = 1;
     uint16_t status = 0; ///< 0 = forward; 500 = invalid backendRef (keeps its weight)
     std::string reason;  ///< why it is invalid (explain, access log)
-    Filters filters;     ///< backendRef-level filters
+    uint32_t filters = kNone; ///< backendRef-level filters: index into Ir::filters
     template <class A>
     void io(A& a) {
         a(group, weight, status, reason, filters);
@@ -145,12 +145,12 @@ struct HeaderMatch {
     }
 };
 
-/// One route rule (shared by all of its matches).
+/// One route rule, shared by all of its matches and by every listener the route attaches to.
 struct Rule {
     std::string route_ns, route_name;
     uint32_t index = 0; ///< position in the route's rules
     std::string name;   ///< rule name (sectionName), may be empty
-    Filters filters;
+    uint32_t filters = kNone; ///< index into Ir::filters; kNone = no filters
     std::vector<Backend> backends; ///< empty + no redirect = 500
     uint32_t timeout_request_ms = 0; ///< 0 = none
     uint32_t timeout_backend_ms = 0;
@@ -165,7 +165,7 @@ struct Rule {
 };
 
 struct HttpMatch {
-    uint32_t rule = 0; ///< index into Listener::rules
+    uint32_t rule = 0; ///< index into Ir::rules
     PathType path_type = PathType::Prefix;
     std::string path = "/";
     std::string method; ///< empty = any
@@ -200,7 +200,7 @@ struct HostGroup {
 
 struct SniRoute {
     std::string hostname; ///< "" any, "*.x" or exact; sorted most specific first
-    uint32_t rule = 0;    ///< index into Listener::rules (backends)
+    uint32_t rule = 0;    ///< index into Ir::rules (backends)
     template <class A>
     void io(A& a) {
         a(hostname, rule);
@@ -226,7 +226,6 @@ struct Listener {
     std::vector<std::pair<std::string, std::string>> tls_options;
     std::vector<std::string> client_ca_pems; ///< frontend client-certificate validation
     bool client_cert_optional = false;       ///< AllowInsecureFallback
-    std::vector<Rule> rules;
     std::vector<HttpMatch> http_matches;
     std::vector<GrpcMatch> grpc_matches;
     std::vector<HostGroup> host_groups; ///< most specific first
@@ -235,7 +234,7 @@ struct Listener {
     template <class A>
     void io(A& a) {
         a(gateway_ns, gateway_name, name, port, protocol, hostname, tls_mode, certs, tls_options,
-          client_ca_pems, client_cert_optional, rules, http_matches, grpc_matches, host_groups,
+          client_ca_pems, client_cert_optional, http_matches, grpc_matches, host_groups,
           sni_routes, l4_rule);
     }
 };
@@ -255,10 +254,18 @@ struct Ir {
     uint32_t version = kIrVersion;
     std::vector<Gateway> gateways;
     std::vector<Listener> listeners;
+    std::vector<Rule> rules;       ///< shared by listeners (a route on two listeners: once)
+    std::vector<Filters> filters;  ///< out of line: most rules and backends have none
     std::vector<BackendGroup> groups;
     template <class A>
     void io(A& a) {
-        a(version, gateways, listeners, groups);
+        a(version, gateways, listeners, rules, filters, groups);
+    }
+
+    /// The filters at `index`, or an empty set for kNone. Thread: any.
+    [[nodiscard]] const Filters& filters_at(uint32_t index) const noexcept {
+        static const Filters kEmpty;
+        return index < filters.size() ? filters[index] : kEmpty;
     }
 };
 

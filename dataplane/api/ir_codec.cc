@@ -243,37 +243,39 @@ Result<Ir> decode(std::string_view bytes) {
             }
         }
     }
-    auto check_backends = [&](const std::vector<Backend>& bs) {
-        for (const Backend& b : bs) {
-            if (b.status == 0 && b.group >= ir.groups.size()) {
+    auto mirrors_ok = [&](uint32_t fi) {
+        if (fi == kNone) {
+            return true;
+        }
+        if (fi >= ir.filters.size()) {
+            return false;
+        }
+        for (const Mirror& m : ir.filters[fi].mirrors) {
+            if (m.group != kNone && m.group >= ir.groups.size()) {
                 return false;
-            }
-            for (const Mirror& m : b.filters.mirrors) {
-                if (m.group != kNone && m.group >= ir.groups.size()) {
-                    return false;
-                }
             }
         }
         return true;
     };
-    for (const Listener& l : ir.listeners) {
-        for (const Rule& r : l.rules) {
-            if (!check_backends(r.backends)) {
-                return fail(Errc::Invalid, "backend group index out of range");
-            }
-            for (const Mirror& m : r.filters.mirrors) {
-                if (m.group != kNone && m.group >= ir.groups.size()) {
-                    return fail(Errc::Invalid, "mirror group index out of range");
-                }
+    for (const Rule& r : ir.rules) {
+        if (!mirrors_ok(r.filters)) {
+            return fail(Errc::Invalid, "rule filter index out of range");
+        }
+        for (const Backend& b : r.backends) {
+            if ((b.status == 0 && b.group >= ir.groups.size()) || !mirrors_ok(b.filters)) {
+                return fail(Errc::Invalid, "backend group or filter index out of range");
             }
         }
+    }
+    const size_t n_rules = ir.rules.size();
+    for (const Listener& l : ir.listeners) {
         for (const HttpMatch& m : l.http_matches) {
-            if (m.rule >= l.rules.size()) {
+            if (m.rule >= n_rules) {
                 return fail(Errc::Invalid, "match rule index out of range");
             }
         }
         for (const GrpcMatch& m : l.grpc_matches) {
-            if (m.rule >= l.rules.size()) {
+            if (m.rule >= n_rules) {
                 return fail(Errc::Invalid, "grpc match rule index out of range");
             }
         }
@@ -290,11 +292,11 @@ Result<Ir> decode(std::string_view bytes) {
             }
         }
         for (const SniRoute& s : l.sni_routes) {
-            if (s.rule >= l.rules.size()) {
+            if (s.rule >= n_rules) {
                 return fail(Errc::Invalid, "sni route rule index out of range");
             }
         }
-        if (l.l4_rule != kNone && l.l4_rule >= l.rules.size()) {
+        if (l.l4_rule != kNone && l.l4_rule >= n_rules) {
             return fail(Errc::Invalid, "l4 rule index out of range");
         }
     }
@@ -313,7 +315,7 @@ void text_backends(std::ostringstream& o, const Ir& ir, const std::vector<Backen
             const BackendGroup& g = ir.groups[b.group];
             o << " " << g.ns << "/" << g.name << ":" << g.port;
         }
-        if (!b.filters.empty()) {
+        if (b.filters != kNone) {
             o << " +filters";
         }
         o << "\n";
@@ -334,13 +336,13 @@ std::string to_text(const Ir& ir) {
         for (uint32_t li : g.listeners) {
             const Listener& l = ir.listeners[li];
             o << "  listener " << l.name << " " << protocol_name(l.protocol) << ":" << l.port
-              << (l.hostname.empty() ? "" : " host=" + l.hostname) << " rules=" << l.rules.size()
+              << (l.hostname.empty() ? "" : " host=" + l.hostname)
               << " matches=" << l.http_matches.size() + l.grpc_matches.size() << "\n";
             for (const HostGroup& h : l.host_groups) {
                 o << "    host " << (h.hostname.empty() ? "*" : h.hostname) << "\n";
                 for (uint32_t mi : h.http) {
                     const HttpMatch& m = l.http_matches[mi];
-                    const Rule& r = l.rules[m.rule];
+                    const Rule& r = ir.rules[m.rule];
                     o << "      " << (m.path_type == PathType::Exact    ? "Exact "
                                       : m.path_type == PathType::Prefix ? "Prefix "
                                                                         : "Regex ")
@@ -351,7 +353,7 @@ std::string to_text(const Ir& ir) {
                 }
                 for (uint32_t mi : h.grpc) {
                     const GrpcMatch& m = l.grpc_matches[mi];
-                    const Rule& r = l.rules[m.rule];
+                    const Rule& r = ir.rules[m.rule];
                     o << "      grpc " << (m.service.empty() ? "*" : m.service) << "/"
                       << (m.method.empty() ? "*" : m.method) << " -> " << r.route_ns << "/"
                       << r.route_name << " rule " << r.index << "\n";
@@ -359,13 +361,13 @@ std::string to_text(const Ir& ir) {
                 }
             }
             for (const SniRoute& s : l.sni_routes) {
-                const Rule& r = l.rules[s.rule];
+                const Rule& r = ir.rules[s.rule];
                 o << "    sni " << (s.hostname.empty() ? "*" : s.hostname) << " -> " << r.route_ns
                   << "/" << r.route_name << "\n";
                 text_backends(o, ir, r.backends, "      ");
             }
             if (l.l4_rule != kNone) {
-                const Rule& r = l.rules[l.l4_rule];
+                const Rule& r = ir.rules[l.l4_rule];
                 o << "    l4 -> " << r.route_ns << "/" << r.route_name << "\n";
                 text_backends(o, ir, r.backends, "      ");
             }

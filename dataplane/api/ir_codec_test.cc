@@ -22,9 +22,9 @@ Ir sample() {
     Rule r;
     r.route_ns = "bar";
     r.route_name = "bar-route";
-    r.backends.push_back(Backend{0, 90, 0, "", {}});
-    r.backends.push_back(Backend{kNone, 10, 500, "Service bar/gone not found", {}});
-    l.rules.push_back(r);
+    r.backends.push_back(Backend{0, 90, 0, "", kNone});
+    r.backends.push_back(Backend{kNone, 10, 500, "Service bar/gone not found", kNone});
+    ir.rules.push_back(r);
     HttpMatch m;
     m.rule = 0;
     m.headers.push_back({MatchType::Exact, "env", "canary"});
@@ -40,7 +40,7 @@ TEST(IrCodec, RoundTripIsByteIdentical) {
     auto back = decode(a);
     ASSERT_TRUE(back) << back.error().message;
     EXPECT_EQ(encode(*back), a);
-    EXPECT_EQ(back->listeners[0].rules[0].backends[1].status, 500);
+    EXPECT_EQ(back->rules[0].backends[1].status, 500);
     EXPECT_EQ(back->listeners[0].http_matches[0].headers[0].value, "canary");
 }
 

@@ -88,7 +88,7 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                 s.first_endpoint = static_cast<uint32_t>(t.endpoints.size());
                 if (!s.to_l7 && l.l4_rule != ir::kNone) {
                     uint64_t gen = 1469598103934665603ULL;
-                    for (const ir::Backend& b : l.rules[l.l4_rule].backends) {
+                    for (const ir::Backend& b : ir.rules[l.l4_rule].backends) {
                         if (b.weight == 0) {
                             continue;
                         }

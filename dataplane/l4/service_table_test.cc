@@ -15,12 +15,13 @@ ir::Ir l4_ir() {
         l.port = port;
         l.protocol = p;
         ir::Rule r;
-        r.backends.push_back({group, 1, 0, "", {}});
-        l.rules.push_back(r);
+        r.backends.push_back({group, 1, 0, "", ir::kNone});
+        const auto idx = static_cast<uint32_t>(ir.rules.size());
+        ir.rules.push_back(r);
         if (p == ir::Protocol::TLS) {
-            l.sni_routes.push_back({"*.example.com", 0});
+            l.sni_routes.push_back({"*.example.com", idx});
         } else {
-            l.l4_rule = 0;
+            l.l4_rule = idx;
         }
         ir.listeners.push_back(l);
     };
@@ -78,9 +79,9 @@ TEST(ServiceTable, InvalidBackendShareIsRejectedNotDropped) {
     l.port = 9000;
     l.protocol = ir::Protocol::TCP;
     ir::Rule r;
-    r.backends.push_back({0, 1, 0, "", {}});
-    r.backends.push_back({ir::kNone, 1, 500, "gone", {}});
-    l.rules.push_back(r);
+    r.backends.push_back({0, 1, 0, "", ir::kNone});
+    r.backends.push_back({ir::kNone, 1, 500, "gone", ir::kNone});
+    ir.rules.push_back(r);
     l.l4_rule = 0;
     ir.listeners.push_back(l);
     ir::BackendGroup g;

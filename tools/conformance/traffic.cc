@@ -534,14 +534,13 @@ std::vector<ir::Mirror> mirrors_of(const Ctx& x, const Sim& s) {
     if (s.d.m.listener >= ir.listeners.size()) {
         return out;
     }
-    const ir::Listener& l = ir.listeners[s.d.m.listener];
-    if (s.d.m.rule >= l.rules.size()) {
+    if (s.d.m.rule >= ir.rules.size()) {
         return out;
     }
-    const ir::Rule& rule = l.rules[s.d.m.rule];
-    out = rule.filters.mirrors;
+    const ir::Rule& rule = ir.rules[s.d.m.rule];
+    out = ir.filters_at(rule.filters).mirrors;
     if (s.d.backend < rule.backends.size()) {
-        const auto& bm = rule.backends[s.d.backend].filters.mirrors;
+        const auto& bm = ir.filters_at(rule.backends[s.d.backend].filters).mirrors;
         out.insert(out.end(), bm.begin(), bm.end());
     }
     return out;
@@ -773,8 +772,8 @@ std::string live_only_reason(const Ctx& x, const std::string& protocol,
 /// Candidate picks: one per backend of the matched rule that has weight.
 std::vector<uint64_t> candidate_picks(const ir::Ir& ir, const route::Decision& d) {
     std::vector<uint64_t> picks;
-    if (d.m.listener < ir.listeners.size() && d.m.rule < ir.listeners[d.m.listener].rules.size()) {
-        const ir::Rule& rule = ir.listeners[d.m.listener].rules[d.m.rule];
+    if (d.m.listener < ir.listeners.size() && d.m.rule < ir.rules.size()) {
+        const ir::Rule& rule = ir.rules[d.m.rule];
         uint64_t acc = 0;
         for (const ir::Backend& b : rule.backends) {
             if (b.weight > 0) {
@@ -791,10 +790,10 @@ std::vector<uint64_t> candidate_picks(const ir::Ir& ir, const route::Decision& d
 
 const ir::Rule* matched_rule(const ir::Ir& ir, const route::Decision& d) {
     if (d.m.outcome != route::Outcome::Forward || d.m.listener >= ir.listeners.size() ||
-        d.m.rule >= ir.listeners[d.m.listener].rules.size()) {
+        d.m.rule >= ir.rules.size()) {
         return nullptr;
     }
-    return &ir.listeners[d.m.listener].rules[d.m.rule];
+    return &ir.rules[d.m.rule];
 }
 
 Outcome evaluate_http(Ctx& x, const std::string& protocol, const std::string& assertion) {
@@ -918,19 +917,19 @@ L4Choice choose_l4(const Ctx& x, const std::string& protocol, const std::string&
     const ir::Listener& l = *out.listener;
     if (protocol == "TLS") {
         for (const ir::SniRoute& sr : l.sni_routes) {
-            if (hosts::matches(sr.hostname, sni) && sr.rule < l.rules.size()) {
-                out.rule = &l.rules[sr.rule];
+            if (hosts::matches(sr.hostname, sni) && sr.rule < ir.rules.size()) {
+                out.rule = &ir.rules[sr.rule];
                 return out;
             }
         }
         out.why = "no TLSRoute hostname matches SNI " + sni;
         return out;
     }
-    if (l.l4_rule == ir::kNone || l.l4_rule >= l.rules.size()) {
+    if (l.l4_rule == ir::kNone || l.l4_rule >= ir.rules.size()) {
         out.why = "listener " + l.name + " has no route";
         return out;
     }
-    out.rule = &l.rules[l.l4_rule];
+    out.rule = &ir.rules[l.l4_rule];
     return out;
 }
 

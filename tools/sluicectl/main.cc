@@ -256,7 +256,7 @@ int cmd_explain(const std::vector<std::string>& args) {
           << " (" << m.why << ")\n";
     } else {
         const ir::Listener& l = out.ir.listeners[m.listener];
-        const ir::Rule& rule = l.rules[m.rule];
+        const ir::Rule& rule = out.ir.rules[m.rule];
         j["route"] = rule.route_ns + "/" + rule.route_name;
         j["rule"] = rule.index;
         if (!rule.name.empty()) {
@@ -275,7 +275,7 @@ int cmd_explain(const std::vector<std::string>& args) {
               << "\n";
         }
         const route::Decision d = route::decide(out.ir, req, 0);
-        const std::string ft = filters_text(rule.filters);
+        const std::string ft = filters_text(out.ir.filters_at(rule.filters));
         if (!ft.empty()) {
             t << "filters:\n" << ft;
         }
@@ -285,7 +285,7 @@ int cmd_explain(const std::vector<std::string>& args) {
             j["location"] = d.location;
             t << "answer: " << d.status << " redirect, Location: " << d.location << "\n";
         } else if (d.outcome == route::Outcome::Respond && (rule.backends.empty() ||
-                                                            rule.filters.fixed_status ||
+                                                            out.ir.filters_at(rule.filters).fixed_status ||
                                                             route::total_weight(rule) == 0 ||
                                                             d.status == 200)) {
             j["outcome"] = "respond";
@@ -320,7 +320,7 @@ int cmd_explain(const std::vector<std::string>& args) {
                       << b.weight << " (" << pct.str() << "%), " << grp.endpoints.size()
                       << " endpoint(s)" << (grp.tls ? ", TLS to backend (SNI " + grp.tls_sni + ")" : "")
                       << "\n";
-                    const std::string bft = filters_text(b.filters);
+                    const std::string bft = filters_text(out.ir.filters_at(b.filters));
                     if (!bft.empty()) {
                         t << bft;
                     }

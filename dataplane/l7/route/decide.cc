@@ -449,13 +449,13 @@ Decision decide(const ir::Ir& ir, const Request& req, uint64_t pick) {
         return d;
     }
     const ir::Listener& l = ir.listeners[d.m.listener];
-    const ir::Rule& rule = l.rules[d.m.rule];
+    const ir::Rule& rule = ir.rules[d.m.rule];
     const ir::HttpMatch* hm = req.grpc ? nullptr : &l.http_matches[d.m.match];
     d.fwd.method = req.method;
     d.fwd.path = req.target;
     d.fwd.host = req.host;
     d.fwd.headers = req.headers;
-    const ir::Filters& f = rule.filters;
+    const ir::Filters& f = ir.filters_at(rule.filters);
     if (f.fixed_status != 0) {
         d.outcome = Outcome::Respond;
         d.status = f.fixed_status;
@@ -502,7 +502,7 @@ Decision decide(const ir::Ir& ir, const Request& req, uint64_t pick) {
         return d;
     }
     d.group = b.group;
-    const ir::Filters& bf = b.filters;
+    const ir::Filters& bf = ir.filters_at(b.filters);
     if (bf.fixed_status != 0) {
         d.outcome = Outcome::Respond;
         d.status = bf.fixed_status;

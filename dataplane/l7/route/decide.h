@@ -46,7 +46,7 @@ struct Match {
     uint16_t status = 0;
     uint32_t listener = ir::kNone; ///< index into Ir::listeners
     uint32_t sni_listener = ir::kNone;
-    uint32_t rule = ir::kNone;  ///< index into Listener::rules
+    uint32_t rule = ir::kNone;  ///< index into Ir::rules
     uint32_t match = ir::kNone; ///< index into http_matches / grpc_matches
     std::string_view why;       ///< short reason for explain ("no listener for host", ...)
 };

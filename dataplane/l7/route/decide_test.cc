@@ -41,11 +41,11 @@ ir::Ir two_rules() {
     l.port = 80;
     ir::Rule r0;
     r0.route_name = "r";
-    r0.backends.push_back({0, 1, 0, "", {}});
+    r0.backends.push_back({0, 1, 0, "", ir::kNone});
     ir::Rule r1 = r0;
     r1.index = 1;
     r1.backends[0].group = 1;
-    l.rules = {r0, r1};
+    ir.rules = {r0, r1};
     ir::HttpMatch prefix;
     prefix.rule = 0;
     prefix.path = "/v2";
@@ -76,7 +76,7 @@ TEST(Match, PrefixIsSegmentWise) {
 
 TEST(Decide, InvalidBackendKeepsItsWeightAndAnswers500) {
     ir::Ir ir = two_rules();
-    ir.listeners[0].rules[1].backends.push_back({ir::kNone, 1, 500, "gone", {}});
+    ir.rules[1].backends.push_back({ir::kNone, 1, 500, "gone", ir::kNone});
     Request req;
     req.gateway_ns = "ns";
     req.gateway_name = "gw";
