@@ -121,7 +121,8 @@ std::string base64(const std::string& in) {
         out += kAlphabet[(v >> 12) & 63];
         out += "==";
     } else if (i + 2 == in.size()) {
-        const uint32_t v = (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8);
+        const uint32_t v =
+            (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8);
         out += kAlphabet[(v >> 18) & 63];
         out += kAlphabet[(v >> 12) & 63];
         out += kAlphabet[(v >> 6) & 63];
@@ -181,8 +182,8 @@ std::string generate(const Config& c, size_t& n_services) {
     y << "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: infra}\n";
     const auto [crt, key] = make_cert();
     y << "---\napiVersion: v1\nkind: Secret\nmetadata: {name: gw-cert, namespace: infra}\n"
-      << "type: kubernetes.io/tls\ndata:\n  tls.crt: " << base64(crt) << "\n  tls.key: "
-      << base64(key) << "\n";
+      << "type: kubernetes.io/tls\ndata:\n  tls.crt: " << base64(crt)
+      << "\n  tls.key: " << base64(key) << "\n";
     y << R"(---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -205,8 +206,8 @@ spec:
     n_services = 0;
     for (int n = 0; n < c.namespaces; ++n) {
         const std::string ns = ns_name(n);
-        y << "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: " << ns
-          << ", labels: {team: t" << n % 10 << "}}\n";
+        y << "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: " << ns << ", labels: {team: t"
+          << n % 10 << "}}\n";
         for (int s = 0; s < c.services_per_ns; ++s) {
             y << "---\napiVersion: v1\nkind: Service\nmetadata: {name: svc-" << s
               << ", namespace: " << ns << "}\nspec:\n  selector: {app: svc-" << s
@@ -315,10 +316,18 @@ bool parse_args(int argc, char** argv, Config& c) {
 
 /// Every number the result must carry, finite and not negative.
 bool well_formed(const nlohmann::json& j) {
-    static const char* kNumbers[] = {"routes", "objects", "yaml_bytes", "load_ms", "compile_ms",
-                                     "incremental_ms", "ir_bytes", "peak_rss_mb",
-                                     "baseline_yaml_loadall_ms", "ratio_compile_to_baseline",
-                                     "ratio_load_to_baseline", "ratio_incremental_to_baseline"};
+    static const char* kNumbers[] = {"routes",
+                                     "objects",
+                                     "yaml_bytes",
+                                     "load_ms",
+                                     "compile_ms",
+                                     "incremental_ms",
+                                     "ir_bytes",
+                                     "peak_rss_mb",
+                                     "baseline_yaml_loadall_ms",
+                                     "ratio_compile_to_baseline",
+                                     "ratio_load_to_baseline",
+                                     "ratio_incremental_to_baseline"};
     for (const char* k : kNumbers) {
         if (!j.contains(k) || !j[k].is_number() || !std::isfinite(j[k].get<double>()) ||
             j[k].get<double>() < 0) {

@@ -8,6 +8,10 @@ BUILD=${BUILD:-build}
 if [ ! -f "$BUILD/build.ninja" ]; then
   meson setup "$BUILD" -Dbuildtype=debugoptimized
 fi
+# perf/ is picked up at configure time: reconfigure a build dir set up before it existed.
+if ! ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q '^perf/compile_bench:'; then
+  meson setup --reconfigure "$BUILD" >/dev/null
+fi
 ninja -C "$BUILD" -j"${JOBS:-1}" perf/compile_bench
 mkdir -p perf/results
 has_out=0

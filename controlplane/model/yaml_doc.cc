@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/exceptions.h>
 #include <yaml-cpp/parser.h>
@@ -124,6 +125,15 @@ public:
         }
         // An alias is a copy of the anchored subtree: count it again, so that a chain of
         // aliases that doubles at each step runs into the node limit instead of memory.
+        // Expansion is also capped relative to the nodes really written in the file (a
+        // 300-byte "billion laughs" stops after a few thousand copies, not millions).
+        const size_t real = nodes_ - expanded_; // nodes written out in the file so far
+        expanded_ += it->second.second;
+        if (expanded_ > kAliasFactor * real + kAliasSlack) {
+            set_error(mark, "YAML aliases expand to " + std::to_string(expanded_) +
+                                " nodes, far more than the file holds; refusing the file");
+            return;
+        }
         if (!take(it->second.second, mark)) {
             return;
         }
@@ -167,6 +177,9 @@ private:
         bool have_key = false;
         std::string key;
     };
+
+    static constexpr size_t kAliasFactor = 16;
+    static constexpr size_t kAliasSlack = 65536;
 
     bool take(size_t n, const YAML::Mark& mark) {
         nodes_ += n;
@@ -265,6 +278,7 @@ private:
 
     const LoadLimits& limits_;
     size_t& nodes_;
+    size_t expanded_ = 0;       ///< nodes copied by aliases (counted in nodes_ too)
     std::vector<Frame> stack_;
     std::map<YAML::anchor_t, std::pair<Node, size_t>> anchors_;
     Node root_;
@@ -325,6 +339,9 @@ std::vector<Document> parse_yaml(std::string_view text, const std::string& file,
             }
             ++index;
         }
+    } catch (const YAML::DeepRecursion& e) {
+        diag(index, e.mark.is_null() ? -1 : e.mark.line + 1,
+             "nesting deeper than yaml-cpp's limit (2000 levels); refusing the file");
     } catch (const YAML::Exception& e) {
         // A syntax error ends the stream: documents after it cannot be delimited reliably.
         diag(index, e.mark.is_null() ? -1 : e.mark.line + 1, std::string("YAML: ") + e.msg);

@@ -116,8 +116,7 @@ void expect_good_works(const Loaded& run) {
     EXPECT_TRUE(has_named(run.store.gateways, "good", "good-gw")) << dump(run.diags);
     EXPECT_TRUE(has_named(run.store.routes, "good", "good-route")) << dump(run.diags);
     for (const Diagnostic& d : run.diags.items()) {
-        EXPECT_FALSE(d.severity == Severity::Error &&
-                     d.object.find("good-") != std::string::npos)
+        EXPECT_FALSE(d.severity == Severity::Error && d.object.find("good-") != std::string::npos)
             << "the good objects got an error: " << d.str();
     }
     const CompileOutput out = compile(run.store, {});
@@ -294,7 +293,8 @@ metadata: {name: t5}
     ASSERT_NE(port, nullptr) << dump(run.diags);
     EXPECT_EQ(port->object, "HTTPRoute good/t2");
     EXPECT_EQ(port->doc, 1);
-    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "spec.parentRefs[0].name", "must be a string"));
+    EXPECT_TRUE(
+        has_diag(run.diags, Severity::Error, "spec.parentRefs[0].name", "must be a string"));
     EXPECT_TRUE(has_diag(run.diags, Severity::Error, "metadata", "must be an object"));
     EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "apiVersion and kind are required"));
     for (const char* n : {"t1", "t2", "t3"}) {
@@ -319,8 +319,8 @@ TEST(Hostile, AliasBombHitsTheNodeLimitQuickly) {
     const auto t0 = std::chrono::steady_clock::now();
     Loaded run = bad_file_and_good_file(bomb); // LoadLimits defaults: what production uses
     const double secs = seconds_since(t0);
-    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "YAML nodes (alias expansion counted)"));
-    const Diagnostic* d = find_diag(run.diags, Severity::Error, "", "YAML nodes");
+    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "YAML aliases expand to"));
+    const Diagnostic* d = find_diag(run.diags, Severity::Error, "", "far more than the file holds");
     ASSERT_NE(d, nullptr);
     EXPECT_EQ(d->file, "bad.yaml");
     EXPECT_TRUE(run.store.config_maps.empty());
@@ -343,7 +343,7 @@ TEST(Hostile, AliasBombUnderSmallLimitsIsFast) {
     const auto t0 = std::chrono::steady_clock::now();
     Loaded run = bad_file_and_good_file(bomb, limits);
     EXPECT_LT(seconds_since(t0), 5.0);
-    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "more than 200000 YAML nodes"));
+    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "YAML aliases expand to"));
     expect_good_works(run);
 }
 
@@ -351,7 +351,7 @@ TEST(Hostile, TenThousandDeepFlowNestingIsRefused) {
     const int depth = 10000;
     const std::string seq = std::string(depth, '[') + std::string(depth, ']') + "\n";
     Loaded run = bad_file_and_good_file(seq);
-    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "YAML"));
+    EXPECT_TRUE(has_diag(run.diags, Severity::Error, "", "nesting deeper than"));
     EXPECT_EQ(run.diags.items().front().file, "bad.yaml");
     EXPECT_EQ(run.docs, 5u); // only the good file's documents
 
@@ -361,7 +361,7 @@ TEST(Hostile, TenThousandDeepFlowNestingIsRefused) {
     }
     map += "b" + std::string(depth, '}') + "\n";
     Loaded run2 = bad_file_and_good_file(map);
-    EXPECT_TRUE(has_diag(run2.diags, Severity::Error, "", "YAML"));
+    EXPECT_TRUE(has_diag(run2.diags, Severity::Error, "", "nesting deeper than"));
     EXPECT_EQ(run2.docs, 5u);
     expect_good_works(run2);
 }
@@ -394,7 +394,7 @@ TEST(Hostile, TenThousandDeepBlockNestingIsRefused) {
     }
     seq += "x\n";
     Loaded run2 = bad_file_and_good_file(seq);
-    EXPECT_TRUE(has_diag(run2.diags, Severity::Error, "", "YAML"));
+    EXPECT_TRUE(has_diag(run2.diags, Severity::Error, "", "nesting deeper than"));
     EXPECT_EQ(run2.docs, 5u);
     expect_good_works(run2);
 }
@@ -476,7 +476,8 @@ TEST(Hostile, InvalidUtf8IsRefused) {
 }
 
 TEST(Hostile, YamlSyntaxErrorIsADiagnostic) {
-    Loaded run = bad_file_and_good_file("apiVersion: v1\nkind: Namespace\nmetadata: {name: \"open\n");
+    Loaded run =
+        bad_file_and_good_file("apiVersion: v1\nkind: Namespace\nmetadata: {name: \"open\n");
     const Diagnostic* d = find_diag(run.diags, Severity::Error, "", "YAML");
     ASSERT_NE(d, nullptr) << dump(run.diags);
     EXPECT_EQ(d->file, "bad.yaml");
@@ -591,9 +592,9 @@ spec:
   - matches: [{headers: [{type: RegularExpression, name: x, value: "a{2,1}"}]}]
     backendRefs: [{name: good-svc, port: 8080}]
 )");
-    const Diagnostic* d = find_diag(run.diags, Severity::Error,
-                                    "spec.rules[0].matches[0].path.value",
-                                    "invalid regular expression");
+    const Diagnostic* d =
+        find_diag(run.diags, Severity::Error, "spec.rules[0].matches[0].path.value",
+                  "invalid regular expression");
     ASSERT_NE(d, nullptr) << dump(run.diags);
     EXPECT_EQ(d->object, "HTTPRoute good/badre");
     EXPECT_TRUE(has_diag(run.diags, Severity::Error, "spec.rules[0].matches[0].headers[0].value",

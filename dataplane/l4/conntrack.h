@@ -1,0 +1,304 @@
+#pragma once
+
+/// @file
+/// Per-lcore connection tracking: a preallocated table of flows, each in one 64-byte cache
+/// line, keyed by the 5-tuple and holding the decision made for the flow's first packet
+/// (service, backend id + backend-set generation). Established flows keep their backend
+/// across table and backend-set changes: the worker re-checks only that the backend id is
+/// still valid in the current snapshot (STYLE H4: ids + generation, never pointers).
+///
+/// Layout: 2-choice bucketed hashing. Buckets are kConnBucketSlots entries; the first line
+/// of every bucket also carries 16-bit signatures of four slots, so a miss reads one line
+/// per bucket (per four slots) and a hit one or two. No kicking, no chains, no tombstones:
+/// an expired entry is a free slot. Inserting never evicts a live entry; when both
+/// candidate buckets are live and full the insert returns Full and the caller forwards
+/// statelessly (Maglev). Without relocation the share of new flows refused as Full grows
+/// with the load: ~0.03% at 60%, ~0.7% at 75%, ~6% at 95% (measured at 2^20 slots), so
+/// size `capacity` at ~1.3x the flows to track. Half-open TCP flows (SYN seen, not yet
+/// ACKed) have a short timeout and their own budget, so a SYN flood fills at most
+/// `half_open_max` slots and cannot push out established flows.
+///
+/// Time is a caller-supplied uint32 millisecond tick; ages are signed 32-bit differences,
+/// so the tick may wrap. An entry counts toward `entries`/`half_open` until it is reclaimed
+/// (by sweep(), by a lookup or insert that meets it expired, or by erase()), so both
+/// counters are exact at all times; run sweep() every loop iteration to keep them current.
+///
+/// The hot functions (lookup, insert, TCP state, sweep helpers) are inline in
+/// conntrack_fp.h; include that from worker code. This header holds the types and the
+/// control-path surface (create, sizing, stats).
+///
+/// Thread: a table belongs to one worker lcore (shared-nothing, STYLE H6); every mutating
+/// call is made by that lcore. create() and destruction run on dp-control before the
+/// worker starts / after it stopped. stats() may be read from any thread.
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "result.h"
+
+namespace sluice::dp {
+
+/// The wire values conntrack relies on. Kept in their own namespace so this header can be
+/// included beside packet_fp.h, which defines the same values as kProto* / kTcp*.
+/// TODO(lead): one definition when FlowKey and PacketKey are unified.
+namespace ct_wire {
+inline constexpr uint8_t kIcmp = 1;
+inline constexpr uint8_t kTcp = 6;
+inline constexpr uint8_t kUdp = 17;
+inline constexpr uint8_t kIcmp6 = 58;
+/// TCP header flag bits, as in byte 13 of the TCP header.
+inline constexpr uint8_t kFin = 0x01;
+inline constexpr uint8_t kSyn = 0x02;
+inline constexpr uint8_t kRst = 0x04;
+inline constexpr uint8_t kAck = 0x10;
+} // namespace ct_wire
+
+/// A flow's identity. Build it zeroed (`FlowKey k{};`) and fill the fields: every byte,
+/// padding included, is hashed and compared.
+/// TODO(lead): move to dataplane/common/flow_key.h (STYLE layout) when the parser lands.
+struct FlowKey {
+    std::array<uint8_t, 16> src{}; ///< IPv6, or IPv4 in bytes 0..3 and zeros (as `Addr`)
+    std::array<uint8_t, 16> dst{};
+    /// L4 ports as read from the packet (any byte order, used consistently). ICMP: put
+    /// the echo identifier in both ports, so the reply's key is the reverse of the request's.
+    uint16_t src_port = 0;
+    uint16_t dst_port = 0;
+    uint8_t family = 0;           ///< 4 or 6
+    uint8_t proto = 0;            ///< IP protocol number: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...
+    std::array<uint8_t, 2> pad{}; ///< always zero
+
+    friend bool operator==(const FlowKey&, const FlowKey&) = default;
+};
+static_assert(sizeof(FlowKey) == 40);
+
+/// The key of the other direction of the same flow (addresses and ports swapped).
+[[nodiscard]] constexpr FlowKey reversed(const FlowKey& k) noexcept {
+    FlowKey r = k;
+    r.src = k.dst;
+    r.dst = k.src;
+    r.src_port = k.dst_port;
+    r.dst_port = k.src_port;
+    return r;
+}
+
+/// Table-owned flow state; also selects the idle timeout.
+enum class ConnState : uint8_t {
+    Free = 0,       ///< slot not in use
+    TcpSynSeen,     ///< half-open: counts against the half-open budget
+    TcpEstablished, ///< a non-SYN ACK was seen
+    TcpClosing,     ///< FIN or RST seen: short timeout
+    Udp,
+    Icmp,  ///< ICMP and ICMPv6
+    Other, ///< any other L4 protocol (UDP timeout)
+};
+inline constexpr size_t kConnStates = 7;
+
+/// What the worker decided for a flow. Fits in 16 bytes.
+struct ConnValue {
+    uint32_t service = 0;    ///< listener / L4 service index in the snapshot
+    uint32_t backend = 0;    ///< endpoint index in the snapshot
+    uint16_t generation = 0; ///< backend-set generation (low 16 bits) the index belongs to
+    ConnState state = ConnState::Free; ///< owned by the table (set by insert/on_tcp_flags)
+    uint8_t flags = 0;                 ///< owned by the caller; the table never reads it
+    uint32_t last_seen = 0;            ///< ms tick of the last packet (insert/touch/on_tcp_flags)
+};
+static_assert(sizeof(ConnValue) == 16);
+
+/// One tracked flow: exactly one cache line, and the table holds nothing else per flow.
+struct alignas(64) ConnEntry {
+    FlowKey key;
+    ConnValue value;
+    /// Table-internal: in the first kConnBucketSlots / 4 entries of each bucket, the
+    /// 16-bit signatures of the bucket's slots (0 = free), four per entry; unused in the
+    /// other entries. Never written by callers.
+    std::array<uint16_t, 4> bucket_sigs{};
+};
+static_assert(sizeof(ConnEntry) == 64, "one cache line per flow (issue: <= 64 B per flow)");
+
+/// Slots per bucket: 4 (256 B, one signature line) or 8 (512 B, signatures in the first
+/// two lines, one 128-byte adjacent-line pair).
+inline constexpr uint32_t kConnBucketSlots = 4;
+inline constexpr uint32_t kConnSigLines = kConnBucketSlots / 4;
+inline constexpr size_t kConnBucketBytes = kConnBucketSlots * sizeof(ConnEntry);
+static_assert(kConnBucketSlots == 4 || kConnBucketSlots == 8);
+inline constexpr uint32_t kConnTrackMinCapacity = 2 * kConnBucketSlots;
+inline constexpr uint32_t kConnTrackMaxCapacity = 1u << 30; ///< 64 GiB at 64 B per flow
+/// Largest idle timeout: ages are signed 32-bit ms differences, and sweep() must visit
+/// every entry well within 2^31 ms of its expiry.
+inline constexpr uint32_t kConnTrackMaxTimeoutMs = 1u << 30;
+
+struct ConnTrackConfig {
+    uint32_t capacity = 1u << 20; ///< flows; rounded up to a power of two (min 8)
+    uint32_t half_open_max = 0;   ///< half-open (SYN seen) budget; 0 = capacity / 8
+    uint32_t tcp_syn_ms = 5000;
+    uint32_t tcp_established_ms = 300000;
+    uint32_t tcp_closing_ms = 10000; ///< after FIN or RST
+    uint32_t udp_ms = 30000;         ///< also other non-TCP, non-ICMP protocols
+    uint32_t icmp_ms = 10000;
+    uint64_t seed = 0;    ///< keys bucket placement (hash-flood resistance); 0 = random
+    int numa_socket = -1; ///< where the table memory should live (-1 = any)
+};
+
+struct ConnTrackStats {
+    uint64_t entries = 0;       ///< occupied slots (live, or expired and not yet reclaimed)
+    uint64_t half_open = 0;     ///< occupied slots in TcpSynSeen
+    uint64_t inserts = 0;       ///< successful inserts
+    uint64_t insert_full = 0;   ///< inserts refused: both buckets live and full
+    uint64_t insert_budget = 0; ///< inserts refused: half-open budget exhausted
+    uint64_t expired = 0;       ///< entries reclaimed after their idle timeout
+    uint64_t erased = 0;        ///< entries removed by erase()
+};
+
+enum class InsertStatus : uint8_t {
+    Inserted,       ///< tracked; `entry` points at it
+    Exists,         ///< a live entry with this key exists; `entry` points at it, unchanged
+    Full,           ///< no free slot in either bucket: forward statelessly (Maglev)
+    HalfOpenBudget, ///< half-open budget exhausted: forward statelessly, do not track
+};
+
+struct InsertResult {
+    InsertStatus status = InsertStatus::Full;
+    ConnEntry* entry = nullptr;
+};
+
+/// Single-writer counter: only the owning lcore writes (relaxed load + store, no locked
+/// RMW); other threads read an untorn, possibly slightly stale value.
+class ConnCounter {
+public:
+    void add(uint64_t d) noexcept {
+        v_.store(v_.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+    }
+    void sub(uint64_t d) noexcept {
+        v_.store(v_.load(std::memory_order_relaxed) - d, std::memory_order_relaxed);
+    }
+    [[nodiscard]] uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<uint64_t> v_{0};
+};
+
+class ConnTrack {
+public:
+    /// Allocates and zeroes the table (capacity rounded up to a power of two). Fails with
+    /// Invalid on a bad config and LimitExceeded when the memory cannot be had.
+    /// Thread: dp-control (allocates), before the owning worker starts.
+    [[nodiscard]] static Result<std::unique_ptr<ConnTrack>> create(const ConnTrackConfig& cfg);
+
+    ~ConnTrack();
+    ConnTrack(const ConnTrack&) = delete;
+    ConnTrack& operator=(const ConnTrack&) = delete;
+
+    // ---- worker API, defined inline in conntrack_fp.h ----------------------------------
+
+    /// Prefetches the signature line(s) of both candidate buckets of `hash`; call one stage
+    /// ahead of lookup/lookup_bulk (STYLE H3). Thread: worker (owner).
+    void prefetch(uint64_t hash) const noexcept;
+
+    /// The live entry for `key`, or nullptr when absent or expired (an expired entry met
+    /// here is reclaimed). Does not refresh it: call on_tcp_flags() or touch() on a hit.
+    /// @param hash flow_hash(key). Thread: worker (owner); no allocation, lock or syscall.
+    [[nodiscard]] ConnEntry* lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept;
+
+    /// lookup() for a burst: out[i] = entry or nullptr. Looks up the first
+    /// min(keys, hashes, out, 64) keys, matching signatures for all of them and
+    /// prefetching candidate entries before comparing any key.
+    /// @return bit i set when out[i] is a hit. Thread: worker (owner).
+    uint64_t lookup_bulk(std::span<const FlowKey> keys, std::span<const uint64_t> hashes,
+                         uint32_t now, std::span<ConnEntry*> out) noexcept;
+
+    /// Starts tracking `key` with `value` (its state and last_seen are set here). Never
+    /// evicts a live entry. TCP with `half_open` starts in TcpSynSeen and needs budget;
+    /// TCP without it starts established (use half_open for mid-flow pickups too, so an
+    /// ACK flood only gets the short timeout and the budget). `half_open` is ignored for
+    /// other protocols. Thread: worker (owner); no allocation.
+    InsertResult insert(const FlowKey& key, uint64_t hash, uint32_t now, const ConnValue& value,
+                        bool half_open) noexcept;
+
+    /// Advances the TCP state for a packet of the flow (either direction) and refreshes
+    /// it: SYN_SEEN -> ESTABLISHED on an ACK without SYN; FIN or RST -> CLOSING from any
+    /// state; a bare SYN on a CLOSING flow (port reuse) -> SYN_SEEN if budget allows.
+    /// Non-TCP entries are only refreshed. Thread: worker (owner).
+    void on_tcp_flags(ConnEntry& e, uint8_t tcp_flags, uint32_t now) noexcept;
+
+    /// Refreshes a flow's idle timer (UDP, ICMP, or TCP without flag changes).
+    /// Thread: worker (owner).
+    void touch(ConnEntry& e, uint32_t now) noexcept { e.value.last_seen = now; }
+
+    /// Stops tracking a flow (e.g. its backend was removed and it must be re-decided).
+    /// `e` must come from this table. Thread: worker (owner).
+    void erase(ConnEntry& e) noexcept;
+
+    /// True when `e` has been idle longer than its state's timeout at `now`.
+    /// Thread: worker (owner).
+    [[nodiscard]] bool expired(const ConnEntry& e, uint32_t now) const noexcept;
+
+    // ---- control-path and housekeeping (conntrack.cc) ----------------------------------
+
+    /// Reclaims expired entries in the next `max_buckets` buckets (cursor kept across
+    /// calls, wrapping), keeping entries/half_open exact. A worker calling
+    /// sweep(now, 64) per loop iteration covers a 1M-flow table every 4096 iterations.
+    /// @return entries freed. Thread: worker (owner); no allocation.
+    size_t sweep(uint32_t now, size_t max_buckets) noexcept;
+
+    /// Counters; each is exact for the owner, others see untorn but not mutually
+    /// consistent values. Thread: any.
+    [[nodiscard]] ConnTrackStats stats() const noexcept;
+
+    /// Slots (a power of two). Thread: any.
+    [[nodiscard]] uint32_t capacity() const noexcept { return capacity_; }
+    /// Bytes allocated for the table: capacity() * sizeof(ConnEntry). Thread: any.
+    [[nodiscard]] size_t memory_bytes() const noexcept { return memory_bytes_; }
+    /// Half-open budget in effect. Thread: any.
+    [[nodiscard]] uint32_t half_open_max() const noexcept { return half_open_max_; }
+    /// Idle timeout of a state in ms (0 for Free). Thread: any.
+    [[nodiscard]] uint32_t timeout_ms(ConnState s) const noexcept {
+        return static_cast<uint32_t>(timeout_[static_cast<size_t>(s)]);
+    }
+
+private:
+    struct Probe {
+        uint32_t b1;
+        uint32_t b2;
+        uint16_t sig;
+    };
+
+    ConnTrack() = default;
+
+    Probe probe(uint64_t hash) const noexcept;
+    ConnEntry& slot(uint32_t bucket, uint32_t s) const noexcept {
+        return entries_[static_cast<size_t>(bucket) * kConnBucketSlots + s];
+    }
+    uint16_t& sig(uint32_t bucket, uint32_t s) const noexcept {
+        return slot(bucket, s / 4).bucket_sigs[s % 4];
+    }
+    uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
+    ConnEntry* find(uint32_t bucket, uint32_t candidates, const FlowKey& key) const noexcept;
+    void reclaim(uint32_t bucket, uint32_t s) noexcept;
+    uint32_t reclaim_expired(uint32_t bucket, uint32_t now) noexcept;
+    ConnEntry* live_or_reclaim(ConnEntry* e, uint32_t now) noexcept;
+
+    // Hot, read-mostly fields first.
+    ConnEntry* entries_ = nullptr;
+    uint64_t seed_ = 0;
+    uint32_t shift_ = 63;      // 64 - log2(buckets)
+    uint32_t bucket_mask_ = 1; // buckets - 1
+    uint32_t half_open_max_ = 0;
+    std::array<int32_t, kConnStates> timeout_{}; // indexed by ConnState
+    uint32_t capacity_ = 0;
+    size_t memory_bytes_ = 0;
+    uint32_t sweep_cursor_ = 0;
+
+    ConnCounter entries_n_;
+    ConnCounter half_open_n_;
+    ConnCounter inserts_;
+    ConnCounter insert_full_;
+    ConnCounter insert_budget_;
+    ConnCounter expired_;
+    ConnCounter erased_;
+};
+
+} // namespace sluice::dp

@@ -1,0 +1,339 @@
+#pragma once
+
+/// @file
+/// Worker-side conntrack: the flow hashes and the inline lookup / insert / TCP-state code
+/// of ConnTrack (types and docs in conntrack.h). Everything here follows STYLE H1: no
+/// allocation, lock, exception, syscall or logging.
+/// Thread: worker (the lcore owning the table); flow_hash*() any.
+
+#include <bit>
+#include <cstring>
+
+#include "conntrack.h"
+
+namespace sluice::dp {
+
+namespace conntrack_detail {
+
+[[nodiscard]] inline uint64_t load64(const void* p) noexcept {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// GCC/Clang extension (x86-64 MUL gives the high half for free); __extension__ keeps
+// -Wpedantic quiet about it.
+__extension__ using U128 = unsigned __int128;
+
+/// 64x64 -> 128 multiply folded to 64 bits (the wyhash/mum mixer).
+[[nodiscard]] inline uint64_t mum(uint64_t a, uint64_t b) noexcept {
+    const U128 r = static_cast<U128>(a) * b;
+    return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+/// The five 8-byte words of a key, in a fixed order.
+struct KeyWords {
+    uint64_t src_lo, src_hi, dst_lo, dst_hi, rest;
+};
+
+[[nodiscard]] inline KeyWords words(const FlowKey& k) noexcept {
+    static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, pad) == 38);
+    return {load64(k.src.data()), load64(k.src.data() + 8), load64(k.dst.data()),
+            load64(k.dst.data() + 8), load64(&k.src_port)};
+}
+
+[[nodiscard]] inline uint64_t hash_words(const KeyWords& w) noexcept {
+    // Secrets (odd, ~half the bits set). Fixed forever: Maglev picks backends from this
+    // hash, so every node of a fleet must compute the same value for the same flow.
+    constexpr uint64_t kS0 = 0xa0761d6478bd642fULL;
+    constexpr uint64_t kS1 = 0xe7037ed1a0b428dbULL;
+    constexpr uint64_t kS2 = 0x8ebc6af09c88c6e3ULL;
+    constexpr uint64_t kS3 = 0x589965cc75374cc3ULL;
+    constexpr uint64_t kS4 = 0x1d8e4e27c47d124fULL;
+    const uint64_t a = mum(w.src_lo ^ kS0, w.src_hi ^ kS1);
+    const uint64_t b = mum(w.dst_lo ^ kS2, w.dst_hi ^ kS3);
+    return mum(a ^ w.rest ^ kS4, b ^ kS1);
+}
+
+[[nodiscard]] inline bool key_equal(const FlowKey& a, const FlowKey& b) noexcept {
+    const KeyWords x = words(a), y = words(b);
+    return ((x.src_lo ^ y.src_lo) | (x.src_hi ^ y.src_hi) | (x.dst_lo ^ y.dst_lo) |
+            (x.dst_hi ^ y.dst_hi) | (x.rest ^ y.rest)) == 0;
+}
+
+} // namespace conntrack_detail
+
+/// 64-bit hash of a flow key: a multiply-mix over the 40 key bytes (three 64x64->128
+/// multiplies, two of them independent). Deliberately not CRC32-C: the value must not
+/// depend on -march, because Maglev uses it and every node must agree. Not
+/// adversary-proof; the table keys its bucket choice with a per-table seed.
+/// Thread: any.
+[[nodiscard]] inline uint64_t flow_hash(const FlowKey& k) noexcept {
+    return conntrack_detail::hash_words(conntrack_detail::words(k));
+}
+
+/// Direction-independent hash: equal for a key and reversed(key). Use it to choose the
+/// lcore of a flow (software RSS); use flow_hash() for Maglev and the conntrack table.
+/// Thread: any.
+[[nodiscard]] inline uint64_t flow_hash_symmetric(const FlowKey& k) noexcept {
+    using conntrack_detail::KeyWords;
+    const KeyWords w = conntrack_detail::words(k);
+    // Canonical order: the (address, port) endpoint that compares lower goes first. Any
+    // total order works; this one needs no byte swaps.
+    const bool swap = w.src_hi != w.dst_hi   ? w.src_hi > w.dst_hi
+                      : w.src_lo != w.dst_lo ? w.src_lo > w.dst_lo
+                                             : k.src_port > k.dst_port;
+    if (!swap) {
+        return conntrack_detail::hash_words(w);
+    }
+    const uint64_t ports =
+        static_cast<uint64_t>(k.dst_port) | (static_cast<uint64_t>(k.src_port) << 16);
+    const KeyWords r{w.dst_lo, w.dst_hi, w.src_lo, w.src_hi,
+                     (w.rest & ~0xffffffffULL) | ports}; // little-endian layout of rest
+    static_assert(std::endian::native == std::endian::little);
+    return conntrack_detail::hash_words(r);
+}
+
+// ---- ConnTrack inline members -----------------------------------------------------------
+
+inline ConnTrack::Probe ConnTrack::probe(uint64_t hash) const noexcept {
+    // Two independently keyed Fibonacci multiplies; the high bits pick the buckets.
+    const uint64_t x = (hash ^ seed_) * 0x9e3779b97f4a7c15ULL;
+    const uint64_t y = (std::rotl(hash, 32) ^ seed_) * 0xc2b2ae3d27d4eb4fULL;
+    const uint32_t b1 = static_cast<uint32_t>(x >> shift_);
+    uint32_t b2 = static_cast<uint32_t>(y >> shift_);
+    b2 ^= static_cast<uint32_t>(b2 == b1); // two distinct buckets (there are >= 2)
+    const uint16_t s = static_cast<uint16_t>(hash >> 48);
+    return {b1, b2, static_cast<uint16_t>(s | static_cast<uint16_t>(s == 0))}; // 0 = free
+}
+
+inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexcept {
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < kConnBucketSlots; ++i) {
+        m |= static_cast<uint32_t>(this->sig(bucket, i) == sig) << i;
+    }
+    return m;
+}
+
+inline ConnEntry* ConnTrack::find(uint32_t bucket, uint32_t candidates,
+                                  const FlowKey& key) const noexcept {
+    while (candidates != 0) {
+        const uint32_t s = static_cast<uint32_t>(std::countr_zero(candidates));
+        candidates &= candidates - 1;
+        ConnEntry& e = slot(bucket, s);
+        if (conntrack_detail::key_equal(e.key, key)) {
+            return &e;
+        }
+    }
+    return nullptr;
+}
+
+inline bool ConnTrack::expired(const ConnEntry& e, uint32_t now) const noexcept {
+    // Signed age: correct across tick wrap-around; a stamp slightly ahead of `now`
+    // (a caller's stale tick) reads as a negative age, i.e. live.
+    const int32_t age = static_cast<int32_t>(now - e.value.last_seen);
+    return age > timeout_[static_cast<size_t>(e.value.state)];
+}
+
+inline void ConnTrack::reclaim(uint32_t bucket, uint32_t s) noexcept {
+    ConnEntry& e = slot(bucket, s);
+    if (e.value.state == ConnState::TcpSynSeen) {
+        half_open_n_.sub(1);
+    }
+    e.value.state = ConnState::Free;
+    sig(bucket, s) = 0;
+    entries_n_.sub(1);
+}
+
+inline uint32_t ConnTrack::reclaim_expired(uint32_t bucket, uint32_t now) noexcept {
+    uint32_t freed = 0;
+    for (uint32_t i = 0; i < kConnBucketSlots; ++i) {
+        if (sig(bucket, i) != 0 && expired(slot(bucket, i), now)) {
+            reclaim(bucket, i);
+            ++freed;
+        }
+    }
+    if (freed != 0) {
+        expired_.add(freed);
+    }
+    return freed;
+}
+
+inline ConnEntry* ConnTrack::live_or_reclaim(ConnEntry* e, uint32_t now) noexcept {
+    if (e == nullptr || !expired(*e, now)) {
+        return e;
+    }
+    const size_t idx = static_cast<size_t>(e - entries_);
+    reclaim(static_cast<uint32_t>(idx / kConnBucketSlots),
+            static_cast<uint32_t>(idx % kConnBucketSlots));
+    expired_.add(1);
+    return nullptr;
+}
+
+inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
+    const Probe p = probe(hash);
+    for (uint32_t i = 0; i < kConnSigLines; ++i) {
+        __builtin_prefetch(&slot(p.b1, i), 0, 3);
+        __builtin_prefetch(&slot(p.b2, i), 0, 3);
+    }
+}
+
+inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept {
+    const Probe p = probe(hash);
+    ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
+    if (e == nullptr) {
+        e = find(p.b2, sig_match(p.b2, p.sig), key);
+    }
+    return live_or_reclaim(e, now);
+}
+
+inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
+                                       std::span<const uint64_t> hashes, uint32_t now,
+                                       std::span<ConnEntry*> out) noexcept {
+    size_t n = keys.size() < hashes.size() ? keys.size() : hashes.size();
+    n = n < out.size() ? n : out.size();
+    n = n < 64 ? n : 64;
+    uint32_t b1[64], b2[64];
+    uint16_t cand[64]; // low kConnBucketSlots bits: bucket 1 slots; next ones: bucket 2
+    // Stage 1: signatures for the whole burst (lines prefetched by the caller),
+    // and a prefetch of each first candidate entry, so stage 2's key compares overlap
+    // their misses. Prefetch for write: a hit is refreshed right after.
+    for (size_t i = 0; i < n; ++i) {
+        const Probe p = probe(hashes[i]);
+        const uint32_t m1 = sig_match(p.b1, p.sig);
+        const uint32_t m2 = sig_match(p.b2, p.sig);
+        b1[i] = p.b1;
+        b2[i] = p.b2;
+        cand[i] = static_cast<uint16_t>(m1 | m2 << kConnBucketSlots);
+        if (m1 != 0) {
+            __builtin_prefetch(&slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1))), 1, 3);
+        } else if (m2 != 0) {
+            __builtin_prefetch(&slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2))), 1, 3);
+        }
+    }
+    // Stage 2: compare keys, check idle timeouts.
+    uint64_t hits = 0;
+    for (size_t i = 0; i < n; ++i) {
+        ConnEntry* e = nullptr;
+        if (cand[i] != 0) {
+            constexpr uint32_t kMask = (1u << kConnBucketSlots) - 1;
+            e = find(b1[i], cand[i] & kMask, keys[i]);
+            if (e == nullptr) {
+                e = find(b2[i], static_cast<uint32_t>(cand[i]) >> kConnBucketSlots, keys[i]);
+            }
+            e = live_or_reclaim(e, now);
+        }
+        out[i] = e;
+        hits |= static_cast<uint64_t>(e != nullptr) << i;
+    }
+    return hits;
+}
+
+inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, uint32_t now,
+                                      const ConnValue& value, bool half_open) noexcept {
+    const Probe p = probe(hash);
+    // An existing entry for the key: report it if live; reclaim it if expired, so the key
+    // never occupies two slots.
+    for (const uint32_t b : {p.b1, p.b2}) {
+        if (ConnEntry* e = find(b, sig_match(b, p.sig), key)) {
+            if (live_or_reclaim(e, now) != nullptr) {
+                return {InsertStatus::Exists, e};
+            }
+            break;
+        }
+    }
+    ConnState state;
+    switch (key.proto) {
+    case ct_wire::kTcp:
+        state = half_open ? ConnState::TcpSynSeen : ConnState::TcpEstablished;
+        break;
+    case ct_wire::kUdp:
+        state = ConnState::Udp;
+        break;
+    case ct_wire::kIcmp:
+    case ct_wire::kIcmp6:
+        state = ConnState::Icmp;
+        break;
+    default:
+        state = ConnState::Other;
+        break;
+    }
+    if (state == ConnState::TcpSynSeen && half_open_n_.get() >= half_open_max_) {
+        insert_budget_.add(1);
+        return {InsertStatus::HalfOpenBudget, nullptr};
+    }
+    // Two choices: the bucket with more free slots (fewer collisions later). If both are
+    // full, expired entries in them are free slots: reclaim them and look again. Live
+    // entries are never evicted.
+    auto free_mask = [this](uint32_t b) noexcept { return sig_match(b, 0); };
+    uint32_t f1 = free_mask(p.b1), f2 = free_mask(p.b2);
+    if ((f1 | f2) == 0) {
+        reclaim_expired(p.b1, now);
+        reclaim_expired(p.b2, now);
+        f1 = free_mask(p.b1);
+        f2 = free_mask(p.b2);
+        if ((f1 | f2) == 0) {
+            insert_full_.add(1);
+            return {InsertStatus::Full, nullptr};
+        }
+    }
+    const bool first = std::popcount(f1) >= std::popcount(f2);
+    const uint32_t b = first ? p.b1 : p.b2;
+    const uint32_t s = static_cast<uint32_t>(std::countr_zero(first ? f1 : f2));
+    ConnEntry& e = slot(b, s);
+    e.key = key;
+    e.value = value;
+    e.value.state = state;
+    e.value.last_seen = now;
+    sig(b, s) = p.sig;
+    entries_n_.add(1);
+    if (state == ConnState::TcpSynSeen) {
+        half_open_n_.add(1);
+    }
+    inserts_.add(1);
+    return {InsertStatus::Inserted, &e};
+}
+
+inline void ConnTrack::on_tcp_flags(ConnEntry& e, uint8_t tcp_flags, uint32_t now) noexcept {
+    e.value.last_seen = now;
+    const ConnState s = e.value.state;
+    if (s != ConnState::TcpSynSeen && s != ConnState::TcpEstablished &&
+        s != ConnState::TcpClosing) {
+        return; // not a TCP entry
+    }
+    ConnState next = s;
+    if ((tcp_flags & (ct_wire::kFin | ct_wire::kRst)) != 0) {
+        next = ConnState::TcpClosing;
+    } else if ((tcp_flags & ct_wire::kSyn) != 0) {
+        // A bare SYN on a closing flow is a new connection reusing the 4-tuple; it keeps
+        // the backend. Without budget it stays CLOSING (short timeout either way).
+        if ((tcp_flags & ct_wire::kAck) == 0 && s == ConnState::TcpClosing &&
+            half_open_n_.get() < half_open_max_) {
+            next = ConnState::TcpSynSeen;
+        }
+    } else if ((tcp_flags & ct_wire::kAck) != 0 && s == ConnState::TcpSynSeen) {
+        next = ConnState::TcpEstablished;
+    }
+    if (next == s) {
+        return;
+    }
+    if (s == ConnState::TcpSynSeen) {
+        half_open_n_.sub(1);
+    } else if (next == ConnState::TcpSynSeen) {
+        half_open_n_.add(1);
+    }
+    e.value.state = next;
+}
+
+inline void ConnTrack::erase(ConnEntry& e) noexcept {
+    const size_t idx = static_cast<size_t>(&e - entries_);
+    const uint32_t b = static_cast<uint32_t>(idx / kConnBucketSlots);
+    const uint32_t s = static_cast<uint32_t>(idx % kConnBucketSlots);
+    if (sig(b, s) == 0) {
+        return; // already free
+    }
+    reclaim(b, s);
+    erased_.add(1);
+}
+
+} // namespace sluice::dp
