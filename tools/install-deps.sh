@@ -12,7 +12,7 @@ pkgs=(
   # fuzzing (libFuzzer runtime for clang 14)
   libclang-rt-14-dev
   # test tools
-  iproute2 curl socat openssl python3
+  iproute2 curl socat openssl python3 ethtool util-linux
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,219 @@
+// sluice-dataplane: the DPDK primary process. Usage:
+//   sluice-dataplane [options] -- [EAL arguments]
+// EAL arguments pass through unchanged, so real NICs, hugepages and lcore maps work the DPDK
+// way; the defaults here work with --no-huge and virtual devices.
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <boost/program_options.hpp>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_malloc.h>
+#include <rte_mbuf.h>
+
+#include "ctl_server.h"
+#include "lb_fp.h"
+#include "service_table.h"
+#include "snapshot.h"
+#include "worker.h"
+
+namespace po = boost::program_options;
+using namespace sluice;
+using namespace sluice::dp;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop.store(true, std::memory_order_relaxed); }
+
+struct Options {
+    std::string dp_socket = "/run/sluice/dp.sock";
+    std::vector<std::string> snat;
+    uint32_t ct_capacity = 1u << 20;
+    uint32_t maglev_size = kMaglevDefaultSize;
+    uint16_t mbufs = 8191;
+};
+
+int die(const std::string& msg) {
+    std::cerr << "sluice-dataplane: " << msg << std::endl;
+    return 1;
+}
+
+int port_init(uint16_t port, rte_mempool* pool) {
+    rte_eth_conf conf{};
+    rte_eth_dev_info info{};
+    if (rte_eth_dev_info_get(port, &info) != 0) {
+        return -1;
+    }
+    if (rte_eth_dev_configure(port, 1, 1, &conf) != 0) {
+        return -1;
+    }
+    uint16_t rxd = 1024, txd = 1024;
+    rte_eth_dev_adjust_nb_rx_tx_desc(port, &rxd, &txd);
+    const int socket = rte_eth_dev_socket_id(port);
+    if (rte_eth_rx_queue_setup(port, 0, rxd, socket < 0 ? 0 : socket, nullptr, pool) != 0 ||
+        rte_eth_tx_queue_setup(port, 0, txd, socket < 0 ? 0 : socket, nullptr) != 0) {
+        return -1;
+    }
+    if (rte_eth_dev_start(port) != 0) {
+        return -1;
+    }
+    rte_eth_promiscuous_enable(port);
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    // Split our options from the EAL's at "--".
+    int split = argc;
+    for (int i = 1; i < argc; ++i) {
+        if (std::string(argv[i]) == "--") {
+            split = i;
+            break;
+        }
+    }
+    Options o;
+    po::options_description desc(
+        "sluice-dataplane: DPDK L4 load balancer (full-NAT) fed by sluice-controlplane.\n"
+        "usage: sluice-dataplane [options] -- [EAL arguments]\n\nOptions");
+    desc.add_options()("help,h", "this help")(
+        "dp-socket", po::value(&o.dp_socket)->default_value(o.dp_socket),
+        "unix socket dp-control listens on for the controlplane's IR")(
+        "snat", po::value(&o.snat)->composing(),
+        "full-NAT source address (repeatable, one per family at least; up to 4)")(
+        "ct-capacity", po::value(&o.ct_capacity)->default_value(o.ct_capacity),
+        "connection-tracking entries per worker (64 bytes each)")(
+        "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
+        "Maglev table size per service (a prime)")(
+        "mbufs", po::value(&o.mbufs)->default_value(o.mbufs), "mbuf pool size");
+    po::variables_map vm;
+    try {
+        po::store(po::parse_command_line(split, argv, desc), vm);
+        po::notify(vm);
+    } catch (const po::error& e) {
+        std::cerr << "sluice-dataplane: " << e.what() << "\n" << desc;
+        return 2;
+    }
+    if (vm.count("help")) {
+        std::cout << desc << "\nExample (no NIC, no hugepages):\n  sluice-dataplane --snat "
+                             "10.0.0.99 -- -l 1 --no-huge -m 512 --no-pci "
+                             "--vdev=net_af_packet0,iface=eth0\n";
+        return 0;
+    }
+    if (!is_prime(o.maglev_size)) {
+        return die("--maglev-size must be a prime, got " + std::to_string(o.maglev_size));
+    }
+    std::vector<char*> eal_argv = {argv[0]};
+    for (int i = split + 1; i < argc; ++i) {
+        eal_argv.push_back(argv[i]);
+    }
+    if (rte_eal_init(static_cast<int>(eal_argv.size()), eal_argv.data()) < 0) {
+        return die("EAL initialisation failed (see the EAL messages above)");
+    }
+    if (rte_eth_dev_count_avail() == 0) {
+        rte_eal_cleanup();
+        return die("no ports: give the EAL a NIC or a --vdev");
+    }
+    const uint16_t port = 0;
+    rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", o.mbufs, 256, 0,
+                                                RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    if (!pool || port_init(port, pool) != 0) {
+        rte_eal_cleanup();
+        return die("cannot set up port 0");
+    }
+
+    LbContext ctx;
+    rte_ether_addr mac{};
+    rte_eth_macaddr_get(port, &mac);
+    std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx.our_mac.begin());
+    if (o.snat.empty() || o.snat.size() > ctx.snat.size()) {
+        rte_eal_cleanup();
+        return die("give 1 to 4 --snat addresses (full-NAT source addresses)");
+    }
+    for (size_t i = 0; i < o.snat.size(); ++i) {
+        if (!parse_addr(o.snat[i], ctx.snat[i].first, ctx.snat[i].second)) {
+            rte_eal_cleanup();
+            return die("--snat " + o.snat[i] + " is not an IP address");
+        }
+    }
+    ConnTrackConfig cc;
+    cc.capacity = o.ct_capacity;
+    auto ct = ConnTrack::create(cc);
+    if (!ct) {
+        rte_eal_cleanup();
+        return die("conntrack: " + ct.error().message);
+    }
+    ctx.ct = ct->get();
+    auto neighbors = std::make_unique<NeighborTable>();
+    auto ports = std::make_unique<std::array<std::array<ConnEntry*, 65536>, 4>>();
+    ctx.neighbors = neighbors.get();
+    ctx.ports = ports.get();
+
+    const size_t qsz = rte_rcu_qsbr_get_memsize(RTE_MAX_LCORE);
+    auto* qsbr = static_cast<rte_rcu_qsbr*>(rte_zmalloc("sluice_qsbr", qsz, RTE_CACHE_LINE_SIZE));
+    if (!qsbr || rte_rcu_qsbr_init(qsbr, RTE_MAX_LCORE) != 0) {
+        rte_eal_cleanup();
+        return die("cannot create the QSBR variable");
+    }
+    Snapshot<ServiceTable> services(qsbr);
+    services.publish(std::make_unique<const ServiceTable>());
+
+    ServiceTableOptions sto;
+    sto.maglev_size = o.maglev_size;
+    CtlServer ctl(o.dp_socket, [&](ir::Ir&& ir, uint64_t generation) -> Result<void> {
+        auto table = build_service_table(ir, sto);
+        if (!table) {
+            return tl::unexpected(table.error());
+        }
+        const size_t n = table->services.size();
+        services.publish(std::make_unique<const ServiceTable>(std::move(*table)));
+        std::cerr << "sluice-dataplane: generation " << generation << " published (" << n
+                  << " services)" << std::endl;
+        return {};
+    });
+    if (auto l = ctl.listen(); !l) {
+        rte_eal_cleanup();
+        return die(l.error().message);
+    }
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    std::thread ctl_thread([&] { ctl.run(); });
+    std::cerr << "sluice-dataplane: port 0 up, listening on " << o.dp_socket << std::endl;
+
+    WorkerConfig wc;
+    wc.port = port;
+    wc.lcore = rte_lcore_id();
+    Worker w(wc, qsbr, services, ctx);
+    w.run(g_stop); // the main lcore is the worker (one queue today)
+
+    ctl.stop();
+    ctl_thread.join();
+    std::fprintf(stderr, "sluice-dataplane: counters:");
+    static const char* kNames[] = {"rx", "tx", "arp_replies", "arp_requests", "echo_replies",
+                                   "new_flows", "established", "return", "stateless_fallback",
+                                   "no_service", "no_backend", "rejected", "no_neighbor",
+                                   "no_snat_port", "backend_gone", "not_for_us", "l7_not_ready",
+                                   "parse_drop"};
+    for (size_t i = 0; i < kLbCounterCount; ++i) {
+        std::fprintf(stderr, " %s=%lu", kNames[i], static_cast<unsigned long>(ctx.counters[i]));
+    }
+    for (size_t i = 1; i < kDropReasonCount; ++i) {
+        if (ctx.drops[i]) {
+            std::fprintf(stderr, " drop_%s=%lu", std::string(drop_reason_name(static_cast<DropReason>(i))).c_str(),
+                         static_cast<unsigned long>(ctx.drops[i]));
+        }
+    }
+    std::fprintf(stderr, "\n");
+    rte_eth_dev_stop(port);
+    rte_eth_dev_close(port);
+    rte_eal_cleanup();
+    return 0;
+}

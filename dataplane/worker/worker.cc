@@ -1,0 +1,50 @@
+#include "worker.h"
+
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+
+namespace sluice::dp {
+
+void Worker::run(const std::atomic<bool>& stop) noexcept {
+    rte_rcu_qsbr_thread_register(qsbr_, cfg_.lcore);
+    rte_rcu_qsbr_thread_online(qsbr_, cfg_.lcore);
+    const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    rte_mbuf* tx[kBurst];
+    while (!stop.load(std::memory_order_relaxed)) {
+        rte_mbuf* pkts[kBurst];
+        const uint16_t n = rte_eth_rx_burst(cfg_.port, cfg_.queue, pkts, kBurst);
+        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        if (n > 0) {
+            const ServiceTable* table = services_.read(); // one snapshot per burst
+            uint16_t ntx = 0;
+            for (uint16_t i = 0; i < n; ++i) {
+                rte_mbuf* m = pkts[i];
+                if (m->nb_segs != 1 || table == nullptr) {
+                    rte_pktmbuf_free(m); // multi-segment frames: not on this path yet
+                    continue;
+                }
+                auto* data = rte_pktmbuf_mtod(m, uint8_t*);
+                uint32_t len = rte_pktmbuf_data_len(m);
+                const std::span<uint8_t> buf(data, len + rte_pktmbuf_tailroom(m));
+                if (lb_process(ctx_, *table, buf, len, now) == LbAction::Tx) {
+                    m->data_len = static_cast<uint16_t>(len);
+                    m->pkt_len = len;
+                    tx[ntx++] = m;
+                } else {
+                    rte_pktmbuf_free(m);
+                }
+            }
+            const uint16_t sent = ntx ? rte_eth_tx_burst(cfg_.port, cfg_.queue, tx, ntx) : 0;
+            for (uint16_t i = sent; i < ntx; ++i) {
+                rte_pktmbuf_free(tx[i]);
+            }
+        }
+        ctx_.ct->sweep(now, 8);
+        rte_rcu_qsbr_quiescent(qsbr_, cfg_.lcore);
+    }
+    rte_rcu_qsbr_thread_offline(qsbr_, cfg_.lcore);
+    rte_rcu_qsbr_thread_unregister(qsbr_, cfg_.lcore);
+}
+
+} // namespace sluice::dp
