@@ -187,6 +187,7 @@ struct GatewayState {
     std::string programmed_reason;
     std::vector<std::string> addresses;
     ir::CertRef backend_client_cert;
+    ir::FwdMode fwd_mode = ir::FwdMode::FullNat;
 };
 
 class Compiler {
@@ -467,12 +468,19 @@ private:
 
         // Gateway conditions.
         bool params_ok = true;
+        std::string bad_annotation;
         if (g.has_infra_params) {
             params_ok = g.infra_params_group.empty() && g.infra_params_kind == "ConfigMap" &&
                         config_maps_.count({g.meta.ns, g.infra_params_name});
         }
         if (bad_classes_.count(g.class_name)) {
             params_ok = false;
+        }
+        gs.fwd_mode = ir::FwdMode::FullNat;
+        if (auto it = g.meta.annotations.find(ir::kForwardingModeAnnotation);
+            it != g.meta.annotations.end() && !ir::parse_fwd_mode(it->second, gs.fwd_mode)) {
+            params_ok = false;
+            bad_annotation = it->second;
         }
         if (unsupported_address) {
             gs.accepted = false;
@@ -481,7 +489,12 @@ private:
         } else if (!params_ok) {
             gs.accepted = false;
             st.conditions.push_back(cond("Accepted", false, "InvalidParameters",
-                                         "parametersRef must name an existing ConfigMap", gen));
+                                         bad_annotation.empty()
+                                             ? "parametersRef must name an existing ConfigMap"
+                                             : std::string(ir::kForwardingModeAnnotation) +
+                                                   " must be full-nat, dsr-ipip or dsr-gue, not '" +
+                                                   bad_annotation + "'",
+                                         gen));
         } else if (valid == 0) {
             gs.accepted = false;
             st.conditions.push_back(
@@ -964,6 +977,7 @@ private:
     struct LoweredRoute {
         std::vector<ir::Rule> rules;
         uint32_t base = ir::kNone; ///< index of rules[0] in Ir::rules once placed
+        std::string bad_mode;      ///< invalid forwarding-mode annotation value
         std::string resolved_reason; ///< "" = ResolvedRefs True
         std::string resolved_message;
     };
@@ -1033,8 +1047,14 @@ private:
                 lr.rules.push_back(std::move(rule));
             }
         } else {
+            ir::FwdMode mode = ir::FwdMode::Inherit;
+            if (auto it = r.meta.annotations.find(ir::kForwardingModeAnnotation);
+                it != r.meta.annotations.end() && !ir::parse_fwd_mode(it->second, mode)) {
+                lr.bad_mode = it->second;
+            }
             for (size_t i = 0; i < r.l4_rules.size(); ++i) {
                 ir::Rule rule;
+                rule.fwd_mode = mode;
                 rule.route_ns = r.meta.ns;
                 rule.route_name = r.meta.name;
                 rule.index = static_cast<uint32_t>(i);
@@ -1206,10 +1226,18 @@ private:
                     continue;
                 }
                 ++accepted;
-                ls.routes.push_back({&r, std::move(hosts)});
+                if (lr.bad_mode.empty() && !unsupported) {
+                    ls.routes.push_back({&r, std::move(hosts)});
+                }
             }
             const int64_t g2 = gen;
-            if (unsupported) {
+            if (!lr.bad_mode.empty()) {
+                ps.conditions.push_back(cond("Accepted", false, "UnsupportedValue",
+                                             std::string(ir::kForwardingModeAnnotation) +
+                                                 " must be full-nat, dsr-ipip or dsr-gue, not '" +
+                                                 lr.bad_mode + "'",
+                                             g2));
+            } else if (unsupported) {
                 ps.conditions.push_back(cond("Accepted", false, "UnsupportedValue",
                                              "the ExternalAuth filter is not supported", g2));
             } else if (accepted > 0) {
@@ -1425,6 +1453,7 @@ private:
                        : l.protocol == "TCP"   ? ir::Protocol::TCP
                                                : ir::Protocol::UDP;
         out.hostname = l.hostname.value_or("");
+        out.fwd_mode = gateways_[ls.gateway].fwd_mode;
         if (l.protocol == "HTTPS" || l.protocol == "TLS") {
             out.tls_mode = l.tls_mode == "Passthrough" ? ir::TlsMode::Passthrough
                                                         : ir::TlsMode::Terminate;

@@ -304,3 +304,59 @@ TEST(Compile, SeedScenarioRoutesAsTheTextSays) {
 
 } // namespace
 } // namespace sluice::cp
+
+namespace sluice::cp {
+namespace {
+
+TEST(Compile, ForwardingModeAnnotations) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: infra, annotations: {sluice.dev/forwarding-mode: dsr-ipip}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: tcp, port: 9000, protocol: TCP, allowedRoutes: {namespaces: {from: All}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bad, namespace: infra, annotations: {sluice.dev/forwarding-mode: teleport}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: tcp, port: 9000, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: gue, namespace: apps, annotations: {sluice.dev/forwarding-mode: dsr-gue}}
+spec:
+  parentRefs: [{name: l4, namespace: infra}]
+  rules: [{backendRefs: [{name: v1, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: typo, namespace: apps, annotations: {sluice.dev/forwarding-mode: dsr}}
+spec:
+  parentRefs: [{name: l4, namespace: infra}]
+  rules: [{backendRefs: [{name: v1, port: 8080}]}]
+)");
+    const ObjectStatus* bad = e.out.find({"Gateway", "infra", "bad"});
+    ASSERT_NE(bad, nullptr);
+    EXPECT_EQ(bad->condition("Accepted")->reason, "InvalidParameters");
+    EXPECT_NE(bad->condition("Accepted")->message.find("teleport"), std::string::npos);
+    EXPECT_EQ(parent_cond(e.out, "TCPRoute", "apps", "typo", "Accepted")->reason,
+              "UnsupportedValue");
+    EXPECT_EQ(parent_cond(e.out, "TCPRoute", "apps", "gue", "Accepted")->reason, "Accepted");
+    const ir::Listener* l = nullptr;
+    for (const ir::Listener& x : e.out.ir.listeners) {
+        if (x.gateway_name == "l4") {
+            l = &x;
+        }
+    }
+    ASSERT_NE(l, nullptr);
+    EXPECT_EQ(l->fwd_mode, ir::FwdMode::DsrIpip);
+    ASSERT_NE(l->l4_rule, ir::kNone);
+    EXPECT_EQ(e.out.ir.rules[l->l4_rule].fwd_mode, ir::FwdMode::DsrGue)
+        << "the oldest accepted route (gue) carries traffic; the rejected one never does";
+}
+
+} // namespace
+} // namespace sluice::cp

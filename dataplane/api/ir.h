@@ -10,12 +10,13 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace sluice::ir {
 
-inline constexpr uint32_t kIrVersion = 3;
+inline constexpr uint32_t kIrVersion = 4;
 inline constexpr uint32_t kNone = 0xFFFFFFFFu;
 
 enum class Protocol : uint8_t { HTTP = 0, HTTPS = 1, TLS = 2, TCP = 3, UDP = 4 };
@@ -23,8 +24,15 @@ enum class TlsMode : uint8_t { None = 0, Terminate = 1, Passthrough = 2 };
 enum class PathType : uint8_t { Exact = 0, Prefix = 1, Regex = 2 };
 enum class MatchType : uint8_t { Exact = 0, Regex = 1 };
 enum class PathModType : uint8_t { None = 0, Full = 1, Prefix = 2 };
+/// L4 forwarding mode (annotation sluice.dev/forwarding-mode on a Gateway, or on a
+/// TCPRoute/UDPRoute to override it). Inherit on a rule means "the listener's".
+enum class FwdMode : uint8_t { Inherit = 0, FullNat = 1, DsrIpip = 2, DsrGue = 3 };
+
+inline constexpr const char* kForwardingModeAnnotation = "sluice.dev/forwarding-mode";
 
 [[nodiscard]] const char* protocol_name(Protocol p) noexcept;
+/// Parses "full-nat", "dsr-ipip", "dsr-gue"; false for anything else.
+[[nodiscard]] bool parse_fwd_mode(std::string_view s, FwdMode& out) noexcept;
 
 struct Endpoint {
     std::string address; ///< IPv4 or IPv6 literal
@@ -157,10 +165,11 @@ struct Rule {
     std::vector<uint16_t> retry_codes;
     uint32_t retry_attempts = 0;
     uint32_t retry_backoff_ms = 0;
+    FwdMode fwd_mode = FwdMode::Inherit; ///< TCP/UDP routes
     template <class A>
     void io(A& a) {
         a(route_ns, route_name, index, name, filters, backends, timeout_request_ms,
-          timeout_backend_ms, retry_codes, retry_attempts, retry_backoff_ms);
+          timeout_backend_ms, retry_codes, retry_attempts, retry_backoff_ms, fwd_mode);
     }
 };
 
@@ -231,11 +240,12 @@ struct Listener {
     std::vector<HostGroup> host_groups; ///< most specific first
     std::vector<SniRoute> sni_routes;   ///< TLS listeners
     uint32_t l4_rule = kNone;           ///< TCP/UDP: the oldest attached route's rule
+    FwdMode fwd_mode = FwdMode::FullNat; ///< from the Gateway's annotation
     template <class A>
     void io(A& a) {
         a(gateway_ns, gateway_name, name, port, protocol, hostname, tls_mode, certs, tls_options,
           client_ca_pems, client_cert_optional, http_matches, grpc_matches, host_groups,
-          sni_routes, l4_rule);
+          sni_routes, l4_rule, fwd_mode);
     }
 };
 

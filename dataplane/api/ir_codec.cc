@@ -22,6 +22,19 @@ const char* protocol_name(Protocol p) noexcept {
     return "?";
 }
 
+bool parse_fwd_mode(std::string_view s, FwdMode& out) noexcept {
+    if (s == "full-nat") {
+        out = FwdMode::FullNat;
+    } else if (s == "dsr-ipip") {
+        out = FwdMode::DsrIpip;
+    } else if (s == "dsr-gue") {
+        out = FwdMode::DsrGue;
+    } else {
+        return false;
+    }
+    return true;
+}
+
 namespace {
 
 constexpr char kMagic[4] = {'S', 'L', 'I', 'R'};

@@ -84,7 +84,11 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                 s.proto = l.protocol == ir::Protocol::UDP ? 17 : 6;
                 s.to_l7 = l.protocol == ir::Protocol::HTTP || l.protocol == ir::Protocol::HTTPS ||
                           l.protocol == ir::Protocol::TLS;
-                s.mode = opts.default_mode;
+                s.mode = l.fwd_mode == FwdMode::Inherit ? opts.default_mode : l.fwd_mode;
+                if (!s.to_l7 && l.l4_rule != ir::kNone &&
+                    ir.rules[l.l4_rule].fwd_mode != FwdMode::Inherit) {
+                    s.mode = ir.rules[l.l4_rule].fwd_mode;
+                }
                 s.first_endpoint = static_cast<uint32_t>(t.endpoints.size());
                 if (!s.to_l7 && l.l4_rule != ir::kNone) {
                     uint64_t gen = 1469598103934665603ULL;

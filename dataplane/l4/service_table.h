@@ -17,7 +17,7 @@
 
 namespace sluice::dp {
 
-enum class FwdMode : uint8_t { FullNat = 0, DsrIpip = 1, DsrGue = 2 };
+using FwdMode = ir::FwdMode; ///< FullNat, DsrIpip, DsrGue (never Inherit in a table)
 
 using Addr = std::array<uint8_t, 16>; ///< IPv6, or IPv4 in bytes 0..3 with family 4
 
