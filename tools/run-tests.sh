@@ -13,27 +13,33 @@ fi
 ninja -C "$BUILD"
 rc=0
 meson test -C "$BUILD" --print-errorlogs --num-processes 2 || rc=$?
-# Bounded fuzzing of the manifest loader (libFuzzer needs clang: separate build dir).
+# Bounded fuzzing (libFuzzer needs clang: separate build dir): the manifest loader + compiler,
+# the IR decoder and the packet path. Each run is one more result line in the summary.
 if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
   FUZZ=${BUILD}-fuzz
   if [ ! -f "$FUZZ/build.ninja" ]; then
     CXX=clang++ meson setup "$FUZZ" -Dfuzz=enabled -Dtests=disabled -Dperf=disabled \
       -Ddataplane=disabled -Dbuildtype=debugoptimized >/dev/null
   fi
-  ninja -C "$FUZZ" tests/fuzz/loader_fuzz >/dev/null
-  mkdir -p "$FUZZ/corpus"
-  cp -n tests/fuzz/corpus/* "$FUZZ/corpus/" 2>/dev/null || true
-  if "$FUZZ/tests/fuzz/loader_fuzz" -max_total_time="${SLUICE_FUZZ_SECONDS:-60}" \
-       -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 "$FUZZ/corpus" \
-       tests/fuzz/corpus >"$FUZZ/fuzz.log" 2>&1; then
-    echo "fuzz: loader_fuzz ran ${SLUICE_FUZZ_SECONDS:-60}s without a crash ($(grep -c . "$FUZZ/corpus"/* 2>/dev/null | wc -l) corpus files)"
-    echo '{"name":"loader_fuzz","result":"OK"}' > "$FUZZ/fuzz-result.json"
-  else
-    tail -40 "$FUZZ/fuzz.log"
-    echo "fuzz: loader_fuzz FAILED"
-    echo '{"name":"loader_fuzz","result":"FAIL"}' > "$FUZZ/fuzz-result.json"
-    rc=1
-  fi
+  : > "$FUZZ/fuzz-result.json"
+  for spec in loader_fuzz:corpus:${SLUICE_FUZZ_SECONDS:-45} ir_decode_fuzz:corpus-ir:15 \
+              packet_fuzz:corpus-packet:30; do
+    IFS=: read -r target seeds secs <<<"$spec"
+    [ -f "tests/fuzz/$target.cc" ] || continue
+    ninja -C "$FUZZ" "tests/fuzz/$target" >/dev/null
+    mkdir -p "$FUZZ/$target-corpus"
+    if "$FUZZ/tests/fuzz/$target" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
+         -print_final_stats=1 "$FUZZ/$target-corpus" $( [ -d "tests/fuzz/$seeds" ] && echo "tests/fuzz/$seeds" ) \
+         >"$FUZZ/$target.log" 2>&1; then
+      echo "fuzz: $target ran ${secs}s without a crash"
+      echo "{\"name\":\"$target\",\"result\":\"OK\"}" >> "$FUZZ/fuzz-result.json"
+    else
+      tail -40 "$FUZZ/$target.log"
+      echo "fuzz: $target FAILED (crash input in $FUZZ)"
+      echo "{\"name\":\"$target\",\"result\":\"FAIL\"}" >> "$FUZZ/fuzz-result.json"
+      rc=1
+    fi
+  done
 fi
 python3 tools/test_summary.py "$BUILD/meson-logs/testlog.json" ${FUZZ:+"$FUZZ/fuzz-result.json"} || rc=1
 exit $rc
