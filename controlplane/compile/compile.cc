@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <unordered_map>
 #include <set>
 #include <tuple>
 
@@ -174,6 +175,8 @@ struct ListenerState {
     struct Attached {
         const Route* route;
         std::vector<std::string> hostnames; ///< effective (intersected) hostnames
+        size_t order = 0; ///< creation order of the route (precedence ties)
+        size_t slot = 0;  ///< index into Compiler::lowered_
     };
     std::vector<Attached> routes;
 };
@@ -1195,7 +1198,6 @@ private:
         const size_t slot = lowered_.size();
         lowered_.push_back(std::move(lowered));
         const LoweredRoute& lr = lowered_[slot];
-        route_slot_[&r] = slot;
 
         bool unsupported = false;
         for (const HttpRule& hr : r.http_rules) {
@@ -1227,7 +1229,7 @@ private:
                 }
                 ++accepted;
                 if (lr.bad_mode.empty() && !unsupported) {
-                    ls.routes.push_back({&r, std::move(hosts)});
+                    ls.routes.push_back({&r, std::move(hosts), route_order_[&r], slot});
                 }
             }
             const int64_t g2 = gen;
@@ -1466,7 +1468,7 @@ private:
         out.client_cert_optional = ls.client_cert_optional;
 
         std::sort(ls.routes.begin(), ls.routes.end(), [&](const auto& a, const auto& b) {
-            return route_order_[a.route] < route_order_[b.route];
+            return a.order < b.order;
         });
         struct Key {
             int path_class; ///< 0 Exact, 1 Prefix, 2 Regex
@@ -1490,8 +1492,8 @@ private:
 
         for (const auto& a : ls.routes) {
             const Route& r = *a.route;
-            LoweredRoute& lr = lowered_[route_slot_[&r]];
-            const size_t order = route_order_[&r];
+            LoweredRoute& lr = lowered_[a.slot];
+            const size_t order = a.order;
             if (lr.base == ir::kNone) {
                 // First listener this route serves: its rules move into the IR once.
                 lr.base = static_cast<uint32_t>(out_.ir.rules.size());
@@ -1641,8 +1643,7 @@ private:
     std::map<NsName, size_t> gateway_index_;
     std::map<NsName, std::vector<size_t>> listener_set_index_;
     std::vector<ListenerState> listeners_;
-    std::map<const Route*, size_t> route_order_;
-    std::map<const Route*, size_t> route_slot_;
+    std::unordered_map<const Route*, size_t> route_order_;
     std::vector<LoweredRoute> lowered_;
     std::vector<ir::BackendGroup> groups_;
     std::map<std::tuple<std::string, std::string, int>, uint32_t> group_index_;
