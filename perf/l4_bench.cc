@@ -1,0 +1,298 @@
+// l4_bench: the L4 fast path's cost per packet, beside DPDK io-forward on the same device in
+// the same run. Source and sink are net_null (no kernel, no NIC), one lcore:
+//   io-forward : rx_burst -> tx_burst                              (the device ceiling)
+//   io+template: rx_burst -> write a 64-byte client packet -> tx   (what feeding frames costs)
+//   sluice est.: rx_burst -> write packet -> lb_process -> tx     (established flows)
+//   sluice SYN : the same with a new flow per packet                (new-flow rate)
+// "Our own work" = sluice - io+template, in cycles per packet.
+//
+// usage: l4_bench [--flows N] [--seconds S] [--out FILE] -- [EAL args]
+//   default EAL: -l 0 --no-huge -m 1024 --no-pci --vdev=net_null0,size=64 --file-prefix l4b
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+
+#include "lb_fp.h"
+
+using namespace sluice;
+using namespace sluice::dp;
+
+namespace {
+
+constexpr uint16_t kBurstSize = 32;
+
+struct Args {
+    uint32_t flows = 200000;
+    double seconds = 2.0;
+    std::string out = "";
+};
+
+std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
+    // Ethernet + IPv4 + TCP, 64 bytes, client 10.(flow) -> VIP 10.0.0.100:80.
+    std::vector<uint8_t> f(64, 0);
+    const uint8_t ours[6] = {0x02, 0, 0, 0, 0, 0x02}, cli[6] = {0x02, 0, 0, 0, 0, 0x01};
+    std::memcpy(f.data(), ours, 6);
+    std::memcpy(f.data() + 6, cli, 6);
+    f[12] = 0x08;
+    uint8_t* ip = f.data() + 14;
+    ip[0] = 0x45;
+    ip[3] = 40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12] = 10;
+    ip[13] = static_cast<uint8_t>(1 + (flow >> 16));
+    ip[14] = static_cast<uint8_t>(flow >> 8);
+    ip[15] = static_cast<uint8_t>(flow);
+    ip[16] = 10;
+    ip[19] = 100;
+    uint32_t sum = 0;
+    for (int i = 0; i < 20; i += 2) {
+        sum += (ip[i] << 8) | ip[i + 1];
+    }
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    ip[10] = static_cast<uint8_t>(~sum >> 8);
+    ip[11] = static_cast<uint8_t>(~sum);
+    uint8_t* tcp = ip + 20;
+    tcp[0] = static_cast<uint8_t>((1024 + flow % 60000) >> 8);
+    tcp[1] = static_cast<uint8_t>(1024 + (flow % 60000));
+    tcp[3] = 80;
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    return f;
+}
+
+ir::Ir bench_ir() {
+    ir::Ir ir;
+    ir::Listener l;
+    l.port = 80;
+    l.protocol = ir::Protocol::TCP;
+    ir::Rule r;
+    for (int i = 0; i < 8; ++i) {
+        ir::BackendGroup g;
+        g.ns = "bench";
+        g.name = "b" + std::to_string(i);
+        g.endpoints.push_back({"10.0.1." + std::to_string(i + 1), 8080, true, true, false, g.name});
+        ir.groups.push_back(g);
+        r.backends.push_back({static_cast<uint32_t>(i), 1, 0, "", ir::kNone});
+    }
+    ir.rules.push_back(r);
+    l.l4_rule = 0;
+    ir.listeners.push_back(l);
+    ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0}, {}});
+    return ir;
+}
+
+struct LoopResult {
+    double mpps = 0;
+    double cycles_per_pkt = 0;
+    uint64_t packets = 0;
+};
+
+template <class F>
+LoopResult run_loop(uint16_t port, double seconds, F&& per_packet) {
+    const uint64_t hz = rte_get_tsc_hz();
+    const uint64_t start = rte_get_tsc_cycles();
+    const uint64_t end = start + static_cast<uint64_t>(seconds * static_cast<double>(hz));
+    uint64_t pkts = 0;
+    rte_mbuf* b[kBurstSize];
+    uint64_t now = start;
+    while (now < end) {
+        for (int rep = 0; rep < 64; ++rep) {
+            const uint16_t n = rte_eth_rx_burst(port, 0, b, kBurstSize);
+            uint16_t keep = 0;
+            for (uint16_t i = 0; i < n; ++i) {
+                if (per_packet(b[i])) {
+                    b[keep++] = b[i];
+                } else {
+                    rte_pktmbuf_free(b[i]);
+                }
+            }
+            const uint16_t sent = rte_eth_tx_burst(port, 0, b, keep);
+            for (uint16_t i = sent; i < keep; ++i) {
+                rte_pktmbuf_free(b[i]);
+            }
+            pkts += n;
+        }
+        now = rte_get_tsc_cycles();
+    }
+    LoopResult r;
+    r.packets = pkts;
+    const double secs = static_cast<double>(now - start) / static_cast<double>(hz);
+    r.mpps = static_cast<double>(pkts) / secs / 1e6;
+    r.cycles_per_pkt = static_cast<double>(now - start) / static_cast<double>(pkts ? pkts : 1);
+    return r;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    Args a;
+    int split = argc;
+    for (int i = 1; i < argc; ++i) {
+        const std::string s = argv[i];
+        if (s == "--") {
+            split = i;
+            break;
+        }
+        if (s == "--flows" && i + 1 < argc) {
+            a.flows = static_cast<uint32_t>(std::stoul(argv[++i]));
+        } else if (s == "--seconds" && i + 1 < argc) {
+            a.seconds = std::stod(argv[++i]);
+        } else if (s == "--out" && i + 1 < argc) {
+            a.out = argv[++i];
+        } else {
+            std::fprintf(stderr, "usage: %s [--flows N] [--seconds S] [--out FILE] -- [EAL args]\n",
+                         argv[0]);
+            return 2;
+        }
+    }
+    std::vector<std::string> eal = {argv[0]};
+    if (split < argc) {
+        for (int i = split + 1; i < argc; ++i) {
+            eal.push_back(argv[i]);
+        }
+    } else {
+        for (const char* x : {"-l", "0", "--no-huge", "-m", "1024", "--no-pci",
+                              "--vdev=net_null0,size=64", "--file-prefix", "l4bench",
+                              "--log-level=lib.eal:warning"}) {
+            eal.push_back(x);
+        }
+    }
+    std::vector<char*> ev;
+    for (auto& s : eal) {
+        ev.push_back(s.data());
+    }
+    if (rte_eal_init(static_cast<int>(ev.size()), ev.data()) < 0) {
+        std::fprintf(stderr, "l4_bench: EAL init failed\n");
+        return 1;
+    }
+    rte_mempool* pool =
+        rte_pktmbuf_pool_create("bench", 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    rte_eth_conf conf{};
+    const uint16_t port = 0;
+    if (!pool || rte_eth_dev_configure(port, 1, 1, &conf) != 0 ||
+        rte_eth_rx_queue_setup(port, 0, 512, 0, nullptr, pool) != 0 ||
+        rte_eth_tx_queue_setup(port, 0, 512, 0, nullptr) != 0 || rte_eth_dev_start(port) != 0) {
+        std::fprintf(stderr, "l4_bench: port setup failed\n");
+        return 1;
+    }
+
+    // The L4 state, as sluice-dataplane builds it.
+    ConnTrackConfig cc;
+    cc.capacity = a.flows * 2;
+    cc.half_open_max = cc.capacity;
+    auto ct = std::move(*ConnTrack::create(cc));
+    auto nb = std::make_unique<NeighborTable>();
+    auto ports = std::make_unique<std::array<std::array<ConnEntry*, 65536>, 4>>();
+    LbContext ctx;
+    ctx.our_mac = {0x02, 0, 0, 0, 0, 0x02};
+    ctx.ct = ct.get();
+    ctx.neighbors = nb.get();
+    ctx.ports = ports.get();
+    for (int i = 0; i < 4; ++i) {
+        ctx.snat[i].first = 4;
+        ctx.snat[i].second = {10, 0, 0, static_cast<uint8_t>(90 + i)};
+    }
+    const ServiceTable table = std::move(*build_service_table(bench_ir(), {}));
+    for (int i = 0; i < 8; ++i) {
+        nb->learn(4, Addr{10, 0, 1, static_cast<uint8_t>(i + 1)}, Mac{0x02, 0, 0, 0, 1, static_cast<uint8_t>(i)});
+    }
+    const uint32_t max_flows = std::min<uint32_t>(a.flows, 4 * 64000); // SNAT ports bound
+    std::vector<std::vector<uint8_t>> syns, acks;
+    syns.reserve(max_flows);
+    acks.reserve(max_flows);
+    for (uint32_t f = 0; f < max_flows; ++f) {
+        syns.push_back(client_packet(f, 0x02));
+        acks.push_back(client_packet(f, 0x10));
+    }
+    const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    // Warm up: every flow's SYN creates its conntrack entry.
+    uint32_t established = 0;
+    for (uint32_t f = 0; f < max_flows; ++f) {
+        std::vector<uint8_t> p = syns[f];
+        p.resize(128);
+        uint32_t len = 64;
+        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        established += lb_process(ctx, table, p, len, now) == LbAction::Tx ? 1 : 0;
+    }
+
+    const LoopResult io = run_loop(port, a.seconds, [](rte_mbuf*) { return true; });
+    uint32_t cursor = 0;
+    const LoopResult tmpl = run_loop(port, a.seconds, [&](rte_mbuf* m) {
+        std::memcpy(rte_pktmbuf_mtod(m, uint8_t*), acks[cursor].data(), 64);
+        cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+        return true;
+    });
+    uint64_t tx_est = 0;
+    const LoopResult est = run_loop(port, a.seconds, [&](rte_mbuf* m) {
+        auto* d = rte_pktmbuf_mtod(m, uint8_t*);
+        std::memcpy(d, acks[cursor].data(), 64);
+        cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+        uint32_t len = 64;
+        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        const bool ok = lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len, now) ==
+                        LbAction::Tx;
+        tx_est += ok;
+        return ok;
+    });
+    // New flows: SYNs of flows never seen (fresh client addresses), refused once the
+    // half-open budget or the SNAT ports are used up — both are counted.
+    std::vector<std::vector<uint8_t>> fresh_syns;
+    for (uint32_t f = 0; f < 65536; ++f) {
+        fresh_syns.push_back(client_packet(0x400000 + f, 0x02));
+    }
+    uint32_t fresh = 0;
+    const LoopResult syn = run_loop(port, std::getenv("L4_BENCH_NO_SYN") ? 0.01 : a.seconds,
+                                    [&](rte_mbuf* m) {
+        auto* d = rte_pktmbuf_mtod(m, uint8_t*);
+        std::memcpy(d, fresh_syns[fresh++ & 0xFFFF].data(), 64);
+        uint32_t len = 64;
+        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        return lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len, now) == LbAction::Tx;
+    });
+    const double own = est.cycles_per_pkt - tmpl.cycles_per_pkt;
+    std::printf("l4_bench: net_null, 64-byte frames, one lcore, %u established flows tracked "
+                "(%u/%u warm-up SYNs admitted)\n",
+                max_flows, established, max_flows);
+    std::printf("  io-forward           %7.2f Mpps  %6.1f cycles/pkt   = 1.00 (baseline)\n", io.mpps,
+                io.cycles_per_pkt);
+    std::printf("  io + packet write    %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n",
+                tmpl.mpps, tmpl.cycles_per_pkt, tmpl.mpps / io.mpps);
+    std::printf("  sluice established   %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
+                "(%.1f%% forwarded)\n",
+                est.mpps, est.cycles_per_pkt, est.mpps / io.mpps,
+                100.0 * static_cast<double>(tx_est) / static_cast<double>(est.packets));
+    std::printf("  sluice SYN (new)     %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n",
+                syn.mpps, syn.cycles_per_pkt, syn.mpps / io.mpps);
+    std::printf("  own work per established packet: %.1f cycles (goal <= 100); "
+                "memory per flow: %zu bytes (goal <= 64)\n",
+                own, sizeof(ConnEntry));
+    if (!a.out.empty()) {
+        FILE* f = std::fopen(a.out.c_str(), "w");
+        if (f) {
+            std::fprintf(f,
+                         "{\"benchmark\":\"l4\",\"flows\":%u,\"io_forward_mpps\":%.3f,"
+                         "\"io_forward_cycles\":%.1f,\"template_mpps\":%.3f,"
+                         "\"established_mpps\":%.3f,\"established_cycles\":%.1f,"
+                         "\"own_cycles\":%.1f,\"syn_mpps\":%.3f,\"bytes_per_flow\":%zu,"
+                         "\"ratio_established_to_io\":%.3f}\n",
+                         max_flows, io.mpps, io.cycles_per_pkt, tmpl.mpps, est.mpps,
+                         est.cycles_per_pkt, own, syn.mpps, sizeof(ConnEntry), est.mpps / io.mpps);
+            std::fclose(f);
+        }
+    }
+    rte_eth_dev_stop(port);
+    rte_eal_cleanup();
+    return 0;
+}
