@@ -1,5 +1,6 @@
 // sluice-controlplane: Gateway API manifests -> status + IR -> the dataplane.
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <iostream>
@@ -7,6 +8,8 @@
 #include <boost/program_options.hpp>
 
 #include "controller.h"
+#include "k8s_client.h"
+#include "k8s_source.h"
 
 namespace po = boost::program_options;
 
@@ -31,7 +34,23 @@ int main(int argc, char** argv) {
         "address", po::value<std::vector<std::string>>()->composing(),
         "address given to Gateways that request none (repeatable; default 127.0.0.1)")(
         "once", "reconcile once and exit (exit 1 when the configuration has errors)")(
-        "kubernetes", "use the Kubernetes API as the source (not available yet: see issue 6)");
+        "kubernetes", "use the Kubernetes API as the source: in-cluster service account, or "
+                      "--kubeconfig")(
+        "kubeconfig", po::value<std::string>(),
+        "kubeconfig file (its current-context: server, CA, token or client certificate; exec "
+        "plugins are not supported yet); implies --kubernetes")(
+        "lease-name", po::value<std::string>()->default_value("sluice-controlplane"),
+        "coordination.k8s.io/v1 Lease used for leader election")(
+        "lease-namespace", po::value<std::string>()->default_value(""),
+        "namespace of the Lease; '' = the service account's (or context's) namespace")(
+        "identity", po::value<std::string>()->default_value(""),
+        "this replica's identity in the Lease; '' = hostname_pid")(
+        "lease-duration", po::value<int>()->default_value(15),
+        "seconds after the last renewal before a standby takes over")(
+        "no-leader-election", "write status without a Lease (a single replica)")(
+        "list-limit", po::value<int>()->default_value(500), "page size of chunked lists")(
+        "watch-timeout", po::value<int>()->default_value(300),
+        "timeoutSeconds of each watch request");
     po::variables_map vm;
     try {
         po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -44,21 +63,49 @@ int main(int argc, char** argv) {
         std::cout << desc;
         return 0;
     }
-    if (vm.count("kubernetes")) {
-        std::cerr << "sluice-controlplane: --kubernetes is not implemented yet; use --config-dir\n";
+    const bool kube = vm.count("kubernetes") || vm.count("kubeconfig");
+    if (kube && vm.count("config-dir")) {
+        std::cerr << "sluice-controlplane: --config-dir and --kubernetes exclude each other\n";
         return 2;
     }
-    if (!vm.count("config-dir")) {
+    if (!kube && !vm.count("config-dir")) {
         std::cerr << "sluice-controlplane: --config-dir is required\n" << desc;
         return 2;
     }
     sluice::cp::ControllerOptions opts;
-    opts.config_dir = vm["config-dir"].as<std::string>();
+    if (!kube) {
+        opts.config_dir = vm["config-dir"].as<std::string>();
+    }
     opts.status_dir = vm["status-dir"].as<std::string>();
     opts.dp_socket = vm["dp-socket"].as<std::string>();
     opts.compile.controller_name = vm["controller-name"].as<std::string>();
     if (vm.count("address")) {
         opts.compile.default_addresses = vm["address"].as<std::vector<std::string>>();
+    }
+    if (kube) {
+        auto cfg = vm.count("kubeconfig")
+                       ? sluice::cp::load_kubeconfig(vm["kubeconfig"].as<std::string>())
+                       : sluice::cp::in_cluster_config();
+        if (!cfg) {
+            std::cerr << "sluice-controlplane: " << cfg.error().message << "\n";
+            return 2;
+        }
+        opts.strict = false; // one bad object must not freeze the cluster's other changes
+        sluice::cp::K8sSourceOptions ko;
+        ko.controller_name = opts.compile.controller_name;
+        ko.leader_election = !vm.count("no-leader-election");
+        ko.lease_name = vm["lease-name"].as<std::string>();
+        ko.lease_namespace = vm["lease-namespace"].as<std::string>();
+        ko.identity = vm["identity"].as<std::string>();
+        ko.lease_duration_s = std::max(1, vm["lease-duration"].as<int>());
+        ko.list_limit = std::max(1, vm["list-limit"].as<int>());
+        ko.watch_timeout_s = std::max(1, vm["watch-timeout"].as<int>());
+        sluice::cp::KubeClient client(*cfg);
+        sluice::cp::Controller c(opts);
+        sluice::cp::K8sSource src(client, c, ko);
+        std::signal(SIGINT, on_signal);
+        std::signal(SIGTERM, on_signal);
+        return src.run(g_stop);
     }
     sluice::cp::Controller c(opts);
     if (vm.count("once")) {

@@ -7,7 +7,7 @@ pkgs=(
   g++ clang meson ninja-build pkg-config cmake
   # libraries (see docs/dependencies.md for why each one is here)
   libyaml-cpp-dev libexpected-dev libboost-program-options-dev libre2-dev
-  nlohmann-json3-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcurl4-openssl-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
   dpdk-dev libdpdk-dev libipsec-mb-dev libbpf-dev
   # fuzzing (libFuzzer runtime for clang 14)
   libclang-rt-14-dev

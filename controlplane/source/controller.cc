@@ -94,16 +94,21 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
 }
 
 ReconcileResult Controller::reconcile() {
-    ReconcileResult r;
     Diagnostics diags;
     std::vector<Document> docs = load_path(opts_.config_dir, opts_.limits, diags);
+    return reconcile_documents(docs, std::move(diags));
+}
+
+ReconcileResult Controller::reconcile_documents(const std::vector<Document>& docs,
+                                                Diagnostics diags) {
+    ReconcileResult r;
     Store store;
     LoadOptions lo;
     lo.controller_name = opts_.compile.controller_name;
     load_documents(docs, lo, store, diags);
     r.errors = diags.errors();
     r.warnings = diags.size() - r.errors;
-    if (r.errors > 0) {
+    if (r.errors > 0 && opts_.strict) {
         r.message = std::to_string(r.errors) +
                     " error(s) in the configuration; keeping the last good configuration";
         if (current_) {

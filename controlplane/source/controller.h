@@ -26,6 +26,10 @@ struct ControllerOptions {
     LoadLimits limits;
     int debounce_ms = 150;
     int retry_ms = 2000; ///< retry a dataplane that did not answer
+    /// true (files): any error diagnostic keeps the last good configuration.
+    /// false (Kubernetes): objects with errors are dropped and reported, the rest compiles,
+    /// as one bad object in a cluster must not freeze every other change.
+    bool strict = true;
 };
 
 struct ReconcileResult {
@@ -45,6 +49,15 @@ public:
 
     /// One pass: load, compile, publish, write status.
     ReconcileResult reconcile();
+
+    /// The same pass for documents that come from elsewhere (the Kubernetes source).
+    /// `diags` carries what was found while producing `docs`.
+    ReconcileResult reconcile_documents(const std::vector<Document>& docs, Diagnostics diags);
+
+    /// Re-sends the IR in force to a dataplane that did not answer (no recompile).
+    [[nodiscard]] bool needs_retry() const noexcept {
+        return !opts_.dp_socket.empty() && current_ && !acked_ && nack_reason_.empty();
+    }
 
     /// Watches config_dir with inotify and reconciles on change until `stop` is set.
     /// Returns 0, or 1 when the directory cannot be watched.

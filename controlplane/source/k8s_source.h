@@ -1,0 +1,89 @@
+#pragma once
+
+/// @file
+/// The Kubernetes API source behind `sluice-controlplane --kubernetes`: list+watch of every
+/// kind sluice reads (resourceVersion resume, bookmarks, 410 Gone -> relist, chunked lists,
+/// backoff with jitter, missing CRDs tolerated), an in-memory object map turned into
+/// Documents for the same load_documents + compile as the file source (Controller), status
+/// write-back through the status subresource (JSON merge patch guarded by resourceVersion,
+/// only when it changes, other controllers' Route parent entries kept), and leader election
+/// with a coordination.k8s.io/v1 Lease. Every replica compiles and pushes the IR to its own
+/// dataplane (so dataplanes keep forwarding through a leader change); only the leader
+/// writes status. Thread: run() blocks on its caller's thread and starts one watch thread per
+/// kind and one lease thread; nlohmann::json exceptions are caught in this file.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "controller.h"
+#include "k8s_client.h"
+
+namespace sluice::cp {
+
+struct K8sSourceOptions {
+    std::string controller_name = kControllerName;
+    bool leader_election = true;
+    std::string lease_name = "sluice-controlplane";
+    std::string lease_namespace; ///< "" = the namespace of the service account / context
+    std::string identity;        ///< "" = hostname + pid
+    int lease_duration_s = 15;   ///< a standby takes over this long after the last renewal
+    int list_limit = 500;        ///< page size of chunked lists (limit/continue)
+    int watch_timeout_s = 300;   ///< timeoutSeconds of each watch request
+    int idle_timeout_s = 120;    ///< no byte for this long: the watch connection is dead
+    int backoff_min_ms = 250, backoff_max_ms = 30000;
+    int missing_retry_s = 60; ///< re-check a kind whose CRD is not installed
+    int debounce_ms = 100;
+};
+
+class K8sSource {
+public:
+    K8sSource(KubeClient& client, Controller& controller, K8sSourceOptions opts);
+    ~K8sSource();
+    K8sSource(const K8sSource&) = delete;
+    K8sSource& operator=(const K8sSource&) = delete;
+
+    /// Runs until `stop` is set. Returns 0 (errors are retried, never fatal).
+    int run(const std::atomic<bool>& stop);
+
+    [[nodiscard]] bool is_leader() const noexcept {
+        return leader_.load(std::memory_order_acquire);
+    }
+
+    struct Resource; ///< one watched kind (k8s_source.cc)
+
+private:
+    void watch_loop(Resource& r, const std::atomic<bool>& stop);
+    void lease_loop(const std::atomic<bool>& stop);
+    void release_lease();
+    void reconcile();
+    void write_statuses();
+    bool patch_status(Resource& r, const std::string& key, const nlohmann::json& patch,
+                      const std::string& rv, const std::string& obj_path);
+    void mark(bool compile);
+    bool sleep_for(int ms, const std::atomic<bool>& stop);
+
+    KubeClient& client_;
+    Controller& ctl_;
+    K8sSourceOptions opts_;
+    std::vector<std::unique_ptr<Resource>> resources_;
+
+    std::mutex mu_; ///< guards every Resource's objects/rv/state and the flags below
+    std::condition_variable cv_;
+    bool compile_dirty_ = false; ///< an object's spec/data changed: recompile
+    bool status_dirty_ = false;  ///< only status changed, or leadership: re-check status
+    std::atomic<bool> leader_{false};
+    std::string lease_rv_;
+};
+
+/// Builds a loader Document from an API object (status and managedFields dropped). Thread: any.
+[[nodiscard]] Document json_to_document(const nlohmann::json& obj, const std::string& file);
+
+} // namespace sluice::cp

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Drives sluice-controlplane --kubeconfig against tests/k8s/fake_apiserver.py (issue 6).
+
+Covers: initial sync of examples/seed/*.yaml with chunked lists, status write-back
+(Accepted/ResolvedRefs, observedGeneration), another controller's parent entry left alone,
+no rewrite when nothing changed, an update, a delete, a status patch conflict (409), a watch
+that expires (410 -> relist, no status flap), a server that cuts the watch mid-event, a
+missing CRD, and leader election with two replicas (kill the leader -> the standby takes over
+within the lease duration). Usage: k8s_source_test.py SLUICE_CONTROLPLANE SOURCE_ROOT
+"""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fake_apiserver as fake  # noqa: E402
+
+CP, ROOT = sys.argv[1], sys.argv[2]
+OURS = "sluice.dev/gateway-controller"
+LEASE_S = 2
+S = fake.STATE
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def wait(pred, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return pred()
+
+
+def ours(obj):
+    if not obj:
+        return None
+    for p in (obj.get("status") or {}).get("parents") or []:
+        if p.get("controllerName") == OURS:
+            return p
+    return None
+
+
+def cond(entry, typ):
+    for c in (entry or {}).get("conditions") or []:
+        if c["type"] == typ:
+            return c
+    return None
+
+
+tmp = tempfile.mkdtemp(prefix="sluice-k8s-")
+for f in sorted(glob.glob(os.path.join(ROOT, "examples/seed/*.yaml"))):
+    for d in fake.load_yaml_docs(open(f).read()):
+        if d:
+            S.apply(d)
+# Another controller already reports on foo-route (a parent it owns).
+other = {"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                       "name": "other-gw", "namespace": "foo"},
+         "controllerName": "example.com/other",
+         "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                         "message": "", "observedGeneration": 1,
+                         "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+fr = S.get("HTTPRoute", "foo", "foo-route")
+fr["status"] = {"parents": [other]}
+S.objects["httproutes"][("foo", "foo-route")] = fr
+S.hide.add("tlsroutes")  # an older cluster without the TLSRoute CRD
+
+srv = fake.serve(0)
+port = srv.server_address[1]
+kubeconfig = os.path.join(tmp, "kubeconfig")
+with open(kubeconfig, "w") as f:
+    f.write(f"""apiVersion: v1
+kind: Config
+current-context: test
+contexts:
+- name: test
+  context: {{cluster: fake, user: u, namespace: sluice-system}}
+clusters:
+- name: fake
+  cluster: {{server: "http://127.0.0.1:{port}"}}
+users:
+- name: u
+  user: {{token: test-token}}
+""")
+
+procs = {}
+
+
+def start(ident):
+    log = open(os.path.join(tmp, ident + ".log"), "w")
+    p = subprocess.Popen([CP, "--kubeconfig", kubeconfig, "--status-dir", "", "--identity", ident,
+                          "--lease-duration", str(LEASE_S), "--list-limit", "2",
+                          "--watch-timeout", "5"], stdout=log, stderr=subprocess.STDOUT)
+    procs[ident] = p
+    return p
+
+
+def logtext(ident):
+    return open(os.path.join(tmp, ident + ".log")).read()
+
+
+def holder():
+    le = S.objects.get("leases", {}).get(("sluice-system", "sluice-controlplane"))
+    return le and le["spec"].get("holderIdentity")
+
+
+try:
+    # ------------------------------------------------------------ initial sync
+    start("a")
+    t0 = time.time()
+    ok = wait(lambda: cond(ours(S.get("HTTPRoute", "bar", "bar-route")), "ResolvedRefs") and
+              cond(ours(S.get("HTTPRoute", "foo", "foo-route")), "Accepted"), 15)
+    check(bool(ok), "initial sync: routes get status within %.1fs" % (time.time() - t0))
+    for ns, name in (("foo", "foo-route"), ("bar", "bar-route")):
+        e = ours(S.get("HTTPRoute", ns, name))
+        check(cond(e, "Accepted") and cond(e, "Accepted")["status"] == "True" and
+              cond(e, "ResolvedRefs")["status"] == "True" and
+              cond(e, "Accepted")["observedGeneration"] == 1 and
+              cond(e, "Accepted").get("lastTransitionTime"),
+              f"HTTPRoute {ns}/{name}: Accepted=True ResolvedRefs=True observedGeneration=1")
+    gc = S.get("GatewayClass", "", "acme-lb")
+    check(any(c["type"] == "Accepted" and c["status"] == "True"
+              for c in gc.get("status", {}).get("conditions", [])) and
+          gc["status"].get("supportedFeatures"),
+          "GatewayClass acme-lb: Accepted=True with supportedFeatures")
+    gw = wait(lambda: S.get("Gateway", "default", "prod-web").get("status"))
+    check(gw and gw["listeners"][0]["attachedRoutes"] == 2, "Gateway prod-web: 2 attached routes")
+    fr = S.get("HTTPRoute", "foo", "foo-route")
+    check(other in fr["status"]["parents"] and len(fr["status"]["parents"]) == 2,
+          "another controller's parent entry is left untouched")
+    check(any("continue=" in p for m, p in S.requests if m == "GET"),
+          "lists are chunked (limit/continue)")
+    check("TLSRoute: not served" in logtext("a"), "a missing CRD (TLSRoute) is tolerated and reported")
+    check(wait(lambda: holder() == "a"), "replica a holds the lease")
+
+    # ------------------------------------------------------------ no rewrite when unchanged
+    n = len(S.status_writes)
+    time.sleep(1.5)
+    check(len(S.status_writes) == n, "no status write when nothing changed (%d writes)" % n)
+
+    # ------------------------------------------------------------ update
+    br = S.get("HTTPRoute", "bar", "bar-route")
+    br.pop("status", None)
+    br["spec"]["rules"][0]["forwardTo"][0]["serviceName"] = "no-such-svc"
+    S.apply(br)
+    e = wait(lambda: (lambda x: x if cond(x, "ResolvedRefs") and
+                      cond(x, "ResolvedRefs")["status"] == "False" else None)(
+        ours(S.get("HTTPRoute", "bar", "bar-route"))))
+    check(e and cond(e, "ResolvedRefs")["observedGeneration"] == 2,
+          "update: edited route gets ResolvedRefs=False with observedGeneration 2")
+
+    # ------------------------------------------------------------ status patch conflict
+    S.force_conflicts = 1
+    br = S.get("HTTPRoute", "bar", "bar-route")
+    br["spec"]["rules"][0]["forwardTo"][0]["serviceName"] = "bar-v1"
+    S.apply(br)
+    e = wait(lambda: (lambda x: x if cond(x, "ResolvedRefs") and
+                      cond(x, "ResolvedRefs")["status"] == "True" else None)(
+        ours(S.get("HTTPRoute", "bar", "bar-route"))))
+    check(e and "conflict (409)" in logtext("a"),
+          "status patch conflict (409): re-read and written on retry")
+
+    # ------------------------------------------------------------ delete
+    S.delete("HTTPRoute", "foo", "foo-route")
+    check(wait(lambda: (S.get("Gateway", "default", "prod-web").get("status", {})
+                        .get("listeners", [{}])[0].get("attachedRoutes") == 1)), "delete: the Gateway's attachedRoutes drops to 1")
+
+    # ------------------------------------------------------------ 410 Gone -> relist
+    n = len(S.status_writes)
+    S.compact()
+    check(wait(lambda: "410 Gone" in logtext("a")), "an expired watch (410) is noticed")
+    time.sleep(1.0)
+    check(len(S.status_writes) == n, "relist after 410 does not flap status")
+    fr = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+          "metadata": {"name": "new-route", "namespace": "foo"},
+          "spec": {"parentRefs": [{"name": "prod-web", "namespace": "default"}],
+                   "rules": [{"backendRefs": [{"name": "foo-home", "port": 8080}]}]}}
+    S.apply(fr)
+    check(wait(lambda: cond(ours(S.get("HTTPRoute", "foo", "new-route")), "Accepted")),
+          "after the relist, a new route (v1) gets status")
+
+    # ------------------------------------------------------------ connection dropped mid-watch
+    S.drop_watches()
+    time.sleep(0.3)
+    fr = S.get("HTTPRoute", "foo", "new-route")
+    fr["spec"]["rules"][0]["backendRefs"][0]["name"] = "missing"
+    fr.pop("status")
+    S.apply(fr)
+    e = wait(lambda: (lambda x: x if cond(x, "ResolvedRefs") and
+                      cond(x, "ResolvedRefs")["status"] == "False" else None)(
+        ours(S.get("HTTPRoute", "foo", "new-route"))))
+    check(bool(e), "a watch cut mid-event resumes and delivers the next change")
+
+    # ------------------------------------------------------------ leader election
+    start("b")
+    time.sleep(LEASE_S + 1)
+    check(holder() == "a" and "became the leader" not in logtext("b"),
+          "standby b does not take the lease while a renews it")
+    fr = S.get("HTTPRoute", "foo", "new-route")
+    fr["spec"]["rules"][0]["backendRefs"][0]["name"] = "foo-home"
+    fr.pop("status")
+    S.apply(fr)
+    wait(lambda: cond(ours(S.get("HTTPRoute", "foo", "new-route")), "ResolvedRefs")["status"] == "True")
+    check("status: wrote" not in logtext("b"), "only the leader writes status")
+    procs["a"].send_signal(signal.SIGKILL)
+    procs["a"].wait()
+    t_kill = time.time()
+    took = wait(lambda: holder() == "b", LEASE_S * 3)
+    dt = time.time() - t_kill
+    check(took and dt <= LEASE_S + 1.5, "b takes over %.1fs after a dies (lease %ds)" % (dt, LEASE_S))
+    fr = S.get("HTTPRoute", "foo", "new-route")
+    fr["spec"]["rules"][0]["backendRefs"][0]["name"] = "gone-again"
+    fr.pop("status")
+    S.apply(fr)
+    check(wait(lambda: cond(ours(S.get("HTTPRoute", "foo", "new-route")),
+                            "ResolvedRefs")["status"] == "False"),
+          "the new leader b writes status")
+finally:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if failures:
+        for ident in procs:
+            print("---- log of", ident)
+            print(logtext(ident)[-4000:])
+
+print("%d failure(s)" % len(failures))
+sys.exit(1 if failures else 0)
