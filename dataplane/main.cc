@@ -197,13 +197,9 @@ int main(int argc, char** argv) {
     ctl.stop();
     ctl_thread.join();
     std::fprintf(stderr, "sluice-dataplane: counters:");
-    static const char* kNames[] = {"rx", "tx", "arp_replies", "arp_requests", "echo_replies",
-                                   "new_flows", "established", "return", "stateless_fallback",
-                                   "no_service", "no_backend", "rejected", "no_neighbor",
-                                   "no_snat_port", "backend_gone", "not_for_us", "l7_not_ready",
-                                   "parse_drop"};
     for (size_t i = 0; i < kLbCounterCount; ++i) {
-        std::fprintf(stderr, " %s=%lu", kNames[i], static_cast<unsigned long>(ctx.counters[i]));
+        std::fprintf(stderr, " %s=%lu", lb_counter_name(static_cast<LbCounter>(i)),
+                     static_cast<unsigned long>(ctx.counters[i]));
     }
     for (size_t i = 1; i < kDropReasonCount; ++i) {
         if (ctx.drops[i]) {

@@ -1,5 +1,6 @@
 #include "lb_fp.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace sluice::dp {
@@ -47,14 +48,36 @@ int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
 }
 
 /// Frees flows whose SNAT port owner expired, then takes the next free port.
+/// Probes at most kPortProbes ports of one SNAT slot (so exhaustion costs a bounded number
+/// of compares per new flow, never a scan of 64 Ki ports).
+constexpr uint32_t kPortProbes = 64;
+
 int alloc_port(LbContext& ctx, int slot, uint32_t now) noexcept {
     auto& owners = (*ctx.ports)[slot];
     const uint32_t span = static_cast<uint32_t>(ctx.port_hi - ctx.port_lo) + 1;
     uint16_t& cur = ctx.port_cursor[slot];
-    for (uint32_t tries = 0; tries < span; ++tries) {
+    for (uint32_t tries = 0; tries < kPortProbes && tries < span; ++tries) {
         const uint16_t port = static_cast<uint16_t>(ctx.port_lo + (cur++ % span));
         ConnEntry* e = owners[port];
         if (!e || ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != port) {
+            return port;
+        }
+    }
+    return -1;
+}
+
+/// A SNAT address of `family` with a free port: the slots of that family in turn.
+int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noexcept {
+    const size_t n = ctx.snat.size();
+    for (size_t k = 0; k < n; ++k) {
+        const size_t i = (ctx.snat_next + k) % n;
+        if (ctx.snat[i].first != family) {
+            continue;
+        }
+        const int port = alloc_port(ctx, static_cast<int>(i), now);
+        if (port >= 0) {
+            ctx.snat_next = static_cast<uint8_t>((i + 1) % n);
+            slot_out = static_cast<int>(i);
             return port;
         }
     }
@@ -128,7 +151,7 @@ uint32_t endpoint_id(const L4Endpoint& e) noexcept {
 
 const Mac* NeighborTable::find(uint8_t family, const Addr& a) const noexcept {
     size_t i = addr_hash(family, a) & (kSlots - 1);
-    for (size_t n = 0; n < kSlots; ++n, i = (i + 1) & (kSlots - 1)) {
+    for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
         if (slots[i].family == 0) {
             return nullptr;
         }
@@ -141,17 +164,290 @@ const Mac* NeighborTable::find(uint8_t family, const Addr& a) const noexcept {
 
 void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac) noexcept {
     size_t i = addr_hash(family, a) & (kSlots - 1);
-    for (size_t n = 0; n < kSlots; ++n, i = (i + 1) & (kSlots - 1)) {
-        if (slots[i].family == 0 || (slots[i].family == family && slots[i].addr == a)) {
-            slots[i] = {family, a, mac};
+    // Bounded probing: a full neighbourhood costs kProbe compares, never a table scan, and
+    // a neighbour storm cannot evict the next hops in use (it just is not learned).
+    for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
+        Slot& sl = slots[i];
+        if (sl.family == family && sl.addr == a) {
+            if (sl.mac != mac) {
+                sl.mac = mac; // write only on change: the line stays clean for readers
+            }
+            return;
+        }
+        if (sl.family == 0) {
+            sl = {family, a, mac};
             return;
         }
     }
-    // Full: keep the old entries (a neighbour storm cannot evict the next hops in use).
+}
+
+// --- Issue 3 protocol coverage: neighbour discovery, ICMP errors, fragments, TTL ---------
+
+namespace {
+
+LbAction sent(LbContext& ctx, LbCounter c) noexcept {
+    ctx.count(c);
+    ctx.count(LbCounter::TxPackets);
+    return LbAction::Tx;
+}
+
+LbAction dropped(LbContext& ctx, LbCounter c) noexcept {
+    ctx.count(c);
+    return LbAction::Drop;
+}
+
+bool ours(const LbContext& ctx, const ServiceTable& table, uint8_t family,
+          const Addr& a) noexcept {
+    return table.is_vip(family, a) || snat_slot(ctx, family, a) >= 0;
+}
+
+/// Hash of a fragment's identity: the addresses of key `k` and m's family, protocol, id.
+uint64_t frag_hash(const PacketMeta& m, const PacketKey& k) noexcept {
+    uint64_t h = addr_hash(m.family, to_table_addr(6, k.src)) ^
+                 (addr_hash(m.proto, to_table_addr(6, k.dst)) * 0x9e3779b97f4a7c15ULL);
+    h ^= m.frag_id * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 31);
+}
+
+bool frag_match(const FragTable::Slot& s, const PacketMeta& m, const PacketKey& k) noexcept {
+    return s.family == m.family && s.proto == m.proto && s.id == m.frag_id && s.src == k.src &&
+           s.dst == k.dst;
+}
+
+bool tick_before(uint32_t a, uint32_t b) noexcept {
+    return static_cast<int32_t>(a - b) < 0;
+}
+
+/// Neighbour solicitation: learn the solicitor (source link-layer option), answer for our
+/// addresses with a neighbour advertisement rebuilt into the same buffer.
+LbAction on_neighbor_solicit(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
+                             std::span<uint8_t> frame, const PacketMeta& m,
+                             uint32_t& len) noexcept {
+    const Addr src = to_table_addr(6, m.key.src);
+    Mac sll{};
+    if (src != Addr{} && nd_link_layer_option(frame, m, 1, sll)) {
+        ctx.neighbors->learn(6, src, sll);
+    }
+    if (!ours(ctx, table, 6, to_table_addr(6, m.key.dst))) {
+        return dropped(ctx, LbCounter::NotForUs);
+    }
+    // The advert (l2 + 72 bytes) is written over the solicitation (which may be shorter);
+    // build_neighbor_advert() reads everything it needs first, and checks buf's size.
+    const uint32_t n = build_neighbor_advert(buf, frame, m, ctx.our_mac);
+    if (n == 0) {
+        return dropped(ctx, LbCounter::ParseDrop);
+    }
+    len = n;
+    return sent(ctx, LbCounter::NdAdverts);
+}
+
+/// A frame the parser refused as "unsupported ICMP": a neighbour advertisement teaches us
+/// the target's MAC (target link-layer option). @return true if it was one.
+bool on_neighbor_advert(LbContext& ctx, std::span<const uint8_t> frame,
+                        const PacketMeta& m) noexcept {
+    constexpr uint8_t kNeighborAdvert = 136;
+    if (m.family != 6 || m.proto != kProtoIcmpv6 || m.icmp_type != kNeighborAdvert ||
+        m.icmp_code != 0 || m.ttl != 255 || m.l4_off + 24u > uint32_t{m.l3_off} + m.l3_len ||
+        size_t{m.l3_off} + m.l3_len > frame.size()) {
+        return false;
+    }
+    Addr16 target{};
+    std::memcpy(target.data(), frame.data() + m.l4_off + 8, 16);
+    Mac tll{};
+    if (target[0] != 0xFF && nd_link_layer_option(frame, m, 2, tll)) {
+        ctx.neighbors->learn(6, to_table_addr(6, target), tll);
+    }
+    ctx.count(LbCounter::NdLearned);
+    return true;
+}
+
+/// Answers a packet whose TTL / hop limit would expire here with ICMP time exceeded from
+/// the address it was sent to (a VIP, or a SNAT address for return traffic).
+LbAction time_exceeded(LbContext& ctx, std::span<uint8_t> buf, std::span<const uint8_t> frame,
+                       const PacketMeta& m, uint32_t& len) noexcept {
+    // The reply quotes at most 548 (IPv4) / 1232 (IPv6) bytes of the datagram; it is built
+    // over the frame, so that much is copied aside first.
+    std::array<uint8_t, 22 + 1232> copy;
+    PacketMeta q = m;
+    const uint32_t limit = m.family == 4 ? 576 - kIpv4HdrLen - kIcmpHdrLen
+                                         : 1280 - kIpv6HdrLen - kIcmpHdrLen;
+    q.l3_len = static_cast<uint16_t>(std::min<uint32_t>(m.l3_len, limit));
+    const size_t n = size_t{q.l3_off} + q.l3_len;
+    if (n > copy.size() || n > frame.size()) {
+        return dropped(ctx, LbCounter::TtlDrop);
+    }
+    std::memcpy(copy.data(), frame.data(), n);
+    const uint32_t out = build_icmp_time_exceeded(buf, std::span<const uint8_t>(copy.data(), n),
+                                                  q, m.key.dst);
+    if (out == 0) {
+        ++ctx.drops[static_cast<size_t>(DropReason::TtlExceeded)];
+        return dropped(ctx, LbCounter::TtlDrop);
+    }
+    len = out;
+    return sent(ctx, LbCounter::TimeExceeded);
+}
+
+/// ICMP error about a TCP/UDP flow: from a backend to our SNAT address (about
+/// SNAT->backend) goes back to the client as if about VIP->client... the reverse of the
+/// flow's translation; from elsewhere to a VIP (about VIP->client) goes to the backend.
+LbAction on_icmp_error(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
+                       std::span<uint8_t> frame, PacketMeta& m, uint32_t& len, uint32_t now,
+                       uint32_t* headroom) noexcept {
+    const uint8_t fam = m.family;
+    if (m.key.proto != kProtoTcp && m.key.proto != kProtoUdp) {
+        return dropped(ctx, LbCounter::IcmpErrorNoFlow);
+    }
+    const uint8_t* ip = frame.data() + m.l3_off;
+    Addr16 outer_dst{};
+    std::memcpy(fam == 4 ? outer_dst.data() + 12 : outer_dst.data(), ip + (fam == 4 ? 16 : 24),
+                fam == 4 ? 4 : 16);
+    const Addr odst = to_table_addr(fam, outer_dst);
+    const Addr kdst = to_table_addr(fam, m.key.dst);
+    IcmpErrorNat t;
+    const Mac* mac = nullptr;
+    LbCounter done = LbCounter::IcmpErrorsToClient;
+    if (const int slot = snat_slot(ctx, fam, kdst); slot >= 0 && odst == kdst) {
+        // Embedded SNAT:sport -> backend:port; the key is its reverse.
+        const ConnEntry* e = (*ctx.ports)[slot][m.key.dst_port];
+        L4Endpoint be;
+        be.family = fam;
+        be.addr = to_table_addr(fam, m.key.src);
+        be.port = m.key.src_port;
+        if (!e || ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != m.key.dst_port ||
+            ((e->value.service >> 16) & 0xFF) != static_cast<uint32_t>(slot) ||
+            e->key.proto != m.key.proto || e->value.backend != endpoint_id(be)) {
+            return dropped(ctx, LbCounter::IcmpErrorNoFlow);
+        }
+        const FlowKey& c = e->key; // client -> VIP
+        t.outer_src = to_packet_addr(fam, c.dst);
+        t.outer_dst = to_packet_addr(fam, c.src);
+        t.inner_src = t.outer_dst;
+        t.inner_src_port = c.src_port;
+        t.inner_dst = t.outer_src;
+        t.inner_dst_port = c.dst_port;
+        mac = ctx.neighbors->find(fam, c.src);
+    } else if (table.is_vip(fam, odst) && odst == kdst) {
+        // Embedded VIP:vport -> client:cport; the key is the client->VIP flow's.
+        const L4Service* svc = table.find(fam, kdst, m.key.proto, m.key.dst_port);
+        FlowKey k;
+        k.family = fam;
+        k.proto = m.key.proto;
+        k.src = to_table_addr(fam, m.key.src);
+        k.dst = kdst;
+        k.src_port = m.key.src_port;
+        k.dst_port = m.key.dst_port;
+        ConnEntry* e = svc ? ctx.ct->lookup(k, flow_hash(k), now) : nullptr;
+        uint16_t hint = e ? e->value.generation : 0;
+        const L4Endpoint* ep = e ? endpoint_of(table, *svc, e->value, &hint) : nullptr;
+        if (!ep || ep->reject) {
+            return dropped(ctx, LbCounter::IcmpErrorNoFlow);
+        }
+        mac = ctx.neighbors->find(ep->family, ep->addr);
+        if (!mac) {
+            return dropped(ctx, LbCounter::NoNeighbor);
+        }
+        if (e->value.service == kDsrFlow) {
+            // DSR: the backend holds the VIP; hand it the error as is, encapsulated.
+            const FwdMode mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue
+                                                              : FwdMode::DsrIpip;
+            return dsr_forward(ctx, m, mode, *ep, *mac, buf, len, headroom)
+                       ? sent(ctx, LbCounter::IcmpErrorsToBackend)
+                       : LbAction::Drop;
+        }
+        const auto slot = static_cast<size_t>((e->value.service >> 16) & 0xFF);
+        if (slot >= ctx.snat.size() || ep->family != fam) {
+            return dropped(ctx, LbCounter::IcmpErrorNoFlow);
+        }
+        t.outer_src = to_packet_addr(fam, ctx.snat[slot].second);
+        t.outer_dst = to_packet_addr(fam, ep->addr);
+        t.inner_src = t.outer_dst;
+        t.inner_src_port = ep->port;
+        t.inner_dst = t.outer_src;
+        t.inner_dst_port = static_cast<uint16_t>(e->value.service & 0xFFFF);
+        done = LbCounter::IcmpErrorsToBackend;
+    } else {
+        return dropped(ctx, LbCounter::NotForUs);
+    }
+    if (!mac) {
+        return dropped(ctx, LbCounter::NoNeighbor);
+    }
+    if (!nat_icmp_error(m, frame, t)) {
+        if (m.drop == DropReason::TtlExceeded) {
+            ++ctx.drops[static_cast<size_t>(DropReason::TtlExceeded)];
+            return dropped(ctx, LbCounter::TtlDrop);
+        }
+        return dropped(ctx, LbCounter::ParseDrop);
+    }
+    (void)set_macs(frame, ctx.our_mac, *mac);
+    return sent(ctx, done);
+}
+
+/// A fragment that does not start with a TCP/UDP header: a later fragment of a datagram
+/// whose first fragment was translated gets the same address translation.
+LbAction on_fragment(LbContext& ctx, std::span<uint8_t> frame, PacketMeta& m,
+                     uint32_t now) noexcept {
+    if (m.proto != kProtoTcp && m.proto != kProtoUdp) {
+        return dropped(ctx, LbCounter::FragUnsupported);
+    }
+    const FragTable::Slot* s = ctx.frags.find(m, now);
+    if (!s) {
+        return dropped(ctx, LbCounter::FragNoState);
+    }
+    const Mac* mac = ctx.neighbors->find(m.family, to_table_addr(m.family, s->new_dst));
+    if (!mac) {
+        return dropped(ctx, LbCounter::NoNeighbor);
+    }
+    if (!dnat_snat(m, frame, s->new_src, 0, s->new_dst, 0)) {
+        if (m.verdict == Verdict::TtlExceeded) {
+            ++ctx.drops[static_cast<size_t>(DropReason::TtlExceeded)];
+            return dropped(ctx, LbCounter::TtlDrop); // no ICMP for non-first fragments
+        }
+        return dropped(ctx, LbCounter::ParseDrop);
+    }
+    (void)set_macs(frame, ctx.our_mac, *mac);
+    return sent(ctx, LbCounter::FragTranslated);
+}
+
+} // namespace
+
+const FragTable::Slot* FragTable::find(const PacketMeta& m, uint32_t now) noexcept {
+    const size_t base = frag_hash(m, m.key) & (kSlots - kWays);
+    for (size_t w = 0; w < kWays; ++w) {
+        Slot& s = slots[base + w];
+        if (frag_match(s, m, m.key) && !tick_before(s.expires, now)) {
+            s.expires = now + kTimeoutMs;
+            return &s;
+        }
+    }
+    return nullptr;
+}
+
+void FragTable::remember(const PacketMeta& m, const PacketKey& from, const PacketKey& to,
+                         uint32_t now) noexcept {
+    const size_t base = frag_hash(m, from) & (kSlots - kWays);
+    Slot* victim = &slots[base];
+    for (size_t w = 0; w < kWays; ++w) {
+        Slot& s = slots[base + w];
+        if (frag_match(s, m, from) || s.family == 0 || tick_before(s.expires, now)) {
+            victim = &s;
+            break;
+        }
+        if (tick_before(s.expires, victim->expires)) {
+            victim = &s; // full set: the entry closest to expiry goes
+        }
+    }
+    victim->family = m.family;
+    victim->proto = m.proto;
+    victim->id = m.frag_id;
+    victim->src = from.src;
+    victim->dst = from.dst;
+    victim->new_src = to.src;
+    victim->new_dst = to.dst;
+    victim->expires = now + kTimeoutMs;
 }
 
 LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
-                    uint32_t& len, uint32_t now) noexcept {
+                    uint32_t& len, uint32_t now, uint32_t* headroom) noexcept {
     ctx.count(LbCounter::RxPackets);
     PacketMeta m;
     const std::span<uint8_t> frame = buf.subspan(0, len);
@@ -165,6 +461,9 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
         return LbAction::Tx;
     };
     if (v == Verdict::Drop) {
+        if (m.drop == DropReason::UnsupportedIcmp && on_neighbor_advert(ctx, frame, m)) {
+            return LbAction::Drop; // learned; counted as NdLearned
+        }
         ++ctx.drops[static_cast<size_t>(m.drop)];
         return drop(LbCounter::ParseDrop);
     }
@@ -191,10 +490,23 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
         }
         return drop(LbCounter::NotForUs);
     }
-    if (v != Verdict::Forward) {
-        // Fragments, ICMP errors and neighbour discovery: issue 3 follow-ups.
+    if (v == Verdict::NeighborSolicit) {
+        return on_neighbor_solicit(ctx, table, buf, frame, m, len);
+    }
+    if (v == Verdict::IcmpError) {
+        return on_icmp_error(ctx, table, buf, frame, m, len, now, headroom);
+    }
+    // A first fragment of a TCP/UDP datagram (it has the ports) takes the flow path below,
+    // which remembers its translation for the later fragments (FragTable).
+    const bool first_frag = v == Verdict::Fragment && m.frag_first &&
+                            (m.proto == kProtoTcp || m.proto == kProtoUdp);
+    if (v == Verdict::Fragment && !first_frag) {
+        return on_fragment(ctx, frame, m, now);
+    }
+    if (v != Verdict::Forward && !first_frag) {
         return drop(LbCounter::NotForUs);
     }
+    const PacketKey rx_key = m.key; // as received (fragments remember their translation)
     FlowKey key = flow_key(m);
 
     // Return traffic: a backend answering one of our SNAT addresses.
@@ -205,6 +517,9 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
             return drop(LbCounter::BackendGone);
         }
         const FlowKey client = e->key;
+        if (m.ttl <= 1) {
+            return time_exceeded(ctx, buf, frame, m, len);
+        }
         if (m.proto == kProtoTcp) {
             ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
         } else {
@@ -218,6 +533,10 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
                        to_packet_addr(client.family, client.src), client.src_port)) {
             return drop(LbCounter::ParseDrop);
         }
+        if (first_frag) {
+            ctx.frags.remember(m, rx_key, m.key, now);
+            ctx.count(LbCounter::FragFirst);
+        }
         set_macs(frame, ctx.our_mac, *mac);
         ctx.count(LbCounter::ReturnPackets);
         return tx();
@@ -230,15 +549,21 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
     if (svc->to_l7) {
         return drop(LbCounter::L7NotReady);
     }
-    // Learn the client's MAC for the way back (clients are on-link or behind a router
-    // whose MAC this is).
-    {
+    if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) {
+        return time_exceeded(ctx, buf, frame, m, len); // before any flow state is made
+    }
+    const uint64_t h = flow_hash(key);
+    ConnEntry* e = ctx.ct->lookup(key, h, now);
+    if (!e) {
+        // A new flow: learn the client's MAC for the way back (clients are on-link or
+        // behind a router whose MAC this is). Established flows skip this write.
         Mac smac{};
         std::memcpy(smac.data(), frame.data() + 6, 6);
         ctx.neighbors->learn(key.family, key.src, smac);
     }
-    const uint64_t h = flow_hash(key);
-    ConnEntry* e = ctx.ct->lookup(key, h, now);
+    // DSR: new flows follow the service's mode, established ones the kind of their entry.
+    bool dsr = svc->mode == FwdMode::DsrIpip || svc->mode == FwdMode::DsrGue;
+    const FwdMode dsr_mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
     const L4Endpoint* ep = nullptr;
     int slot = -1;
     uint16_t sport = 0;
@@ -250,7 +575,9 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
             return drop(LbCounter::BackendGone);
         }
         e->value.generation = hint;
-        slot = static_cast<int>((e->value.service >> 16) & 0xFF);
+        dsr = e->value.service == kDsrFlow;
+        slot = dsr ? snat_for_family(ctx, ep->family)
+                   : static_cast<int>((e->value.service >> 16) & 0xFF);
         sport = static_cast<uint16_t>(e->value.service & 0xFFFF);
         if (m.proto == kProtoTcp) {
             ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
@@ -259,7 +586,7 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
         }
         ctx.count(LbCounter::Established);
     } else {
-        if (m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
+        if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
             // A mid-flow packet of a flow we do not know (table change on another node,
             // or our restart): full-NAT cannot resume it without its SNAT port.
             return drop(LbCounter::BackendGone);
@@ -269,24 +596,30 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
             return drop(LbCounter::NoBackend);
         }
         ep = &table.endpoints[svc->first_endpoint + pick];
-        if (ep->reject || ep->family != m.family) {
+        if (ep->reject || (!dsr && ep->family != m.family)) {
             // The share of an invalid backendRef, or NAT between families (not supported).
             return drop(LbCounter::Rejected);
         }
         slot = snat_for_family(ctx, ep->family);
-        const int port = slot >= 0 ? alloc_port(ctx, slot, now) : -1;
+        const int port = dsr ? 0 : slot >= 0 ? alloc_snat(ctx, ep->family, now, slot) : -1;
         if (port < 0) {
             return drop(LbCounter::NoSnatPort);
         }
         sport = static_cast<uint16_t>(port);
         ConnValue val;
-        val.service = static_cast<uint32_t>(slot) << 16 | sport;
+        val.service = dsr ? kDsrFlow : static_cast<uint32_t>(slot) << 16 | sport;
         val.backend = endpoint_id(*ep);
         val.generation = static_cast<uint16_t>(pick);
-        const InsertResult ins = ctx.ct->insert(key, h, now, val, m.proto == kProtoTcp);
+        const InsertResult ins = ctx.ct->insert(key, h, now, val,
+                                                m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn));
         if (ins.status == InsertStatus::Inserted) {
-            (*ctx.ports)[slot][sport] = ins.entry;
+            if (!dsr) {
+                (*ctx.ports)[slot][sport] = ins.entry;
+            }
             ctx.count(LbCounter::NewFlows);
+        } else if (dsr) {
+            // DSR keeps no state for the way back: forward statelessly (Maglev pick).
+            ctx.count(LbCounter::StatelessFallback);
         } else {
             // Table full or half-open budget spent: full-NAT needs state for the way back,
             // so the connection is refused rather than half served.
@@ -295,17 +628,34 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
     }
     const Mac* mac = ctx.neighbors->find(ep->family, ep->addr);
     if (!mac) {
-        const Addr& src = ctx.snat[slot].second;
-        if (ep->family == 4 && buf.size() >= 60) {
-            len = arp_request(buf, ctx.our_mac, src, ep->addr);
+        if (ep->family == 4 && slot >= 0 && buf.size() >= 60) {
+            len = arp_request(buf, ctx.our_mac, ctx.snat[slot].second, ep->addr);
             ctx.count(LbCounter::ArpRequests);
             return tx(); // the client retransmits; by then the neighbour is known
         }
+        if (ep->family == 6 && slot >= 0) {
+            if (const uint32_t n = build_neighbor_solicit(
+                    buf, ctx.our_mac, to_packet_addr(6, ctx.snat[slot].second),
+                    to_packet_addr(6, ep->addr));
+                n != 0) {
+                len = n;
+                ctx.count(LbCounter::NdSolicits);
+                return tx(); // as for ARP: the client retransmits
+            }
+        }
         return drop(LbCounter::NoNeighbor);
+    }
+    if (dsr) {
+        return dsr_forward(ctx, m, dsr_mode, *ep, *mac, buf, len, headroom) ? tx()
+                                                                              : LbAction::Drop;
     }
     if (!dnat_snat(m, frame, to_packet_addr(ep->family, ctx.snat[slot].second), sport,
                    to_packet_addr(ep->family, ep->addr), ep->port)) {
         return drop(LbCounter::ParseDrop);
+    }
+    if (first_frag) {
+        ctx.frags.remember(m, rx_key, m.key, now);
+        ctx.count(LbCounter::FragFirst);
     }
     set_macs(frame, ctx.our_mac, *mac);
     return tx();

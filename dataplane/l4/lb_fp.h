@@ -11,7 +11,9 @@
 /// address and port), ConnValue.generation an index hint checked against that id, and
 /// ConnValue.service the SNAT port (low 16 bits) and SNAT address slot (bits 16..23).
 /// An established flow therefore keeps its backend across table and backend-set changes,
-/// and ends when its backend is removed.
+/// and ends when its backend is removed. DSR flows (service mode DsrIpip/DsrGue) are
+/// encapsulated to the backend instead (dsr_forward); their ConnValue.service is kDsrFlow
+/// (no SNAT port), and the backend answers the client directly.
 /// Thread: worker (the lcore that owns the LbContext); no allocation, lock or syscall.
 
 #include <array>
@@ -46,13 +48,74 @@ enum class LbCounter : uint8_t {
     NotForUs,
     L7NotReady,
     ParseDrop,
+    NdAdverts,           ///< neighbour advertisements sent for our addresses
+    NdSolicits,          ///< neighbour solicitations sent on an IPv6 next-hop miss
+    NdLearned,           ///< neighbour advertisements received (learned, not forwarded)
+    IcmpErrorsToClient,  ///< ICMP errors from a backend translated back to the client
+    IcmpErrorsToBackend, ///< ICMP errors about client<-VIP packets forwarded to the backend
+    IcmpErrorNoFlow,     ///< ICMP errors about no flow we know (or not TCP/UDP): dropped
+    TimeExceeded,        ///< ICMP time exceeded sent (TTL / hop limit 1 on a packet to forward)
+    TtlDrop,             ///< TTL / hop limit 1 where no error may be sent (ICMP error, fragment)
+    FragFirst,           ///< first fragments translated (decision remembered)
+    FragTranslated,      ///< later fragments translated with a first fragment's decision
+    FragNoState,         ///< later fragments with no first fragment seen (or expired): dropped
+    FragUnsupported,     ///< fragments of other protocols than TCP/UDP (ICMP, ...): dropped
     Count,
 };
 inline constexpr size_t kLbCounterCount = static_cast<size_t>(LbCounter::Count);
 
+/// Counter label (snake_case) for logs and telemetry. Thread: any.
+[[nodiscard]] constexpr const char* lb_counter_name(LbCounter c) noexcept {
+    constexpr const char* kNames[] = {
+        "rx",          "tx",           "arp_replies",   "arp_requests",
+        "echo_replies", "new_flows",   "established",   "return",
+        "stateless_fallback", "no_service", "no_backend", "rejected",
+        "no_neighbor", "no_snat_port", "backend_gone",  "not_for_us",
+        "l7_not_ready", "parse_drop",  "nd_adverts",    "nd_solicits",
+        "nd_learned",  "icmp_errors_to_client", "icmp_errors_to_backend", "icmp_error_no_flow",
+        "time_exceeded", "ttl_drop",   "frag_first",    "frag_translated",
+        "frag_no_state", "frag_unsupported",
+    };
+    static_assert(std::size(kNames) == kLbCounterCount, "one name per LbCounter");
+    const auto i = static_cast<size_t>(c);
+    return i < kLbCounterCount ? kNames[i] : "invalid";
+}
+
+/// Per-lcore memory of the NAT decision taken for the first fragment of a fragmented
+/// TCP/UDP datagram, so that its later fragments (which carry no ports) get the same
+/// address translation. Keyed by family + protocol + source + destination + fragment id as
+/// received; 4-way set associative, fixed size, no allocation; an entry lives kTimeoutMs
+/// after the last fragment that used it, and a full set replaces its oldest entry. No
+/// reassembly: a later fragment that arrives before its first fragment is dropped and
+/// counted (LbCounter::FragNoState); the sender's retransmission recovers.
+struct FragTable {
+    static constexpr size_t kSlots = 1024;
+    static constexpr size_t kWays = 4;
+    static constexpr uint32_t kTimeoutMs = 2000;
+    struct Slot {
+        uint32_t id = 0;
+        uint32_t expires = 0; ///< ms tick
+        uint8_t family = 0;   ///< 0 = empty
+        uint8_t proto = 0;
+        Addr16 src{}; ///< as received (packet layout: IPv4 in bytes 12..15)
+        Addr16 dst{};
+        Addr16 new_src{}; ///< the translation of the first fragment
+        Addr16 new_dst{};
+    };
+    std::array<Slot, kSlots> slots{};
+
+    /// The live entry for a fragment, or nullptr. Refreshes its timeout.
+    [[nodiscard]] const Slot* find(const PacketMeta& m, uint32_t now) noexcept;
+    /// Remembers the translation `to` (the key after dnat_snat) of the first fragment whose
+    /// key as received was `from`.
+    void remember(const PacketMeta& m, const PacketKey& from, const PacketKey& to,
+                  uint32_t now) noexcept;
+};
+
 /// Fixed-size neighbour table (IP -> MAC), learned from ARP. Open addressing, no removal.
 struct NeighborTable {
-    static constexpr size_t kSlots = 4096;
+    static constexpr size_t kSlots = 65536; ///< 1.5 MiB per lcore
+    static constexpr size_t kProbe = 16;     ///< bounded linear probing
     struct Slot {
         uint8_t family = 0; ///< 0 = empty
         Addr addr{};
@@ -74,8 +137,10 @@ struct LbContext {
     /// SNAT slot x port -> the flow using it (nullptr = free). 4 x 64 Ki pointers.
     std::array<std::array<ConnEntry*, 65536>, 4>* ports = nullptr;
     std::array<uint16_t, 4> port_cursor{};
+    uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};
+    FragTable frags; ///< fragments' NAT decisions (~76 KiB, in place)
 
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
 };
@@ -89,8 +154,31 @@ struct LbContext {
 [[nodiscard]] uint32_t endpoint_id(const L4Endpoint& e) noexcept;
 
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
+/// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the
+/// bytes before buf.data() that may be written (rte_pktmbuf_headroom); DSR services
+/// (FwdMode::DsrIpip / DsrGue) encapsulate into it and lower *headroom by the bytes the
+/// frame grew at the front: on Tx the frame starts at buf.data() - (old - new *headroom).
+/// Without headroom, DSR packets are dropped (DropReason::NoHeadroom).
 /// Thread: worker; no allocation.
 [[nodiscard]] LbAction lb_process(LbContext& ctx, const ServiceTable& table,
-                                  std::span<uint8_t> buf, uint32_t& len, uint32_t now) noexcept;
+                                  std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                  uint32_t* headroom = nullptr) noexcept;
+
+/// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
+inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;
+
+/// The DSR forwarding step (lb_dsr.cc): encapsulates the client's frame (parsed into `m`)
+/// for endpoint `ep`, IPIP or GUE per `mode`, and sets the MACs (ours -> `next_hop`). The
+/// outer source is ctx.snat's first address of ep's family: in DSR the "SNAT" address is
+/// the tunnel source, never seen by the client. The outer destination is ep.addr (its port
+/// is unused: the backend listens on the VIP's port). Inner families may differ from the
+/// outer one. On success *headroom and len describe the new frame (see lb_process); on
+/// failure the frame is unchanged and the reason is counted (NoSnatPort: no tunnel source
+/// of that family; drops[NoHeadroom]).
+/// Thread: worker; no allocation.
+[[nodiscard]] bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode,
+                               const L4Endpoint& ep, const Mac& next_hop,
+                               std::span<uint8_t> buf, uint32_t& len,
+                               uint32_t* headroom) noexcept;
 
 } // namespace sluice::dp

@@ -1,10 +1,12 @@
 // The L4 path on crafted frames: ARP/ICMP for our addresses, full-NAT both ways with valid
-// checksums, flows keeping their backend across table changes, weights over 1,000 flows.
+// checksums, flows keeping their backend across table changes, weights over 1,000 flows;
+// DSR (IPIP, GUE) encapsulation decapsulated again and compared with the client's frame.
 
 #include "lb_fp.h"
 
 #include <map>
 #include <memory>
+#include <tuple>
 
 #include <gtest/gtest.h>
 
@@ -21,12 +23,14 @@ constexpr Mac kOurs = {0x02, 0, 0, 0, 0, 0x02};
 constexpr Mac kBackendA = {0x02, 0, 0, 0, 0, 0x0a};
 constexpr Mac kBackendB = {0x02, 0, 0, 0, 0, 0x0b};
 
-ir::Ir l4_ir(std::vector<std::pair<std::string, uint32_t>> backends) {
+ir::Ir l4_ir(std::vector<std::pair<std::string, uint32_t>> backends,
+            ir::FwdMode mode = ir::FwdMode::FullNat) {
     ir::Ir ir;
     ir::Listener l;
     l.name = "tcp";
     l.port = 80;
     l.protocol = ir::Protocol::TCP;
+    l.fwd_mode = mode;
     ir::Rule r;
     for (size_t i = 0; i < backends.size(); ++i) {
         ir::BackendGroup g;
@@ -230,6 +234,634 @@ TEST(Lb, GarbageIsCountedNotForwarded) {
     len = static_cast<uint32_t>(wrong_port.size());
     EXPECT_EQ(fx.run(wrong_port, len), LbAction::Drop);
     EXPECT_EQ(fx.counter(LbCounter::NoService), 1u);
+}
+
+// ---------------------------------------------------------------------------------------
+// DSR
+// ---------------------------------------------------------------------------------------
+
+constexpr uint32_t kHeadroom = 128; // RTE_PKTMBUF_HEADROOM
+
+/// Runs a frame through lb_process in an mbuf-like buffer (headroom + frame + tailroom) and
+/// returns the frame it left there (empty on Drop).
+Bytes run_dsr(Fixture& fx, const Bytes& in, uint32_t headroom = kHeadroom) {
+    Bytes buf(headroom + std::max<size_t>(in.size(), 128) + 64, 0xEE);
+    std::copy(in.begin(), in.end(), buf.begin() + headroom);
+    uint32_t len = static_cast<uint32_t>(in.size());
+    uint32_t hr = headroom;
+    const std::span<uint8_t> frame(buf.data() + headroom, buf.size() - headroom);
+    if (lb_process(fx.ctx, fx.table, frame, len, fx.now, &hr) != LbAction::Tx) {
+        return {};
+    }
+    EXPECT_LE(hr, headroom);
+    return Bytes(buf.begin() + hr, buf.begin() + hr + len);
+}
+
+/// Checks the outer headers of a DSR frame and returns the inner IP datagram.
+Bytes decap_checked(const Bytes& f, bool gue, const std::string& backend) {
+    EXPECT_TRUE(std::equal(kBackendA.begin(), kBackendA.end(), f.begin())) << "dst MAC";
+    EXPECT_TRUE(std::equal(kOurs.begin(), kOurs.end(), f.begin() + 6)) << "src MAC";
+    EXPECT_EQ(test::get16(f, 12), 0x0800);
+    EXPECT_EQ(f[14], 0x45);
+    EXPECT_EQ(test::ref_checksum(f.data() + 14, 20), 0) << "outer IPv4 header checksum";
+    EXPECT_EQ(test::get16(f, 16), f.size() - 14) << "outer total length";
+    EXPECT_EQ(ip4(f, 26), "10.0.0.99") << "tunnel source = the SNAT address";
+    EXPECT_EQ(ip4(f, 30), backend) << "tunnel destination = the endpoint";
+    size_t inner = 34;
+    if (gue) {
+        EXPECT_EQ(f[23], kProtoUdp);
+        EXPECT_EQ(test::get16(f, 36), kGueDefaultPort);
+        EXPECT_EQ(test::get16(f, 38), f.size() - 34) << "UDP length";
+        EXPECT_EQ(test::get16(f, 40), 0) << "IPv4 GUE: no UDP checksum";
+        EXPECT_EQ(f[42], 0) << "GUE version 0, no options";
+        EXPECT_EQ(f[43], kProtoIpip) << "GUE protocol: IPv4 inside";
+        inner = 46;
+    } else {
+        EXPECT_EQ(f[23], kProtoIpip);
+    }
+    return Bytes(f.begin() + static_cast<std::ptrdiff_t>(std::min(inner, f.size())), f.end());
+}
+
+TEST(LbDsr, IpipAndGueCarryTheClientsPacketUnchanged) {
+    for (const bool gue : {false, true}) {
+        SCOPED_TRACE(gue ? "gue" : "ipip");
+        Fixture fx(l4_ir({{"10.0.1.1", 1}}, gue ? ir::FwdMode::DsrGue : ir::FwdMode::DsrIpip));
+        fx.learn("10.0.1.1", kBackendA);
+        const Bytes in = PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                             .tcp(40000, 80, 0x02).payload(100).build();
+        const Bytes out = run_dsr(fx, in);
+        ASSERT_FALSE(out.empty());
+        EXPECT_EQ(out.size(), in.size() + encap_overhead(4, gue));
+        const Bytes inner = decap_checked(out, gue, "10.0.1.1");
+        EXPECT_EQ(inner, Bytes(in.begin() + 14, in.end()))
+            << "the inner datagram is the client's, addresses, ports and checksums untouched";
+        EXPECT_TRUE(checksums_ok(in, static_cast<uint32_t>(in.size())));
+        EXPECT_EQ(fx.counter(LbCounter::NewFlows), 1u);
+        EXPECT_EQ(fx.ct->stats().entries, 1u) << "the flow is tracked";
+        for (const ConnEntry* p : (*fx.ports)[0]) {
+            ASSERT_EQ(p, nullptr) << "DSR flows take no SNAT port";
+        }
+        // The client's next packet (ACK) follows the entry.
+        const Bytes ack = PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                              .tcp(40000, 80, 0x10).build();
+        ASSERT_FALSE(run_dsr(fx, ack).empty());
+        EXPECT_EQ(fx.counter(LbCounter::Established), 1u);
+        EXPECT_EQ(fx.counter(LbCounter::ReturnPackets), 0u);
+    }
+}
+
+TEST(LbDsr, UdpAndPaddedFramesAreEncapsulatedWithoutThePadding) {
+    ir::Ir ir = l4_ir({{"10.0.1.1", 1}}, ir::FwdMode::DsrGue);
+    ir.listeners[0].protocol = ir::Protocol::UDP;
+    Fixture fx(ir);
+    fx.learn("10.0.1.1", kBackendA);
+    const Bytes in = PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                         .udp(5000, 80).payload(4).pad_to(60).build();
+    const Bytes out = run_dsr(fx, in);
+    ASSERT_FALSE(out.empty());
+    const Bytes inner = decap_checked(out, true, "10.0.1.1");
+    const size_t ip_len = test::get16(in, 16);
+    EXPECT_EQ(inner, Bytes(in.begin() + 14, in.begin() + 14 + static_cast<std::ptrdiff_t>(ip_len)));
+}
+
+TEST(LbDsr, NeedsHeadroomAndResolvesTheBackendFirst) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}, ir::FwdMode::DsrIpip));
+    Bytes f = syn(40000);
+    // Unknown next hop: an ARP request for the backend from the tunnel source.
+    Bytes out = run_dsr(fx, f);
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(test::get16(out, 12), 0x0806);
+    EXPECT_EQ(ip4(out, 28), "10.0.0.99");
+    EXPECT_EQ(ip4(out, 38), "10.0.1.1");
+    fx.learn("10.0.1.1", kBackendA);
+    // No headroom (old API): dropped and counted, never sent half-built.
+    uint32_t len = static_cast<uint32_t>(f.size());
+    EXPECT_EQ(fx.run(f, len), LbAction::Drop);
+    EXPECT_EQ(fx.ctx.drops[static_cast<size_t>(DropReason::NoHeadroom)], 1u);
+    EXPECT_TRUE(run_dsr(fx, syn(40000), 10).empty());
+    EXPECT_FALSE(run_dsr(fx, syn(40000), 20).empty()) << "exactly the IPIP overhead is enough";
+}
+
+std::string dsr_backend_of(Fixture& fx, uint16_t sport, uint8_t flags = 0x02) {
+    const Bytes out = run_dsr(fx, syn(sport, flags));
+    if (out.size() < 34 || test::get16(out, 12) != 0x0800 || out[23] != kProtoIpip) {
+        return "dropped";
+    }
+    return ip4(out, 30);
+}
+
+TEST(LbDsr, EstablishedFlowsKeepTheirBackendAcrossTableChanges) {
+    const auto dsr = ir::FwdMode::DsrIpip;
+    Fixture fx(l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 1}}, dsr));
+    fx.learn("10.0.1.1", kBackendA);
+    fx.learn("10.0.1.2", kBackendB);
+    fx.learn("10.0.1.3", kBackendB);
+    std::map<uint16_t, std::string> first;
+    for (uint16_t p = 20000; p < 20200; ++p) {
+        first[p] = dsr_backend_of(fx, p);
+        ASSERT_NE(first[p], "dropped");
+    }
+    fx.table = std::move(*build_service_table(
+        l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 1}, {"10.0.1.3", 1}}, dsr), {}));
+    for (auto& [p, be] : first) {
+        EXPECT_EQ(dsr_backend_of(fx, p, 0x10), be) << "established flow moved";
+    }
+    int to_new = 0;
+    for (uint16_t p = 30000; p < 30300; ++p) {
+        to_new += dsr_backend_of(fx, p) == "10.0.1.3" ? 1 : 0;
+    }
+    EXPECT_GT(to_new, 50) << "new flows use the new backend";
+    // A backend removed: its flows end, the others continue.
+    fx.table = std::move(*build_service_table(l4_ir({{"10.0.1.2", 1}, {"10.0.1.3", 1}}, dsr), {}));
+    for (auto& [p, be] : first) {
+        EXPECT_EQ(dsr_backend_of(fx, p, 0x10), be == "10.0.1.1" ? "dropped" : be);
+    }
+    // Unlike full-NAT, a mid-flow packet of an unknown flow (our restart) is resumed by
+    // its Maglev pick: DSR needs no state for the way back.
+    EXPECT_NE(dsr_backend_of(fx, 50000, 0x10), "dropped");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 3 protocol coverage: IPv6, neighbour discovery, ICMP errors, fragments, TTL.
+// Every checksum is recomputed from scratch with the naive reference sum.
+// ---------------------------------------------------------------------------------------
+
+struct Fam {
+    uint8_t family;
+    const char* client;
+    const char* vip;
+    const char* snat;
+    const char* backend;
+};
+constexpr Fam kV4 = {4, "10.0.0.2", "10.0.0.100", "10.0.0.99", "10.0.1.1"};
+constexpr Fam kV6 = {6, "fd00::2", "fd00::100", "fd00::99", "fd00:1::1"};
+constexpr Fam kFams[] = {kV4, kV6};
+
+/// One dual-stack Gateway (10.0.0.100, fd00::100), one listener on port 80 of `proto`, one
+/// backend (port 8080).
+ir::Ir dual_ir(ir::Protocol proto, const std::string& backend) {
+    ir::Ir ir = l4_ir({{backend, 1}});
+    ir.listeners[0].protocol = proto;
+    ir.gateways[0].addresses = {"10.0.0.100", "fd00::100"};
+    return ir;
+}
+
+std::unique_ptr<Fixture> dual_fixture(ir::Protocol proto, const Fam& f) {
+    auto fx = std::make_unique<Fixture>(dual_ir(proto, f.backend));
+    uint8_t fam = 0;
+    EXPECT_TRUE(parse_addr("fd00::99", fam, fx->ctx.snat[1].second));
+    fx->ctx.snat[1].first = fam;
+    return fx;
+}
+
+Bytes na_frame(const std::string& target, const Mac& mac, const std::string& dst) {
+    const Addr16 t = test::addr(target);
+    Bytes body(t.begin(), t.end());
+    body.insert(body.end(), {2, 1});
+    body.insert(body.end(), mac.begin(), mac.end());
+    return PacketBuilder().eth(mac, kOurs).ipv6(target, dst, 255).icmp(136, 0, 0x60000000)
+        .payload(body).build();
+}
+
+/// Teaches the fixture a neighbour: ARP reply (IPv4) or neighbour advertisement (IPv6).
+void learn_nb(Fixture& fx, const Fam& f, const std::string& ip, const Mac& mac) {
+    if (f.family == 4) {
+        fx.learn(ip, mac);
+        return;
+    }
+    Bytes na = na_frame(ip, mac, f.snat);
+    uint32_t len = static_cast<uint32_t>(na.size());
+    EXPECT_EQ(fx.run(na, len), LbAction::Drop) << "an advert is learned, not forwarded";
+}
+
+PacketBuilder ip_of(const Fam& f, PacketBuilder b, const std::string& s, const std::string& d,
+                    uint8_t ttl = 64) {
+    return f.family == 4 ? b.ipv4(s, d, ttl) : b.ipv6(s, d, ttl);
+}
+
+PacketBuilder from_client(const Fam& f, uint8_t ttl = 64) {
+    return ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip, ttl);
+}
+
+/// An IP header in a frame (no extension headers), read with plain offsets.
+struct IpView {
+    uint8_t family = 0;
+    size_t off = 0, l4 = 0;
+    uint32_t l4_len = 0; ///< from the header's length field
+    uint8_t proto = 0, ttl = 0;
+    const uint8_t* src = nullptr;
+    const uint8_t* dst = nullptr;
+    size_t alen = 0;
+};
+
+IpView view(const Bytes& f, size_t off) {
+    IpView v;
+    v.off = off;
+    if ((f[off] >> 4) == 4) {
+        const size_t ihl = (f[off] & 0xF) * 4u;
+        v = {4, off, off + ihl, static_cast<uint32_t>(test::get16(f, off + 2) - ihl),
+             f[off + 9], f[off + 8], &f[off + 12], &f[off + 16], 4};
+    } else {
+        v = {6, off, off + 40, test::get16(f, off + 4), f[off + 6], f[off + 7], &f[off + 8],
+             &f[off + 24], 16};
+    }
+    return v;
+}
+
+bool addr_is(const uint8_t* p, const IpView& v, const std::string& text) {
+    const Addr16 a = test::addr(text);
+    return std::equal(p, p + v.alen, a.begin() + (v.family == 4 ? 12 : 0));
+}
+
+/// IPv4 header checksum (true for IPv6) and the L4 checksum over `len` bytes (default: the
+/// whole L4 datagram), from scratch.
+bool ip_ok(const Bytes& f, const IpView& v) {
+    return v.family == 6 || test::ref_checksum(&f[v.off], v.l4 - v.off) == 0;
+}
+bool l4_ok(const Bytes& f, const IpView& v) {
+    const uint32_t s = v.proto == kProtoIcmp
+                           ? 0
+                           : test::ref_pseudo(v.src, v.dst, v.alen, v.l4_len, v.proto);
+    return v.l4 + v.l4_len <= f.size() && test::ref_checksum(&f[v.l4], v.l4_len, s) == 0;
+}
+
+TEST(LbV6, FullNatBothWaysWithNeighbourDiscovery) {
+    auto fxp = dual_fixture(ir::Protocol::TCP, kV6);
+    Fixture& fx = *fxp;
+    // A next-hop miss for an IPv6 backend: the SYN becomes a neighbour solicitation.
+    Bytes f = from_client(kV6).tcp(40000, 80).build();
+    uint32_t len = static_cast<uint32_t>(f.size());
+    ASSERT_EQ(fx.run(f, len), LbAction::Tx);
+    f.resize(len);
+    PacketMeta m;
+    ASSERT_EQ(parse_packet(f, m), Verdict::NeighborSolicit);
+    EXPECT_EQ(m.key.dst, test::addr("fd00:1::1")) << "target";
+    EXPECT_EQ(m.key.src, test::addr("fd00::99")) << "from the SNAT address";
+    IpView v = view(f, 14);
+    EXPECT_TRUE(addr_is(v.dst, v, "ff02::1:ff00:1")) << "solicited-node multicast";
+    EXPECT_EQ(Bytes(f.begin(), f.begin() + 6), (Bytes{0x33, 0x33, 0xff, 0, 0, 1}));
+    EXPECT_TRUE(l4_ok(f, v));
+    Mac sll{};
+    ASSERT_TRUE(nd_link_layer_option(f, m, 1, sll));
+    EXPECT_EQ(sll, kOurs);
+    EXPECT_EQ(fx.counter(LbCounter::NdSolicits), 1u);
+    EXPECT_EQ(fx.counter(LbCounter::NewFlows), 1u) << "the flow exists; the retransmit uses it";
+
+    learn_nb(fx, kV6, "fd00:1::1", kBackendA);
+    EXPECT_EQ(fx.counter(LbCounter::NdLearned), 1u);
+    f = from_client(kV6).tcp(40000, 80).build();
+    len = static_cast<uint32_t>(f.size());
+    ASSERT_EQ(fx.run(f, len), LbAction::Tx);
+    v = view(f, 14);
+    EXPECT_TRUE(addr_is(v.src, v, "fd00::99")) << "SNAT source";
+    EXPECT_TRUE(addr_is(v.dst, v, "fd00:1::1")) << "DNAT destination";
+    EXPECT_EQ(v.ttl, 63);
+    EXPECT_EQ(test::get16(f, v.l4 + 2), 8080);
+    EXPECT_TRUE(l4_ok(f, v));
+    EXPECT_TRUE(std::equal(kBackendA.begin(), kBackendA.end(), f.begin()));
+    const uint16_t snat_port = test::get16(f, v.l4);
+
+    Bytes back = PacketBuilder().eth(kBackendA, kOurs).ipv6("fd00:1::1", "fd00::99")
+                     .tcp(8080, snat_port, 0x12).build();
+    len = static_cast<uint32_t>(back.size());
+    ASSERT_EQ(fx.run(back, len), LbAction::Tx);
+    v = view(back, 14);
+    EXPECT_TRUE(addr_is(v.src, v, "fd00::100"));
+    EXPECT_TRUE(addr_is(v.dst, v, "fd00::2"));
+    EXPECT_EQ(test::get16(back, v.l4), 80);
+    EXPECT_EQ(test::get16(back, v.l4 + 2), 40000);
+    EXPECT_TRUE(l4_ok(back, v));
+    EXPECT_TRUE(std::equal(kClient.begin(), kClient.end(), back.begin())) << "learned MAC";
+}
+
+TEST(LbV6, NeighbourSolicitationsForOurAddressesAreAnswered) {
+    struct Case {
+        const char* target;
+        bool answered;
+    };
+    for (const Case c : {Case{"fd00::100", true}, Case{"fd00::99", true}, Case{"fd00::7", false}}) {
+        auto fxp = dual_fixture(ir::Protocol::TCP, kV6);
+        Fixture& fx = *fxp;
+        const Addr16 t = test::addr(c.target);
+        Bytes body(t.begin(), t.end());
+        body.insert(body.end(), {1, 1});
+        body.insert(body.end(), kClient.begin(), kClient.end());
+        const std::string sn = "ff02::1:ff00:" + std::string(c.target).substr(6);
+        Bytes ns = PacketBuilder().eth(kClient, {0x33, 0x33, 0xff, 0, 0, t[15]})
+                       .ipv6("fd00::2", sn, 255).icmp(135, 0, 0).payload(body).build();
+        uint32_t len = static_cast<uint32_t>(ns.size());
+        const LbAction a = fx.run(ns, len);
+        const Mac* learned = fx.nb->find(6, to_table_addr(6, test::addr("fd00::2")));
+        ASSERT_NE(learned, nullptr) << "the solicitor is learned from its option";
+        EXPECT_EQ(*learned, kClient);
+        if (!c.answered) {
+            EXPECT_EQ(a, LbAction::Drop) << c.target;
+            continue;
+        }
+        ASSERT_EQ(a, LbAction::Tx) << c.target;
+        ns.resize(len);
+        EXPECT_EQ(len, 14u + 40 + 32);
+        EXPECT_TRUE(std::equal(kClient.begin(), kClient.end(), ns.begin())) << "to the solicitor";
+        EXPECT_TRUE(std::equal(kOurs.begin(), kOurs.end(), ns.begin() + 6));
+        const IpView v = view(ns, 14);
+        EXPECT_EQ(v.proto, kProtoIcmpv6);
+        EXPECT_EQ(v.ttl, 255);
+        EXPECT_TRUE(addr_is(v.src, v, c.target));
+        EXPECT_TRUE(addr_is(v.dst, v, "fd00::2"));
+        EXPECT_TRUE(l4_ok(ns, v)) << "ICMPv6 checksum";
+        EXPECT_EQ(ns[v.l4], 136);
+        EXPECT_EQ(ns[v.l4 + 4], 0x60) << "solicited + override";
+        EXPECT_TRUE(std::equal(t.begin(), t.end(), ns.begin() + v.l4 + 8));
+        EXPECT_EQ(ns[v.l4 + 24], 2) << "target link-layer option";
+        EXPECT_TRUE(std::equal(kOurs.begin(), kOurs.end(), ns.begin() + v.l4 + 26));
+        EXPECT_EQ(fx.counter(LbCounter::NdAdverts), 1u);
+    }
+}
+
+TEST(LbV6, PingToTheVipIsAnswered) {
+    auto fxp = dual_fixture(ir::Protocol::TCP, kV6);
+    Bytes ping = from_client(kV6).icmp(128, 0, 0x12340001).payload(16).build();
+    uint32_t len = static_cast<uint32_t>(ping.size());
+    ASSERT_EQ(fxp->run(ping, len), LbAction::Tx);
+    const IpView v = view(ping, 14);
+    EXPECT_EQ(ping[v.l4], 129);
+    EXPECT_TRUE(addr_is(v.src, v, "fd00::100"));
+    EXPECT_TRUE(l4_ok(ping, v));
+}
+
+/// Opens a flow client -> VIP:80 (TCP or UDP) and returns the frame sent to the backend.
+Bytes open_flow(Fixture& fx, const Fam& f, bool udp, uint16_t cport) {
+    learn_nb(fx, f, f.backend, kBackendA);
+    PacketBuilder b = from_client(f);
+    if (udp) {
+        b.udp(cport, 80).payload(40);
+    } else {
+        b.tcp(cport, 80).payload(40);
+    }
+    Bytes out = b.build();
+    uint32_t len = static_cast<uint32_t>(out.size());
+    EXPECT_EQ(fx.run(out, len), LbAction::Tx);
+    out.resize(len);
+    return out;
+}
+
+TEST(LbIcmpError, FromTheBackendReachesTheClientTranslated) {
+    struct Case {
+        Fam f;
+        bool udp;
+        uint8_t type, code; ///< port unreachable / fragmentation needed / packet too big
+        uint32_t rest;      ///< MTU field
+        bool whole;         ///< quote the whole datagram, else IP header + 8 bytes
+    };
+    const Case cases[] = {
+        {kV4, true, 3, 3, 0, true},        {kV6, true, 1, 4, 0, true},
+        {kV4, false, 3, 3, 0, true},       {kV6, false, 1, 4, 0, true},
+        {kV4, false, 3, 4, 1400, false},   {kV6, false, 2, 0, 1280, false},
+        {kV4, true, 3, 4, 1400, false},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(std::string(c.f.client) + (c.udp ? " udp" : " tcp") + " type " +
+                     std::to_string(c.type) + "/" + std::to_string(c.code));
+        auto fxp = dual_fixture(c.udp ? ir::Protocol::UDP : ir::Protocol::TCP, c.f);
+        Fixture& fx = *fxp;
+        learn_nb(fx, c.f, c.f.client, kClient);
+        Bytes client_pkt = ip_of(c.f, PacketBuilder().eth(kClient, kOurs), c.f.client, c.f.vip)
+                               .udp(5000, 80).build();
+        Bytes fwd = open_flow(fx, c.f, c.udp, 5000);
+        const IpView fv = view(fwd, 14);
+        Bytes quote(fwd.begin() + 14, fwd.begin() + static_cast<long>(
+                                                      c.whole ? fwd.size() : fv.l4 + 8));
+        Bytes err = ip_of(c.f, PacketBuilder().eth(kBackendA, kOurs), c.f.backend, c.f.snat)
+                        .icmp(c.type, c.code, c.rest).payload(quote).build();
+        uint32_t len = static_cast<uint32_t>(err.size());
+        ASSERT_EQ(fx.run(err, len), LbAction::Tx);
+        err.resize(len);
+        EXPECT_EQ(fx.counter(LbCounter::IcmpErrorsToClient), 1u);
+        EXPECT_TRUE(std::equal(kClient.begin(), kClient.end(), err.begin()));
+        const IpView o = view(err, 14);
+        EXPECT_TRUE(addr_is(o.src, o, c.f.vip)) << "outer source = the VIP";
+        EXPECT_TRUE(addr_is(o.dst, o, c.f.client)) << "outer destination = the client";
+        EXPECT_EQ(o.ttl, 63);
+        EXPECT_TRUE(ip_ok(err, o)) << "outer IPv4 header checksum";
+        EXPECT_TRUE(l4_ok(err, o)) << "ICMP checksum (ICMPv6: with the pseudo-header)";
+        EXPECT_EQ(err[o.l4], c.type);
+        EXPECT_EQ(test::get16(err, o.l4 + 6), c.rest) << "MTU kept";
+        // The embedded datagram reads as the client sent it.
+        const IpView in = view(err, o.l4 + 8);
+        EXPECT_TRUE(addr_is(in.src, in, c.f.client));
+        EXPECT_TRUE(addr_is(in.dst, in, c.f.vip));
+        EXPECT_EQ(test::get16(err, in.l4), 5000);
+        EXPECT_EQ(test::get16(err, in.l4 + 2), 80);
+        EXPECT_TRUE(ip_ok(err, in)) << "embedded IPv4 header checksum";
+        if (c.whole) {
+            EXPECT_TRUE(l4_ok(err, in)) << "embedded TCP/UDP checksum";
+        } else if (c.udp) {
+            // Only 8 bytes quoted: the UDP checksum is there and must be the client's.
+            Bytes orig = ip_of(c.f, PacketBuilder().eth(kClient, kOurs), c.f.client, c.f.vip)
+                             .udp(5000, 80).payload(40).build();
+            EXPECT_EQ(test::get16(err, in.l4 + 6), test::get16(orig, view(orig, 14).l4 + 6));
+        }
+        PacketMeta m;
+        ASSERT_EQ(parse_packet(err, m), Verdict::IcmpError);
+        // The key reads like the flow's answer (VIP -> client), the error being about it.
+        EXPECT_EQ(m.key.src, test::addr(c.f.vip));
+        EXPECT_EQ(m.key.dst, test::addr(c.f.client));
+        EXPECT_EQ(m.key.dst_port, 5000);
+        (void)client_pkt;
+    }
+}
+
+TEST(LbIcmpError, FromTheClientSideReachesTheBackendTranslated) {
+    for (const Fam& f : kFams) {
+        SCOPED_TRACE(f.client);
+        auto fxp = dual_fixture(ir::Protocol::UDP, f);
+        Fixture& fx = *fxp;
+        Bytes fwd = open_flow(fx, f, true, 6000);
+        const uint16_t sport = test::get16(fwd, view(fwd, 14).l4);
+        // The client says port unreachable about the VIP's answer VIP:80 -> client:6000.
+        Bytes answer = ip_of(f, PacketBuilder(), f.vip, f.client).udp(80, 6000).payload(12)
+                           .build_l3();
+        Bytes err = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip)
+                        .icmp(f.family == 4 ? 3 : 1, f.family == 4 ? 3 : 4).payload(answer)
+                        .build();
+        uint32_t len = static_cast<uint32_t>(err.size());
+        ASSERT_EQ(fx.run(err, len), LbAction::Tx);
+        err.resize(len);
+        EXPECT_EQ(fx.counter(LbCounter::IcmpErrorsToBackend), 1u);
+        EXPECT_TRUE(std::equal(kBackendA.begin(), kBackendA.end(), err.begin()));
+        const IpView o = view(err, 14);
+        EXPECT_TRUE(addr_is(o.src, o, f.snat));
+        EXPECT_TRUE(addr_is(o.dst, o, f.backend));
+        EXPECT_TRUE(ip_ok(err, o));
+        EXPECT_TRUE(l4_ok(err, o));
+        const IpView in = view(err, o.l4 + 8);
+        EXPECT_TRUE(addr_is(in.src, in, f.backend)) << "as the backend sent it";
+        EXPECT_TRUE(addr_is(in.dst, in, f.snat));
+        EXPECT_EQ(test::get16(err, in.l4), 8080);
+        EXPECT_EQ(test::get16(err, in.l4 + 2), sport);
+        EXPECT_TRUE(ip_ok(err, in));
+        EXPECT_TRUE(l4_ok(err, in));
+
+        // An error about no flow we know is dropped and counted.
+        Bytes stray = ip_of(f, PacketBuilder(), f.vip, f.client).udp(80, 6001).build_l3();
+        Bytes err2 = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip)
+                         .icmp(f.family == 4 ? 3 : 1, 3).payload(stray).build();
+        len = static_cast<uint32_t>(err2.size());
+        EXPECT_EQ(fx.run(err2, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::IcmpErrorNoFlow), 1u);
+        // A spoofed error claiming to come from another backend port is not forwarded.
+        Bytes quote(fwd.begin() + 14, fwd.end());
+        test::set16(quote, view(fwd, 14).l4 - 14 + 2, 9999);
+        Bytes spoof = ip_of(f, PacketBuilder().eth(kBackendA, kOurs), f.backend, f.snat)
+                          .icmp(f.family == 4 ? 3 : 1, 3).payload(quote).build();
+        len = static_cast<uint32_t>(spoof.size());
+        EXPECT_EQ(fx.run(spoof, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::IcmpErrorNoFlow), 2u);
+    }
+}
+
+TEST(LbFragments, LaterFragmentsFollowTheFirstOnesTranslation) {
+    for (const Fam& f : kFams) {
+        SCOPED_TRACE(f.client);
+        auto fxp = dual_fixture(ir::Protocol::UDP, f);
+        Fixture& fx = *fxp;
+        learn_nb(fx, f, f.backend, kBackendA);
+        learn_nb(fx, f, f.client, kClient);
+        auto frag = [&](const std::string& s, const std::string& d, uint16_t sp, uint16_t dp,
+                        uint16_t off, bool more, size_t keep, uint32_t id, const Mac& from) {
+            return ip_of(f, PacketBuilder().eth(from, kOurs), s, d).udp(sp, dp).payload(100)
+                .fragment(off, more, keep, id).build();
+        };
+        // Parts of a 108-byte UDP datagram: [0,48) with the header, [48,80), [80,108).
+        auto part = [&](uint16_t off, bool more, size_t keep, uint32_t id = 0x4242) {
+            return frag(f.client, f.vip, 7000, 80, off, more, keep, id, kClient);
+        };
+        // Out of order: a later fragment before the first is dropped and counted.
+        Bytes early = part(80, false, 28);
+        uint32_t len = static_cast<uint32_t>(early.size());
+        EXPECT_EQ(fx.run(early, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::FragNoState), 1u);
+
+        Bytes reassembled;
+        uint16_t sport = 0;
+        for (const auto& [off, more, keep] :
+             {std::tuple<uint16_t, bool, size_t>{0, true, 48}, {48, true, 32}, {80, false, 28}}) {
+            Bytes p = part(off, more, keep);
+            len = static_cast<uint32_t>(p.size());
+            ASSERT_EQ(fx.run(p, len), LbAction::Tx) << "offset " << off;
+            p.resize(len);
+            const IpView v = view(p, 14);
+            EXPECT_TRUE(addr_is(v.src, v, f.snat));
+            EXPECT_TRUE(addr_is(v.dst, v, f.backend));
+            EXPECT_TRUE(ip_ok(p, v));
+            EXPECT_TRUE(std::equal(kBackendA.begin(), kBackendA.end(), p.begin()));
+            const size_t data = v.l4 + (f.family == 6 ? 8 : 0); // after the fragment header
+            const size_t end = v.off + (f.family == 4 ? test::get16(p, v.off + 2)
+                                                       : 40 + test::get16(p, v.off + 4));
+            reassembled.insert(reassembled.end(), p.begin() + static_cast<long>(data),
+                               p.begin() + static_cast<long>(end));
+            if (off == 0) {
+                sport = test::get16(p, data);
+                EXPECT_EQ(test::get16(p, data + 2), 8080);
+            }
+        }
+        EXPECT_EQ(fx.counter(LbCounter::FragFirst), 1u);
+        EXPECT_EQ(fx.counter(LbCounter::FragTranslated), 2u);
+        // The backend reassembles a datagram whose UDP checksum holds for the new addresses.
+        ASSERT_EQ(reassembled.size(), 108u);
+        const Addr16 s = test::addr(f.snat), d = test::addr(f.backend);
+        const size_t ao = f.family == 4 ? 12 : 0, al = f.family == 4 ? 4 : 16;
+        EXPECT_EQ(test::ref_checksum(reassembled.data(), 108,
+                                     test::ref_pseudo(s.data() + ao, d.data() + ao, al, 108, 17)),
+                  0);
+        // The answer, fragmented too, goes back to the client from the VIP.
+        for (const auto& [off, more, keep] :
+             {std::tuple<uint16_t, bool, size_t>{0, true, 48}, {48, false, 60}}) {
+            Bytes p = frag(f.backend, f.snat, 8080, sport, off, more, keep, 0x77, kBackendA);
+            len = static_cast<uint32_t>(p.size());
+            ASSERT_EQ(fx.run(p, len), LbAction::Tx) << "answer offset " << off;
+            const IpView v = view(p, 14);
+            EXPECT_TRUE(addr_is(v.src, v, f.vip));
+            EXPECT_TRUE(addr_is(v.dst, v, f.client));
+            EXPECT_TRUE(ip_ok(p, v));
+        }
+        EXPECT_EQ(fx.counter(LbCounter::FragTranslated), 3u);
+        // Another datagram's id, and a remembered one after the 2 s timeout: no state.
+        Bytes other = part(48, true, 32, 0x4343);
+        len = static_cast<uint32_t>(other.size());
+        EXPECT_EQ(fx.run(other, len), LbAction::Drop);
+        fx.now += FragTable::kTimeoutMs + 1;
+        Bytes late = part(48, true, 32);
+        len = static_cast<uint32_t>(late.size());
+        EXPECT_EQ(fx.run(late, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::FragNoState), 3u);
+        // Fragments of other protocols (a big ping) are dropped and counted, not silently.
+        Bytes ping = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip)
+                         .icmp(f.family == 4 ? 8 : 128, 0, 1).payload(100)
+                         .fragment(0, true, 48).build();
+        len = static_cast<uint32_t>(ping.size());
+        EXPECT_EQ(fx.run(ping, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::FragUnsupported), 1u);
+    }
+}
+
+TEST(LbTtl, HopLimitOneIsAnsweredWithTimeExceeded) {
+    for (const Fam& f : kFams) {
+        SCOPED_TRACE(f.client);
+        auto fxp = dual_fixture(ir::Protocol::TCP, f);
+        Fixture& fx = *fxp;
+        learn_nb(fx, f, f.backend, kBackendA);
+        Bytes syn1 = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip, 1)
+                         .tcp(9000, 80).build();
+        const Bytes orig = syn1;
+        uint32_t len = static_cast<uint32_t>(syn1.size());
+        ASSERT_EQ(fx.run(syn1, len), LbAction::Tx);
+        syn1.resize(len);
+        EXPECT_EQ(fx.counter(LbCounter::TimeExceeded), 1u);
+        EXPECT_EQ(fx.counter(LbCounter::NewFlows), 0u) << "no state for an expiring packet";
+        EXPECT_TRUE(std::equal(kClient.begin(), kClient.end(), syn1.begin()));
+        const IpView v = view(syn1, 14);
+        EXPECT_TRUE(addr_is(v.src, v, f.vip)) << "from the VIP";
+        EXPECT_TRUE(addr_is(v.dst, v, f.client));
+        EXPECT_TRUE(ip_ok(syn1, v));
+        EXPECT_TRUE(l4_ok(syn1, v));
+        EXPECT_EQ(syn1[v.l4], f.family == 4 ? 11 : 3);
+        EXPECT_TRUE(std::equal(orig.begin() + 14, orig.end(), syn1.begin() + v.l4 + 8))
+            << "quotes the original datagram";
+
+        // TTL 2 is forwarded with TTL 1.
+        Bytes syn2 = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip, 2)
+                         .tcp(9000, 80).build();
+        len = static_cast<uint32_t>(syn2.size());
+        ASSERT_EQ(fx.run(syn2, len), LbAction::Tx);
+        EXPECT_EQ(view(syn2, 14).ttl, 1);
+        EXPECT_TRUE(ip_ok(syn2, view(syn2, 14)));
+        // Return traffic with TTL 1: time exceeded from the SNAT address.
+        const uint16_t sport = test::get16(syn2, view(syn2, 14).l4);
+        Bytes back = ip_of(f, PacketBuilder().eth(kBackendA, kOurs), f.backend, f.snat, 1)
+                         .tcp(8080, sport, 0x12).build();
+        len = static_cast<uint32_t>(back.size());
+        ASSERT_EQ(fx.run(back, len), LbAction::Tx);
+        const IpView b = view(back, 14);
+        EXPECT_TRUE(addr_is(b.src, b, f.snat));
+        EXPECT_TRUE(addr_is(b.dst, b, f.backend));
+        EXPECT_TRUE(l4_ok(back, b));
+        EXPECT_EQ(fx.counter(LbCounter::TimeExceeded), 2u);
+        // An ICMP error with TTL 1 is never answered with an error.
+        Bytes answer = ip_of(f, PacketBuilder(), f.vip, f.client).tcp(80, 9000, 0x12).build_l3();
+        Bytes err = ip_of(f, PacketBuilder().eth(kClient, kOurs), f.client, f.vip, 1)
+                        .icmp(f.family == 4 ? 3 : 1, 3).payload(answer).build();
+        len = static_cast<uint32_t>(err.size());
+        EXPECT_EQ(fx.run(err, len), LbAction::Drop);
+        EXPECT_EQ(fx.counter(LbCounter::TtlDrop), 1u);
+    }
+}
+
+TEST(LbCounters, EveryCounterHasAName) {
+    for (size_t i = 0; i < kLbCounterCount; ++i) {
+        EXPECT_STRNE(lb_counter_name(static_cast<LbCounter>(i)), "invalid");
+    }
+    EXPECT_STREQ(lb_counter_name(LbCounter::FragNoState), "frag_no_state");
 }
 
 } // namespace

@@ -205,4 +205,169 @@ uint32_t build_icmp_time_exceeded(std::span<uint8_t> out, std::span<const uint8_
     return total;
 }
 
+bool nat_icmp_error(PacketMeta& m, std::span<uint8_t> frame, const IcmpErrorNat& t) noexcept {
+    if (m.verdict != Verdict::IcmpError || (m.family != 4 && m.family != 6) ||
+        !frame_holds(m, frame.size()) || m.is_fragment) {
+        return false;
+    }
+    if (m.key.proto != kProtoTcp && m.key.proto != kProtoUdp) {
+        return false;
+    }
+    const bool v4 = m.family == 4;
+    const uint32_t end = uint32_t{m.l3_off} + m.l3_len;
+    const uint32_t ip_min = v4 ? kIpv4HdrLen : kIpv6HdrLen;
+    if (m.inner_l3_off != m.l4_off + kIcmpHdrLen || m.inner_l3_off + ip_min > end ||
+        m.inner_l4_off < m.inner_l3_off + ip_min || m.inner_l4_off > end) {
+        return false; // meta does not describe this frame
+    }
+    if (m.ttl <= 1) {
+        m.drop = DropReason::TtlExceeded;
+        return false;
+    }
+    uint8_t* ip = frame.data() + m.l3_off;
+    uint8_t* icmp = frame.data() + m.l4_off;
+    uint8_t* in = frame.data() + m.inner_l3_off;
+    const size_t alen = v4 ? 4 : 16;
+    const size_t aoff = v4 ? 12 : 0;
+    uint8_t* in_src = in + (v4 ? 12 : 8);
+    uint8_t* in_dst = in + (v4 ? 16 : 24);
+
+    // Are the embedded ports quoted? Not for a non-first fragment, nor if cut short.
+    bool ports = m.inner_l4_off + 8u <= end;
+    if (v4) {
+        ports = ports && (load_be16(in + 6) & 0x1FFF) == 0;
+    } else {
+        pkt_detail::V6Chain c;
+        ports = ports && pkt_detail::walk_v6_chain(frame.data(), m.inner_l3_off + kIpv6HdrLen,
+                                                   end, in[6], c) == DropReason::None &&
+                c.l4_off == m.inner_l4_off && (!c.frag || c.first);
+    }
+
+    // Everything below the ICMP header is summed by the ICMP checksum: collect the
+    // difference of every word that changes there (all at even offsets from the header).
+    const uint8_t* n_isrc = t.inner_src.data() + aoff;
+    const uint8_t* n_idst = t.inner_dst.data() + aoff;
+    uint32_t in_addr_diff = csum_diff_bytes(0, in_src, n_isrc, alen);
+    in_addr_diff = csum_diff_bytes(in_addr_diff, in_dst, n_idst, alen);
+    uint32_t icmp_diff = in_addr_diff;
+    if (ports) {
+        uint8_t* l4 = frame.data() + m.inner_l4_off;
+        uint32_t port_diff = csum_diff16(0, load_be16(l4), t.inner_src_port);
+        port_diff = csum_diff16(port_diff, load_be16(l4 + 2), t.inner_dst_port);
+        const uint32_t csum_at = m.key.proto == kProtoTcp ? 16 : 6;
+        if (m.inner_l4_off + csum_at + 2 <= end) {
+            uint8_t* cp = l4 + csum_at;
+            const uint16_t old_c = load_be16(cp);
+            if (m.key.proto == kProtoTcp || old_c != 0) {
+                uint16_t c = csum_apply(old_c, csum_fold(in_addr_diff + port_diff));
+                if (m.key.proto == kProtoUdp && c == 0) {
+                    c = 0xFFFF;
+                }
+                store_be16(cp, c);
+                icmp_diff = csum_diff16(icmp_diff, old_c, c);
+            }
+        }
+        icmp_diff = csum_fold(icmp_diff + port_diff);
+        store_be16(l4, t.inner_src_port);
+        store_be16(l4 + 2, t.inner_dst_port);
+    }
+    if (v4) {
+        const uint16_t old_c = load_be16(in + 10);
+        const uint16_t c = csum_apply(old_c, in_addr_diff);
+        store_be16(in + 10, c);
+        icmp_diff = csum_diff16(icmp_diff, old_c, c);
+    }
+    std::memcpy(in_src, n_isrc, alen);
+    std::memcpy(in_dst, n_idst, alen);
+
+    // Outer header: addresses (the ICMPv6 pseudo-header) and TTL / hop limit.
+    uint8_t* o_src = ip + (v4 ? 12 : 8);
+    uint8_t* o_dst = ip + (v4 ? 16 : 24);
+    const uint8_t* n_osrc = t.outer_src.data() + aoff;
+    const uint8_t* n_odst = t.outer_dst.data() + aoff;
+    uint32_t out_addr_diff = csum_diff_bytes(0, o_src, n_osrc, alen);
+    out_addr_diff = csum_diff_bytes(out_addr_diff, o_dst, n_odst, alen);
+    if (v4) {
+        const uint16_t old_w = load_be16(ip + 8);
+        ip[8] = static_cast<uint8_t>(ip[8] - 1);
+        const uint32_t d = csum_diff16(out_addr_diff, old_w, load_be16(ip + 8));
+        store_be16(ip + 10, csum_apply(load_be16(ip + 10), d));
+        m.ttl = ip[8];
+    } else {
+        ip[7] = static_cast<uint8_t>(ip[7] - 1);
+        m.ttl = ip[7];
+        icmp_diff = csum_fold(icmp_diff + out_addr_diff);
+    }
+    store_be16(icmp + 2, csum_apply(load_be16(icmp + 2), icmp_diff));
+    std::memcpy(o_src, n_osrc, alen);
+    std::memcpy(o_dst, n_odst, alen);
+
+    // meta.key reads like a packet of the flow from the peer (see PacketMeta::key).
+    m.key.src = t.inner_dst;
+    m.key.dst = t.inner_src;
+    if (ports) {
+        m.key.src_port = t.inner_dst_port;
+        m.key.dst_port = t.inner_src_port;
+    }
+    return true;
+}
+
+bool nd_link_layer_option(std::span<const uint8_t> frame, const PacketMeta& m, uint8_t type,
+                          Mac& out) noexcept {
+    constexpr uint32_t kNdHdrLen = 24; // type, code, checksum, flags/reserved, target
+    if (m.family != 6 || !frame_holds(m, frame.size())) {
+        return false;
+    }
+    const uint32_t end = uint32_t{m.l3_off} + m.l3_len;
+    uint32_t off = uint32_t{m.l4_off} + kNdHdrLen;
+    while (off + 2 <= end) {
+        const uint32_t olen = uint32_t{frame[off + 1]} * 8;
+        if (olen == 0 || olen > end - off) {
+            return false; // RFC 4861 4.6: a zero-length option invalidates the message
+        }
+        if (frame[off] == type && olen >= 8) {
+            std::memcpy(out.data(), frame.data() + off + 2, 6);
+            return true;
+        }
+        off += olen;
+    }
+    return false;
+}
+
+uint32_t build_neighbor_solicit(std::span<uint8_t> out, const Mac& our_mac, const Addr16& src,
+                                const Addr16& target) noexcept {
+    constexpr uint32_t kNsLen = 32; // header 8 + target 16 + source link-layer option 8
+    constexpr uint32_t total = kEthHdrLen + kIpv6HdrLen + kNsLen;
+    if (out.size() < total) {
+        return 0;
+    }
+    uint8_t* o = out.data();
+    const uint8_t mcast_mac[6] = {0x33, 0x33, 0xFF, target[13], target[14], target[15]};
+    std::memcpy(o, mcast_mac, 6);
+    std::memcpy(o + 6, our_mac.data(), 6);
+    store_be16(o + 12, kEtherTypeIpv6);
+    uint8_t* ip = o + kEthHdrLen;
+    uint8_t* icmp = ip + kIpv6HdrLen;
+    store_be32(ip, 6u << 28);
+    store_be16(ip + 4, kNsLen);
+    ip[6] = kProtoIcmpv6;
+    ip[7] = 255; // RFC 4861 7.1.1
+    std::memcpy(ip + 8, src.data(), 16);
+    const uint8_t solicited[16] = {0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xFF,
+                                   target[13], target[14], target[15]};
+    std::memcpy(ip + 24, solicited, 16);
+    icmp[0] = 135;
+    icmp[1] = 0;
+    store_be16(icmp + 2, 0);
+    store_be32(icmp + 4, 0);
+    std::memcpy(icmp + 8, target.data(), 16);
+    icmp[24] = 1; // source link-layer address option, 1 x 8 octets
+    icmp[25] = 1;
+    std::memcpy(icmp + 26, our_mac.data(), 6);
+    const uint32_t s =
+        csum_add(csum_pseudo(6, ip + 8, ip + 24, kNsLen, kProtoIcmpv6), icmp, kNsLen);
+    store_be16(icmp + 2, static_cast<uint16_t>(~csum_fold(s)));
+    return total;
+}
+
 } // namespace sluice::dp

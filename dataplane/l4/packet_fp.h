@@ -993,4 +993,44 @@ inline int32_t encap_gue(std::span<uint8_t> buf, uint32_t data_off, const Packet
                                                 std::span<const uint8_t> frame, const PacketMeta& m,
                                                 const Addr16& our_addr) noexcept;
 
+/// New addresses and ports for nat_icmp_error(), of the packet's family (IPv4 in bytes
+/// 12..15). inner_* describe the embedded (quoted) datagram as it must read after the
+/// rewrite, i.e. as its receiver originally sent it.
+struct IcmpErrorNat {
+    Addr16 outer_src{};
+    Addr16 outer_dst{};
+    Addr16 inner_src{};
+    Addr16 inner_dst{};
+    uint16_t inner_src_port = 0;
+    uint16_t inner_dst_port = 0;
+};
+
+/// Full NAT of an ICMP/ICMPv6 error (meta.verdict == IcmpError) about a TCP/UDP flow, in
+/// place: outer addresses set and TTL/hop limit decremented (IPv4 header checksum fixed);
+/// embedded IP addresses set (embedded IPv4 header checksum fixed), embedded ports set when
+/// quoted (not for an embedded non-first fragment) and the embedded TCP/UDP checksum fixed
+/// when quoted (a UDP checksum 0 stays 0); the ICMP checksum fixed, including the ICMPv6
+/// pseudo-header. All updates are incremental (RFC 1624), so a corrupt message stays
+/// detectably corrupt. The rest of the message (e.g. the MTU of "fragmentation needed" /
+/// "packet too big") is kept. meta.key (the swapped embedded tuple) and meta.ttl follow.
+/// @return false, frame unchanged, if meta does not describe such an error in this frame or
+///         the TTL/hop limit is <= 1 (then meta.drop = DropReason::TtlExceeded; never answer
+///         an error with an error). Thread: worker (any); no allocation.
+[[nodiscard]] bool nat_icmp_error(PacketMeta& m, std::span<uint8_t> frame,
+                                  const IcmpErrorNat& t) noexcept;
+
+/// Finds the link-layer address option of `type` (1 source, 2 target; RFC 4861 4.6.1) in
+/// the neighbour solicitation or advertisement whose ICMPv6 header is at meta.l4_off.
+/// @return false if absent, or the option list is malformed (zero length).
+/// Thread: worker (any).
+[[nodiscard]] bool nd_link_layer_option(std::span<const uint8_t> frame, const PacketMeta& m,
+                                        uint8_t type, Mac& out) noexcept;
+
+/// Writes a neighbour solicitation for `target` into `out` (86 bytes, untagged): from
+/// our_mac / `src` to the solicited-node multicast address ff02::1:ffXX:XXXX (and MAC
+/// 33:33:ff:XX:XX:XX), hop limit 255, source link-layer address option = our_mac.
+/// @return the frame length, or 0 if `out` is too small. Thread: worker (any).
+[[nodiscard]] uint32_t build_neighbor_solicit(std::span<uint8_t> out, const Mac& our_mac,
+                                              const Addr16& src, const Addr16& target) noexcept;
+
 } // namespace sluice::dp

@@ -106,7 +106,11 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                         const ir::BackendGroup& grp = ir.groups[b.group];
                         uint32_t ready = 0;
                         for (const ir::Endpoint& ep : grp.endpoints) {
-                            ready += ep.ready && !ep.terminating ? 1 : 0;
+                            uint8_t ef = 0;
+                            Addr ea{};
+                            const bool usable = parse_addr(ep.address, ef, ea) &&
+                                                (s.mode != FwdMode::FullNat || ef == family);
+                            ready += usable && ep.ready && !ep.terminating ? 1 : 0;
                         }
                         for (const ir::Endpoint& ep : grp.endpoints) {
                             L4Endpoint e;
@@ -114,6 +118,9 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                                 return fail(Errc::Invalid, "endpoint address '" + ep.address +
                                                                "' of " + grp.ns + "/" + grp.name +
                                                                " is not an IP address");
+                            }
+                            if (s.mode == FwdMode::FullNat && e.family != family) {
+                                continue; // full-NAT does not translate between families
                             }
                             e.port = ep.port;
                             e.draining = !ep.ready || ep.terminating;

@@ -113,3 +113,32 @@ TEST(ServiceTable, BadAddressesAreRefused) {
 
 } // namespace
 } // namespace sluice::dp
+
+namespace sluice::dp {
+namespace {
+
+TEST(ServiceTable, FullNatUsesOnlyEndpointsOfTheVipsFamily) {
+    ir::Ir ir;
+    ir::Listener l;
+    l.port = 80;
+    l.protocol = ir::Protocol::TCP;
+    ir::Rule r;
+    r.backends.push_back({0, 1, 0, "", ir::kNone});
+    ir.rules.push_back(r);
+    l.l4_rule = 0;
+    ir.listeners.push_back(l);
+    ir::BackendGroup g;
+    g.endpoints.push_back({"10.0.0.5", 80, true, true, false, "v4"});
+    g.endpoints.push_back({"2001:db8::5", 80, true, true, false, "v6"});
+    ir.groups.push_back(g);
+    ir.gateways.push_back({"ns", "gw", {"192.0.2.1", "2001:db8::1"}, {0}, {}});
+    auto t = build_service_table(ir, {});
+    ASSERT_TRUE(t);
+    for (const L4Service& s : t->services) {
+        ASSERT_EQ(s.n_endpoints, 1u);
+        EXPECT_EQ(t->endpoints[s.first_endpoint].family, s.family);
+    }
+}
+
+} // namespace
+} // namespace sluice::dp

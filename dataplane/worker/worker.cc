@@ -27,7 +27,10 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 auto* data = rte_pktmbuf_mtod(m, uint8_t*);
                 uint32_t len = rte_pktmbuf_data_len(m);
                 const std::span<uint8_t> buf(data, len + rte_pktmbuf_tailroom(m));
-                if (lb_process(ctx_, *table, buf, len, now) == LbAction::Tx) {
+                const uint32_t headroom = rte_pktmbuf_headroom(m);
+                uint32_t new_headroom = headroom; // lowered by DSR encapsulation
+                if (lb_process(ctx_, *table, buf, len, now, &new_headroom) == LbAction::Tx) {
+                    m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
                     m->data_len = static_cast<uint16_t>(len);
                     m->pkt_len = len;
                     tx[ntx++] = m;

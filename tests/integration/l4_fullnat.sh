@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # L4 full-NAT end to end, as root, in network namespaces made here and removed on exit:
 #
-#   sl-cli (10.77.0.2) ─┐
-#   sl-be1 (10.77.0.11) ├─ br0 in sl-lan ── dp0: sluice-dataplane (net_af_packet)
-#   sl-be2 (10.77.0.12) ┘                    VIP 10.77.0.100, SNAT 10.77.0.99
+#   sl-cli (10.77.0.2,  fd77::2)  ─┐
+#   sl-be1 (10.77.0.11, fd77::11) ├─ br0 in sl-lan ── dp0: sluice-dataplane (net_af_packet)
+#   sl-be2 (10.77.0.12, fd77::12) ┘     VIPs 10.77.0.100, fd77::100; SNAT 10.77.0.99, fd77::99
 #
 # sluice-controlplane compiles a Gateway with a TCPRoute (weights 3:1) and a UDPRoute and
 # pushes the IR; the test checks Programmed=True after the ACK, then real kernel clients
 # (curl over TCP, socat over UDP) reach the VIP, the split holds over many connections,
 # a backend removed from the manifest gets no new flows, and a killed controlplane leaves
-# the dataplane forwarding.
+# the dataplane forwarding. A second Gateway on fd77::100 (IPv6 endpoints) is reached over
+# IPv6 (neighbour discovery both ways); UDP datagrams larger than the MTU cross as
+# fragments in both families; a UDP port without a listener answers the client with an
+# ICMP port unreachable the backend sent, translated back (the client's kernel matches it
+# to its socket, so the embedded addresses and ports must be exact).
 set -euo pipefail
 BUILD=${1:?build dir}
 BUILD=$(cd "$BUILD" && pwd)
@@ -33,21 +37,28 @@ fail() { echo "FAIL: $*"; [ -n "${dp_pid:-}" ] && kill "$dp_pid" 2>/dev/null && 
          echo "--- controlplane log"; tail -20 "$work/cp.log" || true; exit 1; }
 
 for ns in lan cli be1 be2; do ip netns add "$P-$ns"; done
-ip -n "$P-lan" link add br0 type bridge
+for ns in lan cli be1 be2; do # no IPv6 duplicate address detection delays
+  ip netns exec "$P-$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+done
+# The bridge must pass fragments as they are (br_netfilter would reassemble them).
+ip netns exec "$P-lan" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+  net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
+ip -n "$P-lan" link add br0 type bridge mcast_snooping 0
 ip -n "$P-lan" link set br0 up
-addhost() { # ns addr
+addhost() { # ns addr addr6
   ip link add "$P-$1" type veth peer name "v$1" netns "$P-lan"
   ip link set "$P-$1" netns "$P-$1"
   ip -n "$P-$1" link set "$P-$1" name eth0
   ip -n "$P-$1" addr add "$2/24" dev eth0
+  ip -n "$P-$1" addr add "$3/64" dev eth0 nodad
   ip -n "$P-$1" link set eth0 up
   ip -n "$P-$1" link set lo up
   ip netns exec "$P-$1" ethtool -K eth0 tx off >/dev/null 2>&1 || true
   ip -n "$P-lan" link set "v$1" master br0 up
 }
-addhost cli 10.77.0.2
-addhost be1 10.77.0.11
-addhost be2 10.77.0.12
+addhost cli 10.77.0.2 fd77::2
+addhost be1 10.77.0.11 fd77::11
+addhost be2 10.77.0.12 fd77::12
 ip -n "$P-lan" link add dp0 type veth peer name dp0p
 ip -n "$P-lan" link set dp0p master br0 up
 ip -n "$P-lan" link set dp0 up
@@ -57,12 +68,34 @@ ip netns exec "$P-lan" ethtool -K dp0p tx off >/dev/null 2>&1 || true
 # Backends: HTTP-ish TCP answer and a UDP echo, each saying who it is.
 for be in be1 be2; do
   mkdir -p "$work/www-$be" && echo "$be" > "$work/www-$be/index.html"
-  ip netns exec "$P-$be" taskset -c 0 python3 -m http.server 8080 --bind 0.0.0.0 \
+  ip netns exec "$P-$be" taskset -c 0 python3 -m http.server 8080 --bind :: \
     --directory "$work/www-$be" >/dev/null 2>&1 &
   pids+=($!)
-  ip netns exec "$P-$be" taskset -c 0 socat UDP-RECVFROM:5353,fork SYSTEM:"echo $be" 2>/dev/null &
+  ip netns exec "$P-$be" taskset -c 0 socat UDP6-RECVFROM:5353,ipv6only=0,fork SYSTEM:"echo $be" \
+    2>/dev/null & # dual stack
   pids+=($!)
 done
+# UDP client: sends one datagram of N bytes (fragmented past the MTU), prints the answer,
+# "refused" (an ICMP port unreachable matched the socket) or "timeout".
+cat > "$work/udpq.py" <<'PY'
+import socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((host, port))
+for _ in range(3):  # the first datagram may be spent resolving the backend's address
+    try:
+        s.send(b"x" * size)
+        print(s.recv(2048).decode().strip())
+        sys.exit(0)
+    except ConnectionRefusedError:
+        print("refused")
+        sys.exit(0)
+    except socket.timeout:
+        pass
+print("timeout")
+PY
 
 mkdir -p "$work/config" "$work/status"
 manifest() { # weights of be1 be2
@@ -81,6 +114,7 @@ spec:
   listeners:
   - {name: tcp, port: 80, protocol: TCP}
   - {name: udp, port: 53, protocol: UDP}
+  - {name: closed, port: 54, protocol: UDP}
 ---
 apiVersion: v1
 kind: Service
@@ -119,14 +153,95 @@ metadata: {name: dns, namespace: default}
 spec:
   parentRefs: [{name: l4, sectionName: udp}]
   rules: [{backendRefs: [{name: be1, port: 5353}, {name: be2, port: 5353}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: closed, namespace: default}
+spec:
+  parentRefs: [{name: l4, sectionName: closed}]
+  rules: [{backendRefs: [{name: closed, port: 5454}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed, namespace: default}
+spec: {ports: [{name: udp, port: 5454, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: closed, namespace: default, labels: {kubernetes.io/service-name: closed}}
+addressType: IPv4
+ports: [{name: udp, port: 5454, protocol: UDP}]
+endpoints: [{addresses: [10.77.0.11]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4v6, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: "fd77::100"}]
+  listeners:
+  - {name: tcp, port: 80, protocol: TCP}
+  - {name: udp, port: 53, protocol: UDP}
+  - {name: closed, port: 54, protocol: UDP}
+YAML
+for be in be1 be2 closed; do
+  case $be in be1) a=fd77::11;; *) a=fd77::12;; esac
+  [ $be = closed ] && a=fd77::11
+  cat >> "$work/config/l4.yaml" <<YAML
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $be-v6, namespace: default}
+spec: {ports: [{name: tcp, port: 8080}, {name: udp, port: 5353, protocol: UDP}, {name: closed, port: 5454, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $be-v6, namespace: default, labels: {kubernetes.io/service-name: $be-v6}}
+addressType: IPv6
+ports: [{name: tcp, port: 8080}, {name: udp, port: 5353, protocol: UDP}, {name: closed, port: 5454, protocol: UDP}]
+endpoints: [{addresses: ["$a"]}]
+YAML
+done
+cat >> "$work/config/l4.yaml" <<YAML
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: web6, namespace: default}
+spec:
+  parentRefs: [{name: l4v6, sectionName: tcp}]
+  rules: [{backendRefs: [{name: be1-v6, port: 8080}, {name: be2-v6, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns6, namespace: default}
+spec:
+  parentRefs: [{name: l4v6, sectionName: udp}]
+  rules: [{backendRefs: [{name: be1-v6, port: 5353}, {name: be2-v6, port: 5353}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: closed6, namespace: default}
+spec:
+  parentRefs: [{name: l4v6, sectionName: closed}]
+  rules: [{backendRefs: [{name: closed-v6, port: 5454}]}]
 YAML
 }
 manifest 3 1
 
+# SLUICE_L4_VDEV=af_xdp runs the port on net_af_xdp (generic XDP on the veth) instead of
+# net_af_packet. net_af_packet's socket joins a PACKET_FANOUT group with the DEFRAG flag
+# (DPDK 22.11, not configurable): the kernel reassembles IP fragments before sluice sees
+# them, so the fragment checks only run on af_xdp.
+VDEV=${SLUICE_L4_VDEV:-af_packet}
+case $VDEV in
+  af_packet) VDEV_ARG=--vdev=net_af_packet0,iface=dp0,framecnt=2048,qdisc_bypass=1;;
+  af_xdp) VDEV_ARG=--vdev=net_af_xdp0,iface=dp0;;
+  *) echo "SLUICE_L4_VDEV: af_packet or af_xdp"; exit 1;;
+esac
 SOCK=$work/dp.sock
-ip netns exec "$P-lan" taskset -c 1 "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --ct-capacity 65536 \
+ip netns exec "$P-lan" taskset -c 1 "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --snat fd77::99 --ct-capacity 65536 \
   -- -l 1 --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
-  --vdev=net_af_packet0,iface=dp0,framecnt=2048,qdisc_bypass=1 >"$work/dp.log" 2>&1 &
+  "$VDEV_ARG" >"$work/dp.log" 2>&1 &
 dp_pid=$!
 pids+=($dp_pid)
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
@@ -148,8 +263,30 @@ cli() { ip netns exec "$P-cli" taskset -c 0 "$@"; }
 # The first SYN may be spent resolving the backend's MAC: curl retries the connection.
 out=$(cli curl -sv --max-time 5 --retry 3 --retry-connrefused http://10.77.0.100/ 2>"$work/curl.err" || true); [ -n "$out" ] || cat "$work/curl.err"
 case "$out" in be1|be2) echo "ok: TCP through the VIP reached $out";; *) fail "TCP via VIP: '$out'";; esac
-out=$(echo q | cli socat -T2 - UDP:10.77.0.100:53 || true)
+out=$(cli python3 "$work/udpq.py" 10.77.0.100 53 2 || true) # retries: ARP may take the first
 case "$out" in be1|be2) echo "ok: UDP through the VIP reached $out";; *) fail "UDP via VIP: '$out'";; esac
+
+# IPv6: the client resolves the VIP, sluice resolves the backend (neighbour solicitation).
+out=$(cli curl -s -g -6 --max-time 5 --retry 3 --retry-connrefused "http://[fd77::100]/" || true)
+case "$out" in be1|be2) echo "ok: TCP through the IPv6 VIP reached $out";; *) fail "TCP via [fd77::100]: '$out'";; esac
+out=$(cli python3 "$work/udpq.py" fd77::100 53 10 || true)
+case "$out" in be1|be2) echo "ok: UDP through the IPv6 VIP reached $out";; *) fail "UDP via [fd77::100]: '$out'";; esac
+# Fragments: 3000-byte datagrams leave the client as 3 fragments; the backend reassembles.
+if [ "$VDEV" = af_xdp ]; then
+  for vip in 10.77.0.100 fd77::100; do
+    out=$(cli python3 "$work/udpq.py" "$vip" 53 3000 || true)
+    case "$out" in be1|be2) echo "ok: a fragmented 3000-byte UDP datagram to $vip reached $out";;
+      *) fail "fragmented UDP via $vip: '$out'";; esac
+  done
+else
+  echo "skip: fragments (net_af_packet reassembles them; run with SLUICE_L4_VDEV=af_xdp)"
+fi
+# ICMP errors follow the flow: nothing listens on the backend's port 5454.
+for vip in 10.77.0.100 fd77::100; do
+  out=$(cli python3 "$work/udpq.py" "$vip" 54 10 || true)
+  [ "$out" = refused ] || fail "no ICMP port unreachable through $vip ('$out')"
+  echo "ok: the backend's port unreachable reached the client's socket via $vip"
+done
 
 N=${SLUICE_L4_CONNS:-1000}
 : > "$work/hits"

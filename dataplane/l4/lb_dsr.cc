@@ -1,0 +1,48 @@
+// DSR forwarding step of the L4 pipeline (lb_process in lb.cc calls it once a flow has its
+// endpoint): IPIP or GUE encapsulation towards the backend, which answers the client
+// directly. Split from lb.cc to keep the full-NAT pipeline readable.
+
+#include "lb_fp.h"
+
+namespace sluice::dp {
+
+bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode, const L4Endpoint& ep,
+                 const Mac& next_hop, std::span<uint8_t> buf, uint32_t& len,
+                 uint32_t* headroom) noexcept {
+    // The tunnel source is the first configured "SNAT" address of the backend's family.
+    const std::pair<uint8_t, Addr>* src = nullptr;
+    for (const auto& s : ctx.snat) {
+        if (s.first == ep.family) {
+            src = &s;
+            break;
+        }
+    }
+    if (!src) {
+        ctx.count(LbCounter::NoSnatPort); // no tunnel source of the backend's family
+        return false;
+    }
+    if (!headroom || len > buf.size()) {
+        ++ctx.drops[static_cast<size_t>(DropReason::NoHeadroom)];
+        return false;
+    }
+    EncapParams p;
+    p.family = ep.family;
+    p.src = to_packet_addr(ep.family, src->second);
+    p.dst = to_packet_addr(ep.family, ep.addr);
+    // The encapsulation works on the whole buffer: headroom + frame (+ tailroom).
+    const std::span<uint8_t> whole(buf.data() - *headroom, *headroom + buf.size());
+    uint32_t frame_len = 0;
+    const int32_t off = mode == FwdMode::DsrGue
+                            ? encap_gue(whole, *headroom, m, p, frame_len)
+                            : encap_ipip(whole, *headroom, m, p, frame_len);
+    if (off < 0) {
+        ++ctx.drops[static_cast<size_t>(DropReason::NoHeadroom)];
+        return false;
+    }
+    set_macs(whole.subspan(static_cast<size_t>(off), frame_len), ctx.our_mac, next_hop);
+    *headroom = static_cast<uint32_t>(off);
+    len = frame_len;
+    return true;
+}
+
+} // namespace sluice::dp
