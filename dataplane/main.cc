@@ -168,16 +168,27 @@ int main(int argc, char** argv) {
 
     ServiceTableOptions sto;
     sto.maglev_size = o.maglev_size;
-    CtlServer ctl(o.dp_socket, [&](ir::Ir&& ir, uint64_t generation) -> Result<void> {
+    CtlServer ctl(o.dp_socket, [&](ir::Ir&& ir, uint64_t generation) -> Result<std::string> {
         auto table = build_service_table(ir, sto);
         if (!table) {
             return tl::unexpected(table.error());
+        }
+        // Listeners for the L7 engine: accepted, not served yet (the worker counts their
+        // packets as l7_not_ready). Reported so they are not shown as Programmed.
+        std::string note;
+        for (const ir::Listener& l : ir.listeners) {
+            if (l.protocol == ir::Protocol::HTTP || l.protocol == ir::Protocol::HTTPS ||
+                l.protocol == ir::Protocol::TLS) {
+                note += l.gateway_ns + "/" + l.gateway_name + "/" + l.name +
+                        "\tthis dataplane has no L7 engine yet: HTTP, HTTPS and TLS listeners "
+                        "are not served\n";
+            }
         }
         const size_t n = table->services.size();
         services.publish(std::make_unique<const ServiceTable>(std::move(*table)));
         std::cerr << "sluice-dataplane: generation " << generation << " published (" << n
                   << " services)" << std::endl;
-        return {};
+        return note;
     });
     if (auto l = ctl.listen(); !l) {
         rte_eal_cleanup();

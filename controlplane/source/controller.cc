@@ -79,17 +79,55 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
             r.message = "dataplane: " + res.error().message + " (Programmed stays Pending)";
         } else if (res->acked) {
             acked_ = true;
+            ack_note_ = res->reason;
         } else {
             nack_reason_ = res->reason.empty() ? "no reason given" : res->reason;
         }
     }
     if (acked_) {
         set_programmed(out, true);
+        mark_unserved(out, ack_note_);
         r.acked = true;
     } else if (!nack_reason_.empty()) {
         set_programmed(out, false, nack_reason_);
         r.message = "dataplane refused generation " + std::to_string(generation_) + ": " +
                     nack_reason_;
+    }
+}
+
+void mark_unserved(CompileOutput& out, const std::string& note) {
+    // "ns/gateway/listener<TAB>reason" per line: Programmed=False(Pending) for those.
+    size_t pos = 0;
+    while (pos < note.size()) {
+        size_t end = note.find('\n', pos);
+        if (end == std::string::npos) {
+            end = note.size();
+        }
+        const std::string line = note.substr(pos, end - pos);
+        pos = end + 1;
+        const size_t tab = line.find('\t');
+        const std::string id = line.substr(0, tab);
+        const std::string why = tab == std::string::npos ? "" : line.substr(tab + 1);
+        const size_t a = id.find('/'), b = id.rfind('/');
+        if (a == std::string::npos || a == b) {
+            continue;
+        }
+        ObjectStatus* st = out.find({"Gateway", id.substr(0, a), id.substr(a + 1, b - a - 1)});
+        if (!st) {
+            continue;
+        }
+        for (ListenerStatus& l : st->listeners) {
+            if (l.name != id.substr(b + 1)) {
+                continue;
+            }
+            for (Condition& c : l.conditions) {
+                if (c.type == "Programmed" && c.status == "True") {
+                    c.status = "False";
+                    c.reason = "Pending";
+                    c.message = why.empty() ? "the dataplane does not serve this listener" : why;
+                }
+            }
+        }
     }
 }
 

@@ -43,6 +43,10 @@ struct ReconcileResult {
     std::string message;
 };
 
+/// Applies a dataplane ACK note (msg.h): listeners accepted but not served get
+/// Programmed=False(Pending) with the dataplane's reason. Thread: any.
+void mark_unserved(CompileOutput& out, const std::string& note);
+
 class Controller {
 public:
     explicit Controller(ControllerOptions opts);
@@ -78,6 +82,7 @@ private:
     uint64_t pushed_hash_ = 0;
     bool acked_ = false;
     std::string nack_reason_;
+    std::string ack_note_; ///< listeners the dataplane accepted but does not serve
     DpLink link_;
     std::vector<std::string> written_; ///< status files written last time
 };

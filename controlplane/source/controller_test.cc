@@ -183,6 +183,20 @@ TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
         EXPECT_EQ(dp.frames(), 1);
     }
     {
+        // ACK with a note: the HTTP listener is accepted but not served by this dataplane.
+        FakeDataplane dp(sock, FrameType::Ack, "default/gw/http\tno L7 engine in this dataplane\n");
+        Controller c(o);
+        ReconcileResult r = c.reconcile();
+        EXPECT_TRUE(r.acked);
+        const std::string st = read(fs::path(status.path()) / "Gateway/default/gw.yaml");
+        EXPECT_NE(st.find("no L7 engine in this dataplane"), std::string::npos) << st;
+        const ObjectStatus* gw = c.current()->find({"Gateway", "default", "gw"});
+        ASSERT_NE(gw, nullptr);
+        EXPECT_EQ(gw->listeners[0].conditions.back().type, "Programmed");
+        EXPECT_EQ(gw->listeners[0].conditions.back().status, "False");
+        EXPECT_EQ(gw->listeners[0].conditions.back().reason, "Pending");
+    }
+    {
         FakeDataplane dp(sock, FrameType::Nack, "table too large");
         Controller c(o);
         ReconcileResult r = c.reconcile();

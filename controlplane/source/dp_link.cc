@@ -72,7 +72,7 @@ Result<PushResult> DpLink::push(uint64_t generation, std::string_view ir_bytes, 
                 continue; // a late answer for an older generation
             }
             if (r->type == FrameType::Ack) {
-                return PushResult{true, ""};
+                return PushResult{true, r->payload};
             }
             if (r->type == FrameType::Nack) {
                 return PushResult{false, r->payload};

@@ -20,7 +20,7 @@ using msg::FrameType;
 
 struct PushResult {
     bool acked = false;
-    std::string reason; ///< NACK reason
+    std::string reason; ///< NACK reason, or the ACK note (listeners not served, msg.h)
 };
 
 class DpLink {

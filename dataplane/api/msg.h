@@ -6,7 +6,10 @@
 ///   u32 magic "SLCP" | u8 type | u64 generation | u32 length | payload
 /// (little-endian). The controlplane sends IR (payload = ir::encode bytes); dp-control
 /// answers ACK(generation) once the tables are published, or NACK(generation, reason) and
-/// keeps its old tables. Part of the wire contract: no DPDK, no controlplane includes.
+/// keeps its old tables. An ACK's payload lists the listeners the dataplane accepted but does
+/// not serve (e.g. L7 listeners before the L7 engine exists), one
+/// "namespace/gateway/listener<TAB>reason" per line; empty when it serves everything.
+/// Part of the wire contract: no DPDK, no controlplane includes.
 /// Thread: any; the calls block, bounded by their timeouts.
 
 #include <cstdint>

@@ -88,13 +88,16 @@ void CtlServer::serve(int fd) {
         if (h == hash_.load(std::memory_order_relaxed) && applied_.load() != 0) {
             // The same IR again (a restarted controlplane resyncing): nothing to rebuild.
             applied_.store(f->generation, std::memory_order_relaxed);
+            reply.payload = last_note_;
         } else {
             auto decoded = ir::decode(f->payload);
-            Result<void> ok = decoded ? apply_(std::move(*decoded), f->generation)
-                                      : Result<void>(tl::unexpected(decoded.error()));
+            Result<std::string> ok = decoded ? apply_(std::move(*decoded), f->generation)
+                                             : Result<std::string>(tl::unexpected(decoded.error()));
             if (ok) {
                 applied_.store(f->generation, std::memory_order_relaxed);
                 hash_.store(h, std::memory_order_relaxed);
+                last_note_ = *ok;
+                reply.payload = *ok;
             } else {
                 reply.type = FrameType::Nack;
                 reply.payload = ok.error().message;

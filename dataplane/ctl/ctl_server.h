@@ -20,8 +20,10 @@ namespace sluice::dp {
 
 class CtlServer {
 public:
-    /// `apply` returns an error to NACK; it runs on the dp-control thread.
-    using Apply = std::function<Result<void>(ir::Ir&& ir, uint64_t generation)>;
+    /// `apply` returns an error to NACK, or the ACK note: the listeners it accepted but does
+    /// not serve, one "namespace/gateway/listener<TAB>reason" per line (msg.h). It runs on
+    /// the dp-control thread.
+    using Apply = std::function<Result<std::string>(ir::Ir&& ir, uint64_t generation)>;
 
     CtlServer(std::string socket_path, Apply apply)
         : path_(std::move(socket_path))
@@ -53,6 +55,7 @@ private:
     // Relaxed: statistics read by tools; nothing is published through them.
     std::atomic<uint64_t> applied_{0};
     std::atomic<uint64_t> hash_{0};
+    std::string last_note_; ///< ACK note of the IR in force (dp-control thread only)
 };
 
 } // namespace sluice::dp

@@ -24,13 +24,13 @@ ir::Ir sample(uint16_t port) {
 
 struct Server {
     explicit Server(const std::string& path)
-        : srv(path, [this](ir::Ir&& ir, uint64_t) -> Result<void> {
+        : srv(path, [this](ir::Ir&& ir, uint64_t) -> Result<std::string> {
             ++applies;
             if (ir.listeners.at(0).port == 666) {
                 return fail(Errc::LimitExceeded, "port 666 refused by policy");
             }
             last_port = ir.listeners[0].port;
-            return {};
+            return std::string(last_port == 80 ? "ns/gw/web\tno L7 engine\n" : "");
         }) {
         EXPECT_TRUE(srv.listen());
         thread = std::thread([this] { srv.run(); });
@@ -56,6 +56,7 @@ TEST(IrChannel, AckNackAndResync) {
     auto r = link.push(1, ir::encode(sample(80)));
     ASSERT_TRUE(r) << r.error().message;
     EXPECT_TRUE(r->acked);
+    EXPECT_EQ(r->reason, "ns/gw/web\tno L7 engine\n") << "the ACK carries the note";
     EXPECT_EQ(s.last_port, 80);
     EXPECT_EQ(s.srv.applied_generation(), 1u);
 
@@ -83,6 +84,7 @@ TEST(IrChannel, AckNackAndResync) {
     r = again.push(7, ir::encode(sample(80)));
     ASSERT_TRUE(r);
     EXPECT_TRUE(r->acked);
+    EXPECT_EQ(r->reason, "ns/gw/web\tno L7 engine\n") << "a resync repeats the note";
     EXPECT_EQ(s.applies, applies);
     EXPECT_EQ(s.srv.applied_generation(), 7u);
 }
