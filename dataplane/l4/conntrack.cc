@@ -1,5 +1,7 @@
 #include "conntrack.h"
 
+#include "mix.h"
+
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -31,12 +33,7 @@ void table_free(ConnEntry* p) noexcept {
     ::operator delete (p, std::align_val_t{kConnBucketBytes});
 }
 
-uint64_t splitmix(uint64_t x) noexcept {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
+uint64_t splitmix(uint64_t x) noexcept { return splitmix64(x); }
 
 } // namespace
 

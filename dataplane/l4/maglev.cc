@@ -1,19 +1,14 @@
 #include "maglev.h"
 
+#include "mix.h"
+
 #include <algorithm>
 
 namespace sluice::dp {
 
 namespace {
 
-/// splitmix64 finalizer: a fixed, well-mixed 64-bit hash. Fixed forever: changing it would
-/// make nodes of different versions disagree (that is an IR format change).
-uint64_t mix(uint64_t x) noexcept {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
+uint64_t mix(uint64_t x) noexcept { return splitmix64(x); }
 
 } // namespace
 
