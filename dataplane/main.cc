@@ -4,6 +4,8 @@
 // way; the defaults here work with --no-huge and virtual devices.
 
 #include <atomic>
+#include <chrono>
+#include <filesystem>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -35,6 +37,7 @@ void on_signal(int) { g_stop.store(true, std::memory_order_relaxed); }
 
 struct Options {
     std::string dp_socket = "/run/sluice/dp.sock";
+    std::string stats_file = "/run/sluice/dataplane-stats.json";
     std::vector<std::string> snat;
     uint32_t ct_capacity = 1u << 20;
     uint32_t maglev_size = kMaglevDefaultSize;
@@ -93,7 +96,9 @@ int main(int argc, char** argv) {
         "connection-tracking entries per worker (64 bytes each)")(
         "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
         "Maglev table size per service (a prime)")(
-        "mbufs", po::value(&o.mbufs)->default_value(o.mbufs), "mbuf pool size");
+        "mbufs", po::value(&o.mbufs)->default_value(o.mbufs), "mbuf pool size")(
+        "stats-file", po::value(&o.stats_file)->default_value(o.stats_file),
+        "JSON counters rewritten every second (sluicectl stats reads it); '' = off");
     po::variables_map vm;
     try {
         po::store(po::parse_command_line(split, argv, desc), vm);
@@ -203,10 +208,54 @@ int main(int argc, char** argv) {
     wc.port = port;
     wc.lcore = rte_lcore_id();
     Worker w(wc, qsbr, services, ctx);
+    // The stats exporter: reads what the worker publishes (relaxed atomics on their own
+    // cache lines) and the conntrack's atomics, rewrites the JSON file atomically.
+    std::thread stats_thread([&] {
+        if (o.stats_file.empty()) {
+            return;
+        }
+        const std::string tmp = o.stats_file + ".tmp";
+        std::error_code ec;
+        std::filesystem::create_directories(std::filesystem::path(o.stats_file).parent_path(), ec);
+        while (!g_stop.load(std::memory_order_relaxed)) {
+            const ConnTrackStats cs = ctx.ct->stats();
+            std::string j = "{\"generation\":" + std::to_string(ctl.applied_generation()) +
+                            ",\"lcores\":[{\"lcore\":" + std::to_string(wc.lcore) +
+                            ",\"counters\":{";
+            for (size_t i = 0; i < kLbCounterCount; ++i) {
+                j += std::string(i ? "," : "") + "\"" + lb_counter_name(static_cast<LbCounter>(i)) +
+                     "\":" + std::to_string(w.counter(i));
+            }
+            j += "},\"drops\":{";
+            bool first = true;
+            for (size_t i = 1; i < kDropReasonCount; ++i) {
+                j += std::string(first ? "" : ",") + "\"" +
+                     std::string(drop_reason_name(static_cast<DropReason>(i))) +
+                     "\":" + std::to_string(w.drops(i));
+                first = false;
+            }
+            j += "},\"flows\":{\"entries\":" + std::to_string(cs.entries) +
+                 ",\"half_open\":" + std::to_string(cs.half_open) +
+                 ",\"inserts\":" + std::to_string(cs.inserts) +
+                 ",\"insert_full\":" + std::to_string(cs.insert_full) +
+                 ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
+                 ",\"expired\":" + std::to_string(cs.expired) +
+                 ",\"capacity\":" + std::to_string(ctx.ct->capacity()) + "}}]}\n";
+            if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+                std::fputs(j.c_str(), f);
+                std::fclose(f);
+                std::rename(tmp.c_str(), o.stats_file.c_str());
+            }
+            for (int i = 0; i < 10 && !g_stop.load(std::memory_order_relaxed); ++i) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+        }
+    });
     w.run(g_stop); // the main lcore is the worker (one queue today)
 
     ctl.stop();
     ctl_thread.join();
+    stats_thread.join();
     std::fprintf(stderr, "sluice-dataplane: counters:");
     for (size_t i = 0; i < kLbCounterCount; ++i) {
         std::fprintf(stderr, " %s=%lu", lb_counter_name(static_cast<LbCounter>(i)),

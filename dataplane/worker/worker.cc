@@ -6,10 +6,20 @@
 
 namespace sluice::dp {
 
+void Worker::publish_counters() noexcept {
+    for (size_t i = 0; i < kLbCounterCount; ++i) {
+        published_[i].store(ctx_.counters[i], std::memory_order_relaxed);
+    }
+    for (size_t i = 0; i < kDropReasonCount; ++i) {
+        published_drops_[i].store(ctx_.drops[i], std::memory_order_relaxed);
+    }
+}
+
 void Worker::run(const std::atomic<bool>& stop) noexcept {
     rte_rcu_qsbr_thread_register(qsbr_, cfg_.lcore);
     rte_rcu_qsbr_thread_online(qsbr_, cfg_.lcore);
     const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    uint32_t last_publish = 0;
     rte_mbuf* tx[kBurst];
     while (!stop.load(std::memory_order_relaxed)) {
         rte_mbuf* pkts[kBurst];
@@ -44,8 +54,13 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
             }
         }
         ctx_.ct->sweep(now, 8);
+        if (now - last_publish >= 100) { // ms: the stats exporter reads these
+            publish_counters();
+            last_publish = now;
+        }
         rte_rcu_qsbr_quiescent(qsbr_, cfg_.lcore);
     }
+    publish_counters();
     rte_rcu_qsbr_thread_offline(qsbr_, cfg_.lcore);
     rte_rcu_qsbr_thread_unregister(qsbr_, cfg_.lcore);
 }

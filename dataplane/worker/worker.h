@@ -6,6 +6,7 @@
 /// bursts, reports a QSBR quiescent state once per iteration (H5) and sweeps expired flows
 /// a few buckets at a time. Thread: worker (one lcore per Worker).
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -38,11 +39,25 @@ public:
     /// Runs until stop is set. Thread: the worker lcore.
     void run(const std::atomic<bool>& stop) noexcept;
 
+    /// Counters as last published by the worker (about every 100 ms), readable from any
+    /// thread without touching the worker's own cache lines. Thread: any.
+    [[nodiscard]] uint64_t counter(size_t i) const noexcept {
+        return published_[i].load(std::memory_order_relaxed);
+    }
+    [[nodiscard]] uint64_t drops(size_t i) const noexcept {
+        return published_drops_[i].load(std::memory_order_relaxed);
+    }
+
 private:
+    void publish_counters() noexcept;
+
     WorkerConfig cfg_;
     rte_rcu_qsbr* qsbr_;
     const Snapshot<ServiceTable>& services_;
     LbContext& ctx_;
+    // Single writer (the worker), relaxed: statistics, nothing is published through them.
+    alignas(64) std::array<std::atomic<uint64_t>, kLbCounterCount> published_{};
+    alignas(64) std::array<std::atomic<uint64_t>, kDropReasonCount> published_drops_{};
 };
 
 } // namespace sluice::dp

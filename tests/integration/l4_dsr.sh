@@ -177,7 +177,11 @@ for gw in ipip:10.77.0.100 gue:10.77.0.101; do
   done
   case "$out" in be1|be2) echo "ok: dsr-$name: UDP through $vip answered by $out";;
     *) fail "dsr-$name UDP via $vip: '$out'";; esac
-  out=$(head -c 1472 /dev/zero | cli socat -T2 - "UDP:$vip:53" || true)
+  # A new source port may pick the other backend, whose MAC may still be unresolved: retry.
+  for _ in 1 2 3; do
+    out=$(head -c 1472 /dev/zero | cli socat -T2 - "UDP:$vip:53" || true)
+    [ -n "$out" ] && break
+  done
   case "$out" in be1|be2) echo "ok: dsr-$name: a full-size (1500-byte) client datagram arrives encapsulated";;
     *) fail "dsr-$name: full-size UDP datagram via $vip: '$out'";; esac
 

@@ -240,6 +240,7 @@ case $VDEV in
 esac
 SOCK=$work/dp.sock
 ip netns exec "$P-lan" taskset -c 1 "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --snat fd77::99 --ct-capacity 65536 \
+  --stats-file "$work/dp-stats.json" \
   -- -l 1 --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
   "$VDEV_ARG" >"$work/dp.log" 2>&1 &
 dp_pid=$!
@@ -313,4 +314,12 @@ kill "$cp_pid"; wait "$cp_pid" 2>/dev/null || true
 out=$(cli curl -s --max-time 3 http://10.77.0.100/ || true)
 [ "$out" = be1 ] || fail "dataplane stopped forwarding without its controlplane ('$out')"
 echo "ok: forwarding continues with the controlplane gone"
+
+# Live counters from outside the fast path.
+sleep 1.2
+CTL=$BUILD/tools/sluicectl
+"$CTL" stats --stats-file "$work/dp-stats.json" >"$work/stats.txt" || fail "sluicectl stats"
+nf=$(awk '$1=="new_flows"{print $2}' "$work/stats.txt")
+[ "${nf:-0}" -ge "$N" ] || { cat "$work/stats.txt"; fail "new_flows counter ${nf:-0} < $N connections"; }
+echo "ok: sluicectl stats shows new_flows=$nf ($(grep -c . "$work/stats.txt") lines)"
 echo "l4_fullnat: all checks passed"

@@ -31,6 +31,8 @@ constexpr const char* kUsage =
     "  ir PATH...           print the compiled IR (text)\n"
     "  status [--status-dir DIR] [KIND[/NS]/NAME]\n"
     "                       print the status a running sluice-controlplane wrote\n"
+    "  stats [--stats-file FILE] [-o json]\n"
+    "                       live counters of a running sluice-dataplane\n"
     "\n"
     "Run 'sluicectl <command> --help' for the options of a command.\n";
 
@@ -415,6 +417,56 @@ int cmd_status(const std::vector<std::string>& args) {
     return 0;
 }
 
+int cmd_stats(const std::vector<std::string>& args) {
+    po::options_description desc("sluicectl stats [options]");
+    desc.add_options()("help,h", "this help")(
+        "stats-file", po::value<std::string>()->default_value("/run/sluice/dataplane-stats.json"),
+        "the file sluice-dataplane --stats-file writes")(
+        "output,o", po::value<std::string>()->default_value("text"), "text | json");
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    if (vm.count("help")) {
+        std::cout << desc;
+        return 0;
+    }
+    std::ifstream in(vm["stats-file"].as<std::string>());
+    if (!in) {
+        std::cerr << "sluicectl stats: cannot read " << vm["stats-file"].as<std::string>()
+                  << " (is sluice-dataplane running with --stats-file?)\n";
+        return 2;
+    }
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.contains("lcores")) {
+        std::cerr << "sluicectl stats: the stats file is not valid\n";
+        return 2;
+    }
+    if (vm["output"].as<std::string>() == "json") {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    std::cout << "IR generation in force: " << j.value("generation", 0) << "\n";
+    for (const auto& l : j["lcores"]) {
+        std::cout << "lcore " << l.value("lcore", 0) << "\n";
+        for (const auto& [k, v] : l["counters"].items()) {
+            if (v.get<uint64_t>() != 0) {
+                std::cout << "  " << k << " " << v.get<uint64_t>() << "\n";
+            }
+        }
+        for (const auto& [k, v] : l["drops"].items()) {
+            if (v.get<uint64_t>() != 0) {
+                std::cout << "  drop " << k << " " << v.get<uint64_t>() << "\n";
+            }
+        }
+        const auto& f = l["flows"];
+        std::cout << "  flows " << f.value("entries", 0) << " of " << f.value("capacity", 0)
+                  << " (half-open " << f.value("half_open", 0) << ", refused full "
+                  << f.value("insert_full", 0) << ", refused budget "
+                  << f.value("insert_budget", 0) << ")\n";
+    }
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -437,6 +489,9 @@ int main(int argc, char** argv) {
         }
         if (cmd == "status") {
             return cmd_status(args);
+        }
+        if (cmd == "stats") {
+            return cmd_stats(args);
         }
     } catch (const po::error& e) {
         // Boost.Program_options reports bad options by exception: converted here.
