@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 
 #include <poll.h>
@@ -36,6 +37,8 @@ Result<void> CtlServer::listen() {
         return fail(Errc::Invalid, "socket path too long: " + path_);
     }
     std::memcpy(a.sun_path, path_.c_str(), path_.size() + 1);
+    std::error_code ec; // e.g. /run/sluice on a fresh boot
+    std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
     ::unlink(path_.c_str()); // a stale socket of a previous run
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 4) != 0) {
         const int e = errno;
