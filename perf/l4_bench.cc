@@ -101,6 +101,12 @@ struct LoopResult {
 
 template <class F>
 LoopResult run_loop(uint16_t port, double seconds, F&& per_packet) {
+    return run_loop(port, seconds, per_packet, [](rte_mbuf**, uint16_t) {});
+}
+
+/// `pre_burst` sees the whole burst first (stage 1 of the worker), then `per_packet` runs.
+template <class F, class P>
+LoopResult run_loop(uint16_t port, double seconds, F&& per_packet, P&& pre_burst) {
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t start = rte_get_tsc_cycles();
     const uint64_t end = start + static_cast<uint64_t>(seconds * static_cast<double>(hz));
@@ -110,6 +116,7 @@ LoopResult run_loop(uint16_t port, double seconds, F&& per_packet) {
     while (now < end) {
         for (int rep = 0; rep < 64; ++rep) {
             const uint16_t n = rte_eth_rx_burst(port, 0, b, kBurstSize);
+            pre_burst(b, n);
             uint16_t keep = 0;
             for (uint16_t i = 0; i < n; ++i) {
                 if (per_packet(b[i])) {
@@ -235,17 +242,29 @@ int main(int argc, char** argv) {
         return true;
     });
     uint64_t tx_est = 0;
-    const LoopResult est = run_loop(port, a.seconds, [&](rte_mbuf* m) {
-        auto* d = rte_pktmbuf_mtod(m, uint8_t*);
-        std::memcpy(d, acks[cursor].data(), 64);
-        cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
-        uint32_t len = 64;
-        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
-        const bool ok = lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len, now) ==
-                        LbAction::Tx;
-        tx_est += ok;
-        return ok;
-    });
+    uint32_t burst_now = 0;
+    // As the worker does it: write the burst's frames (the generator's part), stage 1
+    // (hash + prefetch for the whole burst), then stage 2 per packet.
+    const LoopResult est = run_loop(
+        port, a.seconds,
+        [&](rte_mbuf* m) {
+            auto* d = rte_pktmbuf_mtod(m, uint8_t*);
+            uint32_t len = 64;
+            const bool ok = lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
+                                       burst_now) == LbAction::Tx;
+            tx_est += ok;
+            return ok;
+        },
+        [&](rte_mbuf** b, uint16_t n) {
+            burst_now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+            for (uint16_t i = 0; i < n; ++i) {
+                std::memcpy(rte_pktmbuf_mtod(b[i], uint8_t*), acks[cursor].data(), 64);
+                cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+            }
+            for (uint16_t i = 0; i < n; ++i) {
+                lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u});
+            }
+        });
     // New flows: SYNs of flows never seen (fresh client addresses), refused once the
     // half-open budget or the SNAT ports are used up — both are counted.
     std::vector<std::vector<uint8_t>> fresh_syns;

@@ -446,6 +446,15 @@ void FragTable::remember(const PacketMeta& m, const PacketKey& from, const Packe
     victim->expires = now + kTimeoutMs;
 }
 
+void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame) noexcept {
+    PacketMeta m;
+    ParseOptions po;
+    po.verify_ipv4_checksum = false; // stage 2 verifies; here only the key matters
+    if (parse_packet(frame, m, po) == Verdict::Forward) {
+        ctx.ct->prefetch(flow_hash(flow_key(m)));
+    }
+}
+
 LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
                     uint32_t& len, uint32_t now, uint32_t* headroom) noexcept {
     ctx.count(LbCounter::RxPackets);

@@ -153,6 +153,11 @@ struct LbContext {
 /// Stable id of an endpoint (address + port), equal in every snapshot.
 [[nodiscard]] uint32_t endpoint_id(const L4Endpoint& e) noexcept;
 
+/// Stage 1 of a burst (STYLE H3): parses just enough of `frame` to hash its flow and
+/// prefetches that flow's conntrack buckets, so the lookups of a whole burst overlap their
+/// cache misses. Thread: worker; no allocation, no state change.
+void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame) noexcept;
+
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
 /// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the
 /// bytes before buf.data() that may be written (rte_pktmbuf_headroom); DSR services
