@@ -243,6 +243,8 @@ int main(int argc, char** argv) {
     });
     uint64_t tx_est = 0;
     uint32_t burst_now = 0;
+    PacketMeta metas[kBurstSize];
+    uint16_t slot = 0;
     // As the worker does it: write the burst's frames (the generator's part), stage 1
     // (hash + prefetch for the whole burst), then stage 2 per packet.
     const LoopResult est = run_loop(
@@ -250,8 +252,8 @@ int main(int argc, char** argv) {
         [&](rte_mbuf* m) {
             auto* d = rte_pktmbuf_mtod(m, uint8_t*);
             uint32_t len = 64;
-            const bool ok = lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
-                                       burst_now) == LbAction::Tx;
+            const bool ok = lb_process_parsed(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
+                                              burst_now, metas[slot++]) == LbAction::Tx;
             tx_est += ok;
             return ok;
         },
@@ -261,8 +263,9 @@ int main(int argc, char** argv) {
                 std::memcpy(rte_pktmbuf_mtod(b[i], uint8_t*), acks[cursor].data(), 64);
                 cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
             }
+            slot = 0;
             for (uint16_t i = 0; i < n; ++i) {
-                lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u});
+                lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
             }
         });
     // New flows: SYNs of flows never seen (fresh client addresses), refused once the

@@ -446,21 +446,25 @@ void FragTable::remember(const PacketMeta& m, const PacketKey& from, const Packe
     victim->expires = now + kTimeoutMs;
 }
 
-void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame) noexcept {
-    PacketMeta m;
-    ParseOptions po;
-    po.verify_ipv4_checksum = false; // stage 2 verifies; here only the key matters
-    if (parse_packet(frame, m, po) == Verdict::Forward) {
+void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept {
+    if (parse_packet(frame, m) == Verdict::Forward) {
         ctx.ct->prefetch(flow_hash(flow_key(m)));
     }
 }
 
 LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
                     uint32_t& len, uint32_t now, uint32_t* headroom) noexcept {
-    ctx.count(LbCounter::RxPackets);
     PacketMeta m;
+    (void)parse_packet(std::span<const uint8_t>(buf.data(), len), m);
+    return lb_process_parsed(ctx, table, buf, len, now, m, headroom);
+}
+
+LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
+                           uint32_t& len, uint32_t now, PacketMeta& m,
+                           uint32_t* headroom) noexcept {
+    ctx.count(LbCounter::RxPackets);
     const std::span<uint8_t> frame = buf.subspan(0, len);
-    const Verdict v = parse_packet(std::span<const uint8_t>(frame.data(), frame.size()), m);
+    const Verdict v = m.verdict;
     auto drop = [&](LbCounter c) {
         ctx.count(c);
         return LbAction::Drop;

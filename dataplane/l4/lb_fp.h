@@ -153,10 +153,11 @@ struct LbContext {
 /// Stable id of an endpoint (address + port), equal in every snapshot.
 [[nodiscard]] uint32_t endpoint_id(const L4Endpoint& e) noexcept;
 
-/// Stage 1 of a burst (STYLE H3): parses just enough of `frame` to hash its flow and
-/// prefetches that flow's conntrack buckets, so the lookups of a whole burst overlap their
-/// cache misses. Thread: worker; no allocation, no state change.
-void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame) noexcept;
+/// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches its flow's
+/// conntrack buckets, so the lookups of a whole burst overlap their cache misses; stage 2
+/// is lb_process_parsed() with the same `m` (each frame is parsed once).
+/// Thread: worker; no allocation, no state change.
+void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept;
 
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
 /// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the
@@ -168,6 +169,12 @@ void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame) noexcept;
 [[nodiscard]] LbAction lb_process(LbContext& ctx, const ServiceTable& table,
                                   std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                   uint32_t* headroom = nullptr) noexcept;
+
+/// Stage 2: lb_process() for a frame that lb_prefetch() already parsed into `m` (the frame
+/// must not have changed in between). Thread: worker; no allocation.
+[[nodiscard]] LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table,
+                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                         PacketMeta& m, uint32_t* headroom = nullptr) noexcept;
 
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
 inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;

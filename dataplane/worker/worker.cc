@@ -29,9 +29,11 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
             const ServiceTable* table = services_.read(); // one snapshot per burst
             // Stage 1: hash every flow of the burst and prefetch its conntrack buckets,
             // so stage 2's lookups overlap their cache misses (STYLE H3).
+            PacketMeta metas[kBurst];
             for (uint16_t i = 0; i < n; ++i) {
-                lb_prefetch(ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*),
-                                   rte_pktmbuf_data_len(pkts[i])});
+                lb_prefetch(ctx_,
+                            {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
+                            metas[i]);
             }
             uint16_t ntx = 0;
             for (uint16_t i = 0; i < n; ++i) {
@@ -45,7 +47,8 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 const std::span<uint8_t> buf(data, len + rte_pktmbuf_tailroom(m));
                 const uint32_t headroom = rte_pktmbuf_headroom(m);
                 uint32_t new_headroom = headroom; // lowered by DSR encapsulation
-                if (lb_process(ctx_, *table, buf, len, now, &new_headroom) == LbAction::Tx) {
+                if (lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom) ==
+                    LbAction::Tx) {
                     m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
                     m->data_len = static_cast<uint16_t>(len);
                     m->pkt_len = len;
