@@ -24,45 +24,14 @@ DECAP=$BUILD/drivers/bpf/sluice-decap
 [ -x "$DECAP" ] || { echo "SKIP: sluice-decap not built (clang or libbpf missing)"; exit 77; }
 for t in ip curl socat ethtool python3 sysctl; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
 
-P=sd$$
-work=$(mktemp -d /tmp/sluice-dsr.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for ns in lan cli be1 be2; do ip netns del "$P-$ns" 2>/dev/null || true; done
-  rm -rf "$work" 2>/dev/null || true
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; [ -n "${dp_pid:-}" ] && kill "$dp_pid" 2>/dev/null && sleep 1
-         echo "--- dataplane log"; tail -20 "$work/dp.log" || true;
-         echo "--- controlplane log"; tail -20 "$work/cp.log" || true; exit 1; }
-
+. "$(dirname "$0")/../lib/netns.sh"
+lan_init sd /tmp/sluice-dsr.XXXXXX
 # The tunnel side carries client frames plus 20 (IPIP) or 32 (GUE) bytes: MTU 1600 there,
 # 1500 at the client, so full-size client packets still fit once encapsulated.
-for ns in lan cli be1 be2; do ip netns add "$P-$ns"; done
-ip -n "$P-lan" link add br0 type bridge
-ip -n "$P-lan" link set br0 up
-addhost() { # ns addr mtu
-  ip link add "$P-$1" type veth peer name "v$1" netns "$P-lan"
-  ip link set "$P-$1" netns "$P-$1"
-  ip -n "$P-$1" link set "$P-$1" name eth0
-  ip -n "$P-$1" link set eth0 mtu "$3"
-  ip -n "$P-lan" link set "v$1" mtu "$3"
-  ip -n "$P-$1" addr add "$2/24" dev eth0
-  ip -n "$P-$1" link set eth0 up
-  ip -n "$P-$1" link set lo up
-  ip netns exec "$P-$1" ethtool -K eth0 tx off >/dev/null 2>&1 || true
-  ip -n "$P-lan" link set "v$1" master br0 up
-}
-addhost cli 10.77.0.2 1500
-addhost be1 10.77.0.11 1600
-addhost be2 10.77.0.12 1600
-ip -n "$P-lan" link add dp0 mtu 1600 type veth peer name dp0p mtu 1600
-ip -n "$P-lan" link set dp0p master br0 up
-ip -n "$P-lan" link set dp0 up
-ip netns exec "$P-lan" ethtool -K dp0 tx off >/dev/null 2>&1 || true
-ip netns exec "$P-lan" ethtool -K dp0p tx off >/dev/null 2>&1 || true
+lan_host cli 10.77.0.2 - 1500
+lan_host be1 10.77.0.11 - 1600
+lan_host be2 10.77.0.12 - 1600
+lan_dp_port 1600
 
 # Backends: VIPs on lo, no ARP for them, decapsulation on eth0; an HTTP server on the
 # listener port (DSR does not rewrite ports) and UDP echoes bound to each VIP (so the

@@ -22,48 +22,12 @@ CP=$BUILD/controlplane/sluice-controlplane
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
 for t in ip curl socat ethtool python3; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
 
-P=sl$$
-work=$(mktemp -d /tmp/sluice-l4.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for ns in lan cli be1 be2; do ip netns del "$P-$ns" 2>/dev/null || true; done
-  rm -rf "$work" "/dev/hugepages/${P}"* 2>/dev/null || true
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; [ -n "${dp_pid:-}" ] && kill "$dp_pid" 2>/dev/null && sleep 1
-         echo "--- dataplane log"; tail -20 "$work/dp.log" || true;
-         echo "--- controlplane log"; tail -20 "$work/cp.log" || true; exit 1; }
-
-for ns in lan cli be1 be2; do ip netns add "$P-$ns"; done
-for ns in lan cli be1 be2; do # no IPv6 duplicate address detection delays
-  ip netns exec "$P-$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-done
-# The bridge must pass fragments as they are (br_netfilter would reassemble them).
-ip netns exec "$P-lan" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
-  net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
-ip -n "$P-lan" link add br0 type bridge mcast_snooping 0
-ip -n "$P-lan" link set br0 up
-addhost() { # ns addr addr6
-  ip link add "$P-$1" type veth peer name "v$1" netns "$P-lan"
-  ip link set "$P-$1" netns "$P-$1"
-  ip -n "$P-$1" link set "$P-$1" name eth0
-  ip -n "$P-$1" addr add "$2/24" dev eth0
-  ip -n "$P-$1" addr add "$3/64" dev eth0 nodad
-  ip -n "$P-$1" link set eth0 up
-  ip -n "$P-$1" link set lo up
-  ip netns exec "$P-$1" ethtool -K eth0 tx off >/dev/null 2>&1 || true
-  ip -n "$P-lan" link set "v$1" master br0 up
-}
-addhost cli 10.77.0.2 fd77::2
-addhost be1 10.77.0.11 fd77::11
-addhost be2 10.77.0.12 fd77::12
-ip -n "$P-lan" link add dp0 type veth peer name dp0p
-ip -n "$P-lan" link set dp0p master br0 up
-ip -n "$P-lan" link set dp0 up
-ip netns exec "$P-lan" ethtool -K dp0 tx off >/dev/null 2>&1 || true
-ip netns exec "$P-lan" ethtool -K dp0p tx off >/dev/null 2>&1 || true
+. "$(dirname "$0")/../lib/netns.sh"
+lan_init sl /tmp/sluice-l4.XXXXXX
+lan_host cli 10.77.0.2 fd77::2
+lan_host be1 10.77.0.11 fd77::11
+lan_host be2 10.77.0.12 fd77::12
+lan_dp_port
 
 # Backends: HTTP-ish TCP answer and a UDP echo, each saying who it is.
 for be in be1 be2; do
