@@ -415,6 +415,38 @@ private:
 
 // ------------------------------------------------------------------ shared pieces
 
+void hash_node(const Node& n, uint64_t& h) {
+    auto mix = [&h](std::string_view s) {
+        for (char c : s) {
+            h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+        }
+        h = (h ^ 0xFF) * 0x100000001b3ULL; // separator
+    };
+    mix(std::string_view(reinterpret_cast<const char*>(&n.kind), 1));
+    mix(n.scalar);
+    for (const Node& i : n.items) {
+        hash_node(i, h);
+    }
+    for (const auto& [k, v] : n.fields) {
+        mix(k);
+        hash_node(v, h);
+    }
+}
+
+/// What a generation counts: everything but metadata and status (the API server bumps
+/// metadata.generation on spec changes; the file source imitates it with this hash).
+uint64_t content_hash(const Node& root) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const auto& [k, v] : root.fields) {
+        if (k == "metadata" || k == "status") {
+            continue;
+        }
+        h = (h ^ std::hash<std::string>{}(k)) * 0x100000001b3ULL;
+        hash_node(v, h);
+    }
+    return h;
+}
+
 Meta read_meta(Reader& r, const Node& root, bool namespaced, uint64_t seq) {
     Meta m;
     const Node* md = root.get("metadata");
@@ -438,7 +470,11 @@ Meta read_meta(Reader& r, const Node& root, bool namespaced, uint64_t seq) {
     }
     m.labels = r.str_map(md, "labels", "metadata");
     m.annotations = r.str_map(md, "annotations", "metadata");
-    m.generation = r.integer(md, "generation", "metadata", 1, INT64_MAX).value_or(1);
+    if (auto g = r.integer(md, "generation", "metadata", 1, INT64_MAX)) {
+        m.generation = *g;
+        m.generation_given = true;
+    }
+    m.spec_hash = content_hash(root);
     if (auto ts = r.str(md, "creationTimestamp", "metadata")) {
         m.creation = parse_rfc3339(*ts);
     }

@@ -24,6 +24,8 @@ struct Meta {
     std::string name;
     std::string ns; ///< empty for cluster-scoped kinds
     int64_t generation = 1;
+    bool generation_given = false; ///< metadata.generation was in the input (API objects)
+    uint64_t spec_hash = 0;        ///< hash of the object's content minus metadata and status
     int64_t creation = 0;  ///< creationTimestamp in seconds, 0 when absent
     uint64_t sequence = 0; ///< load order; breaks creation ties deterministically
     std::map<std::string, std::string> labels;

@@ -131,6 +131,30 @@ void mark_unserved(CompileOutput& out, const std::string& note) {
     }
 }
 
+std::map<ObjectKey, std::pair<uint64_t, int64_t>> Controller::assign_generations(
+    Store& store) const {
+    std::map<ObjectKey, std::pair<uint64_t, int64_t>> next;
+    auto one = [&](const std::string& kind, Meta& m) {
+        if (m.generation_given) {
+            return; // the API server's generation is authoritative
+        }
+        const ObjectKey key{kind, m.ns, m.name};
+        int64_t gen = 1;
+        if (auto it = generations_.find(key); it != generations_.end()) {
+            gen = it->second.first == m.spec_hash ? it->second.second : it->second.second + 1;
+        }
+        m.generation = gen;
+        next[key] = {m.spec_hash, gen};
+    };
+    for (auto& o : store.classes) one("GatewayClass", o.meta);
+    for (auto& o : store.gateways) one("Gateway", o.meta);
+    for (auto& o : store.listener_sets) one("ListenerSet", o.meta);
+    for (auto& o : store.routes) one(route_kind_name(o.kind), o.meta);
+    for (auto& o : store.grants) one("ReferenceGrant", o.meta);
+    for (auto& o : store.tls_policies) one("BackendTLSPolicy", o.meta);
+    return next;
+}
+
 ReconcileResult Controller::reconcile() {
     Diagnostics diags;
     std::vector<Document> docs = load_path(opts_.config_dir, opts_.limits, diags);
@@ -144,6 +168,7 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
     LoadOptions lo;
     lo.controller_name = opts_.compile.controller_name;
     load_documents(docs, lo, store, diags);
+    auto generations = assign_generations(store);
     r.errors = diags.errors();
     r.warnings = diags.size() - r.errors;
     if (r.errors > 0 && opts_.strict) {
@@ -162,6 +187,7 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
         return r;
     }
     r.accepted_input = true;
+    generations_ = std::move(generations); // the generations of the configuration in force
     CompileOutput out = compile(store, opts_.compile);
     publish(out, r);
     current_ = std::move(out);

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -85,6 +86,11 @@ private:
     std::string ack_note_; ///< listeners the dataplane accepted but does not serve
     DpLink link_;
     std::vector<std::string> written_; ///< status files written last time
+    /// File source: objects carry no metadata.generation, so it is kept here and bumped
+    /// whenever an object's content changes (as the API server does for spec changes).
+    std::map<ObjectKey, std::pair<uint64_t, int64_t>> generations_;
+    /// Sets the generations of `store`'s objects; returns the map to keep if it is accepted.
+    std::map<ObjectKey, std::pair<uint64_t, int64_t>> assign_generations(Store& store) const;
 };
 
 } // namespace sluice::cp

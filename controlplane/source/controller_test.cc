@@ -107,6 +107,36 @@ TEST(Controller, KeepsTheLastGoodConfigurationWhenInputBreaks) {
     EXPECT_FALSE(fs::exists(fs::path(status.path()) / "diagnostics.txt"));
 }
 
+TEST(Controller, FileSourceBumpsGenerationWhenAnObjectChanges) {
+    TempDir cfg, status;
+    write(fs::path(cfg.path()) / "a.yaml", kGood);
+    ControllerOptions o;
+    o.config_dir = cfg.path();
+    o.status_dir = status.path();
+    Controller c(o);
+    ASSERT_TRUE(c.reconcile().accepted_input);
+    const fs::path route = fs::path(status.path()) / "HTTPRoute/default/r.yaml";
+    EXPECT_NE(read(route).find("observedGeneration: 1"), std::string::npos);
+    // Unchanged content: same generation. Changed spec: generation 2, only for that object.
+    ASSERT_TRUE(c.reconcile().accepted_input);
+    EXPECT_NE(read(route).find("observedGeneration: 1"), std::string::npos);
+    std::string edited = kGood;
+    edited.replace(edited.find("spec: {parentRefs: [{name: gw}]}"),
+                   std::string("spec: {parentRefs: [{name: gw}]}").size(),
+                   "spec: {parentRefs: [{name: gw}], hostnames: [a.example.com]}");
+    write(fs::path(cfg.path()) / "a.yaml", edited);
+    ASSERT_TRUE(c.reconcile().accepted_input);
+    EXPECT_NE(read(route).find("observedGeneration: 2"), std::string::npos) << read(route);
+    EXPECT_NE(read(fs::path(status.path()) / "Gateway/default/gw.yaml").find("observedGeneration: 1"),
+              std::string::npos);
+    // A broken edit does not count; fixing it back to the content in force keeps 2.
+    write(fs::path(cfg.path()) / "b.yaml", "kind: [unclosed");
+    EXPECT_FALSE(c.reconcile().accepted_input);
+    fs::remove(fs::path(cfg.path()) / "b.yaml");
+    ASSERT_TRUE(c.reconcile().accepted_input);
+    EXPECT_NE(read(route).find("observedGeneration: 2"), std::string::npos);
+}
+
 /// A stand-in dp-control: accepts one connection, answers every IR frame with `answer`.
 class FakeDataplane {
 public:
