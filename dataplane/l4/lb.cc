@@ -1,5 +1,7 @@
 #include "lb_fp.h"
 
+#include "mix.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -8,14 +10,7 @@ namespace sluice::dp {
 namespace {
 
 uint64_t addr_hash(uint8_t family, const Addr& a) noexcept {
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ family;
-    for (size_t i = 0; i < a.size(); i += 8) {
-        uint64_t w;
-        std::memcpy(&w, a.data() + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 29;
-    }
-    return h;
+    return mix_addr16(0x9e3779b97f4a7c15ULL ^ family, a.data());
 }
 
 FlowKey flow_key(const PacketMeta& m) noexcept {

@@ -1,5 +1,7 @@
 #include "service_table.h"
 
+#include "mix.h"
+
 #include <arpa/inet.h>
 
 #include <cstring>
@@ -9,14 +11,9 @@ namespace sluice::dp {
 namespace {
 
 uint64_t service_hash(uint8_t family, const Addr& a, uint8_t proto, uint16_t port) noexcept {
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t(family) << 56) ^ (uint64_t(proto) << 48) ^ port;
-    for (size_t i = 0; i < a.size(); i += 8) {
-        uint64_t w;
-        std::memcpy(&w, a.data() + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 33;
-    }
-    return h;
+    return mix_addr16(0x9e3779b97f4a7c15ULL ^ (uint64_t(family) << 56) ^ (uint64_t(proto) << 48) ^
+                          port,
+                      a.data());
 }
 
 } // namespace
