@@ -26,9 +26,9 @@ int main(int argc, char** argv) {
         "config-dir", po::value<std::string>(), "directory of manifests, watched with inotify")(
         "status-dir", po::value<std::string>()->default_value("/run/sluice/status"),
         "where the status of every object is written (one YAML file per object); '' = off")(
-        "dp-socket", po::value<std::string>()->default_value(""),
-        "unix socket of sluice-dataplane's dp-control thread; '' = no dataplane "
-        "(Programmed stays Pending)")(
+        "dp-socket", po::value<std::vector<std::string>>()->composing(),
+        "unix socket of an IR consumer's dp-control thread (sluice-dataplane, sluice-l7); "
+        "repeatable: Programmed needs every one's ACK; none = Programmed stays Pending")(
         "controller-name", po::value<std::string>()->default_value(sluice::cp::kControllerName),
         "GatewayClass spec.controllerName that sluice handles")(
         "address", po::value<std::vector<std::string>>()->composing(),
@@ -77,7 +77,13 @@ int main(int argc, char** argv) {
         opts.config_dir = vm["config-dir"].as<std::string>();
     }
     opts.status_dir = vm["status-dir"].as<std::string>();
-    opts.dp_socket = vm["dp-socket"].as<std::string>();
+    if (vm.count("dp-socket")) {
+        for (const std::string& s : vm["dp-socket"].as<std::vector<std::string>>()) {
+            if (!s.empty()) {
+                opts.dp_sockets.push_back(s);
+            }
+        }
+    }
     opts.compile.controller_name = vm["controller-name"].as<std::string>();
     if (vm.count("address")) {
         opts.compile.default_addresses = vm["address"].as<std::vector<std::string>>();

@@ -21,8 +21,29 @@ namespace sluice::cp {
 namespace fs = std::filesystem;
 
 Controller::Controller(ControllerOptions opts)
-    : opts_(std::move(opts))
-    , link_(opts_.dp_socket) {}
+    : opts_(std::move(opts)) {
+    for (const std::string& path : opts_.dp_sockets) {
+        links_.push_back(Link{std::make_unique<DpLink>(path), false, {}, {}});
+    }
+}
+
+bool Controller::all_acked() const noexcept {
+    for (const Link& l : links_) {
+        if (!l.acked) {
+            return false;
+        }
+    }
+    return !links_.empty();
+}
+
+std::string Controller::nack_reason() const {
+    for (const Link& l : links_) {
+        if (!l.nack_reason.empty()) {
+            return l.nack_reason;
+        }
+    }
+    return {};
+}
 
 namespace {
 
@@ -65,34 +86,79 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
     if (r.changed) {
         ++generation_;
         pushed_hash_ = r.hash;
-        acked_ = false;
-        nack_reason_.clear();
-    }
-    r.generation = generation_;
-    if (opts_.dp_socket.empty()) {
-        return; // no dataplane configured: Programmed stays Pending
-    }
-    if (!acked_ && nack_reason_.empty()) {
-        auto res = link_.push(generation_, bytes);
-        r.published = true;
-        if (!res) {
-            r.message = "dataplane: " + res.error().message + " (Programmed stays Pending)";
-        } else if (res->acked) {
-            acked_ = true;
-            ack_note_ = res->reason;
-        } else {
-            nack_reason_ = res->reason.empty() ? "no reason given" : res->reason;
+        for (Link& l : links_) {
+            l.acked = false;
+            l.nack_reason.clear();
         }
     }
-    if (acked_) {
-        set_programmed(out, true);
-        mark_unserved(out, ack_note_);
-        r.acked = true;
-    } else if (!nack_reason_.empty()) {
-        set_programmed(out, false, nack_reason_);
-        r.message = "dataplane refused generation " + std::to_string(generation_) + ": " +
-                    nack_reason_;
+    r.generation = generation_;
+    if (links_.empty()) {
+        return; // no dataplane configured: Programmed stays Pending
     }
+    for (size_t i = 0; i < links_.size(); ++i) {
+        Link& l = links_[i];
+        if (l.acked || !l.nack_reason.empty()) {
+            continue;
+        }
+        auto res = l.link->push(generation_, bytes);
+        r.published = true;
+        if (!res) {
+            r.message = "dataplane " + opts_.dp_sockets[i] + ": " + res.error().message +
+                        " (Programmed stays Pending)";
+        } else if (res->acked) {
+            l.acked = true;
+            l.ack_note = res->reason;
+        } else {
+            l.nack_reason = res->reason.empty() ? "no reason given" : res->reason;
+        }
+    }
+    const std::string nack = nack_reason();
+    if (!nack.empty()) {
+        set_programmed(out, false, nack);
+        r.message = "dataplane refused generation " + std::to_string(generation_) + ": " + nack;
+    } else if (all_acked()) {
+        set_programmed(out, true);
+        mark_unserved(out, unserved_by_all());
+        r.acked = true;
+    }
+}
+
+std::string Controller::unserved_by_all() const {
+    // A listener is unserved when no consumer serves it: keep the lines of the first
+    // consumer's note whose listener id every other note also lists.
+    auto ids = [](const std::string& note) {
+        std::vector<std::pair<std::string, std::string>> out;
+        size_t pos = 0;
+        while (pos < note.size()) {
+            size_t end = note.find('\n', pos);
+            if (end == std::string::npos) {
+                end = note.size();
+            }
+            const std::string line = note.substr(pos, end - pos);
+            pos = end + 1;
+            const size_t tab = line.find('\t');
+            out.emplace_back(line.substr(0, tab), line);
+        }
+        return out;
+    };
+    if (links_.empty()) {
+        return {};
+    }
+    std::string result;
+    for (const auto& [id, line] : ids(links_[0].ack_note)) {
+        bool everywhere = true;
+        for (size_t i = 1; i < links_.size() && everywhere; ++i) {
+            bool found = false;
+            for (const auto& [other, unused] : ids(links_[i].ack_note)) {
+                found = found || other == id;
+            }
+            everywhere = found;
+        }
+        if (everywhere) {
+            result += line + "\n";
+        }
+    }
+    return result;
 }
 
 void mark_unserved(CompileOutput& out, const std::string& note) {
@@ -177,7 +243,7 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
         if (current_) {
             r.generation = generation_;
             r.hash = pushed_hash_;
-            r.acked = acked_;
+            r.acked = all_acked();
         }
         write_status(current_ ? *current_ : CompileOutput{}, diags, r.message);
         for (const Diagnostic& d : diags.items()) {
@@ -199,7 +265,7 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
     m << "generation " << r.generation << (r.changed ? " (new)" : " (unchanged)") << ": "
       << current_->ir.gateways.size() << " gateway(s), " << current_->ir.listeners.size()
       << " listener(s), " << current_->statuses.size() << " object status(es)"
-      << (r.acked ? ", programmed" : opts_.dp_socket.empty() ? ", no dataplane configured" : "")
+      << (r.acked ? ", programmed" : links_.empty() ? ", no dataplane configured" : "")
       << (r.message.empty() ? "" : "; " + r.message);
     log(m.str());
     return r;
@@ -299,7 +365,7 @@ int Controller::run(const std::atomic<bool>& stop) {
         const auto now = Clock::now();
         const bool due = pending_since != Clock::time_point::max() &&
                          now - pending_since >= std::chrono::milliseconds(opts_.debounce_ms);
-        const bool retry = !opts_.dp_socket.empty() && last.accepted_input && !last.acked &&
+        const bool retry = !links_.empty() && last.accepted_input && !last.acked &&
                            now - last_try >= std::chrono::milliseconds(opts_.retry_ms);
         if (due || retry) {
             pending_since = Clock::time_point::max();

@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+#include <vector>
+
 #include "compile.h"
 #include "dp_link.h"
 #include "yaml_doc.h"
@@ -22,7 +25,10 @@ namespace sluice::cp {
 struct ControllerOptions {
     std::string config_dir;
     std::string status_dir;  ///< "" = do not write status files
-    std::string dp_socket;   ///< "" = no dataplane (Programmed stays Pending)
+    /// IR consumers: sluice-dataplane (L4) and sluice-l7 (HTTP/TLS engine) each run a
+    /// dp-control socket. Programmed=True needs an ACK from every one; a listener counts as
+    /// served when any consumer serves it. Empty = no dataplane (Programmed stays Pending).
+    std::vector<std::string> dp_sockets;
     CompileOptions compile;
     LoadLimits limits;
     int debounce_ms = 150;
@@ -61,7 +67,7 @@ public:
 
     /// Re-sends the IR in force to a dataplane that did not answer (no recompile).
     [[nodiscard]] bool needs_retry() const noexcept {
-        return !opts_.dp_socket.empty() && current_ && !acked_ && nack_reason_.empty();
+        return !links_.empty() && current_ && !all_acked() && nack_reason().empty();
     }
 
     /// Watches config_dir with inotify and reconciles on change until `stop` is set.
@@ -81,10 +87,16 @@ private:
     std::optional<CompileOutput> current_;
     uint64_t generation_ = 0;
     uint64_t pushed_hash_ = 0;
-    bool acked_ = false;
-    std::string nack_reason_;
-    std::string ack_note_; ///< listeners the dataplane accepted but does not serve
-    DpLink link_;
+    struct Link {
+        std::unique_ptr<DpLink> link;
+        bool acked = false;
+        std::string nack_reason;
+        std::string ack_note; ///< listeners this consumer accepted but does not serve
+    };
+    std::vector<Link> links_;
+    [[nodiscard]] bool all_acked() const noexcept;
+    [[nodiscard]] std::string nack_reason() const;
+    [[nodiscard]] std::string unserved_by_all() const;
     std::vector<std::string> written_; ///< status files written last time
     /// File source: objects carry no metadata.generation, so it is kept here and bumped
     /// whenever an object's content changes (as the API server does for spec changes).

@@ -191,7 +191,7 @@ TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
     ControllerOptions o;
     o.config_dir = cfg.path();
     o.status_dir = status.path();
-    o.dp_socket = sock;
+    o.dp_sockets = {sock};
     {
         // No dataplane listening: Programmed stays Pending.
         Controller c(o);
