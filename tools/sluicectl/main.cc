@@ -421,7 +421,7 @@ int cmd_stats(const std::vector<std::string>& args) {
     po::options_description desc("sluicectl stats [options]");
     desc.add_options()("help,h", "this help")(
         "stats-file", po::value<std::string>()->default_value("/run/sluice/dataplane-stats.json"),
-        "the file sluice-dataplane --stats-file writes")(
+        "the file sluice-dataplane or sluice-l7 --stats-file writes")(
         "output,o", po::value<std::string>()->default_value("text"), "text | json");
     po::variables_map vm;
     po::store(po::command_line_parser(args).options(desc).run(), vm);
@@ -437,7 +437,7 @@ int cmd_stats(const std::vector<std::string>& args) {
     }
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-    if (j.is_discarded() || !j.contains("lcores")) {
+    if (j.is_discarded() || !(j.contains("lcores") || j.contains("l7"))) {
         std::cerr << "sluicectl stats: the stats file is not valid\n";
         return 2;
     }
@@ -446,6 +446,13 @@ int cmd_stats(const std::vector<std::string>& args) {
         return 0;
     }
     std::cout << "IR generation in force: " << j.value("generation", 0) << "\n";
+    if (j.contains("l7")) {
+        std::cout << "L7 engine\n";
+        for (const auto& [k, v] : j["l7"].items()) {
+            std::cout << "  " << k << " " << v.get<uint64_t>() << "\n";
+        }
+        return 0;
+    }
     for (const auto& l : j["lcores"]) {
         std::cout << "lcore " << l.value("lcore", 0) << "\n";
         for (const auto& [k, v] : l["counters"].items()) {

@@ -1,0 +1,1898 @@
+#include "engine.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+
+#include "decide.h"
+#include "tls_ctx.h"
+
+namespace sluice::l7 {
+
+namespace {
+
+uint64_t now_ms() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1000000u;
+}
+
+// ---------------------------------------------------------------- tables (immutable)
+
+struct ListenSock {
+    int fd = -1;
+    ListenSock() = default;
+    ListenSock(const ListenSock&) = delete;
+    ListenSock& operator=(const ListenSock&) = delete;
+    ~ListenSock() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+/// One bound (address, port) and the Gateway whose address it is.
+struct Port {
+    std::string address;
+    uint16_t port = 0;
+    std::string gw_ns, gw_name;
+    bool tls = false;
+    std::shared_ptr<TlsPort> tls_port;
+    std::vector<std::shared_ptr<ListenSock>> socks; ///< one per worker (SO_REUSEPORT)
+};
+
+struct Tables {
+    uint64_t generation = 0;
+    ir::Ir ir;
+    std::vector<Port> ports;
+};
+
+// ---------------------------------------------------------------- buffers
+
+struct Buf {
+    std::string s;
+    size_t off = 0;
+    [[nodiscard]] size_t size() const noexcept { return s.size() - off; }
+    [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+    [[nodiscard]] std::string_view view() const noexcept {
+        return std::string_view(s).substr(off);
+    }
+    void consume(size_t n) noexcept {
+        off += n;
+        if (off >= s.size()) {
+            s.clear();
+            off = 0;
+        } else if (off > 65536 && off > s.size() / 2) {
+            s.erase(0, off);
+            off = 0;
+        }
+    }
+    void append(std::string_view v) { s.append(v.data(), v.size()); }
+    void clear() noexcept {
+        s.clear();
+        off = 0;
+    }
+};
+
+bool is_hop_by_hop(std::string_view name) noexcept {
+    return http::iequals(name, "connection") || http::iequals(name, "keep-alive") ||
+           http::iequals(name, "proxy-connection") || http::iequals(name, "te") ||
+           http::iequals(name, "upgrade") || http::iequals(name, "trailer") ||
+           http::iequals(name, "proxy-authenticate") || http::iequals(name, "proxy-authorization");
+}
+
+/// Header names listed in Connection (also hop-by-hop).
+bool named_by_connection(const http::Head& h, std::string_view name) noexcept {
+    for (size_t i = 0; i < h.n_headers; ++i) {
+        if (!http::iequals(h.headers[i].name, "connection")) {
+            continue;
+        }
+        std::string_view v = h.headers[i].value;
+        while (!v.empty()) {
+            size_t comma = v.find(',');
+            std::string_view tok = v.substr(0, comma);
+            while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+            while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+            if (http::iequals(tok, name)) {
+                return true;
+            }
+            if (comma == std::string_view::npos) {
+                break;
+            }
+            v.remove_prefix(comma + 1);
+        }
+    }
+    return false;
+}
+
+const char* reason_phrase(uint16_t s) noexcept {
+    switch (s) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 421: return "Misdirected Request";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+    }
+}
+
+struct alignas(64) Counters {
+    std::atomic<uint64_t> connections{0}, active{0}, tls_handshakes{0}, tls_failures{0},
+        requests{0}, s1{0}, s2{0}, s3{0}, s4{0}, s5{0}, up_connects{0}, up_failures{0},
+        up_reused{0}, retries{0}, ejections{0}, mirrors{0}, bad_requests{0}, timeouts{0},
+        bytes_in{0}, bytes_out{0};
+    static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+};
+
+} // namespace
+
+// ---------------------------------------------------------------- engine state
+
+struct Worker;
+
+struct Engine::Impl {
+    EngineOptions o;
+    std::mutex mu; ///< guards `tables` (taken on a table change, never per request)
+    std::shared_ptr<const Tables> tables;
+    std::atomic<uint64_t> version{0};
+    /// dp-control only: bound sockets by "tls|address|port", reused across generations.
+    std::map<std::string, std::vector<std::shared_ptr<ListenSock>>> bound;
+    std::vector<std::unique_ptr<Worker>> workers;
+    int log_fd = -1;
+};
+
+namespace {
+
+enum class Kind : uint8_t { Listen, Client, Upstream };
+
+struct Io {
+    Kind kind;
+    int fd = -1;
+    uint32_t events = 0; ///< registered epoll interest
+    bool dead = false;
+    explicit Io(Kind k) : kind(k) {}
+};
+
+struct ListenEntry : Io {
+    std::shared_ptr<ListenSock> sock;
+    size_t port = 0; ///< index into the worker's tables' ports
+    ListenEntry() : Io(Kind::Listen) {}
+};
+
+struct Conn;
+
+struct Upstream : Io {
+    Conn* owner = nullptr;      ///< the exchange it serves; nullptr when pooled or a mirror
+    Conn* mirror_of = nullptr;  ///< mirrors: the connection whose request is copied
+    bool connected = false;
+    bool eof = false;
+    bool mirror = false;
+    std::string key; ///< "address|port": pool and health key
+    std::string name; ///< ns/service:port for logs
+    Buf in, out;
+    uint64_t deadline = 0;
+    Upstream() : Io(Kind::Upstream) {}
+};
+
+struct MirrorSpec {
+    uint32_t group;
+    uint32_t num, den;
+};
+
+struct Exchange {
+    std::shared_ptr<const Tables> t;
+    route::Decision d;
+    const ir::Rule* rule = nullptr;
+    std::string method, path, host; ///< for the access log
+    std::string head_bytes;         ///< upstream request head, kept for retries and mirrors
+    http::BodyKind req_body = http::BodyKind::None;
+    uint64_t req_left = 0;
+    http::ChunkedDecoder req_chunk;
+    bool req_done = true;
+    bool body_sent = false; ///< body bytes went to the backend: no replay
+    bool client_keep_alive = true;
+    uint8_t client_minor = 1;
+    bool upgrade = false;
+    Upstream* up = nullptr;
+    uint32_t attempts = 0;
+    uint32_t retries_left = 0;
+    uint64_t started = 0;
+    uint64_t request_deadline = 0; ///< 0 = none
+    uint64_t attempt_deadline = 0;
+    uint64_t retry_at = 0;
+    bool resp_head_sent = false;
+    http::BodyKind resp_body = http::BodyKind::None;
+    uint64_t resp_left = 0;
+    http::ChunkedDecoder resp_chunk;
+    bool dechunk = false;
+    bool up_keep_alive = true;
+    uint16_t status = 0;
+    uint64_t resp_bytes = 0;
+    std::string upstream_name;
+    std::vector<Upstream*> mirrors;
+};
+
+enum class St : uint8_t { Handshake, Head, Exchange, Tunnel, Lingering };
+
+struct Conn : Io {
+    SSL* ssl = nullptr;
+    bool ssl_want_write = false;
+    bool ssl_want_read = false;
+    std::shared_ptr<TlsPort> tls_port;
+    std::string address, gw_ns, gw_name, peer, sni;
+    uint16_t port = 0;
+    bool tls = false;
+    Buf in, out;
+    bool read_eof = false;
+    bool close_after_flush = false;
+    St st = St::Head;
+    uint64_t deadline = 0;
+    std::unique_ptr<Exchange> ex;
+    Conn() : Io(Kind::Client) {}
+};
+
+struct Health {
+    uint32_t fails = 0;
+    uint64_t ejected_until = 0;
+};
+
+} // namespace
+
+struct Worker {
+    Engine::Impl& e;
+    unsigned id;
+    int ep = -1;
+    std::shared_ptr<const Tables> t;
+    uint64_t seen_version = 0;
+    std::vector<std::unique_ptr<ListenEntry>> listens;
+    std::vector<Conn*> conns; ///< live client connections (swept for timeouts)
+    std::vector<Upstream*> ups; ///< live upstream connections (pooled, mirrors, in use)
+    std::unordered_map<std::string, std::vector<Upstream*>> pool;
+    std::unordered_map<std::string, Health> health;
+    std::unordered_map<std::string, uint32_t> rr;
+    std::vector<Io*> graveyard;
+    uint64_t rng;
+    std::string logbuf;
+    Counters c;
+    uint64_t now = 0;
+
+    Worker(Engine::Impl& engine, unsigned i)
+        : e(engine)
+        , id(i)
+        , rng(0x9E3779B97F4A7C15ull * (i + 1) ^ now_ms()) {}
+
+    uint64_t random() noexcept {
+        // splitmix64
+        uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+
+    void loop(const std::atomic<bool>& stop);
+    void refresh_tables();
+    void set_events(Io* io, uint32_t ev);
+    void on_accept(ListenEntry& l);
+    void on_client(Conn& c, uint32_t ev);
+    void on_upstream(Upstream& u, uint32_t ev);
+    void progress(Conn& c);
+    void update(Conn& c);
+    void update(Upstream& u);
+    bool read_into(Conn& c);
+    void flush(Conn& c);
+    void flush(Upstream& u);
+    void close_conn(Conn& c);
+    void close_upstream(Upstream& u);
+    void start_exchange(Conn& c, const http::Head& h);
+    void respond(Conn& c, uint16_t status, const std::vector<std::pair<std::string, std::string>>& extra,
+                 std::string_view body, bool close);
+    bool attempt(Conn& c);
+    Upstream* connect_to(const ir::BackendGroup& g, std::string& why);
+    void forward_request_body(Conn& c);
+    void upstream_progress(Upstream& u);
+    void upstream_failed(Conn& c, bool connect_failure, std::string_view why);
+    void finish_exchange(Conn& c);
+    void log_exchange(const Conn& c, const Exchange& x);
+    void sweep();
+    void start_mirrors(Conn& c);
+};
+
+namespace {
+
+std::string endpoint_key(const ir::Endpoint& ep) {
+    return ep.address + "|" + std::to_string(ep.port);
+}
+
+bool parse_sockaddr(const std::string& addr, uint16_t port, sockaddr_storage& ss, socklen_t& len) {
+    std::memset(&ss, 0, sizeof ss);
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+    if (inet_pton(AF_INET, addr.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        len = sizeof(sockaddr_in);
+        return true;
+    }
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (inet_pton(AF_INET6, addr.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        len = sizeof(sockaddr_in6);
+        return true;
+    }
+    return false;
+}
+
+std::string peer_string(const sockaddr_storage& ss) {
+    char buf[INET6_ADDRSTRLEN] = {0};
+    if (ss.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof buf);
+    } else if (ss.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof buf);
+    }
+    return buf;
+}
+
+Result<std::shared_ptr<ListenSock>> bind_one(const std::string& addr, uint16_t port) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (!parse_sockaddr(addr, port, ss, len)) {
+        return fail(Errc::Invalid, "address " + addr + " is not an IP address");
+    }
+    auto s = std::make_shared<ListenSock>();
+    s->fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s->fd < 0) {
+        return fail(Errc::Io, std::string("socket: ") + std::strerror(errno));
+    }
+    int one = 1;
+    setsockopt(s->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(s->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    // Bind before the address is configured (a VIP that arrives later, a standby node).
+    if (ss.ss_family == AF_INET) {
+        setsockopt(s->fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+    } else {
+        setsockopt(s->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        setsockopt(s->fd, IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one);
+    }
+    if (::bind(s->fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        return fail(Errc::Io, "bind " + addr + ":" + std::to_string(port) + ": " +
+                                  std::strerror(errno));
+    }
+    if (::listen(s->fd, 4096) != 0) {
+        return fail(Errc::Io, std::string("listen: ") + std::strerror(errno));
+    }
+    return s;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- Engine
+
+Engine::Engine(EngineOptions opts)
+    : impl_(std::make_unique<Impl>()) {
+    impl_->o = std::move(opts);
+    if (impl_->o.workers == 0) {
+        impl_->o.workers = 1;
+    }
+    if (impl_->o.access_log == "-") {
+        impl_->log_fd = 2;
+    } else if (!impl_->o.access_log.empty()) {
+        impl_->log_fd = ::open(impl_->o.access_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    }
+    for (unsigned i = 0; i < impl_->o.workers; ++i) {
+        impl_->workers.push_back(std::make_unique<Worker>(*impl_, i));
+    }
+}
+
+Engine::~Engine() {
+    if (impl_->log_fd > 2) {
+        ::close(impl_->log_fd);
+    }
+}
+
+Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
+    Impl& e = *impl_;
+    auto t = std::make_shared<Tables>();
+    t->generation = generation;
+    t->ir = std::move(in);
+    const ir::Ir& x = t->ir;
+    std::string note;
+    auto unserved = [&](uint32_t li, const std::string& why) {
+        const ir::Listener& l = x.listeners[li];
+        note += l.gateway_ns + "/" + l.gateway_name + "/" + l.name + "\t" + why + "\n";
+    };
+    // (tls|address|port) -> listeners there, and the Gateway that owns the address.
+    struct Want {
+        std::string address;
+        uint16_t port;
+        bool tls;
+        std::string gw_ns, gw_name;
+        std::vector<uint32_t> listeners;
+    };
+    std::map<std::string, Want> want;
+    std::map<std::string, std::string> owner; // "address|port" -> gateway ns/name
+    for (const ir::Gateway& g : x.gateways) {
+        std::vector<std::string> addrs = g.addresses;
+        if (addrs.empty()) {
+            addrs.push_back("0.0.0.0");
+        }
+        for (uint32_t li : g.listeners) {
+            if (li >= x.listeners.size()) {
+                return fail(Errc::Invalid, "gateway listener index out of range");
+            }
+            const ir::Listener& l = x.listeners[li];
+            bool tls = false;
+            if (l.protocol == ir::Protocol::HTTP) {
+                tls = false;
+            } else if (l.protocol == ir::Protocol::HTTPS) {
+                tls = true;
+            } else if (l.protocol == ir::Protocol::TCP || l.protocol == ir::Protocol::UDP) {
+                unserved(li, "served by sluice-dataplane (L4), not the L7 engine");
+                continue;
+            } else {
+                unserved(li, "TLS listeners (passthrough / TLSRoute) are not served yet");
+                continue;
+            }
+            if (tls && l.certs.empty()) {
+                unserved(li, "no usable certificate (see ResolvedRefs)");
+                continue;
+            }
+            bool served = false;
+            std::string why;
+            for (const std::string& a : addrs) {
+                sockaddr_storage ss{};
+                socklen_t len = 0;
+                if (!parse_sockaddr(a, l.port, ss, len)) {
+                    why = "address " + a + " is not an IP address";
+                    continue;
+                }
+                const std::string pk = a + "|" + std::to_string(l.port);
+                const std::string gid = g.ns + "/" + g.name;
+                auto [oit, fresh] = owner.emplace(pk, gid);
+                if (!fresh && oit->second != gid) {
+                    why = a + ":" + std::to_string(l.port) + " is already served for Gateway " +
+                          oit->second;
+                    continue;
+                }
+                const std::string key = std::string(tls ? "tls|" : "tcp|") + pk;
+                const std::string other = std::string(tls ? "tcp|" : "tls|") + pk;
+                if (want.count(other)) {
+                    why = "port " + std::to_string(l.port) + " mixes HTTP and HTTPS";
+                    continue;
+                }
+                Want& w = want[key];
+                w.address = a;
+                w.port = l.port;
+                w.tls = tls;
+                w.gw_ns = g.ns;
+                w.gw_name = g.name;
+                w.listeners.push_back(li);
+                served = true;
+            }
+            if (!served) {
+                unserved(li, why.empty() ? "no address to serve on" : why);
+            }
+        }
+    }
+    std::map<std::string, std::vector<std::shared_ptr<ListenSock>>> bound;
+    for (auto& [key, w] : want) {
+        std::vector<std::shared_ptr<ListenSock>> socks;
+        if (auto it = e.bound.find(key); it != e.bound.end()) {
+            socks = it->second;
+        } else {
+            std::string err;
+            for (unsigned i = 0; i < e.o.workers && err.empty(); ++i) {
+                auto s = bind_one(w.address, w.port);
+                if (!s) {
+                    err = s.error().message;
+                } else {
+                    socks.push_back(std::move(*s));
+                }
+            }
+            if (!err.empty()) {
+                for (uint32_t li : w.listeners) {
+                    unserved(li, err);
+                }
+                continue;
+            }
+        }
+        Port p;
+        p.address = w.address;
+        p.port = w.port;
+        p.gw_ns = w.gw_ns;
+        p.gw_name = w.gw_name;
+        p.tls = w.tls;
+        if (w.tls) {
+            auto tp = TlsPort::build(x, w.listeners, e.o.offer_h2);
+            if (!tp) {
+                for (uint32_t li : w.listeners) {
+                    unserved(li, "TLS: " + tp.error().message);
+                }
+                continue;
+            }
+            for (const std::string& err : (*tp)->errors()) {
+                std::fprintf(stderr, "sluice-l7: TLS %s:%u: %s\n", w.address.c_str(), w.port,
+                             err.c_str());
+            }
+            p.tls_port = std::shared_ptr<TlsPort>(std::move(*tp));
+        }
+        p.socks = socks;
+        bound[key] = std::move(socks);
+        t->ports.push_back(std::move(p));
+    }
+    e.bound = std::move(bound); // sockets of ports that went away close with the old tables
+    {
+        std::lock_guard<std::mutex> lock(e.mu);
+        e.tables = std::move(t);
+    }
+    e.version.fetch_add(1, std::memory_order_release);
+    return note;
+}
+
+void Engine::run() {
+    std::vector<std::thread> threads;
+    for (auto& w : impl_->workers) {
+        threads.emplace_back([this, wp = w.get()] { wp->loop(stop_); });
+    }
+    for (std::thread& th : threads) {
+        th.join();
+    }
+}
+
+EngineStats Engine::stats() const {
+    EngineStats s;
+    auto ld = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    for (const auto& w : impl_->workers) {
+        const Counters& c = w->c;
+        s.connections += ld(c.connections);
+        s.active_connections += ld(c.active);
+        s.tls_handshakes += ld(c.tls_handshakes);
+        s.tls_failures += ld(c.tls_failures);
+        s.requests += ld(c.requests);
+        s.status_1xx += ld(c.s1);
+        s.status_2xx += ld(c.s2);
+        s.status_3xx += ld(c.s3);
+        s.status_4xx += ld(c.s4);
+        s.status_5xx += ld(c.s5);
+        s.upstream_connects += ld(c.up_connects);
+        s.upstream_failures += ld(c.up_failures);
+        s.upstream_reused += ld(c.up_reused);
+        s.retries += ld(c.retries);
+        s.ejections += ld(c.ejections);
+        s.mirrors += ld(c.mirrors);
+        s.bad_requests += ld(c.bad_requests);
+        s.timeouts += ld(c.timeouts);
+        s.bytes_in += ld(c.bytes_in);
+        s.bytes_out += ld(c.bytes_out);
+    }
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    s.generation = impl_->tables ? impl_->tables->generation : 0;
+    return s;
+}
+
+// ---------------------------------------------------------------- worker loop
+
+void Worker::loop(const std::atomic<bool>& stop) {
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    epoll_event evs[256];
+    uint64_t last_sweep = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+        if (e.version.load(std::memory_order_acquire) != seen_version) {
+            refresh_tables();
+        }
+        const int n = epoll_wait(ep, evs, 256, 20);
+        now = now_ms();
+        for (int i = 0; i < n; ++i) {
+            Io* io = static_cast<Io*>(evs[i].data.ptr);
+            if (io->dead) {
+                continue;
+            }
+            switch (io->kind) {
+            case Kind::Listen: on_accept(*static_cast<ListenEntry*>(io)); break;
+            case Kind::Client: on_client(*static_cast<Conn*>(io), evs[i].events); break;
+            case Kind::Upstream: on_upstream(*static_cast<Upstream*>(io), evs[i].events); break;
+            }
+        }
+        if (now - last_sweep >= 20) {
+            last_sweep = now;
+            sweep();
+        }
+        for (Io* io : graveyard) {
+            if (io->kind == Kind::Client) {
+                delete static_cast<Conn*>(io);
+            } else {
+                delete static_cast<Upstream*>(io);
+            }
+        }
+        graveyard.clear();
+    }
+    for (Conn* c : std::vector<Conn*>(conns)) {
+        close_conn(*c);
+    }
+    for (Upstream* u : std::vector<Upstream*>(ups)) {
+        close_upstream(*u);
+    }
+    for (Io* io : graveyard) {
+        if (io->kind == Kind::Client) {
+            delete static_cast<Conn*>(io);
+        } else {
+            delete static_cast<Upstream*>(io);
+        }
+    }
+    graveyard.clear();
+    listens.clear();
+    ::close(ep);
+}
+
+void Worker::refresh_tables() {
+    {
+        std::lock_guard<std::mutex> lock(e.mu);
+        t = e.tables;
+        seen_version = e.version.load(std::memory_order_relaxed);
+    }
+    // Listening sockets: keep the ones still in the tables, add new ones, drop the rest.
+    std::vector<std::unique_ptr<ListenEntry>> next;
+    if (t) {
+        for (size_t pi = 0; pi < t->ports.size(); ++pi) {
+            const auto& sock = t->ports[pi].socks[id];
+            std::unique_ptr<ListenEntry> le;
+            for (auto& old : listens) {
+                if (old && old->sock == sock) {
+                    le = std::move(old);
+                    break;
+                }
+            }
+            if (!le) {
+                le = std::make_unique<ListenEntry>();
+                le->sock = sock;
+                le->fd = sock->fd;
+                epoll_event ev{};
+                ev.events = EPOLLIN;
+                ev.data.ptr = le.get();
+                epoll_ctl(ep, EPOLL_CTL_ADD, le->fd, &ev);
+                le->events = EPOLLIN;
+            }
+            le->port = pi;
+            next.push_back(std::move(le));
+        }
+    }
+    for (auto& old : listens) {
+        if (old) {
+            epoll_ctl(ep, EPOLL_CTL_DEL, old->fd, nullptr);
+        }
+    }
+    listens = std::move(next);
+}
+
+void Worker::set_events(Io* io, uint32_t ev) {
+    if (io->events == ev || io->fd < 0) {
+        return;
+    }
+    epoll_event e2{};
+    e2.events = ev;
+    e2.data.ptr = io;
+    epoll_ctl(ep, EPOLL_CTL_MOD, io->fd, &e2);
+    io->events = ev;
+}
+
+void Worker::on_accept(ListenEntry& l) {
+    if (!t || l.port >= t->ports.size()) {
+        return;
+    }
+    const Port& p = t->ports[l.port];
+    for (int i = 0; i < 64; ++i) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        const int fd = accept4(l.fd, reinterpret_cast<sockaddr*>(&ss), &len,
+                               SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        auto* c = new Conn();
+        c->fd = fd;
+        c->address = p.address;
+        c->port = p.port;
+        c->gw_ns = p.gw_ns;
+        c->gw_name = p.gw_name;
+        c->peer = peer_string(ss);
+        c->tls = p.tls;
+        c->deadline = now + e.o.header_timeout_ms;
+        if (p.tls) {
+            c->tls_port = p.tls_port;
+            c->ssl = c->tls_port->new_ssl();
+            if (!c->ssl) {
+                ::close(fd);
+                delete c;
+                continue;
+            }
+            SSL_set_fd(c->ssl, fd);
+            c->st = St::Handshake;
+        }
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = c;
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        c->events = EPOLLIN;
+        conns.push_back(c);
+        Counters::inc(c->tls ? this->c.connections : this->c.connections);
+        Counters::inc(this->c.active);
+    }
+}
+
+void Worker::close_conn(Conn& c) {
+    if (c.dead) {
+        return;
+    }
+    c.dead = true;
+    if (c.ex) {
+        if (c.ex->up) {
+            c.ex->up->owner = nullptr;
+            close_upstream(*c.ex->up);
+        }
+        for (Upstream* m : c.ex->mirrors) {
+            m->mirror_of = nullptr;
+        }
+        c.ex.reset();
+    }
+    if (c.ssl) {
+        SSL_free(c.ssl);
+        c.ssl = nullptr;
+    }
+    epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+    ::close(c.fd);
+    c.fd = -1;
+    for (size_t i = 0; i < conns.size(); ++i) {
+        if (conns[i] == &c) {
+            conns[i] = conns.back();
+            conns.pop_back();
+            break;
+        }
+    }
+    Counters::inc(this->c.active, static_cast<uint64_t>(-1));
+    graveyard.push_back(&c);
+}
+
+void Worker::close_upstream(Upstream& u) {
+    if (u.dead) {
+        return;
+    }
+    u.dead = true;
+    if (u.mirror_of && u.mirror_of->ex) {
+        auto& ms = u.mirror_of->ex->mirrors;
+        for (size_t i = 0; i < ms.size(); ++i) {
+            if (ms[i] == &u) {
+                ms.erase(ms.begin() + static_cast<long>(i));
+                break;
+            }
+        }
+    }
+    if (auto it = pool.find(u.key); it != pool.end()) {
+        auto& v = it->second;
+        for (size_t i = 0; i < v.size(); ++i) {
+            if (v[i] == &u) {
+                v.erase(v.begin() + static_cast<long>(i));
+                break;
+            }
+        }
+    }
+    epoll_ctl(ep, EPOLL_CTL_DEL, u.fd, nullptr);
+    ::close(u.fd);
+    u.fd = -1;
+    for (size_t i = 0; i < ups.size(); ++i) {
+        if (ups[i] == &u) {
+            ups[i] = ups.back();
+            ups.pop_back();
+            break;
+        }
+    }
+    graveyard.push_back(&u);
+}
+
+// ---------------------------------------------------------------- client I/O
+
+bool Worker::read_into(Conn& c) {
+    // Returns false when the connection failed (and was closed).
+    for (int round = 0; round < 4; ++round) {
+        const size_t old = c.in.s.size();
+        c.in.s.resize(old + 16384);
+        ssize_t r;
+        if (c.ssl) {
+            ERR_clear_error();
+            const int n = SSL_read(c.ssl, c.in.s.data() + old, 16384);
+            if (n > 0) {
+                r = n;
+            } else {
+                const int err = SSL_get_error(c.ssl, n);
+                c.in.s.resize(old);
+                if (err == SSL_ERROR_WANT_READ) {
+                    return true;
+                }
+                if (err == SSL_ERROR_WANT_WRITE) {
+                    c.ssl_want_write = true;
+                    return true;
+                }
+                if (err == SSL_ERROR_ZERO_RETURN) {
+                    c.read_eof = true;
+                    return true;
+                }
+                if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+                    c.read_eof = true; // EOF without close_notify
+                    return true;
+                }
+                close_conn(c);
+                return false;
+            }
+        } else {
+            r = ::read(c.fd, c.in.s.data() + old, 16384);
+            if (r <= 0) {
+                c.in.s.resize(old);
+                if (r == 0) {
+                    c.read_eof = true;
+                    return true;
+                }
+                if (errno == EAGAIN || errno == EINTR) {
+                    return true;
+                }
+                close_conn(c);
+                return false;
+            }
+        }
+        c.in.s.resize(old + static_cast<size_t>(r));
+        Counters::inc(this->c.bytes_in, static_cast<uint64_t>(r));
+        if (static_cast<size_t>(r) < 16384 && !(c.ssl && SSL_pending(c.ssl) > 0)) {
+            return true;
+        }
+        if (c.in.size() >= e.o.max_buffer) {
+            return true;
+        }
+    }
+    return true;
+}
+
+void Worker::flush(Conn& c) {
+    c.ssl_want_write = false;
+    while (!c.out.empty()) {
+        const std::string_view v = c.out.view();
+        const size_t chunk = std::min<size_t>(v.size(), 1u << 20);
+        ssize_t r;
+        if (c.ssl) {
+            ERR_clear_error();
+            const int n = SSL_write(c.ssl, v.data(), static_cast<int>(chunk));
+            if (n <= 0) {
+                const int err = SSL_get_error(c.ssl, n);
+                if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+                    return;
+                }
+                close_conn(c);
+                return;
+            }
+            r = n;
+        } else {
+            r = ::send(c.fd, v.data(), chunk, MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EINTR) {
+                    return;
+                }
+                close_conn(c);
+                return;
+            }
+        }
+        Counters::inc(this->c.bytes_out, static_cast<uint64_t>(r));
+        c.out.consume(static_cast<size_t>(r));
+    }
+}
+
+void Worker::on_client(Conn& c, uint32_t ev) {
+    if (c.st == St::Handshake) {
+        ERR_clear_error();
+        const int r = SSL_do_handshake(c.ssl);
+        if (r == 1) {
+            c.st = St::Head;
+            c.ssl_want_write = false;
+            c.sni = std::string(TlsPort::sni(c.ssl));
+            Counters::inc(this->c.tls_handshakes);
+        } else {
+            const int err = SSL_get_error(c.ssl, r);
+            if (err == SSL_ERROR_WANT_READ) {
+                c.ssl_want_write = false;
+                update(c);
+                return;
+            }
+            if (err == SSL_ERROR_WANT_WRITE) {
+                c.ssl_want_write = true;
+                update(c);
+                return;
+            }
+            Counters::inc(this->c.tls_failures);
+            close_conn(c);
+            return;
+        }
+    }
+    if (c.st == St::Lingering) {
+        char sink[4096];
+        for (;;) {
+            const ssize_t r = ::read(c.fd, sink, sizeof sink);
+            if (r > 0) {
+                continue;
+            }
+            if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                close_conn(c);
+            }
+            return;
+        }
+    }
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if ((ev & EPOLLERR) && !(ev & EPOLLIN)) {
+            close_conn(c);
+            return;
+        }
+        if (!read_into(c)) {
+            return;
+        }
+    }
+    if (!c.out.empty() || c.ssl_want_write) {
+        flush(c);
+        if (c.dead) {
+            return;
+        }
+    }
+    progress(c);
+}
+
+void Worker::update(Conn& c) {
+    if (c.dead) {
+        return;
+    }
+    uint32_t ev = 0;
+    const Exchange* x = c.ex.get();
+    bool want_read = !c.read_eof && !c.close_after_flush && c.in.size() < e.o.max_buffer;
+    if (x && x->up && x->up->out.size() >= e.o.max_buffer) {
+        want_read = false;
+    }
+    if (c.st == St::Handshake || c.st == St::Lingering) {
+        want_read = true;
+    }
+    if (want_read && !c.ssl_want_write) {
+        ev |= EPOLLIN;
+    }
+    if (!c.out.empty() || c.ssl_want_write) {
+        ev |= EPOLLOUT;
+    }
+    set_events(&c, ev);
+    if (c.out.empty() && c.close_after_flush && c.st != St::Lingering) {
+        // Lingering close: stop sending, then drain what the client still sends, so a
+        // close with unread input cannot turn into a reset that destroys the response.
+        if (c.ssl) {
+            SSL_shutdown(c.ssl);
+        }
+        ::shutdown(c.fd, SHUT_WR);
+        c.st = St::Lingering;
+        c.deadline = now + 2000;
+        set_events(&c, EPOLLIN);
+    }
+}
+
+void Worker::respond(Conn& c, uint16_t status,
+                     const std::vector<std::pair<std::string, std::string>>& extra,
+                     std::string_view body, bool close) {
+    std::string h = "HTTP/1.1 " + std::to_string(status) + " " + reason_phrase(status) + "\r\n";
+    bool has_type = false;
+    for (const auto& [k, v] : extra) {
+        h += k + ": " + v + "\r\n";
+        has_type = has_type || http::iequals(k, "content-type");
+    }
+    if (!body.empty() && !has_type) {
+        h += "Content-Type: text/plain\r\n";
+    }
+    h += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    if (close) {
+        h += "Connection: close\r\n";
+        c.close_after_flush = true;
+    }
+    h += "\r\n";
+    c.out.append(h);
+    c.out.append(body);
+}
+
+// ---------------------------------------------------------------- request path
+
+void Worker::progress(Conn& c) {
+    for (int guard = 0; guard < 1024 && !c.dead; ++guard) {
+        if (c.st == St::Head) {
+            if (c.close_after_flush) {
+                break;
+            }
+            if (c.in.empty()) {
+                if (c.read_eof) {
+                    c.close_after_flush = true;
+                }
+                break;
+            }
+            http::Head h;
+            const http::Result r = http::parse_request(c.in.view(), e.o.limits, h);
+            if (r.status == http::Status::Incomplete) {
+                if (c.read_eof) {
+                    c.close_after_flush = true;
+                }
+                break;
+            }
+            if (r.status == http::Status::Error) {
+                Counters::inc(this->c.bad_requests);
+                Counters::inc(this->c.s4);
+                std::string body(r.why);
+                body += "\n";
+                respond(c, r.error_status, {}, body, true);
+                c.in.clear();
+                break;
+            }
+            start_exchange(c, h);
+            continue;
+        }
+        if (c.st == St::Exchange) {
+            Exchange& x = *c.ex;
+            if (!x.req_done) {
+                forward_request_body(c);
+                if (c.dead) {
+                    return;
+                }
+            }
+            if (c.read_eof && !x.req_done) {
+                close_conn(c); // the client went away in the middle of its request
+                return;
+            }
+            break;
+        }
+        if (c.st == St::Tunnel) {
+            Exchange& x = *c.ex;
+            if (x.up && !c.in.empty()) {
+                x.up->out.append(c.in.view());
+                c.in.clear();
+                flush(*x.up);
+            }
+            if (c.read_eof && x.up && !x.up->dead) {
+                ::shutdown(x.up->fd, SHUT_WR);
+            }
+            break;
+        }
+        break;
+    }
+    if (!c.dead) {
+        if (!c.out.empty()) {
+            flush(c);
+        }
+        update(c);
+        if (c.ex && c.ex->up && !c.ex->up->dead) {
+            update(*c.ex->up);
+        }
+    }
+}
+
+namespace {
+
+/// Mirrors of the chosen rule and backend, with their percentages (REFERENCE: fraction).
+std::vector<MirrorSpec> mirror_specs(const ir::Ir& ir, const route::Decision& d) {
+    std::vector<MirrorSpec> out;
+    if (d.m.rule == ir::kNone) {
+        return out;
+    }
+    const ir::Rule& rule = ir.rules[d.m.rule];
+    auto add = [&](const ir::Filters& f) {
+        for (const ir::Mirror& m : f.mirrors) {
+            if (m.group != ir::kNone && m.numerator > 0 && m.denominator > 0) {
+                out.push_back({m.group, m.numerator, m.denominator});
+            }
+        }
+    };
+    add(ir.filters_at(rule.filters));
+    if (d.backend != ir::kNone && d.backend < rule.backends.size()) {
+        add(ir.filters_at(rule.backends[d.backend].filters));
+    }
+    return out;
+}
+
+} // namespace
+
+void Worker::start_exchange(Conn& c, const http::Head& h) {
+    Counters::inc(this->c.requests);
+    auto x = std::make_unique<Exchange>();
+    x->t = t; // the tables, read once for this request
+    x->started = now;
+    x->client_minor = h.version_minor;
+    x->client_keep_alive = h.keep_alive;
+    x->req_body = h.body;
+    x->req_left = h.content_length;
+    x->req_done = h.body == http::BodyKind::None ||
+                  (h.body == http::BodyKind::Length && h.content_length == 0);
+    x->upgrade = h.upgrade;
+    x->method.assign(h.method);
+
+    route::Request rq;
+    rq.gateway_ns = c.gw_ns;
+    rq.gateway_name = c.gw_name;
+    rq.port = c.port;
+    rq.scheme = c.tls ? "https" : "http";
+    rq.sni = c.sni;
+    rq.method.assign(h.method);
+    std::string_view target = h.target;
+    std::string_view host = h.host;
+    if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
+        // absolute-form: the authority is the host (the parser checked it agrees with Host)
+        const size_t start = target.find("//") + 2;
+        const size_t slash = target.find('/', start);
+        if (host.empty()) {
+            host = target.substr(start, slash == std::string_view::npos ? std::string_view::npos
+                                                                        : slash - start);
+        }
+        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    }
+    rq.target.assign(target);
+    rq.host.assign(host);
+    for (size_t i = 0; i < h.n_headers; ++i) {
+        if (http::iequals(h.headers[i].name, "host")) {
+            continue;
+        }
+        rq.headers.push_back({std::string(h.headers[i].name), std::string(h.headers[i].value)});
+    }
+    x->path = rq.target;
+    x->host = rq.host;
+    c.in.consume(h.head_len);
+    c.ex = std::move(x);
+    c.st = St::Exchange;
+    Exchange& ex = *c.ex;
+    if (!t) {
+        respond(c, 503, {}, "no configuration yet\n", true);
+        ex.status = 503;
+        finish_exchange(c);
+        return;
+    }
+    ex.d = route::decide(t->ir, rq, random());
+    const route::Decision& d = ex.d;
+    // A request the gateway answers itself: a body it did not read means the connection
+    // cannot be reused (the body's bytes would be taken for the next request).
+    const bool close = !ex.client_keep_alive || !ex.req_done;
+    switch (d.outcome) {
+    case route::Outcome::NoListener:
+    case route::Outcome::Respond: {
+        uint16_t st = d.outcome == route::Outcome::NoListener ? 404 : d.status;
+        if (st == 0) {
+            st = 404;
+        }
+        std::string body;
+        if (st >= 400) {
+            body = std::to_string(st) + " " + reason_phrase(st) + "\n";
+        }
+        ex.status = st;
+        respond(c, st, d.fwd.response_headers, body, close);
+        ex.req_done = true;
+        finish_exchange(c);
+        return;
+    }
+    case route::Outcome::Redirect: {
+        ex.status = d.status;
+        respond(c, d.status, {{"Location", d.location}}, "", close);
+        ex.req_done = true;
+        finish_exchange(c);
+        return;
+    }
+    case route::Outcome::Forward: break;
+    }
+    ex.rule = d.m.rule != ir::kNone ? &t->ir.rules[d.m.rule] : nullptr;
+    // The upstream request head: request line, Host, the filtered headers minus hop-by-hop
+    // ones, X-Forwarded-*, and Connection/Upgrade only for an upgrade.
+    std::string hb;
+    hb.reserve(512);
+    hb += d.fwd.method;
+    hb += ' ';
+    hb += d.fwd.path;
+    hb += " HTTP/1.1\r\nHost: ";
+    hb += d.fwd.host;
+    hb += "\r\n";
+    std::string xff;
+    for (const route::Header& hd : d.fwd.headers) {
+        if (is_hop_by_hop(hd.name) || named_by_connection(h, hd.name)) {
+            continue;
+        }
+        if (http::iequals(hd.name, "x-forwarded-for")) {
+            xff = hd.value;
+            continue;
+        }
+        hb += hd.name;
+        hb += ": ";
+        hb += hd.value;
+        hb += "\r\n";
+    }
+    hb += "X-Forwarded-For: ";
+    hb += xff.empty() ? c.peer : xff + ", " + c.peer;
+    hb += "\r\nX-Forwarded-Proto: ";
+    hb += c.tls ? "https" : "http";
+    hb += "\r\n";
+    if (ex.upgrade) {
+        hb += "Connection: upgrade\r\nUpgrade: ";
+        hb += std::string(h.upgrade_proto);
+        hb += "\r\n";
+    }
+    hb += "\r\n";
+    ex.head_bytes = std::move(hb);
+    uint32_t req_timeout = ex.rule ? ex.rule->timeout_request_ms : 0;
+    if (req_timeout == 0) {
+        req_timeout = e.o.response_timeout_ms;
+    }
+    ex.request_deadline = now + req_timeout;
+    ex.retries_left = ex.rule ? ex.rule->retry_attempts : 0;
+    if (!attempt(c)) {
+        return;
+    }
+    start_mirrors(c);
+    forward_request_body(c);
+}
+
+Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why) {
+    // Round-robin over ready endpoints, skipping ejected ones while any other is left.
+    std::vector<const ir::Endpoint*> ready;
+    for (const ir::Endpoint& ep : g.endpoints) {
+        if (ep.ready) {
+            ready.push_back(&ep);
+        }
+    }
+    if (ready.empty()) {
+        why = "no ready endpoint for " + g.ns + "/" + g.name;
+        return nullptr;
+    }
+    uint32_t& cursor = rr[g.ns + "/" + g.name + ":" + std::to_string(g.port)];
+    const ir::Endpoint* pick = nullptr;
+    for (size_t i = 0; i < ready.size() && !pick; ++i) {
+        const ir::Endpoint* ep = ready[(cursor + i) % ready.size()];
+        auto it = health.find(endpoint_key(*ep));
+        if (it == health.end() || it->second.ejected_until <= now) {
+            pick = ep;
+            cursor = static_cast<uint32_t>((cursor + i + 1) % ready.size());
+        }
+    }
+    if (!pick) {
+        pick = ready[cursor++ % ready.size()]; // every endpoint ejected: try anyway
+    }
+    const std::string key = endpoint_key(*pick);
+    const std::string name = g.ns + "/" + g.name + ":" + std::to_string(g.port) + "@" +
+                             pick->address + ":" + std::to_string(pick->port);
+    if (auto it = pool.find(key); it != pool.end() && !it->second.empty()) {
+        Upstream* u = it->second.back();
+        it->second.pop_back();
+        u->name = name;
+        Counters::inc(c.up_reused);
+        return u;
+    }
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (!parse_sockaddr(pick->address, pick->port, ss, len)) {
+        why = "endpoint " + pick->address + " is not an IP address";
+        return nullptr;
+    }
+    const int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        why = std::string("socket: ") + std::strerror(errno);
+        return nullptr;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const int r = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    if (r != 0 && errno != EINPROGRESS) {
+        why = "connect " + pick->address + ":" + std::to_string(pick->port) + ": " +
+              std::strerror(errno);
+        ::close(fd);
+        Health& hl = health[key];
+        if (++hl.fails >= e.o.eject_after) {
+            hl.ejected_until = now + e.o.eject_ms;
+            Counters::inc(c.ejections);
+        }
+        return nullptr;
+    }
+    auto* u = new Upstream();
+    u->fd = fd;
+    u->key = key;
+    u->name = name;
+    u->connected = r == 0;
+    u->deadline = now + e.o.connect_timeout_ms;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT;
+    ev.data.ptr = u;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    u->events = EPOLLIN | EPOLLOUT;
+    ups.push_back(u);
+    Counters::inc(c.up_connects);
+    return u;
+}
+
+bool Worker::attempt(Conn& c) {
+    Exchange& x = *c.ex;
+    const route::Decision& d = x.d;
+    ++x.attempts;
+    std::string why;
+    Upstream* u = nullptr;
+    if (d.group < x.t->ir.groups.size()) {
+        // An endpoint that refuses at once (loopback, local subnets): try the next ones.
+        const ir::BackendGroup& g = x.t->ir.groups[d.group];
+        const size_t tries = std::min<size_t>(3, std::max<size_t>(1, g.endpoints.size()));
+        for (size_t i = 0; i < tries && !u; ++i) {
+            why.clear();
+            u = connect_to(g, why);
+            if (!u && why.rfind("connect ", 0) != 0) {
+                break;
+            }
+        }
+    } else {
+        why = "no backend group";
+    }
+    if (!u) {
+        x.status = 503;
+        respond(c, 503, {}, "503 " + why + "\n", !x.client_keep_alive || !x.req_done);
+        x.req_done = true;
+        finish_exchange(c);
+        return false;
+    }
+    u->owner = &c;
+    u->in.clear();
+    u->eof = false;
+    x.up = u;
+    x.upstream_name = u->name;
+    x.resp_head_sent = false;
+    u->out.append(x.head_bytes);
+    const uint32_t backend_timeout = x.rule ? x.rule->timeout_backend_ms : 0;
+    x.attempt_deadline = backend_timeout ? now + backend_timeout : 0;
+    if (u->connected) {
+        flush(*u);
+    }
+    update(*u);
+    return true;
+}
+
+void Worker::start_mirrors(Conn& c) {
+    Exchange& x = *c.ex;
+    for (const MirrorSpec& m : mirror_specs(x.t->ir, x.d)) {
+        if (m.num < m.den && random() % m.den >= m.num) {
+            continue;
+        }
+        if (m.group >= x.t->ir.groups.size()) {
+            continue;
+        }
+        std::string why;
+        Upstream* u = connect_to(x.t->ir.groups[m.group], why);
+        if (!u) {
+            continue;
+        }
+        u->mirror = true;
+        u->mirror_of = &c;
+        u->deadline = now + 10000;
+        u->out.append(x.head_bytes);
+        if (u->connected) {
+            flush(*u);
+        }
+        x.mirrors.push_back(u);
+        Counters::inc(this->c.mirrors);
+    }
+}
+
+void Worker::forward_request_body(Conn& c) {
+    Exchange& x = *c.ex;
+    if (x.req_done || !x.up || c.in.empty()) {
+        return;
+    }
+    std::string_view avail = c.in.view();
+    size_t take = 0;
+    if (x.req_body == http::BodyKind::Length) {
+        take = static_cast<size_t>(std::min<uint64_t>(avail.size(), x.req_left));
+        x.req_left -= take;
+        x.req_done = x.req_left == 0;
+    } else if (x.req_body == http::BodyKind::Chunked) {
+        const auto step = x.req_chunk.feed(avail);
+        if (step.error) {
+            Counters::inc(this->c.bad_requests);
+            if (!x.resp_head_sent) {
+                x.status = 400;
+                x.up->owner = nullptr;
+                close_upstream(*x.up);
+                x.up = nullptr;
+                respond(c, 400, {}, std::string(step.why) + "\n", true);
+                finish_exchange(c);
+            } else {
+                close_conn(c);
+            }
+            return;
+        }
+        take = step.consumed;
+        x.req_done = step.done;
+    } else {
+        x.req_done = true;
+        return;
+    }
+    if (take == 0) {
+        return;
+    }
+    const std::string_view body = avail.substr(0, take);
+    x.up->out.append(body);
+    for (Upstream* m : x.mirrors) {
+        if (m->out.size() < e.o.max_buffer) {
+            m->out.append(body);
+            if (m->connected) {
+                flush(*m);
+            }
+        }
+    }
+    x.body_sent = true;
+    c.in.consume(take);
+    if (x.up->connected) {
+        flush(*x.up);
+    }
+}
+
+// ---------------------------------------------------------------- upstream path
+
+void Worker::flush(Upstream& u) {
+    while (!u.out.empty() && !u.dead) {
+        const std::string_view v = u.out.view();
+        const ssize_t r = ::send(u.fd, v.data(), v.size(), MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                return;
+            }
+            u.eof = true;
+            return;
+        }
+        u.out.consume(static_cast<size_t>(r));
+    }
+}
+
+void Worker::update(Upstream& u) {
+    if (u.dead) {
+        return;
+    }
+    uint32_t ev = 0;
+    bool want_read = !u.eof;
+    if (u.owner && u.owner->out.size() >= e.o.max_buffer) {
+        want_read = false;
+    }
+    if (want_read) {
+        ev |= EPOLLIN;
+    }
+    if (!u.connected || !u.out.empty()) {
+        ev |= EPOLLOUT;
+    }
+    set_events(&u, ev);
+}
+
+void Worker::on_upstream(Upstream& u, uint32_t ev) {
+    if (!u.connected) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(u.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0 || (ev & (EPOLLERR | EPOLLHUP))) {
+            Health& hl = health[u.key];
+            if (++hl.fails >= e.o.eject_after) {
+                hl.ejected_until = now + e.o.eject_ms;
+                Counters::inc(c.ejections);
+            }
+            Conn* owner = u.owner;
+            u.owner = nullptr;
+            if (u.mirror) {
+                close_upstream(u);
+                return;
+            }
+            close_upstream(u);
+            if (owner && owner->ex) {
+                owner->ex->up = nullptr;
+                upstream_failed(*owner, true, std::strerror(err ? err : ECONNREFUSED));
+            }
+            return;
+        }
+        if (!(ev & EPOLLOUT)) {
+            return;
+        }
+        u.connected = true;
+        health[u.key].fails = 0;
+    }
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        for (int round = 0; round < 4 && !u.eof; ++round) {
+            const size_t old = u.in.s.size();
+            u.in.s.resize(old + 16384);
+            const ssize_t r = ::read(u.fd, u.in.s.data() + old, 16384);
+            if (r <= 0) {
+                u.in.s.resize(old);
+                if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    u.eof = true;
+                }
+                break;
+            }
+            u.in.s.resize(old + static_cast<size_t>(r));
+            if (r < 16384) {
+                break;
+            }
+        }
+    }
+    if (u.mirror || !u.owner) {
+        // A mirror's answer or a pooled connection's: nobody wants it.
+        u.in.clear();
+        if (u.eof) {
+            close_upstream(u);
+            return;
+        }
+        if (!u.out.empty()) {
+            flush(u);
+        }
+        update(u);
+        return;
+    }
+    if (!u.out.empty()) {
+        flush(u);
+    }
+    upstream_progress(u);
+}
+
+void Worker::upstream_progress(Upstream& u) {
+    Conn& c = *u.owner;
+    Exchange& x = *c.ex;
+    while (!x.resp_head_sent && !u.in.empty()) {
+        http::Head h;
+        const http::Result r = http::parse_response(u.in.view(), e.o.limits, x.method, h);
+        if (r.status == http::Status::Incomplete) {
+            break;
+        }
+        if (r.status == http::Status::Error) {
+            u.owner = nullptr;
+            close_upstream(u);
+            x.up = nullptr;
+            x.status = 502;
+            respond(c, 502, {}, "502 invalid response from the backend\n", true);
+            finish_exchange(c);
+            progress(c);
+            return;
+        }
+        if (h.status >= 100 && h.status < 200 && h.status != 101) {
+            if (x.client_minor >= 1) {
+                c.out.append(u.in.view().substr(0, h.head_len));
+            }
+            u.in.consume(h.head_len);
+            continue;
+        }
+        // Retry on the listed codes while attempts are left and the request can be replayed.
+        if (x.retries_left > 0 && !x.body_sent && x.rule) {
+            bool retry = false;
+            for (uint16_t code : x.rule->retry_codes) {
+                retry = retry || code == h.status;
+            }
+            if (retry) {
+                --x.retries_left;
+                Counters::inc(this->c.retries);
+                u.owner = nullptr;
+                close_upstream(u);
+                x.up = nullptr;
+                x.retry_at = now + (x.rule->retry_backoff_ms ? x.rule->retry_backoff_ms : 1);
+                return;
+            }
+        }
+        x.status = h.status;
+        x.up_keep_alive = h.keep_alive;
+        std::vector<route::Header> hs;
+        hs.reserve(h.n_headers);
+        bool chunked_header = false;
+        for (size_t i = 0; i < h.n_headers; ++i) {
+            const auto& hv = h.headers[i];
+            if (h.status != 101 && (is_hop_by_hop(hv.name) || named_by_connection(h, hv.name))) {
+                continue;
+            }
+            if (http::iequals(hv.name, "transfer-encoding")) {
+                chunked_header = true;
+                if (x.client_minor == 0) {
+                    continue; // HTTP/1.0 client: the body goes out de-chunked
+                }
+            }
+            if (http::iequals(hv.name, "content-length") && h.body == http::BodyKind::Chunked) {
+                continue; // TE wins (RFC 9112 6.3); do not pass a conflicting length on
+            }
+            hs.push_back({std::string(hv.name), std::string(hv.value)});
+        }
+        (void)chunked_header;
+        route::apply_header_ops(x.d.fwd.response_ops, hs);
+        for (const auto& [k, v] : x.d.fwd.response_headers) {
+            hs.push_back({k, v});
+        }
+        x.resp_body = h.body;
+        x.resp_left = h.content_length;
+        x.dechunk = h.body == http::BodyKind::Chunked && x.client_minor == 0;
+        if (h.body == http::BodyKind::UntilClose || x.dechunk) {
+            x.client_keep_alive = false;
+        }
+        std::string out = "HTTP/1.1 " + std::to_string(h.status) + " ";
+        out += h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason;
+        out += "\r\n";
+        for (const route::Header& hd : hs) {
+            out += hd.name + ": " + hd.value + "\r\n";
+        }
+        if (h.status != 101 && !x.client_keep_alive) {
+            out += "Connection: close\r\n";
+        }
+        out += "\r\n";
+        c.out.append(out);
+        u.in.consume(h.head_len);
+        x.resp_head_sent = true;
+        if (h.status == 101) {
+            c.st = St::Tunnel;
+            x.req_done = true;
+        }
+    }
+    if (x.resp_head_sent && c.st == St::Tunnel) {
+        if (!u.in.empty()) {
+            c.out.append(u.in.view());
+            u.in.clear();
+        }
+        if (!c.in.empty()) {
+            u.out.append(c.in.view());
+            c.in.clear();
+            flush(u);
+        }
+        if (u.eof) {
+            c.close_after_flush = true;
+        }
+        flush(c);
+        if (!c.dead) {
+            update(c);
+            update(u);
+        }
+        return;
+    }
+    bool done = false;
+    if (x.resp_head_sent) {
+        switch (x.resp_body) {
+        case http::BodyKind::None: done = true; break;
+        case http::BodyKind::Length: {
+            const size_t take = static_cast<size_t>(std::min<uint64_t>(u.in.size(), x.resp_left));
+            c.out.append(u.in.view().substr(0, take));
+            u.in.consume(take);
+            x.resp_left -= take;
+            x.resp_bytes += take;
+            done = x.resp_left == 0;
+            break;
+        }
+        case http::BodyKind::Chunked: {
+            http::ChunkedDecoder::Step step;
+            if (x.dechunk) {
+                step = x.resp_chunk.feed(u.in.view(), [&](std::string_view d) { c.out.append(d); });
+            } else {
+                step = x.resp_chunk.feed(u.in.view());
+                c.out.append(u.in.view().substr(0, step.consumed));
+            }
+            if (step.error) {
+                u.owner = nullptr;
+                close_upstream(u);
+                x.up = nullptr;
+                c.close_after_flush = true;
+                finish_exchange(c);
+                update(c);
+                return;
+            }
+            u.in.consume(step.consumed);
+            x.resp_bytes += step.consumed;
+            done = step.done;
+            break;
+        }
+        case http::BodyKind::UntilClose:
+            x.resp_bytes += u.in.size();
+            c.out.append(u.in.view());
+            u.in.clear();
+            done = u.eof;
+            break;
+        }
+    }
+    if (!done && u.eof) {
+        // The backend went away before the response was complete.
+        Counters::inc(this->c.up_failures);
+        u.owner = nullptr;
+        close_upstream(u);
+        x.up = nullptr;
+        if (!x.resp_head_sent) {
+            upstream_failed(c, false, "backend closed the connection before responding");
+        } else {
+            c.close_after_flush = true;
+            finish_exchange(c);
+            flush(c);
+            if (!c.dead) {
+                update(c);
+            }
+        }
+        return;
+    }
+    if (done) {
+        finish_exchange(c);
+        progress(c);
+        return;
+    }
+    flush(c);
+    if (!c.dead) {
+        update(c);
+        update(u);
+    }
+}
+
+void Worker::upstream_failed(Conn& c, bool connect_failure, std::string_view why) {
+    Exchange& x = *c.ex;
+    Counters::inc(this->c.up_failures);
+    // Nothing of the request body has been sent yet: another endpoint may take it.
+    if (!x.body_sent && (connect_failure || x.retries_left > 0) && x.attempts < 3 + x.retries_left) {
+        if (!connect_failure) {
+            --x.retries_left;
+        }
+        Counters::inc(this->c.retries);
+        if (attempt(c)) {
+            forward_request_body(c);
+        }
+        progress(c);
+        return;
+    }
+    const uint16_t st = connect_failure ? 503 : 502;
+    x.status = st;
+    respond(c, st, {}, std::to_string(st) + " " + std::string(why) + "\n", true);
+    x.req_done = true;
+    finish_exchange(c);
+    progress(c);
+}
+
+void Worker::finish_exchange(Conn& c) {
+    Exchange& x = *c.ex;
+    if (x.status >= 100) {
+        switch (x.status / 100) {
+        case 1: Counters::inc(this->c.s1); break;
+        case 2: Counters::inc(this->c.s2); break;
+        case 3: Counters::inc(this->c.s3); break;
+        case 4: Counters::inc(this->c.s4); break;
+        default: Counters::inc(this->c.s5); break;
+        }
+    }
+    log_exchange(c, x);
+    if (x.up && !x.up->dead) {
+        Upstream& u = *x.up;
+        u.owner = nullptr;
+        auto& idle = pool[u.key];
+        if (x.up_keep_alive && x.req_done && u.in.empty() && u.out.empty() && !u.eof &&
+            idle.size() < e.o.max_pool_per_endpoint) {
+            u.deadline = now + e.o.upstream_idle_ms;
+            idle.push_back(&u);
+            update(u);
+        } else {
+            close_upstream(u);
+        }
+    }
+    for (Upstream* m : x.mirrors) {
+        m->mirror_of = nullptr;
+    }
+    const bool keep = x.client_keep_alive && x.req_done && !c.close_after_flush;
+    c.ex.reset();
+    c.st = St::Head;
+    if (!keep) {
+        c.close_after_flush = true;
+    } else {
+        c.deadline = now + (c.in.empty() ? e.o.idle_timeout_ms : e.o.header_timeout_ms);
+    }
+}
+
+void Worker::log_exchange(const Conn& c, const Exchange& x) {
+    if (e.log_fd < 0) {
+        return;
+    }
+    char line[1024];
+    const int n = std::snprintf(line, sizeof line, "%s %s %.*s %s%.*s %u %llu %s %llums\n",
+                                c.peer.c_str(), x.method.c_str(),
+                                static_cast<int>(std::min<size_t>(x.host.size(), 200)), x.host.data(),
+                                c.tls ? "https " : "",
+                                static_cast<int>(std::min<size_t>(x.path.size(), 400)), x.path.data(),
+                                x.status, static_cast<unsigned long long>(x.resp_bytes),
+                                x.upstream_name.empty() ? "-" : x.upstream_name.c_str(),
+                                static_cast<unsigned long long>(now - x.started));
+    if (n > 0) {
+        logbuf.append(line, std::min<size_t>(static_cast<size_t>(n), sizeof line - 1));
+    }
+}
+
+void Worker::sweep() {
+    for (Conn* cp : std::vector<Conn*>(conns)) {
+        Conn& c = *cp;
+        if (c.dead) {
+            continue;
+        }
+        if (c.st == St::Handshake || c.st == St::Head || c.st == St::Lingering) {
+            if (c.deadline && now >= c.deadline) {
+                if (c.st == St::Head && !c.in.empty() && !c.close_after_flush) {
+                    Counters::inc(this->c.timeouts);
+                    respond(c, 408, {}, "408 request head not received in time\n", true);
+                    c.in.clear();
+                    flush(c);
+                    if (!c.dead) {
+                        update(c);
+                        c.deadline = now + 2000;
+                    }
+                } else {
+                    close_conn(c);
+                }
+            }
+            continue;
+        }
+        if (c.st == St::Exchange && c.ex) {
+            Exchange& x = *c.ex;
+            if (!x.up && x.retry_at && now >= x.retry_at) {
+                x.retry_at = 0;
+                if (attempt(c)) {
+                    forward_request_body(c);
+                }
+                progress(c);
+                continue;
+            }
+            const bool late = (x.request_deadline && now >= x.request_deadline) ||
+                              (x.attempt_deadline && now >= x.attempt_deadline);
+            if (late && !x.resp_head_sent) {
+                Counters::inc(this->c.timeouts);
+                if (x.up) {
+                    x.up->owner = nullptr;
+                    close_upstream(*x.up);
+                    x.up = nullptr;
+                }
+                x.status = 504;
+                respond(c, 504, {}, "504 the backend did not answer in time\n", true);
+                x.req_done = true;
+                finish_exchange(c);
+                progress(c);
+                continue;
+            }
+            if (x.up && !x.up->connected && now >= x.up->deadline) {
+                Upstream& u = *x.up;
+                u.owner = nullptr;
+                close_upstream(u);
+                x.up = nullptr;
+                upstream_failed(c, true, "connect timeout");
+            }
+        }
+    }
+    for (Upstream* u : std::vector<Upstream*>(ups)) {
+        if (!u->dead && !u->owner && u->deadline && now >= u->deadline) {
+            close_upstream(*u); // idle pooled connection, or a mirror that took too long
+        }
+    }
+    if (!logbuf.empty() && e.log_fd >= 0) {
+        // One write per sweep (not per request); O_APPEND keeps workers' lines whole.
+        const ssize_t r = ::write(e.log_fd, logbuf.data(), logbuf.size());
+        (void)r;
+        logbuf.clear();
+    }
+}
+
+} // namespace sluice::l7

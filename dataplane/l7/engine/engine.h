@@ -1,0 +1,83 @@
+#pragma once
+
+/// @file
+/// The L7 engine: an HTTP/1.1 (and TLS-terminating) reverse proxy on kernel sockets. One
+/// event loop (epoll, level-triggered) per worker thread, each with its own SO_REUSEPORT
+/// listening socket per bound (address, port), its own connections, upstream pools and
+/// passive-health state: workers share nothing but the published tables.
+///
+/// Tables: dp-control (apply) builds the routing world beside the live one (the IR, the
+/// bound ports, the TLS contexts), then publishes it with one pointer swap; each worker
+/// picks the new tables up at its next loop turn (a version counter it reads per turn), and
+/// every request reads the worker's tables once, when its head is complete, and keeps them
+/// until it ends. Old tables (and their sockets, TLS contexts) go when the last request that
+/// uses them ends. Existing connections are never dropped by a table change.
+///
+/// Thread: apply() on dp-control; run() starts the workers and blocks; stop() from any
+/// thread (signal-safe: one atomic store).
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ir.h"
+#include "parser.h"
+#include "result.h"
+
+namespace sluice::l7 {
+
+struct EngineOptions {
+    unsigned workers = 1;
+    http::Limits limits;
+    uint32_t header_timeout_ms = 10000;   ///< a request head must arrive within this (408)
+    uint32_t idle_timeout_ms = 60000;     ///< keep-alive connection without a request
+    uint32_t connect_timeout_ms = 3000;   ///< backend connect
+    uint32_t upstream_idle_ms = 30000;    ///< pooled backend connection lifetime when idle
+    uint32_t response_timeout_ms = 60000; ///< default backend response head timeout (504)
+    size_t max_buffer = 256 * 1024;       ///< per direction before reading pauses
+    size_t max_pool_per_endpoint = 64;    ///< idle backend connections kept per worker
+    uint32_t eject_after = 5;             ///< consecutive failures before ejection
+    uint32_t eject_ms = 10000;            ///< ejection time
+    std::string access_log;               ///< file path; "" = none, "-" = stderr
+    bool offer_h2 = false;                ///< ALPN h2 (HTTP/2 is not served yet)
+};
+
+/// Counters summed over workers (relaxed: statistics).
+struct EngineStats {
+    uint64_t connections = 0, active_connections = 0, tls_handshakes = 0, tls_failures = 0;
+    uint64_t requests = 0, status_1xx = 0, status_2xx = 0, status_3xx = 0, status_4xx = 0,
+             status_5xx = 0;
+    uint64_t upstream_connects = 0, upstream_failures = 0, upstream_reused = 0, retries = 0,
+             ejections = 0, mirrors = 0, bad_requests = 0, timeouts = 0;
+    uint64_t bytes_in = 0, bytes_out = 0;
+    uint64_t generation = 0;
+};
+
+class Engine {
+public:
+    explicit Engine(EngineOptions opts);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    /// Builds and publishes tables for `ir`. Returns the ACK note (listeners accepted but
+    /// not served, "ns/gw/listener<TAB>reason" per line) or an error (tables unchanged).
+    /// Thread: dp-control.
+    [[nodiscard]] Result<std::string> apply(ir::Ir&& ir, uint64_t generation);
+
+    /// Runs the workers until stop(). Thread: main; blocks.
+    void run();
+    void stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
+
+    [[nodiscard]] EngineStats stats() const;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+    std::atomic<bool> stop_{false};
+};
+
+} // namespace sluice::l7

@@ -1,0 +1,286 @@
+/// sluice-l7: the L7 engine process. Receives the IR from sluice-controlplane on its own
+/// dp-control socket (the same channel as sluice-dataplane), serves the HTTP and HTTPS
+/// listeners of every Gateway on kernel sockets, and exports its counters as a JSON file
+/// (sluicectl stats) and as Prometheus text on an admin port.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include <boost/program_options.hpp>
+
+#include "ctl_server.h"
+#include "engine.h"
+
+namespace po = boost::program_options;
+using namespace sluice;
+
+namespace {
+
+l7::Engine* g_engine = nullptr;
+std::atomic<bool> g_stop{false};
+
+void on_signal(int) {
+    g_stop.store(true, std::memory_order_relaxed);
+    if (g_engine) {
+        g_engine->stop();
+    }
+}
+
+std::string stats_json(const l7::EngineStats& s) {
+    std::string j = "{\"generation\":" + std::to_string(s.generation) + ",\"l7\":{";
+    auto f = [&](const char* k, uint64_t v, bool last = false) {
+        j += std::string("\"") + k + "\":" + std::to_string(v) + (last ? "" : ",");
+    };
+    f("connections", s.connections);
+    f("active_connections", s.active_connections);
+    f("tls_handshakes", s.tls_handshakes);
+    f("tls_failures", s.tls_failures);
+    f("requests", s.requests);
+    f("status_1xx", s.status_1xx);
+    f("status_2xx", s.status_2xx);
+    f("status_3xx", s.status_3xx);
+    f("status_4xx", s.status_4xx);
+    f("status_5xx", s.status_5xx);
+    f("upstream_connects", s.upstream_connects);
+    f("upstream_reused", s.upstream_reused);
+    f("upstream_failures", s.upstream_failures);
+    f("retries", s.retries);
+    f("ejections", s.ejections);
+    f("mirrors", s.mirrors);
+    f("bad_requests", s.bad_requests);
+    f("timeouts", s.timeouts);
+    f("bytes_in", s.bytes_in);
+    f("bytes_out", s.bytes_out, true);
+    return j + "}}\n";
+}
+
+std::string prometheus(const l7::EngineStats& s) {
+    std::string t;
+    auto counter = [&](const char* name, const char* help, uint64_t v, const char* labels = "") {
+        t += std::string("# HELP sluice_l7_") + name + " " + help + "\n# TYPE sluice_l7_" + name +
+             " counter\nsluice_l7_" + name + labels + " " + std::to_string(v) + "\n";
+    };
+    counter("connections_total", "client connections accepted", s.connections);
+    t += "# HELP sluice_l7_active_connections client connections open\n"
+         "# TYPE sluice_l7_active_connections gauge\nsluice_l7_active_connections " +
+         std::to_string(s.active_connections) + "\n";
+    counter("tls_handshakes_total", "TLS handshakes completed", s.tls_handshakes);
+    counter("tls_failures_total", "TLS handshakes failed", s.tls_failures);
+    t += "# HELP sluice_l7_responses_total responses by status class\n"
+         "# TYPE sluice_l7_responses_total counter\n";
+    const uint64_t cls[] = {s.status_1xx, s.status_2xx, s.status_3xx, s.status_4xx, s.status_5xx};
+    for (int i = 0; i < 5; ++i) {
+        t += "sluice_l7_responses_total{class=\"" + std::to_string(i + 1) + "xx\"} " +
+             std::to_string(cls[i]) + "\n";
+    }
+    counter("requests_total", "requests received", s.requests);
+    counter("upstream_connects_total", "backend connections opened", s.upstream_connects);
+    counter("upstream_reused_total", "requests sent on a pooled backend connection", s.upstream_reused);
+    counter("upstream_failures_total", "backend connect or response failures", s.upstream_failures);
+    counter("retries_total", "requests sent again to a backend", s.retries);
+    counter("ejections_total", "endpoints ejected by passive health checking", s.ejections);
+    counter("mirrors_total", "mirrored requests", s.mirrors);
+    counter("bad_requests_total", "requests rejected as malformed (400/431/501/505)", s.bad_requests);
+    counter("timeouts_total", "408 and 504 answers", s.timeouts);
+    counter("bytes_in_total", "bytes read from clients", s.bytes_in);
+    counter("bytes_out_total", "bytes written to clients", s.bytes_out);
+    t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"
+         "sluice_l7_generation " + std::to_string(s.generation) + "\n";
+    return t;
+}
+
+/// Minimal admin endpoint: GET /metrics (Prometheus text) and GET /stats (JSON). One
+/// blocking thread; control path only.
+int admin_listen(const std::string& spec) {
+    const size_t colon = spec.rfind(':');
+    if (colon == std::string::npos) {
+        return -1;
+    }
+    std::string host = spec.substr(0, colon);
+    const int port = std::stoi(spec.substr(colon + 1));
+    if (!host.empty() && host.front() == '[') {
+        host = host.substr(1, host.size() - 2);
+    }
+    sockaddr_in6 a6{};
+    sockaddr_in a4{};
+    int fam = AF_INET;
+    if (inet_pton(AF_INET, host.c_str(), &a4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, host.c_str(), &a6.sin6_addr) != 1) {
+            return -1;
+        }
+        fam = AF_INET6;
+    }
+    const int fd = ::socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int r;
+    if (fam == AF_INET) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons(static_cast<uint16_t>(port));
+        r = ::bind(fd, reinterpret_cast<sockaddr*>(&a4), sizeof a4);
+    } else {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons(static_cast<uint16_t>(port));
+        r = ::bind(fd, reinterpret_cast<sockaddr*>(&a6), sizeof a6);
+    }
+    if (r != 0 || ::listen(fd, 16) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    timeval tv{0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+void admin_serve(int fd, const l7::Engine& engine) {
+    while (!g_stop.load(std::memory_order_relaxed)) {
+        const int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) {
+            continue;
+        }
+        timeval tv{1, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[2048];
+        const ssize_t n = ::read(c, buf, sizeof buf - 1);
+        std::string req(buf, n > 0 ? static_cast<size_t>(n) : 0);
+        std::string body, type = "text/plain; version=0.0.4", status = "200 OK";
+        if (req.rfind("GET /metrics", 0) == 0) {
+            body = prometheus(engine.stats());
+        } else if (req.rfind("GET /stats", 0) == 0) {
+            body = stats_json(engine.stats());
+            type = "application/json";
+        } else {
+            status = "404 Not Found";
+            body = "try /metrics or /stats\n";
+        }
+        const std::string resp = "HTTP/1.1 " + status + "\r\nContent-Type: " + type +
+                                 "\r\nContent-Length: " + std::to_string(body.size()) +
+                                 "\r\nConnection: close\r\n\r\n" + body;
+        const ssize_t w = ::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+        (void)w;
+        ::close(c);
+    }
+    ::close(fd);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    l7::EngineOptions eo;
+    std::string dp_socket = "/run/sluice/l7.sock";
+    std::string stats_file = "/run/sluice/l7-stats.json";
+    std::string admin;
+    po::options_description desc(
+        "sluice-l7: the HTTP/HTTPS engine. Serves the HTTP and HTTPS listeners of the IR that "
+        "sluice-controlplane sends to --dp-socket.\n\nOptions");
+    desc.add_options()("help,h", "this help")(
+        "dp-socket", po::value(&dp_socket)->default_value(dp_socket),
+        "unix socket for the controlplane's IR channel")(
+        "workers", po::value(&eo.workers)->default_value(1),
+        "event-loop threads (one per core you give the engine)")(
+        "stats-file", po::value(&stats_file)->default_value(stats_file),
+        "JSON counters, rewritten every second ('' = off)")(
+        "admin", po::value(&admin)->default_value(""),
+        "ADDR:PORT for GET /metrics (Prometheus) and /stats ('' = off)")(
+        "access-log", po::value(&eo.access_log)->default_value(""),
+        "access log file, one line per request ('-' = stderr, '' = off)")(
+        "max-header-bytes", po::value(&eo.limits.max_head_bytes)->default_value(eo.limits.max_head_bytes),
+        "request line + headers limit (431 beyond)")(
+        "header-timeout-ms", po::value(&eo.header_timeout_ms)->default_value(eo.header_timeout_ms),
+        "time a client has to send a request head (408 beyond)")(
+        "idle-timeout-ms", po::value(&eo.idle_timeout_ms)->default_value(eo.idle_timeout_ms),
+        "keep-alive connection idle time")(
+        "connect-timeout-ms", po::value(&eo.connect_timeout_ms)->default_value(eo.connect_timeout_ms),
+        "backend connect timeout")(
+        "response-timeout-ms", po::value(&eo.response_timeout_ms)->default_value(eo.response_timeout_ms),
+        "backend response timeout when the route sets none (504)")(
+        "eject-after", po::value(&eo.eject_after)->default_value(eo.eject_after),
+        "consecutive failures that eject an endpoint")(
+        "eject-ms", po::value(&eo.eject_ms)->default_value(eo.eject_ms), "ejection time");
+    po::variables_map vm;
+    try {
+        po::store(po::parse_command_line(argc, argv, desc), vm);
+        po::notify(vm);
+    } catch (const std::exception& ex) {
+        std::cerr << "sluice-l7: " << ex.what() << "\n" << desc << std::endl;
+        return 2;
+    }
+    if (vm.count("help")) {
+        std::cout << desc << std::endl;
+        return 0;
+    }
+    std::signal(SIGPIPE, SIG_IGN);
+    l7::Engine engine(eo);
+    g_engine = &engine;
+    dp::CtlServer ctl(dp_socket, [&](ir::Ir&& ir, uint64_t gen) {
+        auto r = engine.apply(std::move(ir), gen);
+        if (r) {
+            std::cerr << "sluice-l7: generation " << gen << " in force" << std::endl;
+        } else {
+            std::cerr << "sluice-l7: generation " << gen << " refused: " << r.error().message
+                      << std::endl;
+        }
+        return r;
+    });
+    if (auto l = ctl.listen(); !l) {
+        std::cerr << "sluice-l7: " << l.error().message << std::endl;
+        return 1;
+    }
+    int admin_fd = -1;
+    if (!admin.empty()) {
+        admin_fd = admin_listen(admin);
+        if (admin_fd < 0) {
+            std::cerr << "sluice-l7: cannot serve --admin " << admin << std::endl;
+            return 1;
+        }
+    }
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    std::thread ctl_thread([&] { ctl.run(); });
+    std::thread admin_thread([&] {
+        if (admin_fd >= 0) {
+            admin_serve(admin_fd, engine);
+        }
+    });
+    std::thread stats_thread([&] {
+        if (stats_file.empty()) {
+            return;
+        }
+        std::error_code ec;
+        std::filesystem::create_directories(std::filesystem::path(stats_file).parent_path(), ec);
+        const std::string tmp = stats_file + ".tmp";
+        while (!g_stop.load(std::memory_order_relaxed)) {
+            if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+                std::fputs(stats_json(engine.stats()).c_str(), f);
+                std::fclose(f);
+                std::rename(tmp.c_str(), stats_file.c_str());
+            }
+            for (int i = 0; i < 10 && !g_stop.load(std::memory_order_relaxed); ++i) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+        }
+    });
+    std::cerr << "sluice-l7: " << eo.workers << " worker(s), IR channel " << dp_socket << std::endl;
+    engine.run();
+    g_stop.store(true);
+    ctl.stop();
+    ctl_thread.join();
+    admin_thread.join();
+    stats_thread.join();
+    const l7::EngineStats s = engine.stats();
+    std::fprintf(stderr, "sluice-l7: %llu requests, %llu connections\n",
+                 static_cast<unsigned long long>(s.requests),
+                 static_cast<unsigned long long>(s.connections));
+    return 0;
+}

@@ -1,0 +1,127 @@
+#pragma once
+
+/// @file
+/// TLS termination contexts of the L7 engine: one TlsPort per (address, port) serves every
+/// Terminate listener there. build() turns each listener into an OpenSSL SSL_CTX (its
+/// certificates, ALPN, versions, ciphers, client-certificate validation); new_ssl() hands
+/// out a server SSL whose ClientHello callback picks the listener by SNI and switches the
+/// connection onto that listener's context before version, cipher, certificate and session
+/// decisions are made.
+///
+/// Session resumption uses stateless tickets only (the server session cache is off, so no
+/// lock is shared between cores). The ticket keys are OpenSSL's automatic ones: random per
+/// TlsPort, never written anywhere, and rotated by rebuilding the TlsPort (every config
+/// publish does), which turns older tickets into full handshakes. Each listener has its own
+/// session-id context, so a session never resumes on another listener (which could skip
+/// that listener's client-certificate check). No 0-RTT early data.
+///
+/// Thread: build() on dp-control; the built TlsPort is immutable and new_ssl() and the
+/// static accessors may be called from any L7 thread concurrently. A TlsPort must outlive
+/// every SSL it created (the ClientHello callback points at it).
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <openssl/ssl.h>
+
+#include "ir.h"
+#include "result.h"
+
+namespace sluice::l7 {
+
+/// Keys of ir::Listener::tls_options (Gateway API listener.tls.options) read by build().
+inline constexpr std::string_view kOptMinVersion = "sluice.dev/min-version"; ///< "1.2" | "1.3"
+inline constexpr std::string_view kOptCiphers = "sluice.dev/ciphers"; ///< TLS 1.2 cipher list
+inline constexpr std::string_view kOptCiphersuites = "sluice.dev/ciphersuites"; ///< TLS 1.3
+
+/// TLS server side for every terminating listener that shares one (address, port).
+class TlsPort {
+public:
+    /// Builds one SSL_CTX per Terminate listener in `listeners` (indices into ir.listeners,
+    /// all on the same port; their order breaks ties between equal hostnames):
+    /// - every certificate of the listener (RSA and ECDSA may both be loaded: OpenSSL picks by
+    ///   the client's signature algorithms and ciphers); a second certificate of an already
+    ///   loaded key type is ignored and reported;
+    /// - ALPN for HTTPS listeners: the server's preference "h2" (only if `offer_h2`), then
+    ///   "http/1.1", selected from the client's list; no overlap = no ALPN (not an alert);
+    ///   TLS (TLSRoute) listeners do not negotiate ALPN;
+    /// - TLS 1.2 minimum, ECDHE + AEAD TLS 1.2 ciphers, OpenSSL's TLS 1.3 suites, server
+    ///   cipher preference, no renegotiation, session tickets on;
+    /// - tls_options kOptMinVersion, kOptCiphers, kOptCiphersuites; other keys are ignored;
+    /// - client_ca_pems non-empty: client certificates are requested and verified against
+    ///   them; a missing or failing certificate aborts the handshake, unless
+    ///   client_cert_optional (AllowInsecureFallback), where the connection proceeds and
+    ///   client_cert_verified() tells the outcome.
+    /// A listener with invalid PEM, a key that does not match its certificate, no
+    /// certificate, or an invalid option value is left out and reported in errors().
+    /// @return the port; Errc::Invalid if an index is out of range, the listeners do not
+    ///   share a port, or no listener is usable (the message lists why); Errc::Internal if
+    ///   OpenSSL fails to allocate.
+    /// Thread: dp-control (any; allocates).
+    [[nodiscard]] static Result<std::unique_ptr<TlsPort>>
+    build(const ir::Ir& ir, const std::vector<uint32_t>& listeners, bool offer_h2);
+
+    TlsPort(const TlsPort&) = delete;
+    TlsPort& operator=(const TlsPort&) = delete;
+    ~TlsPort();
+
+    /// A new server-side SSL (accept state) for an accepted connection; the caller attaches
+    /// its BIOs, drives SSL_do_handshake and frees it with SSL_free. During the handshake
+    /// the listener whose hostname matches the SNI most specifically (exact > longest
+    /// wildcard > no hostname) is chosen; an SNI no listener accepts fails the handshake
+    /// with an unrecognized_name alert. Without SNI the catch-all listener (no hostname)
+    /// is chosen, else the first usable listener.
+    /// @return nullptr if OpenSSL cannot allocate.
+    /// Thread: any L7 thread (allocates, as every OpenSSL handshake does).
+    [[nodiscard]] SSL* new_ssl() const noexcept;
+
+    /// The listener chosen for `ssl` (index into ir.listeners), or ir::kNone before the
+    /// ClientHello was processed or for an SSL not made by a TlsPort. Thread: any.
+    [[nodiscard]] static uint32_t chosen_listener(const SSL* ssl) noexcept;
+
+    /// The SNI the client sent, "" if none (valid while `ssl` lives). Thread: any.
+    [[nodiscard]] static std::string_view sni(const SSL* ssl) noexcept;
+
+    /// True when the client presented a certificate that verified against the chosen
+    /// listener's CAs (the only case for a listener that requires one). Thread: any.
+    [[nodiscard]] static bool client_cert_verified(const SSL* ssl) noexcept;
+
+    /// Problems found at build time, one line per listener problem ("ns/gateway/listener:
+    /// why"); a listener named here with "left out" serves no traffic.
+    [[nodiscard]] const std::vector<std::string>& errors() const noexcept { return errors_; }
+
+    /// Listeners that got a context, in build order (indices into ir.listeners).
+    [[nodiscard]] std::vector<uint32_t> listeners() const;
+
+private:
+    struct CtxFree {
+        void operator()(SSL_CTX* ctx) const noexcept { SSL_CTX_free(ctx); }
+    };
+    using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
+
+    /// One usable listener.
+    struct Site {
+        uint32_t listener = ir::kNone;
+        std::string hostname; ///< "" any, "*.suffix" or exact
+        CtxPtr ctx;
+        int min_version = TLS1_2_VERSION;
+        int verify_mode = SSL_VERIFY_NONE;
+        SSL_verify_cb verify_cb = nullptr;
+    };
+
+    TlsPort() = default;
+    /// One listener's context; Errc::Invalid for a configuration problem (message without
+    /// the listener's name), Errc::Internal when OpenSSL cannot allocate.
+    [[nodiscard]] Result<Site> build_site(const ir::Listener& l, uint32_t index, bool offer_h2);
+    [[nodiscard]] const Site* select(std::string_view sni, bool has_sni) const noexcept;
+    static int on_client_hello(SSL* ssl, int* alert, void* arg);
+
+    std::vector<Site> sites_;
+    size_t no_sni_site_ = 0; ///< catch-all, else the first site
+    std::vector<std::string> errors_;
+};
+
+} // namespace sluice::l7

@@ -1,0 +1,811 @@
+// Real TLS handshakes in memory (a BIO pair, non-blocking pumping) against a TlsPort built
+// from an IR, with certificates generated here: RSA 2048 and EC P-256, a CA and leaves.
+
+#include "tls_ctx.h"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+namespace {
+
+using sluice::Errc;
+using sluice::l7::TlsPort;
+namespace ir = sluice::ir;
+
+struct X509Free {
+    void operator()(X509* x) const noexcept { X509_free(x); }
+};
+struct PkeyFree {
+    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
+};
+struct CtxFree {
+    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
+};
+struct SslFree {
+    void operator()(SSL* s) const noexcept { SSL_free(s); }
+};
+struct SessionFree {
+    void operator()(SSL_SESSION* s) const noexcept { SSL_SESSION_free(s); }
+};
+struct BioFree {
+    void operator()(BIO* b) const noexcept { BIO_free(b); }
+};
+using X509Ptr = std::unique_ptr<X509, X509Free>;
+using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
+using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
+using SslPtr = std::unique_ptr<SSL, SslFree>;
+using SessionPtr = std::unique_ptr<SSL_SESSION, SessionFree>;
+using BioPtr = std::unique_ptr<BIO, BioFree>;
+
+struct Cert {
+    X509Ptr x509;
+    PkeyPtr key;
+    std::string cert_pem, key_pem;
+};
+
+PkeyPtr share(EVP_PKEY* k) {
+    EVP_PKEY_up_ref(k);
+    return PkeyPtr(k);
+}
+
+void add_ext(X509* x, X509V3_CTX* v3, int nid, const std::string& value) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, v3, nid, value.c_str());
+    ASSERT_NE(ext, nullptr) << value;
+    ASSERT_EQ(X509_add_ext(x, ext, -1), 1);
+    X509_EXTENSION_free(ext);
+}
+
+std::string pem_of(X509* x) {
+    BioPtr b(BIO_new(BIO_s_mem()));
+    PEM_write_bio_X509(b.get(), x);
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(b.get(), &data);
+    return std::string(data, static_cast<size_t>(n));
+}
+
+std::string pem_of(EVP_PKEY* k) {
+    BioPtr b(BIO_new(BIO_s_mem()));
+    PEM_write_bio_PrivateKey(b.get(), k, nullptr, nullptr, 0, nullptr, nullptr);
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(b.get(), &data);
+    return std::string(data, static_cast<size_t>(n));
+}
+
+/// A certificate with subject CN `cn` (the tests identify the served certificate by it) and
+/// DNS SANs, self-signed unless `issuer` is given.
+Cert make_cert(EVP_PKEY* key, const std::string& cn, const std::string& dns_sans,
+               const Cert* issuer = nullptr, bool ca = false) {
+    static long serial = 1;
+    Cert c;
+    c.key = share(key);
+    c.x509.reset(X509_new());
+    X509* x = c.x509.get();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, key);
+    X509_NAME* name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+    X509_set_issuer_name(x, issuer != nullptr ? X509_get_subject_name(issuer->x509.get()) : name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, issuer != nullptr ? issuer->x509.get() : x, x, nullptr, nullptr, 0);
+    add_ext(x, &v3, NID_basic_constraints, ca ? "critical,CA:TRUE" : "CA:FALSE");
+    if (ca) {
+        add_ext(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign");
+    }
+    if (!dns_sans.empty()) {
+        add_ext(x, &v3, NID_subject_alt_name, dns_sans);
+    }
+    X509_sign(x, issuer != nullptr ? issuer->key.get() : key, EVP_sha256());
+    c.cert_pem = pem_of(x);
+    c.key_pem = pem_of(key);
+    return c;
+}
+
+std::string cn_of(X509* x) {
+    char buf[256] = {};
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf, sizeof(buf));
+    return buf;
+}
+
+/// Certificates shared by all tests (RSA key generation is the slow part).
+struct Pki {
+    PkeyPtr rsa{EVP_RSA_gen(2048)};
+    PkeyPtr ec{EVP_EC_gen("P-256")};
+    PkeyPtr ec2{EVP_EC_gen("P-256")};
+    Cert wild = make_cert(rsa.get(), "wild", "DNS:*.example.com");
+    Cert foo_rsa = make_cert(rsa.get(), "foo-rsa", "DNS:foo.example.com");
+    Cert foo_ec = make_cert(ec.get(), "foo-ec", "DNS:foo.example.com");
+    Cert fallback = make_cert(ec2.get(), "default", "");
+    Cert secure = make_cert(ec.get(), "secure", "DNS:secure.example.com");
+    Cert ca = make_cert(ec2.get(), "test-ca", "", nullptr, /*ca=*/true);
+    Cert client = make_cert(ec.get(), "client", "", &ca);
+    Cert rogue = make_cert(ec.get(), "rogue", ""); // self-signed: not from `ca`
+};
+
+const Pki& pki() {
+    static const Pki p;
+    return p;
+}
+
+ir::Listener listener(const std::string& name, const std::string& host,
+                      std::vector<const Cert*> certs, ir::Protocol protocol = ir::Protocol::HTTPS) {
+    ir::Listener l;
+    l.gateway_ns = "infra";
+    l.gateway_name = "gw";
+    l.name = name;
+    l.port = 443;
+    l.protocol = protocol;
+    l.hostname = host;
+    l.tls_mode = ir::TlsMode::Terminate;
+    for (const Cert* c : certs) {
+        l.certs.push_back({"infra", name + "-cert", c->cert_pem, c->key_pem});
+    }
+    return l;
+}
+
+/// IR with a plain HTTP listener at index 0 (so TLS indices are real IR indices) and `ls`
+/// after it at indices 1, 2, ...
+ir::Ir make_ir(std::vector<ir::Listener> ls) {
+    ir::Ir out;
+    ir::Listener http;
+    http.gateway_ns = "infra";
+    http.gateway_name = "gw";
+    http.name = "http";
+    http.port = 80;
+    out.listeners.push_back(http);
+    for (auto& l : ls) {
+        out.listeners.push_back(std::move(l));
+    }
+    ir::Gateway gw;
+    gw.ns = "infra";
+    gw.name = "gw";
+    gw.addresses = {"192.0.2.10"};
+    for (uint32_t i = 0; i < out.listeners.size(); ++i) {
+        gw.listeners.push_back(i);
+    }
+    out.gateways.push_back(gw);
+    return out;
+}
+
+std::unique_ptr<TlsPort> build_ok(const ir::Ir& ir, const std::vector<uint32_t>& ls,
+                                  bool offer_h2 = false) {
+    auto port = TlsPort::build(ir, ls, offer_h2);
+    EXPECT_TRUE(port.has_value()) << (port ? "" : port.error().message);
+    EXPECT_EQ(ERR_peek_error(), 0u) << "build left entries on the OpenSSL error queue";
+    return port ? std::move(*port) : nullptr;
+}
+
+struct Client {
+    std::string sni;
+    int min_version = 0;
+    int max_version = 0;
+    std::string ciphers; ///< TLS 1.2 list
+    std::string suites;  ///< TLS 1.3 list
+    std::string sigalgs;
+    std::vector<std::string> alpn;
+    const Cert* cert = nullptr;
+    SSL_SESSION* session = nullptr;
+};
+
+struct Outcome {
+    bool ok = false; ///< both sides completed the handshake
+    uint32_t listener = ir::kNone;
+    std::string sni;
+    std::string peer_cn; ///< the server certificate the client got
+    int peer_key_type = 0;
+    std::string alpn;
+    int version = 0;
+    std::string cipher;
+    int alert = -1; ///< alert description the client received
+    bool reused = false;
+    bool client_verified = false;
+    SessionPtr session;
+};
+
+void on_client_info(const SSL* ssl, int where, int ret) {
+    if ((where & SSL_CB_READ_ALERT) != 0) {
+        static_cast<Outcome*>(SSL_get_app_data(ssl))->alert = ret & 0xff;
+    }
+}
+
+/// One handshake step; false = failed for good.
+bool step(SSL* ssl, bool& done) {
+    const int r = SSL_do_handshake(ssl);
+    if (r == 1) {
+        done = true;
+        return true;
+    }
+    const int err = SSL_get_error(ssl, r);
+    return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
+}
+
+Outcome handshake(const TlsPort& port, const Client& o) {
+    Outcome out;
+    CtxPtr cctx(SSL_CTX_new(TLS_client_method()));
+    SSL_CTX_set_verify(cctx.get(), SSL_VERIFY_NONE, nullptr);
+    if (o.min_version != 0) {
+        SSL_CTX_set_min_proto_version(cctx.get(), o.min_version);
+    }
+    if (o.max_version != 0) {
+        SSL_CTX_set_max_proto_version(cctx.get(), o.max_version);
+    }
+    if (!o.ciphers.empty()) {
+        EXPECT_EQ(SSL_CTX_set_cipher_list(cctx.get(), o.ciphers.c_str()), 1);
+    }
+    if (!o.suites.empty()) {
+        EXPECT_EQ(SSL_CTX_set_ciphersuites(cctx.get(), o.suites.c_str()), 1);
+    }
+    if (!o.sigalgs.empty()) {
+        EXPECT_EQ(SSL_CTX_set1_sigalgs_list(cctx.get(), o.sigalgs.c_str()), 1);
+    }
+    if (!o.alpn.empty()) {
+        std::string wire;
+        for (const std::string& p : o.alpn) {
+            wire += static_cast<char>(p.size());
+            wire += p;
+        }
+        EXPECT_EQ(SSL_CTX_set_alpn_protos(cctx.get(),
+                                          reinterpret_cast<const unsigned char*>(wire.data()),
+                                          static_cast<unsigned>(wire.size())),
+                  0); // 0 = success for this one
+    }
+    if (o.cert != nullptr) {
+        EXPECT_EQ(SSL_CTX_use_certificate(cctx.get(), o.cert->x509.get()), 1);
+        EXPECT_EQ(SSL_CTX_use_PrivateKey(cctx.get(), o.cert->key.get()), 1);
+    }
+
+    SslPtr client(SSL_new(cctx.get()));
+    SslPtr server(port.new_ssl());
+    EXPECT_NE(server, nullptr);
+    if (!client || !server) {
+        return out;
+    }
+    EXPECT_EQ(TlsPort::chosen_listener(server.get()), ir::kNone);
+    BIO* cbio = nullptr;
+    BIO* sbio = nullptr;
+    EXPECT_EQ(BIO_new_bio_pair(&cbio, 0, &sbio, 0), 1);
+    SSL_set_bio(client.get(), cbio, cbio);
+    SSL_set_bio(server.get(), sbio, sbio);
+    SSL_set_connect_state(client.get());
+    SSL_set_app_data(client.get(), &out);
+    SSL_set_info_callback(client.get(), on_client_info);
+    if (!o.sni.empty()) {
+        SSL_set_tlsext_host_name(client.get(), o.sni.c_str());
+    }
+    if (o.session != nullptr) {
+        SSL_set_session(client.get(), o.session);
+    }
+
+    bool c_done = false, s_done = false, c_alive = true, s_alive = true;
+    for (int i = 0; i < 64 && (c_alive || s_alive) && !(c_done && s_done); ++i) {
+        if (c_alive && !c_done) {
+            c_alive = step(client.get(), c_done);
+        }
+        if (s_alive && !s_done) {
+            s_alive = step(server.get(), s_done);
+        }
+    }
+    out.ok = c_done && s_done;
+    if (out.ok) {
+        // Let the client read what follows the handshake (TLS 1.3 session tickets).
+        char b = 0;
+        EXPECT_LE(SSL_read(client.get(), &b, 1), 0);
+        EXPECT_EQ(SSL_get_error(client.get(), -1), SSL_ERROR_WANT_READ);
+    } else if (c_done) {
+        // TLS 1.3: the client finishes before the server checks its certificate; the
+        // server's alert arrives on the first read.
+        char b = 0;
+        EXPECT_LE(SSL_read(client.get(), &b, 1), 0);
+    }
+    ERR_clear_error();
+
+    out.listener = TlsPort::chosen_listener(server.get());
+    out.sni = std::string(TlsPort::sni(server.get()));
+    if (X509* peer = SSL_get0_peer_certificate(client.get())) {
+        out.peer_cn = cn_of(peer);
+        out.peer_key_type = EVP_PKEY_get_base_id(X509_get0_pubkey(peer));
+    }
+    const unsigned char* proto = nullptr;
+    unsigned proto_len = 0;
+    SSL_get0_alpn_selected(server.get(), &proto, &proto_len);
+    out.alpn.assign(reinterpret_cast<const char*>(proto), proto_len);
+    out.version = SSL_version(server.get());
+    if (const SSL_CIPHER* c = SSL_get_current_cipher(server.get())) {
+        out.cipher = SSL_CIPHER_get_name(c);
+    }
+    out.reused = SSL_session_reused(client.get()) == 1;
+    out.client_verified = TlsPort::client_cert_verified(server.get());
+    out.session.reset(SSL_get1_session(client.get()));
+    if (out.ok) {
+        // A session of a connection freed without close_notify is marked not resumable.
+        SSL_shutdown(client.get());
+    }
+    return out;
+}
+
+Outcome handshake(const TlsPort& port, const std::string& sni) {
+    Client c;
+    c.sni = sni;
+    return handshake(port, c);
+}
+
+// ir.listeners: 0 http, 1 wildcard, 2 foo (RSA + EC), 3 catch-all.
+ir::Ir three_listeners() {
+    const Pki& p = pki();
+    return make_ir({listener("wild", "*.example.com", {&p.wild}),
+                    listener("foo", "foo.example.com", {&p.foo_rsa, &p.foo_ec}),
+                    listener("any", "", {&p.fallback})});
+}
+
+TEST(TlsPort, SniPicksTheMostSpecificListener) {
+    const ir::Ir ir = three_listeners();
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+    EXPECT_TRUE(port->errors().empty());
+    EXPECT_EQ(port->listeners(), (std::vector<uint32_t>{1, 2, 3}));
+
+    Outcome o = handshake(*port, "foo.example.com"); // exact beats the earlier wildcard
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 2u);
+    EXPECT_EQ(o.sni, "foo.example.com");
+    EXPECT_TRUE(o.peer_cn == "foo-rsa" || o.peer_cn == "foo-ec") << o.peer_cn;
+
+    o = handshake(*port, "FOO.Example.COM"); // case-insensitive
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 2u);
+
+    o = handshake(*port, "foo.example.com."); // absolute form: the same host
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 2u);
+
+    o = handshake(*port, "bar.example.com");
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 1u);
+    EXPECT_EQ(o.peer_cn, "wild");
+
+    o = handshake(*port, "a.b.example.com"); // wildcards cover several labels
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 1u);
+
+    o = handshake(*port, "example.com"); // but never the apex
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 3u);
+    EXPECT_EQ(o.peer_cn, "default");
+
+    o = handshake(*port, "other.org");
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 3u);
+
+    o = handshake(*port, ""); // no SNI -> catch-all
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 3u);
+    EXPECT_EQ(o.sni, "");
+    EXPECT_EQ(o.peer_cn, "default");
+}
+
+TEST(TlsPort, LongerWildcardWins) {
+    const Pki& p = pki();
+    const ir::Ir ir = make_ir({listener("wide", "*.example.com", {&p.wild}),
+                               listener("narrow", "*.api.example.com", {&p.fallback})});
+    auto port = build_ok(ir, {1, 2});
+    ASSERT_NE(port, nullptr);
+    EXPECT_EQ(handshake(*port, "x.api.example.com").listener, 2u);
+    EXPECT_EQ(handshake(*port, "x.web.example.com").listener, 1u);
+}
+
+TEST(TlsPort, UnknownSniWithoutCatchAllIsRejected) {
+    const ir::Ir ir = three_listeners();
+    auto port = build_ok(ir, {1, 2}); // no catch-all
+    ASSERT_NE(port, nullptr);
+
+    Outcome o = handshake(*port, "other.org");
+    EXPECT_FALSE(o.ok);
+    EXPECT_EQ(o.alert, SSL_AD_UNRECOGNIZED_NAME);
+    EXPECT_EQ(o.listener, ir::kNone);
+
+    o = handshake(*port, ""); // no SNI -> the first listener
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 1u);
+    EXPECT_EQ(o.peer_cn, "wild");
+}
+
+TEST(TlsPort, AlpnPrefersH2OnlyWhenOffered) {
+    const Pki& p = pki();
+    const ir::Ir ir = make_ir({listener("https", "", {&p.fallback}),
+                               listener("tls", "tls.example.com", {&p.wild}, ir::Protocol::TLS)});
+    auto h1 = build_ok(ir, {1, 2}, /*offer_h2=*/false);
+    auto h2 = build_ok(ir, {1, 2}, /*offer_h2=*/true);
+    ASSERT_NE(h1, nullptr);
+    ASSERT_NE(h2, nullptr);
+
+    Client c;
+    c.alpn = {"h2", "http/1.1"};
+    Outcome o = handshake(*h1, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.alpn, "http/1.1");
+
+    c.alpn = {"http/1.1", "h2"}; // the server's preference decides
+    o = handshake(*h2, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.alpn, "h2");
+
+    c.alpn = {"http/1.1"};
+    o = handshake(*h2, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.alpn, "http/1.1");
+
+    c.alpn = {"h2"}; // nothing in common: no ALPN, but no failure either
+    o = handshake(*h1, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.alpn, "");
+
+    c.alpn = {};
+    o = handshake(*h2, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.alpn, "");
+
+    c.alpn = {"h2", "http/1.1"}; // a TLS (TLSRoute) listener does not speak HTTP
+    c.sni = "tls.example.com";
+    o = handshake(*h2, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 2u);
+    EXPECT_EQ(o.alpn, "");
+}
+
+TEST(TlsPort, MinVersionOptionIsPerListener) {
+    ir::Ir ir = three_listeners();
+    ir.listeners[2].tls_options = {{"sluice.dev/min-version", "1.3"}, {"unknown/key", "x"}};
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+    EXPECT_TRUE(port->errors().empty());
+
+    Client c;
+    c.sni = "foo.example.com";
+    c.max_version = TLS1_2_VERSION;
+    Outcome o = handshake(*port, c);
+    EXPECT_FALSE(o.ok);
+    EXPECT_EQ(o.alert, SSL_AD_PROTOCOL_VERSION);
+
+    c.max_version = 0;
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.version, TLS1_3_VERSION);
+
+    c.sni = "other.org"; // the catch-all keeps the 1.2 default
+    c.max_version = TLS1_2_VERSION;
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 3u);
+    EXPECT_EQ(o.version, TLS1_2_VERSION);
+
+    c.max_version = TLS1_1_VERSION; // below the default minimum
+    c.ciphers = "DEFAULT:@SECLEVEL=0";
+    o = handshake(*port, c);
+    EXPECT_FALSE(o.ok);
+}
+
+TEST(TlsPort, CipherOptions) {
+    ir::Ir ir = three_listeners();
+    ir.listeners[2].tls_options = {{"sluice.dev/ciphers", "ECDHE-RSA-AES256-GCM-SHA384"},
+                                   {"sluice.dev/ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"}};
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+
+    Client c;
+    c.sni = "foo.example.com";
+    c.max_version = TLS1_2_VERSION;
+    Outcome o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.cipher, "ECDHE-RSA-AES256-GCM-SHA384");
+
+    c.ciphers = "ECDHE-RSA-AES128-GCM-SHA256"; // not in the listener's list
+    o = handshake(*port, c);
+    EXPECT_FALSE(o.ok);
+
+    c = Client{};
+    c.sni = "foo.example.com";
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.cipher, "TLS_CHACHA20_POLY1305_SHA256");
+
+    c.sni = "bar.example.com"; // other listeners keep the defaults
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_NE(o.cipher, "TLS_CHACHA20_POLY1305_SHA256");
+
+    c.max_version = TLS1_2_VERSION;
+    c.ciphers = "AES128-SHA"; // no forward secrecy: not in the default list
+    o = handshake(*port, c);
+    EXPECT_FALSE(o.ok);
+}
+
+TEST(TlsPort, InvalidOptionsLeaveTheListenerOut) {
+    ir::Ir ir = three_listeners();
+    ir.listeners[1].tls_options = {{"sluice.dev/min-version", "1.1"}};
+    ir.listeners[2].tls_options = {{"sluice.dev/ciphers", "NO-SUCH-CIPHER"}};
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 2u);
+    EXPECT_NE(port->errors()[0].find("infra/gw/wild"), std::string::npos);
+    EXPECT_NE(port->errors()[0].find("min-version"), std::string::npos);
+    EXPECT_NE(port->errors()[1].find("infra/gw/foo"), std::string::npos);
+    EXPECT_NE(port->errors()[1].find("left out"), std::string::npos);
+    EXPECT_EQ(port->listeners(), std::vector<uint32_t>{3});
+    EXPECT_EQ(handshake(*port, "foo.example.com").listener, 3u);
+}
+
+TEST(TlsPort, EcdsaOnlyClientGetsTheEcCertificate) {
+    const ir::Ir ir = three_listeners();
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+
+    Client c;
+    c.sni = "foo.example.com";
+    c.max_version = TLS1_2_VERSION;
+    c.ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256";
+    c.sigalgs = "ECDSA+SHA256";
+    Outcome o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.peer_cn, "foo-ec");
+    EXPECT_EQ(o.peer_key_type, EVP_PKEY_EC);
+    EXPECT_EQ(o.cipher, "ECDHE-ECDSA-AES128-GCM-SHA256");
+
+    c.ciphers = "ECDHE-RSA-AES128-GCM-SHA256";
+    c.sigalgs = "RSA+SHA256";
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.peer_cn, "foo-rsa");
+    EXPECT_EQ(o.peer_key_type, EVP_PKEY_RSA);
+
+    c = Client{}; // TLS 1.3: by signature algorithm alone
+    c.sni = "foo.example.com";
+    c.sigalgs = "ECDSA+SHA256";
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.peer_cn, "foo-ec");
+    c.sigalgs = "rsa_pss_rsae_sha256";
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.peer_cn, "foo-rsa");
+}
+
+TEST(TlsPort, InvalidPemIsReportedAndTheOthersStillWork) {
+    const Pki& p = pki();
+    ir::Listener garbage = listener("garbage", "garbage.example.com", {});
+    garbage.certs.push_back({"infra", "bad", "not a certificate", p.wild.key_pem});
+    ir::Listener mismatch = listener("mismatch", "mismatch.example.com", {});
+    mismatch.certs.push_back({"infra", "mm", p.foo_ec.cert_pem, p.fallback.key_pem});
+    std::string damaged = p.wild.cert_pem;
+    damaged[damaged.size() / 2] = '!';
+    ir::Listener broken = listener("broken", "broken.example.com", {});
+    broken.certs.push_back({"infra", "dmg", damaged, p.wild.key_pem});
+    ir::Listener badkey = listener("badkey", "badkey.example.com", {});
+    badkey.certs.push_back({"infra", "bk", p.wild.cert_pem,
+                            "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+                            "-----END PRIVATE KEY-----\n"});
+    ir::Listener none = listener("none", "none.example.com", {});
+    const ir::Ir ir =
+        make_ir({garbage, mismatch, broken, badkey, none, listener("any", "", {&p.fallback})});
+
+    auto port = build_ok(ir, {1, 2, 3, 4, 5, 6});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 5u);
+    const char* names[] = {"garbage", "mismatch", "broken", "badkey", "none"};
+    for (size_t i = 0; i < 5; ++i) {
+        EXPECT_NE(port->errors()[i].find(std::string("infra/gw/") + names[i]), std::string::npos)
+            << port->errors()[i];
+        EXPECT_NE(port->errors()[i].find("left out"), std::string::npos);
+    }
+    EXPECT_NE(port->errors()[1].find("does not match"), std::string::npos);
+    EXPECT_EQ(port->listeners(), std::vector<uint32_t>{6});
+
+    Outcome o = handshake(*port, "garbage.example.com");
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.listener, 6u);
+
+    // Nothing usable at all: an error naming every listener.
+    auto none_ok = TlsPort::build(ir, {1, 2}, false);
+    ASSERT_FALSE(none_ok.has_value());
+    EXPECT_EQ(none_ok.error().code, Errc::Invalid);
+    EXPECT_NE(none_ok.error().message.find("garbage"), std::string::npos);
+    EXPECT_NE(none_ok.error().message.find("mismatch"), std::string::npos);
+    EXPECT_EQ(ERR_peek_error(), 0u);
+}
+
+TEST(TlsPort, SecondCertificateOfTheSameKeyTypeIsIgnored) {
+    const Pki& p = pki();
+    const ir::Ir ir = make_ir({listener("dup", "", {&p.foo_rsa, &p.wild})});
+    auto port = build_ok(ir, {1});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 1u);
+    EXPECT_NE(port->errors()[0].find("ignored"), std::string::npos);
+    const Outcome o = handshake(*port, "");
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(o.peer_cn, "foo-rsa");
+}
+
+TEST(TlsPort, CertificateChainIsSent) {
+    const Pki& p = pki();
+    const Cert leaf = make_cert(p.ec.get(), "leaf", "DNS:chain.example.com", &p.ca);
+    ir::Listener l = listener("chain", "", {});
+    l.certs.push_back({"infra", "chain", leaf.cert_pem + p.ca.cert_pem, leaf.key_pem});
+    const ir::Ir ir = make_ir({l});
+    auto port = build_ok(ir, {1});
+    ASSERT_NE(port, nullptr);
+
+    CtxPtr cctx(SSL_CTX_new(TLS_client_method()));
+    X509_STORE_add_cert(SSL_CTX_get_cert_store(cctx.get()), p.ca.x509.get());
+    SSL_CTX_set_verify(cctx.get(), SSL_VERIFY_PEER, nullptr);
+    SslPtr client(SSL_new(cctx.get()));
+    SslPtr server(port->new_ssl());
+    BIO* cbio = nullptr;
+    BIO* sbio = nullptr;
+    ASSERT_EQ(BIO_new_bio_pair(&cbio, 0, &sbio, 0), 1);
+    SSL_set_bio(client.get(), cbio, cbio);
+    SSL_set_bio(server.get(), sbio, sbio);
+    SSL_set_connect_state(client.get());
+    bool c_done = false, s_done = false, ok = true;
+    for (int i = 0; i < 32 && ok && !(c_done && s_done); ++i) {
+        ok = (c_done || step(client.get(), c_done)) && (s_done || step(server.get(), s_done));
+    }
+    ERR_clear_error();
+    ASSERT_TRUE(c_done && s_done);
+    STACK_OF(X509)* chain = SSL_get_peer_cert_chain(client.get());
+    ASSERT_NE(chain, nullptr);
+    EXPECT_EQ(sk_X509_num(chain), 2);
+    EXPECT_EQ(SSL_get_verify_result(client.get()), X509_V_OK);
+}
+
+ir::Ir mtls_ir(bool optional) {
+    const Pki& p = pki();
+    ir::Listener secure = listener("secure", "secure.example.com", {&p.secure});
+    secure.client_ca_pems = {p.ca.cert_pem};
+    secure.client_cert_optional = optional;
+    return make_ir({secure, listener("any", "", {&p.fallback})});
+}
+
+TEST(TlsPort, RequiredClientCertificate) {
+    const ir::Ir ir = mtls_ir(/*optional=*/false);
+    auto port = build_ok(ir, {1, 2});
+    ASSERT_NE(port, nullptr);
+    EXPECT_TRUE(port->errors().empty());
+
+    for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+        SCOPED_TRACE(version);
+        Client c;
+        c.sni = "secure.example.com";
+        c.max_version = version;
+        Outcome o = handshake(*port, c);
+        EXPECT_FALSE(o.ok);
+        EXPECT_EQ(o.alert, version == TLS1_3_VERSION ? SSL_AD_CERTIFICATE_REQUIRED
+                                                     : SSL_AD_HANDSHAKE_FAILURE);
+
+        c.cert = &pki().client;
+        o = handshake(*port, c);
+        ASSERT_TRUE(o.ok);
+        EXPECT_EQ(o.listener, 1u);
+        EXPECT_TRUE(o.client_verified);
+
+        c.cert = &pki().rogue;
+        o = handshake(*port, c);
+        EXPECT_FALSE(o.ok);
+        EXPECT_EQ(o.alert, SSL_AD_UNKNOWN_CA);
+
+        // The listener next door does not ask for a certificate.
+        c.sni = "other.org";
+        c.cert = nullptr;
+        o = handshake(*port, c);
+        ASSERT_TRUE(o.ok);
+        EXPECT_EQ(o.listener, 2u);
+        EXPECT_FALSE(o.client_verified);
+    }
+}
+
+TEST(TlsPort, OptionalClientCertificate) {
+    const ir::Ir ir = mtls_ir(/*optional=*/true);
+    auto port = build_ok(ir, {1, 2});
+    ASSERT_NE(port, nullptr);
+
+    Client c;
+    c.sni = "secure.example.com";
+    Outcome o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_FALSE(o.client_verified);
+
+    c.cert = &pki().client;
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_TRUE(o.client_verified);
+
+    c.cert = &pki().rogue; // AllowInsecureFallback: admitted, but not verified
+    o = handshake(*port, c);
+    ASSERT_TRUE(o.ok);
+    EXPECT_FALSE(o.client_verified);
+}
+
+TEST(TlsPort, InvalidClientCaLeavesTheListenerOut) {
+    ir::Ir ir = mtls_ir(false);
+    ir.listeners[1].client_ca_pems = {"garbage"};
+    auto port = build_ok(ir, {1, 2});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 1u);
+    EXPECT_NE(port->errors()[0].find("client CA"), std::string::npos);
+    EXPECT_EQ(port->listeners(), std::vector<uint32_t>{2});
+}
+
+TEST(TlsPort, SessionsResumeOnlyOnTheirListener) {
+    const ir::Ir ir = three_listeners();
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+
+    for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+        SCOPED_TRACE(version);
+        Client c;
+        c.sni = "foo.example.com";
+        c.max_version = version;
+        Outcome first = handshake(*port, c);
+        ASSERT_TRUE(first.ok);
+        ASSERT_NE(first.session, nullptr);
+        ASSERT_EQ(SSL_SESSION_is_resumable(first.session.get()), 1);
+
+        c.session = first.session.get();
+        Outcome again = handshake(*port, c);
+        ASSERT_TRUE(again.ok);
+        EXPECT_TRUE(again.reused);
+        EXPECT_EQ(again.listener, 2u);
+
+        c.sni = "bar.example.com"; // the wildcard listener: a full handshake
+        Outcome other = handshake(*port, c);
+        ASSERT_TRUE(other.ok);
+        EXPECT_FALSE(other.reused);
+        EXPECT_EQ(other.listener, 1u);
+
+        // Another TlsPort (a rebuild) has other ticket keys.
+        auto rebuilt = build_ok(ir, {1, 2, 3});
+        ASSERT_NE(rebuilt, nullptr);
+        c.sni = "foo.example.com";
+        Outcome after = handshake(*rebuilt, c);
+        ASSERT_TRUE(after.ok);
+        EXPECT_FALSE(after.reused);
+    }
+}
+
+TEST(TlsPort, BuildRejectsBadInput) {
+    ir::Ir ir = three_listeners();
+    auto r = TlsPort::build(ir, {}, false);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::Invalid);
+
+    r = TlsPort::build(ir, {1, 9}, false);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::Invalid);
+
+    ir.listeners[2].port = 8443;
+    r = TlsPort::build(ir, {1, 2}, false);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::Invalid);
+    EXPECT_NE(r.error().message.find("8443"), std::string::npos);
+
+    ir.listeners[2].port = 443;
+    ir.listeners[2].tls_mode = ir::TlsMode::Passthrough;
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 1u);
+    EXPECT_NE(port->errors()[0].find("infra/gw/foo"), std::string::npos);
+    EXPECT_EQ(port->listeners(), (std::vector<uint32_t>{1, 3}));
+}
+
+} // namespace

@@ -1,0 +1,469 @@
+#!/usr/bin/env python3
+"""End-to-end test of the L7 engine on loopback (no root needed).
+
+sluice-controlplane compiles a Gateway with an HTTP listener and an HTTPS listener and
+sends the IR to sluice-l7 (--dp-socket); echo backends (tools/echo/sluice-echo) stand in
+for the pods. Real clients (curl, raw sockets) then check what a user would: routing by
+host/path/header, weights, filters, redirects, TLS with SNI and 421, keep-alive reuse,
+chunked bodies, smuggling attempts (400), slowloris (408), a dead backend (503), statuses
+(Programmed=True only after sluice-l7's ACK), a configuration change that keeps an
+established keep-alive connection, and the counters.
+
+usage: l7_http_test.py BUILD_DIR
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
+CP = os.path.join(BUILD, "controlplane", "sluice-controlplane")
+L7 = os.path.join(BUILD, "dataplane", "sluice-l7")
+ECHO = os.path.join(ROOT, "tools", "echo", "sluice-echo")
+
+procs = []
+failures = []
+
+
+def check(cond, what):
+    print(("  ok    " if cond else "  FAIL  ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(args, log):
+    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def wait_for(pred, timeout=10.0, step=0.05):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if pred():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+def raw(port, data, timeout=3.0, read_until_close=True):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+            if not read_until_close and b"\r\n\r\n" in out:
+                break
+    except socket.timeout:
+        pass
+    s.close()
+    return out
+
+
+def status_of(resp):
+    try:
+        return int(resp.split(b" ", 2)[1])
+    except Exception:
+        return 0
+
+
+def curl(args, timeout=10):
+    r = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + args,
+                       capture_output=True)
+    # Keep CRLF as sent (text mode would fold it into LF).
+    r.stdout = r.stdout.decode(errors="replace")
+    r.stderr = r.stderr.decode(errors="replace")
+    return r
+
+
+def make_cert(work):
+    key = os.path.join(work, "tls.key")
+    crt = os.path.join(work, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
+                    "-days", "2", "-subj", "/CN=*.example.com",
+                    "-addext", "subjectAltName=DNS:*.example.com,DNS:example.com"],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+def b64(path):
+    import base64
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+def config(http_port, https_port, ports, crt, key, extra_rule=""):
+    eps = ""
+    for name, port in ports.items():
+        eps += f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {{ready: true}}
+"""
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: default}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {b64(crt)}
+  tls.key: {b64(key)}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: {http_port}
+  - name: https-foo
+    protocol: HTTPS
+    port: {https_port}
+    hostname: foo.example.com
+    tls: {{certificateRefs: [{{name: cert}}]}}
+  - name: https-any
+    protocol: HTTPS
+    port: {https_port}
+    hostname: "*.example.com"
+    tls: {{certificateRefs: [{{name: cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: [web.example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /a}}}}]
+    backendRefs: [{{name: echo-a, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /b}}, headers: [{{name: x-pick, value: two}}]}}]
+    backendRefs: [{{name: echo-b, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /split}}}}]
+    backendRefs: [{{name: echo-a, port: 8080, weight: 50}}, {{name: echo-b, port: 8080, weight: 50}}]
+  - matches: [{{path: {{type: PathPrefix, value: /filtered}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{{name: X-Added, value: by-sluice}}]
+        remove: [X-Drop]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        add: [{{name: X-Resp, value: hello}}]
+    backendRefs: [{{name: echo-a, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}
+  - matches: [{{path: {{type: PathPrefix, value: /dead}}}}]
+    backendRefs: [{{name: echo-dead, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /rewrite}}}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /inner}}}}
+    backendRefs: [{{name: echo-b, port: 8080}}]
+{extra_rule}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: https-foo}}]
+  hostnames: [foo.example.com]
+  rules:
+  - backendRefs: [{{name: echo-a, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure-any, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: https-any}}]
+  rules:
+  - backendRefs: [{{name: echo-b, port: 8080}}]
+""" + eps
+
+
+def main():
+    for b in (CP, L7):
+        if not os.path.exists(b):
+            print(f"missing {b}: build first", file=sys.stderr)
+            return 1
+    if not shutil.which("curl") or not shutil.which("openssl"):
+        print("curl/openssl missing: skipped")
+        return 77
+    work = tempfile.mkdtemp(prefix="sluice-l7-test.")
+    log = open(os.path.join(work, "procs.log"), "w")
+    try:
+        return run(work, log)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        log.close()
+        if failures:
+            print("---- process log (tail)")
+            print("".join(open(os.path.join(work, "procs.log")).readlines()[-60:]))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work, log):
+    crt, key = make_cert(work)
+    http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    ports = {"echo-a": free_port(), "echo-b": free_port(), "echo-dead": free_port()}
+    for name in ("echo-a", "echo-b"):
+        start([sys.executable, ECHO, "--listen", f"127.0.0.1:{ports[name]}", "--pod",
+               name + "-pod", "--namespace", "default"], log)
+    cfg = os.path.join(work, "config")
+    os.makedirs(cfg)
+    with open(os.path.join(cfg, "gw.yaml"), "w") as f:
+        f.write(config(http_port, https_port, ports, crt, key))
+    sock = os.path.join(work, "l7.sock")
+    status = os.path.join(work, "status")
+    start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
+           "--admin", f"127.0.0.1:{admin_port}", "--header-timeout-ms", "700",
+           "--access-log", os.path.join(work, "access.log")], log)
+    wait_for(lambda: os.path.exists(sock))
+    start([CP, "--config-dir", cfg, "--status-dir", status, "--dp-socket", sock,
+           "--address", "127.0.0.1"], log)
+    gw_status = os.path.join(status, "Gateway", "default", "gw.yaml")
+    check(wait_for(lambda: "Programmed" in open(gw_status).read() and
+                   'status: "True"' in open(gw_status).read().split("Programmed")[1][:200]),
+          "Gateway Programmed=True once sluice-l7 acknowledged the IR")
+    for name in ("echo-a", "echo-b"):
+        wait_for(lambda: socket.create_connection(("127.0.0.1", ports[name]), timeout=1).close() is None)
+    check(wait_for(lambda: curl([f"http://127.0.0.1:{http_port}/a", "-H", "Host: web.example.com"]).returncode == 0),
+          "engine answers on the HTTP listener")
+
+    def get(path, host="web.example.com", headers=(), extra=()):
+        args = ["-i", f"http://127.0.0.1:{http_port}{path}", "-H", f"Host: {host}"]
+        for h in headers:
+            args += ["-H", h]
+        return curl(args + list(extra))
+
+    def body_json(r):
+        try:
+            return json.loads(r.stdout.split("\r\n\r\n", 1)[1])
+        except (IndexError, ValueError):
+            print("    (unexpected answer: rc=%d %r %r)" % (r.returncode, r.stdout[:300], r.stderr[:300]))
+            return {"pod": None, "path": None, "headers": {}}
+
+    r = get("/a/x?q=1")
+    j = body_json(r)
+    check(" 200 " in r.stdout.split("\r\n")[0] and j["pod"] == "echo-a-pod" and j["path"] == "/a/x?q=1",
+          "PathPrefix /a -> echo-a with path and query intact")
+    r = get("/b", headers=["X-Pick: two"])
+    check(body_json(r)["pod"] == "echo-b-pod", "header match x-pick: two -> echo-b")
+    r = get("/b")
+    check(" 404 " in r.stdout.split("\r\n")[0], "no rule matches -> 404")
+    r = get("/a", host="other.example.org")
+    check(" 404 " in r.stdout.split("\r\n")[0], "unknown host -> 404")
+    r = get("/filtered", headers=["X-Drop: 1", "X-Keep: 2"])
+    j = body_json(r)
+    hs = {k.lower(): v for k, v in j["headers"].items()}
+    check(hs.get("x-added") == ["by-sluice"] and "x-drop" not in hs and hs.get("x-keep") == ["2"],
+          "RequestHeaderModifier set/remove reach the backend")
+    check("x-resp: hello" in r.stdout.lower(), "ResponseHeaderModifier adds X-Resp")
+    check(hs.get("x-forwarded-for") == ["127.0.0.1"] and hs.get("x-forwarded-proto") == ["http"],
+          "X-Forwarded-For / -Proto set")
+    r = get("/old/page")
+    head = r.stdout.split("\r\n\r\n")[0].lower()
+    check(" 301 " in r.stdout.split("\r\n")[0] and f"location: http://web.example.com:{http_port}/new/page" in head,
+          "RequestRedirect ReplacePrefixMatch 301 -> /new/page")
+    r = get("/rewrite/x")
+    check(body_json(r)["path"] == "/inner/x", "URLRewrite ReplacePrefixMatch -> /inner/x")
+    r = get("/dead")
+    check(" 503 " in r.stdout.split("\r\n")[0], "backend that refuses connections -> 503")
+
+    # Weighted split over 400 requests, each on a new connection.
+    counts = {"echo-a-pod": 0, "echo-b-pod": 0}
+    args = []
+    for i in range(400):
+        if i:
+            args.append("--next")
+        args += [f"http://127.0.0.1:{http_port}/split", "-H", "Host: web.example.com"]
+    r = curl(args, timeout=60)
+    import re
+    for pod in re.findall(r'"pod"\s*:\s*"([^"]+)"', r.stdout):
+        counts[pod] = counts.get(pod, 0) + 1
+    check(sum(counts.values()) == 400 and 140 <= counts["echo-a-pod"] <= 260,
+          f"50/50 weights over 400 requests: {counts}")
+
+    # Keep-alive: several requests on one connection, backend connections pooled.
+    r = curl(["-v", f"http://127.0.0.1:{http_port}/a/1", "-H", "Host: web.example.com",
+              f"http://127.0.0.1:{http_port}/a/2", "-H", "Host: web.example.com"])
+    check("Re-using existing connection" in r.stderr or "Reusing existing connection" in r.stderr,
+          "client keep-alive: curl reuses its connection")
+
+    # Pipelining: two requests in one write, two answers in order.
+    out = raw(http_port, b"GET /a/p1 HTTP/1.1\r\nHost: web.example.com\r\n\r\n"
+                         b"GET /b/p2 HTTP/1.1\r\nHost: web.example.com\r\nX-Pick: two\r\n"
+                         b"Connection: close\r\n\r\n")
+    check(out.count(b"HTTP/1.1 200") == 2 and out.find(b"/a/p1") < out.find(b"/b/p2") and
+          b"echo-a-pod" in out and b"echo-b-pod" in out, "pipelined requests answered in order")
+
+    # Chunked request body streamed to the backend.
+    out = raw(http_port, b"POST /a/up HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    check(status_of(out) == 200 and b'"method": "POST"' in out.replace(b'":"', b'": "'),
+          "chunked POST forwarded (200)")
+    body = b"x" * 300000
+    out = raw(http_port, b"POST /a/big HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n" % len(body) + body, timeout=10)
+    check(status_of(out) == 200, "300 kB Content-Length body streamed (200)")
+
+    # Smuggling and malformed requests: 400 and the connection closed.
+    bad = {
+        "CL+TE": b"POST /a HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "two different CL": b"POST /a HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+        "obs-fold": b"GET /a HTTP/1.1\r\nHost: web.example.com\r\nX-A: 1\r\n  folded\r\n\r\n",
+        "bare LF": b"GET /a HTTP/1.1\nHost: web.example.com\n\n",
+        "duplicate Host": b"GET /a HTTP/1.1\r\nHost: web.example.com\r\nHost: evil.example.com\r\n\r\n",
+        "space before colon": b"GET /a HTTP/1.1\r\nHost : web.example.com\r\n\r\n",
+        "TE not chunked-last": b"POST /a HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        "absolute-form mismatch": b"GET http://other.example.com/a HTTP/1.1\r\nHost: web.example.com\r\n\r\n",
+    }
+    for what, req in bad.items():
+        out = raw(http_port, req)
+        check(status_of(out) == 400, f"smuggling/malformed: {what} -> 400 ({status_of(out)})")
+    out = raw(http_port, b"GET /a HTTP/1.1\r\nHost: web.example.com\r\nX-Big: " + b"y" * 20000 + b"\r\n\r\n")
+    check(status_of(out) == 431, f"20 kB header -> 431 ({status_of(out)})")
+
+    # Slowloris: a head that never completes gets 408 after --header-timeout-ms.
+    s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
+    s.sendall(b"GET /a HTTP/1.1\r\nHost: web.exa")
+    t0 = time.time()
+    got = b""
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            got += b
+    except socket.timeout:
+        pass
+    s.close()
+    check(status_of(got) == 408 and time.time() - t0 < 4, "slow request head -> 408 after the header timeout")
+
+    # HTTPS: SNI picks the listener; Host that selects another listener -> 421.
+    def https(sni, path="/", host=None):
+        args = ["-i", "--cacert", crt, "--resolve", f"{sni}:{https_port}:127.0.0.1",
+                f"https://{sni}:{https_port}{path}"]
+        if host:
+            args += ["-H", f"Host: {host}"]
+        return curl(args)
+    r = https("foo.example.com")
+    check(r.returncode == 0 and body_json(r)["pod"] == "echo-a-pod", "HTTPS foo.example.com (exact listener) -> echo-a")
+    r = https("bar.example.com")
+    check(r.returncode == 0 and body_json(r)["pod"] == "echo-b-pod", "HTTPS bar.example.com (wildcard listener) -> echo-b")
+    r = https("bar.example.com", host="foo.example.com")
+    check(" 421 " in r.stdout.split("\r\n")[0], "SNI bar + Host foo (another listener) -> 421")
+    j = body_json(https("foo.example.com"))
+    hs = {k.lower(): v for k, v in j["headers"].items()}
+    check(hs.get("x-forwarded-proto") == ["https"], "X-Forwarded-Proto: https over TLS")
+    ctx = ssl.create_default_context(cafile=crt)
+    try:
+        with socket.create_connection(("127.0.0.1", https_port), timeout=3) as s:
+            with ctx.wrap_socket(s, server_hostname="nothing.example.org") as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: nothing.example.org\r\n\r\n")
+                t.recv(100)
+        refused = False
+    except (ssl.SSLError, ConnectionError, OSError):
+        refused = True
+    check(refused, "SNI no listener accepts -> handshake refused")
+
+    # Configuration change: a keep-alive connection stays up and sees the new rule.
+    s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
+    s.sendall(b"GET /a/before HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+    first = s.recv(65536)
+    extra = """  - matches: [{path: {type: PathPrefix, value: /new-rule}}]
+    backendRefs: [{name: echo-b, port: 8080}]
+"""
+    with open(os.path.join(cfg, "gw.yaml.tmp"), "w") as f:
+        f.write(config(http_port, https_port, ports, crt, key, extra))
+    os.rename(os.path.join(cfg, "gw.yaml.tmp"), os.path.join(cfg, "gw.yaml"))
+    ok = wait_for(lambda: b"echo-b-pod" in raw(http_port, b"GET /new-rule HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n"), timeout=10)
+    s.sendall(b"GET /new-rule/on-old-conn HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+    second = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            second += b
+    except socket.timeout:
+        pass
+    s.close()
+    check(status_of(first) == 200 and ok and status_of(second) == 200 and b"echo-b-pod" in second,
+          "config change: new rule served; the established keep-alive connection keeps working")
+
+    # Counters: stats file and Prometheus text.
+    def l7_stats():
+        return json.load(open(os.path.join(work, "l7-stats.json"))).get("l7", {})
+
+    def counted(l7):
+        return (l7.get("requests", 0) > 400 and l7.get("status_2xx", 0) > 400 and
+                l7.get("bad_requests", 0) >= 8 and l7.get("tls_handshakes", 0) >= 3 and
+                l7.get("upstream_reused", 0) > 0)
+    wait_for(lambda: counted(l7_stats()), timeout=4)
+    l7 = l7_stats()
+    check(counted(l7), f"stats file counts requests, 2xx, bad requests, TLS, pooled backend reuse: {l7}")
+    m = curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout
+    check('sluice_l7_responses_total{class="2xx"}' in m, "Prometheus /metrics on the admin port")
+    acc = open(os.path.join(work, "access.log")).read()
+    check("GET web.example.com /a/x?q=1 200" in acc, "access log line per request")
+
+    print(f"l7_http: {len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
