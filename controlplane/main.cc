@@ -33,6 +33,9 @@ int main(int argc, char** argv) {
         "GatewayClass spec.controllerName that sluice handles")(
         "address", po::value<std::vector<std::string>>()->composing(),
         "address given to Gateways that request none (repeatable; default 127.0.0.1)")(
+        "address-pool", po::value<std::string>()->default_value(""),
+        "IPv4 CIDR: each Gateway that requests no address gets its own from this pool "
+        "(instead of --address)")(
         "once", "reconcile once and exit (exit 1 when the configuration has errors)")(
         "kubernetes", "use the Kubernetes API as the source: in-cluster service account, or "
                       "--kubeconfig")(
@@ -85,6 +88,7 @@ int main(int argc, char** argv) {
         }
     }
     opts.compile.controller_name = vm["controller-name"].as<std::string>();
+    opts.compile.address_pool = vm["address-pool"].as<std::string>();
     if (vm.count("address")) {
         opts.compile.default_addresses = vm["address"].as<std::vector<std::string>>();
     }

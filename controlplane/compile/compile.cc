@@ -420,7 +420,12 @@ private:
             }
         }
         if (want_default && gs.addresses.empty()) {
-            gs.addresses = o_.default_addresses;
+            std::string pooled = pool_address(g.meta.ns + "/" + g.meta.name);
+            if (!pooled.empty()) {
+                gs.addresses = {pooled};
+            } else {
+                gs.addresses = o_.default_addresses;
+            }
         }
         for (const std::string& a : gs.addresses) {
             st.addresses.push_back({"IPAddress", a});
@@ -1632,6 +1637,43 @@ public:
 private:
     const Store& s_;
     const CompileOptions& o_;
+    std::set<uint32_t> pool_used_; ///< host parts of address_pool already given out
+
+    /// An address of o_.address_pool for `id`, or "" when no (valid) pool is configured.
+    std::string pool_address(const std::string& id) {
+        const std::string& cidr = o_.address_pool;
+        const size_t slash = cidr.find('/');
+        if (cidr.empty() || slash == std::string::npos) {
+            return {};
+        }
+        in_addr base{};
+        if (inet_pton(AF_INET, cidr.substr(0, slash).c_str(), &base) != 1) {
+            return {};
+        }
+        const int bits = std::atoi(cidr.c_str() + slash + 1);
+        if (bits < 8 || bits > 30) {
+            return {};
+        }
+        const uint32_t size = (1u << (32 - bits)) - 2; // no network, no broadcast address
+        if (pool_used_.size() >= size) {
+            return {};
+        }
+        uint64_t h = 1469598103934665603ull; // FNV-1a: stable across runs and builds
+        for (unsigned char ch : id) {
+            h = (h ^ ch) * 1099511628211ull;
+        }
+        uint32_t host = static_cast<uint32_t>(h % size) + 1;
+        while (pool_used_.count(host)) {
+            host = host % size + 1;
+        }
+        pool_used_.insert(host);
+        const uint32_t net = ntohl(base.s_addr) & ~((1u << (32 - bits)) - 1);
+        in_addr a{};
+        a.s_addr = htonl(net + host);
+        char buf[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &a, buf, sizeof buf);
+        return buf;
+    }
     CompileOutput out_;
     std::map<std::string, const Namespace*> namespaces_;
     std::map<NsName, const Service*> services_;

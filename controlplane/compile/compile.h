@@ -55,6 +55,10 @@ struct CompileOptions {
     std::string controller_name = kControllerName;
     /// Addresses given to Gateways that do not request any (the appliance's VIPs).
     std::vector<std::string> default_addresses = {"127.0.0.1"};
+    /// IPv4 CIDR ("127.1.0.0/16"): when set, a Gateway that requests no address gets its own
+    /// address from this pool (stable: chosen by a hash of namespace/name, the next free one
+    /// on a collision) instead of default_addresses, so Gateways never share a VIP.
+    std::string address_pool;
     /// Addresses a Gateway may request in spec.addresses; empty = any IP literal.
     std::vector<std::string> usable_addresses;
     /// Maglev-independent knobs of the compile that change the IR belong here.

@@ -1,5 +1,6 @@
 #include "compile.h"
 
+#include <set>
 #include <gtest/gtest.h>
 
 #include "decide.h"
@@ -356,6 +357,44 @@ spec:
     ASSERT_NE(l->l4_rule, ir::kNone);
     EXPECT_EQ(e.out.ir.rules[l->l4_rule].fwd_mode, ir::FwdMode::DsrGue)
         << "the oldest accepted route (gue) carries traffic; the rejected one never does";
+}
+
+} // namespace
+} // namespace sluice::cp
+
+namespace sluice::cp {
+namespace {
+
+TEST(Compile, AddressPoolGivesEachGatewayItsOwnStableAddress) {
+    Diagnostics diags;
+    std::string yaml = std::string(kBase);
+    for (int i = 0; i < 40; ++i) {
+        yaml += "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g" +
+                std::to_string(i) +
+                ", namespace: infra}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {name: "
+                "http, port: 80, protocol: HTTP}\n";
+    }
+    auto docs = parse_yaml(yaml, "t.yaml", {}, diags);
+    Store store;
+    load_documents(docs, {}, store, diags);
+    CompileOptions o;
+    o.address_pool = "127.1.0.0/26"; // 62 usable addresses for 41 Gateways: collisions happen
+    const CompileOutput a = compile(store, o);
+    std::set<std::string> seen;
+    for (const ir::Gateway& g : a.ir.gateways) {
+        ASSERT_EQ(g.addresses.size(), 1u) << g.name;
+        EXPECT_EQ(g.addresses[0].rfind("127.1.0.", 0), 0u) << g.addresses[0];
+        EXPECT_NE(g.addresses[0], "127.1.0.0");
+        EXPECT_NE(g.addresses[0], "127.1.0.63");
+        EXPECT_TRUE(seen.insert(g.addresses[0]).second) << "shared address " << g.addresses[0];
+    }
+    EXPECT_EQ(seen.size(), a.ir.gateways.size());
+    const CompileOutput b = compile(store, o); // same input, same addresses
+    for (size_t i = 0; i < a.ir.gateways.size(); ++i) {
+        EXPECT_EQ(a.ir.gateways[i].addresses, b.ir.gateways[i].addresses);
+    }
+    const CompileOutput plain = compile(store, {}); // no pool: the default address
+    EXPECT_EQ(plain.ir.gateways[0].addresses, std::vector<std::string>{"127.0.0.1"});
 }
 
 } // namespace
