@@ -284,6 +284,9 @@ struct Worker {
     std::unordered_map<std::string, Health> health;
     std::unordered_map<std::string, uint32_t> rr;
     std::vector<Io*> graveyard;
+    /// TLS connections with decrypted bytes buffered inside OpenSSL that epoll cannot
+    /// announce: read again at the end of this loop turn.
+    std::vector<Conn*> kick;
     uint64_t rng;
     std::string logbuf;
     Counters c;
@@ -625,6 +628,16 @@ void Worker::loop(const std::atomic<bool>& stop) {
             case Kind::Upstream: on_upstream(*static_cast<Upstream*>(io), evs[i].events); break;
             }
         }
+        for (int round = 0; round < 4 && !kick.empty(); ++round) {
+            std::vector<Conn*> k;
+            k.swap(kick);
+            for (Conn* c : k) {
+                if (!c->dead) {
+                    on_client(*c, EPOLLIN);
+                }
+            }
+        }
+        kick.clear();
         if (now - last_sweep >= 20) {
             last_sweep = now;
             sweep();
@@ -748,7 +761,7 @@ void Worker::on_accept(ListenEntry& l) {
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
         c->events = EPOLLIN;
         conns.push_back(c);
-        Counters::inc(c->tls ? this->c.connections : this->c.connections);
+        Counters::inc(this->c.connections);
         Counters::inc(this->c.active);
     }
 }
@@ -993,6 +1006,9 @@ void Worker::update(Conn& c) {
         ev |= EPOLLOUT;
     }
     set_events(&c, ev);
+    if ((ev & EPOLLIN) && c.ssl && c.st != St::Handshake && SSL_pending(c.ssl) > 0) {
+        kick.push_back(&c);
+    }
     if (c.out.empty() && c.close_after_flush && c.st != St::Lingering) {
         // Lingering close: stop sending, then drain what the client still sends, so a
         // close with unread input cannot turn into a reset that destroys the response.
