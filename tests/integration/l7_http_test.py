@@ -32,6 +32,7 @@ ECHO = os.path.join(ROOT, "tools", "echo", "sluice-echo")
 
 procs = []
 failures = []
+named = {}
 
 
 def check(cond, what):
@@ -235,8 +236,9 @@ def main():
         return 77
     work = tempfile.mkdtemp(prefix="sluice-l7-test.")
     log = open(os.path.join(work, "procs.log"), "w")
+    rc = 1
     try:
-        return run(work, log)
+        rc = run(work, log)
     finally:
         for p in procs:
             try:
@@ -245,14 +247,24 @@ def main():
                 pass
         for p in procs:
             try:
-                p.wait(timeout=5)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
         log.close()
+        # A clean stop, and no sanitizer report (the suite also runs on an ASan build).
+        l7_rc = named["l7"].returncode if "l7" in named else None
+        text = open(os.path.join(work, "procs.log"), errors="replace").read()
+        sanitizer = any(m in text for m in ("AddressSanitizer", "LeakSanitizer", "runtime error:"))
+        check(l7_rc == 0 and not sanitizer,
+              f"sluice-l7 stops cleanly on SIGTERM (exit {l7_rc}), no sanitizer report")
+        if failures:
+            rc = 1
         if failures:
             print("---- process log (tail)")
             print("".join(open(os.path.join(work, "procs.log")).readlines()[-60:]))
         shutil.rmtree(work, ignore_errors=True)
+    return rc
 
 
 def run(work, log):
@@ -268,7 +280,7 @@ def run(work, log):
         f.write(config(http_port, https_port, ports, crt, key))
     sock = os.path.join(work, "l7.sock")
     status = os.path.join(work, "status")
-    start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
+    named["l7"] = start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
            "--admin", f"127.0.0.1:{admin_port}", "--header-timeout-ms", "700",
            "--access-log", os.path.join(work, "access.log")], log)
     wait_for(lambda: os.path.exists(sock))
@@ -461,9 +473,10 @@ def run(work, log):
     acc = open(os.path.join(work, "access.log")).read()
     check("GET web.example.com /a/x?q=1 200" in acc, "access log line per request")
 
-    print(f"l7_http: {len(failures)} failure(s)")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    print(f"l7_http: {len(failures)} failure(s)")
+    sys.exit(code)
