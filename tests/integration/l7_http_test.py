@@ -101,6 +101,58 @@ def curl(args, timeout=10):
     return r
 
 
+def bad_backend(port):
+    """A misbehaving backend: /big answers 8 MB, /reset sends half a response then a TCP
+    reset, anything else a small 200."""
+    import threading
+
+    def serve(conn):
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                b = conn.recv(65536)
+                if not b:
+                    return
+                data += b
+            path = data.split(b" ", 2)[1]
+            if path.startswith(b"/bad/big"):
+                body = b"z" * (8 << 20)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            elif path.startswith(b"/bad/reset"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
+                time.sleep(0.1)
+                import struct
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(128)
+
+    def loop():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def make_cert(work):
     key = os.path.join(work, "tls.key")
     crt = os.path.join(work, "tls.crt")
@@ -201,6 +253,8 @@ spec:
       requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}
   - matches: [{{path: {{type: PathPrefix, value: /dead}}}}]
     backendRefs: [{{name: echo-dead, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /bad}}}}]
+    backendRefs: [{{name: echo-bad, port: 8080}}]
   - matches: [{{path: {{type: PathPrefix, value: /rewrite}}}}]
     filters:
     - type: URLRewrite
@@ -270,7 +324,9 @@ def main():
 def run(work, log):
     crt, key = make_cert(work)
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
-    ports = {"echo-a": free_port(), "echo-b": free_port(), "echo-dead": free_port()}
+    ports = {"echo-a": free_port(), "echo-b": free_port(), "echo-dead": free_port(),
+             "echo-bad": free_port()}
+    bad_backend(ports["echo-bad"])
     for name in ("echo-a", "echo-b"):
         start([sys.executable, ECHO, "--listen", f"127.0.0.1:{ports[name]}", "--pod",
                name + "-pod", "--namespace", "default"], log)
@@ -431,6 +487,62 @@ def run(work, log):
     except (ssl.SSLError, ConnectionError, OSError):
         refused = True
     check(refused, "SNI no listener accepts -> handshake refused")
+
+    # A backend that resets in the middle of a response: the client sees a short response
+    # and a closed connection; the engine keeps serving.
+    out = raw(http_port, b"GET /bad/reset HTTP/1.1\r\nHost: web.example.com\r\n\r\n", timeout=5)
+    check(status_of(out) == 200 and len(out) < 100000, "backend reset mid-response: truncated answer, connection closed")
+    r = get("/a/after-reset")
+    check(" 200 " in r.stdout.split("\r\n")[0], "engine serves after a backend reset")
+
+    # A client that never reads an 8 MB response: buffers stay bounded.
+    l7pid = named["l7"].pid
+    before = rss_kb(l7pid)
+    lazy = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /bad/big HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+        lazy.append(s)
+    time.sleep(1.5)
+    grown = rss_kb(l7pid) - before
+    check(grown < 16 * 1024, f"8 clients not reading 8 MB answers: engine memory grew {grown} kB (< 16 MB)")
+    r = get("/a/while-lazy")
+    check(" 200 " in r.stdout.split("\r\n")[0], "engine serves others meanwhile")
+    for s in lazy:
+        s.close()
+
+    # 10,000 idle connections: all held, and a request still gets through.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 10000
+    if hard >= want + 2000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want + 4000), hard))
+        idle = []
+        before = rss_kb(l7pid)
+
+        def l7s():
+            return json.load(open(os.path.join(work, "l7-stats.json")))["l7"]
+        accepted0 = l7s()["connections"]
+        try:
+            t0 = time.time()
+            for _ in range(want):
+                idle.append(socket.create_connection(("127.0.0.1", http_port), timeout=5))
+            opened = time.time() - t0
+            peak_kb = rss_kb(l7pid) - before
+            r = get("/a/with-10k-idle")
+            served = " 200 " in r.stdout.split("\r\n")[0]
+            # Connections that never send a request are closed after the header timeout.
+            reaped = wait_for(lambda: l7s()["connections"] - accepted0 >= want and
+                              l7s()["active_connections"] == 0, timeout=10)
+            check(served and reaped and peak_kb < 64 * 1024,
+                  f"10,000 idle connections ({opened:.1f} s to open): accepted, a request served "
+                  f"meanwhile, memory +{peak_kb} kB, all reaped by the header timeout")
+        finally:
+            for s in idle:
+                s.close()
+    else:
+        print(f"  skip  10,000 idle connections (descriptor limit {hard})")
 
     # Configuration change: a keep-alive connection stays up and sees the new rule.
     s = socket.create_connection(("127.0.0.1", http_port), timeout=5)

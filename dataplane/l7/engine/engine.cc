@@ -287,6 +287,7 @@ struct Worker {
     /// TLS connections with decrypted bytes buffered inside OpenSSL that epoll cannot
     /// announce: read again at the end of this loop turn.
     std::vector<Conn*> kick;
+    uint64_t accept_paused_until = 0;
     uint64_t rng;
     std::string logbuf;
     Counters c;
@@ -731,6 +732,14 @@ void Worker::on_accept(ListenEntry& l) {
         const int fd = accept4(l.fd, reinterpret_cast<sockaddr*>(&ss), &len,
                                SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                // Out of descriptors: stop accepting for a moment instead of spinning on a
+                // listening socket that stays readable; the sweep resumes it.
+                for (auto& le : listens) {
+                    set_events(le.get(), 0);
+                }
+                accept_paused_until = now + 100;
+            }
             return;
         }
         int one = 1;
@@ -1841,6 +1850,12 @@ void Worker::log_exchange(const Conn& c, const Exchange& x) {
 }
 
 void Worker::sweep() {
+    if (accept_paused_until && now >= accept_paused_until) {
+        accept_paused_until = 0;
+        for (auto& le : listens) {
+            set_events(le.get(), EPOLLIN);
+        }
+    }
     for (Conn* cp : std::vector<Conn*>(conns)) {
         Conn& c = *cp;
         if (c.dead) {
