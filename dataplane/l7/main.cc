@@ -66,6 +66,53 @@ std::string stats_json(const l7::EngineStats& s) {
     return j + "}}\n";
 }
 
+std::string label_escape(std::string_view v) {
+    std::string o;
+    for (char ch : v) {
+        if (ch == '\\' || ch == '"') {
+            o += '\\';
+        }
+        o += ch == '\n' ? ' ' : ch;
+    }
+    return o;
+}
+
+std::string route_metrics(const l7::Engine& engine) {
+    std::string t =
+        "# HELP sluice_l7_route_responses_total responses by route rule, backend and class\n"
+        "# TYPE sluice_l7_route_responses_total counter\n";
+    std::string h = "# HELP sluice_l7_route_duration_seconds request duration (head received "
+                    "to response end) by route rule and backend\n"
+                    "# TYPE sluice_l7_route_duration_seconds histogram\n";
+    for (const auto& [key, rs] : engine.route_stats()) {
+        const size_t a = key.find('\t'), b = key.find('\t', a + 1);
+        const std::string labels = "route=\"" + label_escape(key.substr(0, a)) + "\",rule=\"" +
+                                   label_escape(key.substr(a + 1, b - a - 1)) + "\",backend=\"" +
+                                   label_escape(key.substr(b + 1)) + "\"";
+        for (int i = 0; i < 5; ++i) {
+            if (rs.by_class[i]) {
+                t += "sluice_l7_route_responses_total{" + labels + ",class=\"" +
+                     std::to_string(i + 1) + "xx\"} " + std::to_string(rs.by_class[i]) + "\n";
+            }
+        }
+        uint64_t cum = 0;
+        for (size_t i = 0; i < l7::RouteStats::kBuckets; ++i) {
+            cum += rs.hist[i];
+            char le[32];
+            std::snprintf(le, sizeof le, "%g", l7::RouteStats::kBucketsMs[i] / 1000.0);
+            h += "sluice_l7_route_duration_seconds_bucket{" + labels + ",le=\"" + le + "\"} " +
+                 std::to_string(cum) + "\n";
+        }
+        h += "sluice_l7_route_duration_seconds_bucket{" + labels + ",le=\"+Inf\"} " +
+             std::to_string(rs.count) + "\n";
+        char sum[32];
+        std::snprintf(sum, sizeof sum, "%.6f", rs.sum_us / 1e6);
+        h += "sluice_l7_route_duration_seconds_sum{" + labels + "} " + sum + "\n";
+        h += "sluice_l7_route_duration_seconds_count{" + labels + "} " + std::to_string(rs.count) + "\n";
+    }
+    return t + h;
+}
+
 std::string prometheus(const l7::EngineStats& s) {
     std::string t;
     auto counter = [&](const char* name, const char* help, uint64_t v, const char* labels = "") {
@@ -157,7 +204,7 @@ void admin_serve(int fd, const l7::Engine& engine) {
         std::string req(buf, n > 0 ? static_cast<size_t>(n) : 0);
         std::string body, type = "text/plain; version=0.0.4", status = "200 OK";
         if (req.rfind("GET /metrics", 0) == 0) {
-            body = prometheus(engine.stats());
+            body = prometheus(engine.stats()) + route_metrics(engine);
         } else if (req.rfind("GET /stats", 0) == 0) {
             body = stats_json(engine.stats());
             type = "application/json";

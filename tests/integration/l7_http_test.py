@@ -582,6 +582,13 @@ def run(work, log):
     check(counted(l7), f"stats file counts requests, 2xx, bad requests, TLS, pooled backend reuse: {l7}")
     m = curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout
     check('sluice_l7_responses_total{class="2xx"}' in m, "Prometheus /metrics on the admin port")
+    series = 'sluice_l7_route_duration_seconds_count{route="default/web",rule="2",backend="default/echo-a:8080"}'
+    wait_for(lambda: series in curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout, timeout=3)
+    m = curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout
+    line = next((x for x in m.splitlines() if x.startswith(series)), "")
+    check(line and int(line.split()[-1]) >= 140 and
+          'sluice_l7_route_responses_total{route="default/web",rule="2",backend="default/echo-b:8080",class="2xx"}' in m,
+          f"per route/backend metrics with a latency histogram ({line})")
     acc = open(os.path.join(work, "access.log")).read()
     check("GET web.example.com /a/x?q=1 200" in acc, "access log line per request")
 

@@ -288,6 +288,12 @@ struct Worker {
     /// announce: read again at the end of this loop turn.
     std::vector<Conn*> kick;
     uint64_t accept_paused_until = 0;
+    /// Per route metrics: counted here without synchronisation, copied under `pub_mu` to
+    /// `published` once a second for the exporter.
+    std::unordered_map<std::string, RouteStats> route_local;
+    std::mutex pub_mu;
+    std::unordered_map<std::string, RouteStats> published;
+    uint64_t last_publish = 0;
     uint64_t rng;
     std::string logbuf;
     Counters c;
@@ -403,6 +409,28 @@ Result<std::shared_ptr<ListenSock>> bind_one(const std::string& addr, uint16_t p
 } // namespace
 
 // ---------------------------------------------------------------- Engine
+
+void RouteStats::add(const RouteStats& o) noexcept {
+    for (size_t i = 0; i < 5; ++i) {
+        by_class[i] += o.by_class[i];
+    }
+    for (size_t i = 0; i <= kBuckets; ++i) {
+        hist[i] += o.hist[i];
+    }
+    sum_us += o.sum_us;
+    count += o.count;
+}
+
+std::vector<std::pair<std::string, RouteStats>> Engine::route_stats() const {
+    std::map<std::string, RouteStats> all;
+    for (const auto& w : impl_->workers) {
+        std::lock_guard<std::mutex> lock(w->pub_mu);
+        for (const auto& [k, v] : w->published) {
+            all[k].add(v);
+        }
+    }
+    return {all.begin(), all.end()};
+}
 
 Engine::Engine(EngineOptions opts)
     : impl_(std::make_unique<Impl>()) {
@@ -1805,6 +1833,31 @@ void Worker::finish_exchange(Conn& c) {
         }
     }
     log_exchange(c, x);
+    if (x.status >= 100 && x.status < 600) {
+        std::string key;
+        if (x.d.m.rule != ir::kNone && x.t && x.d.m.rule < x.t->ir.rules.size()) {
+            const ir::Rule& r = x.t->ir.rules[x.d.m.rule];
+            key = r.route_ns + "/" + r.route_name + "\t" + std::to_string(r.index) + "\t";
+            if (x.d.group != ir::kNone && x.d.group < x.t->ir.groups.size()) {
+                const ir::BackendGroup& g = x.t->ir.groups[x.d.group];
+                key += g.ns + "/" + g.name + ":" + std::to_string(g.port);
+            } else {
+                key += "-";
+            }
+        } else {
+            key = "-\t-\t-";
+        }
+        RouteStats& rs = route_local[key];
+        rs.by_class[x.status / 100 - 1]++;
+        const uint64_t ms = now - x.started;
+        size_t b = 0;
+        while (b < RouteStats::kBuckets && ms > RouteStats::kBucketsMs[b]) {
+            ++b;
+        }
+        rs.hist[b]++;
+        rs.sum_us += ms * 1000;
+        rs.count++;
+    }
     if (x.up && !x.up->dead) {
         Upstream& u = *x.up;
         u.owner = nullptr;
@@ -1850,6 +1903,11 @@ void Worker::log_exchange(const Conn& c, const Exchange& x) {
 }
 
 void Worker::sweep() {
+    if (now - last_publish >= 1000) {
+        last_publish = now;
+        std::lock_guard<std::mutex> lock(pub_mu);
+        published = route_local;
+    }
     if (accept_paused_until && now >= accept_paused_until) {
         accept_paused_until = 0;
         for (auto& le : listens) {

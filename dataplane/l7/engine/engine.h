@@ -55,6 +55,17 @@ struct EngineStats {
     uint64_t generation = 0;
 };
 
+/// Per route rule and backend: requests by status class and a latency histogram.
+struct RouteStats {
+    static constexpr uint32_t kBucketsMs[] = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
+    static constexpr size_t kBuckets = sizeof(kBucketsMs) / sizeof(kBucketsMs[0]);
+    uint64_t by_class[5] = {};      ///< 1xx..5xx
+    uint64_t hist[kBuckets + 1] = {}; ///< cumulative-free counts; last = over the largest
+    uint64_t sum_us = 0;
+    uint64_t count = 0;
+    void add(const RouteStats& o) noexcept;
+};
+
 class Engine {
 public:
     explicit Engine(EngineOptions opts);
@@ -72,6 +83,9 @@ public:
     void stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
 
     [[nodiscard]] EngineStats stats() const;
+    /// Summed over workers; key "route<TAB>rule<TAB>backend" (published by each worker
+    /// about once a second). Thread: any.
+    [[nodiscard]] std::vector<std::pair<std::string, RouteStats>> route_stats() const;
 
     struct Impl;
 
