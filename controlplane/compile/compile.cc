@@ -77,6 +77,7 @@ const std::vector<std::string>& supported_features() {
         "ReferenceGrant",
         "TCPRoute",
         "TLSRoute",
+        "TLSRouteModeMixed",
         "TLSRouteModeTerminate",
         "UDPRoute",
     };
@@ -548,7 +549,9 @@ private:
         if (a.port != b.port || (a.protocol == "UDP") != (b.protocol == "UDP")) {
             return ""; // different transports share a port number fine
         }
-        if (a.protocol != b.protocol || (a.protocol == "TLS" && a.tls_mode != b.tls_mode)) {
+        // TLS listeners of different modes may share a port (TLSRouteModeMixed): sluice-l7
+        // reads the ClientHello's SNI before it decides to terminate or pass through.
+        if (a.protocol != b.protocol) {
             return "ProtocolConflict";
         }
         if (a.hostname == b.hostname) {

@@ -61,6 +61,8 @@ std::string stats_json(const l7::EngineStats& s) {
     f("mirrors", s.mirrors);
     f("bad_requests", s.bad_requests);
     f("timeouts", s.timeouts);
+    f("tunnels", s.tunnels);
+    f("tunnel_refused", s.tunnel_refused);
     f("bytes_in", s.bytes_in);
     f("bytes_out", s.bytes_out, true);
     return j + "}}\n";
@@ -141,6 +143,8 @@ std::string prometheus(const l7::EngineStats& s) {
     counter("mirrors_total", "mirrored requests", s.mirrors);
     counter("bad_requests_total", "requests rejected as malformed (400/431/501/505)", s.bad_requests);
     counter("timeouts_total", "408 and 504 answers", s.timeouts);
+    counter("tunnels_total", "TLSRoute connections relayed to a backend", s.tunnels);
+    counter("tunnel_refused_total", "TLS connections reset: no listener/route/backend for the SNI", s.tunnel_refused);
     counter("bytes_in_total", "bytes read from clients", s.bytes_in);
     counter("bytes_out_total", "bytes written to clients", s.bytes_out);
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"

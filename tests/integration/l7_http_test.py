@@ -79,7 +79,7 @@ def raw(port, data, timeout=3.0, read_until_close=True):
             out += b
             if not read_until_close and b"\r\n\r\n" in out:
                 break
-    except socket.timeout:
+    except (socket.timeout, ConnectionResetError):
         pass
     s.close()
     return out
@@ -159,7 +159,7 @@ def make_cert(work):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
                     "-days", "2", "-subj", "/CN=*.example.com",
-                    "-addext", "subjectAltName=DNS:*.example.com,DNS:example.com"],
+                    "-addext", "subjectAltName=DNS:*.example.com,DNS:example.com,DNS:*.pass.example.com"],
                    check=True, capture_output=True)
     return crt, key
 
@@ -169,7 +169,7 @@ def b64(path):
     return base64.b64encode(open(path, "rb").read()).decode()
 
 
-def config(http_port, https_port, ports, crt, key, extra_rule=""):
+def config(http_port, https_port, ports, crt, key, extra_rule="", tls_port=0):
     eps = ""
     for name, port in ports.items():
         eps += f"""---
@@ -223,6 +223,34 @@ spec:
     port: {https_port}
     hostname: "*.example.com"
     tls: {{certificateRefs: [{{name: cert}}]}}
+  - name: tls-pass
+    protocol: TLS
+    port: {tls_port}
+    hostname: "*.pass.example.com"
+    tls: {{mode: Passthrough}}
+  - name: tls-term
+    protocol: TLS
+    port: {tls_port}
+    hostname: "term.example.com"
+    tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: pass, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tls-pass}}]
+  hostnames: [a.pass.example.com]
+  rules:
+  - backendRefs: [{{name: echo-tls, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: term, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tls-term}}]
+  hostnames: [term.example.com]
+  rules:
+  - backendRefs: [{{name: echo-b, port: 8080}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -317,7 +345,10 @@ def main():
         if failures:
             print("---- process log (tail)")
             print("".join(open(os.path.join(work, "procs.log")).readlines()[-60:]))
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("SLUICE_KEEP_WORK"):
+            print("work dir kept:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return rc
 
 
@@ -325,7 +356,11 @@ def run(work, log):
     crt, key = make_cert(work)
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     ports = {"echo-a": free_port(), "echo-b": free_port(), "echo-dead": free_port(),
-             "echo-bad": free_port()}
+             "echo-bad": free_port(), "echo-tls": free_port()}
+    tls_port = free_port()
+    start([sys.executable, ECHO, "--listen", f"127.0.0.1:{free_port()}", "--tls-listen",
+           f"127.0.0.1:{ports['echo-tls']}", "--cert", crt, "--key", key, "--pod", "echo-tls-pod",
+           "--namespace", "default"], log)
     bad_backend(ports["echo-bad"])
     for name in ("echo-a", "echo-b"):
         start([sys.executable, ECHO, "--listen", f"127.0.0.1:{ports[name]}", "--pod",
@@ -333,7 +368,7 @@ def run(work, log):
     cfg = os.path.join(work, "config")
     os.makedirs(cfg)
     with open(os.path.join(cfg, "gw.yaml"), "w") as f:
-        f.write(config(http_port, https_port, ports, crt, key))
+        f.write(config(http_port, https_port, ports, crt, key, tls_port=tls_port))
     sock = os.path.join(work, "l7.sock")
     status = os.path.join(work, "status")
     named["l7"] = start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
@@ -488,6 +523,26 @@ def run(work, log):
         refused = True
     check(refused, "SNI no listener accepts -> handshake refused")
 
+    # TLSRoute: passthrough (the backend terminates; sluice reads only the SNI), terminate
+    # (sluice terminates and relays the plaintext), and an SNI without a route (reset).
+    def tls_get(name):
+        return curl(["-i", "--cacert", crt, "--resolve", f"{name}:{tls_port}:127.0.0.1",
+                     f"https://{name}:{tls_port}/t"])
+    r = tls_get("a.pass.example.com")
+    j = body_json(r) if r.returncode == 0 else {}
+    if not j.get("pod"):
+        print("    (passthrough answer: rc=%d %r %r)" % (r.returncode, r.stdout[:200], r.stderr[:300]))
+    check(j.get("pod") == "echo-tls-pod" and (j.get("tls") or {}).get("serverName") == "a.pass.example.com",
+          "TLSRoute passthrough: the backend itself terminates TLS and sees the SNI")
+    r = tls_get("term.example.com")
+    j = body_json(r) if r.returncode == 0 else {}
+    check(j.get("pod") == "echo-b-pod" and "tls" not in j,
+          "TLSRoute terminate: sluice terminates, the backend gets plaintext")
+    r = tls_get("b.pass.example.com")
+    check(r.returncode != 0, f"TLS listener, SNI without a TLSRoute: connection reset (curl rc {r.returncode})")
+    out = raw(tls_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(out == b"", "plaintext on a TLS listener: closed without an answer")
+
     # A backend that resets in the middle of a response: the client sees a short response
     # and a closed connection; the engine keeps serving.
     out = raw(http_port, b"GET /bad/reset HTTP/1.1\r\nHost: web.example.com\r\n\r\n", timeout=5)
@@ -552,7 +607,7 @@ def run(work, log):
     backendRefs: [{name: echo-b, port: 8080}]
 """
     with open(os.path.join(cfg, "gw.yaml.tmp"), "w") as f:
-        f.write(config(http_port, https_port, ports, crt, key, extra))
+        f.write(config(http_port, https_port, ports, crt, key, extra, tls_port=tls_port))
     os.rename(os.path.join(cfg, "gw.yaml.tmp"), os.path.join(cfg, "gw.yaml"))
     ok = wait_for(lambda: b"echo-b-pod" in raw(http_port, b"GET /new-rule HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n"), timeout=10)
     s.sendall(b"GET /new-rule/on-old-conn HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")

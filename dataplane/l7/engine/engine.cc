@@ -21,6 +21,8 @@
 #include <unordered_map>
 
 #include "decide.h"
+#include "client_hello.h"
+#include "hostnames.h"
 #include "tls_ctx.h"
 
 namespace sluice::l7 {
@@ -53,7 +55,11 @@ struct Port {
     uint16_t port = 0;
     std::string gw_ns, gw_name;
     bool tls = false;
-    std::shared_ptr<TlsPort> tls_port;
+    /// TLS-protocol listeners here (TLSRoute): the ClientHello's SNI is read before anything
+    /// else, to pass the connection through or to terminate it (mixed ports).
+    bool sniff = false;
+    std::vector<uint32_t> listeners; ///< indices into Ir::listeners served on this port
+    std::shared_ptr<TlsPort> tls_port; ///< terminating listeners (HTTPS, TLS Terminate)
     std::vector<std::shared_ptr<ListenSock>> socks; ///< one per worker (SO_REUSEPORT)
 };
 
@@ -151,6 +157,7 @@ struct alignas(64) Counters {
     std::atomic<uint64_t> connections{0}, active{0}, tls_handshakes{0}, tls_failures{0},
         requests{0}, s1{0}, s2{0}, s3{0}, s4{0}, s5{0}, up_connects{0}, up_failures{0},
         up_reused{0}, retries{0}, ejections{0}, mirrors{0}, bad_requests{0}, timeouts{0},
+        tunnels{0}, tunnel_refused{0},
         bytes_in{0}, bytes_out{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
@@ -238,6 +245,7 @@ struct Exchange {
     uint64_t resp_left = 0;
     http::ChunkedDecoder resp_chunk;
     bool dechunk = false;
+    bool raw = false; ///< a TLS tunnel (TLSRoute): no HTTP; failures reset the connection
     bool up_keep_alive = true;
     uint16_t status = 0;
     uint64_t resp_bytes = 0;
@@ -245,7 +253,7 @@ struct Exchange {
     std::vector<Upstream*> mirrors;
 };
 
-enum class St : uint8_t { Handshake, Head, Exchange, Tunnel, Lingering };
+enum class St : uint8_t { Sniff, Handshake, Head, Exchange, Tunnel, Lingering };
 
 struct Conn : Io {
     SSL* ssl = nullptr;
@@ -255,6 +263,8 @@ struct Conn : Io {
     std::string address, gw_ns, gw_name, peer, sni;
     uint16_t port = 0;
     bool tls = false;
+    std::shared_ptr<const Tables> accept_t; ///< TLS-listener ports: the tables at accept
+    size_t port_index = 0;
     Buf in, out;
     bool read_eof = false;
     bool close_after_flush = false;
@@ -338,6 +348,10 @@ struct Worker {
     void log_exchange(const Conn& c, const Exchange& x);
     void sweep();
     void start_mirrors(Conn& c);
+    void sniff(Conn& c);
+    void start_tls_tunnel(Conn& c, uint32_t listener);
+    void reset_conn(Conn& c);
+    std::vector<char> hello_scratch = std::vector<char>(kMaxClientHello);
 };
 
 namespace {
@@ -494,10 +508,9 @@ Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
                 unserved(li, "served by sluice-dataplane (L4), not the L7 engine");
                 continue;
             } else {
-                unserved(li, "TLS listeners (passthrough / TLSRoute) are not served yet");
-                continue;
+                tls = true; // TLS (TLSRoute): passthrough or terminate
             }
-            if (tls && l.certs.empty()) {
+            if (tls && l.tls_mode != ir::TlsMode::Passthrough && l.certs.empty()) {
                 unserved(li, "no usable certificate (see ResolvedRefs)");
                 continue;
             }
@@ -566,15 +579,28 @@ Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
         p.gw_ns = w.gw_ns;
         p.gw_name = w.gw_name;
         p.tls = w.tls;
-        if (w.tls) {
-            auto tp = TlsPort::build(x, w.listeners, e.o.offer_h2);
+        p.listeners = w.listeners;
+        std::vector<uint32_t> terminating;
+        for (uint32_t li : w.listeners) {
+            if (x.listeners[li].protocol == ir::Protocol::TLS) {
+                p.sniff = true;
+            }
+            if (x.listeners[li].tls_mode != ir::TlsMode::Passthrough) {
+                terminating.push_back(li);
+            }
+        }
+        if (w.tls && !terminating.empty()) {
+            auto tp = TlsPort::build(x, terminating, e.o.offer_h2);
             if (!tp) {
-                for (uint32_t li : w.listeners) {
+                for (uint32_t li : terminating) {
                     unserved(li, "TLS: " + tp.error().message);
                 }
-                continue;
+                if (!p.sniff) {
+                    continue;
+                }
+                tp = Result<std::unique_ptr<TlsPort>>(std::unique_ptr<TlsPort>());
             }
-            for (const std::string& err : (*tp)->errors()) {
+            for (const std::string& err : *tp ? (*tp)->errors() : std::vector<std::string>{}) {
                 std::fprintf(stderr, "sluice-l7: TLS %s:%u: %s\n", w.address.c_str(), w.port,
                              err.c_str());
             }
@@ -626,6 +652,8 @@ EngineStats Engine::stats() const {
         s.mirrors += ld(c.mirrors);
         s.bad_requests += ld(c.bad_requests);
         s.timeouts += ld(c.timeouts);
+        s.tunnels += ld(c.tunnels);
+        s.tunnel_refused += ld(c.tunnel_refused);
         s.bytes_in += ld(c.bytes_in);
         s.bytes_out += ld(c.bytes_out);
     }
@@ -781,7 +809,12 @@ void Worker::on_accept(ListenEntry& l) {
         c->peer = peer_string(ss);
         c->tls = p.tls;
         c->deadline = now + e.o.header_timeout_ms;
-        if (p.tls) {
+        if (p.sniff) {
+            c->tls_port = p.tls_port;
+            c->accept_t = t;
+            c->port_index = l.port;
+            c->st = St::Sniff;
+        } else if (p.tls) {
             c->tls_port = p.tls_port;
             c->ssl = c->tls_port->new_ssl();
             if (!c->ssl) {
@@ -967,6 +1000,13 @@ void Worker::flush(Conn& c) {
 }
 
 void Worker::on_client(Conn& c, uint32_t ev) {
+    if (c.st == St::Sniff) {
+        sniff(c);
+        if (c.dead || c.st == St::Sniff) {
+            return;
+        }
+        ev = EPOLLIN;
+    }
     if (c.st == St::Handshake) {
         ERR_clear_error();
         const int r = SSL_do_handshake(c.ssl);
@@ -975,6 +1015,14 @@ void Worker::on_client(Conn& c, uint32_t ev) {
             c.ssl_want_write = false;
             c.sni = std::string(TlsPort::sni(c.ssl));
             Counters::inc(this->c.tls_handshakes);
+            const uint32_t li = TlsPort::chosen_listener(c.ssl);
+            if (c.accept_t && li < c.accept_t->ir.listeners.size() &&
+                c.accept_t->ir.listeners[li].protocol == ir::Protocol::TLS) {
+                start_tls_tunnel(c, li); // TLSRoute, terminate mode: plaintext to the backend
+                if (c.dead) {
+                    return;
+                }
+            }
         } else {
             const int err = SSL_get_error(c.ssl, r);
             if (err == SSL_ERROR_WANT_READ) {
@@ -1035,6 +1083,12 @@ void Worker::update(Conn& c) {
     }
     if (c.st == St::Handshake || c.st == St::Lingering) {
         want_read = true;
+    }
+    if (c.st == St::Sniff) {
+        // The ClientHello is peeked, not read: edge-triggered, or the unread bytes would
+        // wake this loop until the rest arrives.
+        set_events(&c, EPOLLIN | EPOLLET);
+        return;
     }
     if (want_read && !c.ssl_want_write) {
         ev |= EPOLLIN;
@@ -1134,7 +1188,9 @@ void Worker::progress(Conn& c) {
             if (x.up && !c.in.empty()) {
                 x.up->out.append(c.in.view());
                 c.in.clear();
-                flush(*x.up);
+                if (x.up->connected) {
+                    flush(*x.up);
+                }
             }
             if (c.read_eof && x.up && !x.up->dead) {
                 ::shutdown(x.up->fd, SHUT_WR);
@@ -1801,6 +1857,10 @@ void Worker::upstream_progress(Upstream& u) {
 void Worker::upstream_failed(Conn& c, bool connect_failure, std::string_view why) {
     Exchange& x = *c.ex;
     Counters::inc(this->c.up_failures);
+    if (x.raw) {
+        reset_conn(c); // a TLS tunnel has no way to say why: reset, as the spec asks
+        return;
+    }
     // Nothing of the request body has been sent yet: another endpoint may take it.
     if (!x.body_sent && (connect_failure || x.retries_left > 0) && x.attempts < 3 + x.retries_left) {
         if (!connect_failure) {
@@ -1902,6 +1962,143 @@ void Worker::log_exchange(const Conn& c, const Exchange& x) {
     }
 }
 
+void Worker::reset_conn(Conn& c) {
+    linger lg{1, 0};
+    setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close_conn(c);
+}
+
+void Worker::sniff(Conn& c) {
+    char* buf = hello_scratch.data(); // peek area; parse_client_hello gets its own scratch
+    static thread_local std::vector<char> peek(kMaxClientHello + 4096);
+    const ssize_t n = ::recv(c.fd, peek.data(), peek.size(), MSG_PEEK);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        close_conn(c);
+        return;
+    }
+    if (n < 0) {
+        update(c);
+        return;
+    }
+    std::string_view sni;
+    const HelloStatus st =
+        parse_client_hello(std::string_view(peek.data(), static_cast<size_t>(n)), buf, sni);
+    if (st == HelloStatus::Incomplete && static_cast<size_t>(n) < peek.size()) {
+        update(c);
+        return;
+    }
+    if (st != HelloStatus::Ok) {
+        Counters::inc(this->c.tls_failures);
+        reset_conn(c);
+        return;
+    }
+    c.sni.assign(sni);
+    // The listener: most specific hostname that accepts the SNI.
+    const Tables& at = *c.accept_t;
+    const Port& p = at.ports[c.port_index];
+    uint32_t best = ir::kNone;
+    int best_rank = -1;
+    for (uint32_t li : p.listeners) {
+        const ir::Listener& l = at.ir.listeners[li];
+        if (!hosts::matches(l.hostname, c.sni)) {
+            continue;
+        }
+        const int rank = l.hostname.empty() ? 0
+                         : l.hostname.starts_with("*.") ? 1 + static_cast<int>(l.hostname.size())
+                                                        : 100000 + static_cast<int>(l.hostname.size());
+        if (rank > best_rank) {
+            best_rank = rank;
+            best = li;
+        }
+    }
+    if (best == ir::kNone) {
+        Counters::inc(this->c.tunnel_refused);
+        reset_conn(c);
+        return;
+    }
+    const ir::Listener& l = at.ir.listeners[best];
+    if (l.tls_mode == ir::TlsMode::Passthrough) {
+        set_events(&c, EPOLLIN); // back to level-triggered; the hello is still unread
+        start_tls_tunnel(c, best);
+        return;
+    }
+    if (!c.tls_port) {
+        reset_conn(c);
+        return;
+    }
+    c.ssl = c.tls_port->new_ssl();
+    if (!c.ssl) {
+        close_conn(c);
+        return;
+    }
+    SSL_set_fd(c.ssl, c.fd);
+    c.st = St::Handshake;
+    set_events(&c, EPOLLIN);
+}
+
+void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
+    const std::shared_ptr<const Tables> at = c.accept_t ? c.accept_t : t;
+    const ir::Listener& l = at->ir.listeners[li];
+    const ir::Rule* rule = nullptr;
+    for (const ir::SniRoute& sr : l.sni_routes) {
+        if (hosts::matches(sr.hostname, c.sni) && sr.rule < at->ir.rules.size()) {
+            rule = &at->ir.rules[sr.rule];
+            break;
+        }
+    }
+    const uint64_t total = rule ? route::total_weight(*rule) : 0;
+    if (!rule || total == 0) {
+        Counters::inc(this->c.tunnel_refused);
+        reset_conn(c); // no route for this name: reset, no alert
+        return;
+    }
+    uint64_t x = random() % total;
+    const ir::Backend* b = nullptr;
+    for (const ir::Backend& cand : rule->backends) {
+        if (x < cand.weight) {
+            b = &cand;
+            break;
+        }
+        x -= cand.weight;
+    }
+    if (!b || b->status != 0 || b->group >= at->ir.groups.size()) {
+        Counters::inc(this->c.tunnel_refused);
+        reset_conn(c); // an invalid backendRef's share of connections is refused
+        return;
+    }
+    auto ex = std::make_unique<Exchange>();
+    ex->t = at;
+    ex->raw = true;
+    ex->resp_head_sent = true;
+    ex->req_done = true;
+    ex->started = now;
+    ex->method = "TLS";
+    ex->host = c.sni;
+    std::string why;
+    Upstream* u = nullptr;
+    const ir::BackendGroup& g = at->ir.groups[b->group];
+    for (size_t i = 0; i < 3 && !u; ++i) {
+        u = connect_to(g, why);
+        if (!u && why.rfind("connect ", 0) != 0) {
+            break;
+        }
+    }
+    if (!u) {
+        Counters::inc(this->c.tunnel_refused);
+        reset_conn(c);
+        return;
+    }
+    u->owner = &c;
+    ex->up = u;
+    ex->upstream_name = u->name;
+    c.ex = std::move(ex);
+    c.st = St::Tunnel;
+    c.deadline = 0;
+    Counters::inc(this->c.tunnels);
+    update(*u);
+    update(c);
+}
+
 void Worker::sweep() {
     if (now - last_publish >= 1000) {
         last_publish = now;
@@ -1919,7 +2116,8 @@ void Worker::sweep() {
         if (c.dead) {
             continue;
         }
-        if (c.st == St::Handshake || c.st == St::Head || c.st == St::Lingering) {
+        if (c.st == St::Sniff || c.st == St::Handshake || c.st == St::Head ||
+            c.st == St::Lingering) {
             if (c.deadline && now >= c.deadline) {
                 if (c.st == St::Head && !c.in.empty() && !c.close_after_flush) {
                     Counters::inc(this->c.timeouts);

@@ -51,6 +51,7 @@ struct EngineStats {
              status_5xx = 0;
     uint64_t upstream_connects = 0, upstream_failures = 0, upstream_reused = 0, retries = 0,
              ejections = 0, mirrors = 0, bad_requests = 0, timeouts = 0;
+    uint64_t tunnels = 0, tunnel_refused = 0; ///< TLSRoute connections relayed / reset
     uint64_t bytes_in = 0, bytes_out = 0;
     uint64_t generation = 0;
 };
