@@ -38,6 +38,7 @@ void on_signal(int) { g_stop.store(true, std::memory_order_relaxed); }
 struct Options {
     std::string dp_socket = "/run/sluice/dp.sock";
     std::string stats_file = "/run/sluice/dataplane-stats.json";
+    std::string exception_tap;
     std::vector<std::string> snat;
     uint32_t ct_capacity = 1u << 20;
     uint32_t maglev_size = kMaglevDefaultSize;
@@ -97,6 +98,10 @@ int main(int argc, char** argv) {
         "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
         "Maglev table size per service (a prime)")(
         "mbufs", po::value(&o.mbufs)->default_value(o.mbufs), "mbuf pool size")(
+        "exception-tap", po::value(&o.exception_tap)->default_value(""),
+        "name of a TAP interface (net_tap) made for the kernel: frames that are not L4 VIP "
+        "traffic (management, ARP/ND of the kernel's addresses, HTTP/HTTPS/TLS listeners "
+        "served by sluice-l7) go to it, and what the kernel sends on it leaves through the port")(
         "stats-file", po::value(&o.stats_file)->default_value(o.stats_file),
         "JSON counters rewritten every second (sluicectl stats reads it); '' = off");
     po::variables_map vm;
@@ -138,6 +143,26 @@ int main(int argc, char** argv) {
     LbContext ctx;
     rte_ether_addr mac{};
     rte_eth_macaddr_get(port, &mac);
+    int host_port = -1;
+    if (!o.exception_tap.empty()) {
+        // The kernel's side gets the port's MAC, so frames to the port's MAC for the
+        // kernel's addresses are accepted as they are, and its frames need no rewrite.
+        char macs[32];
+        std::snprintf(macs, sizeof macs, "%02x:%02x:%02x:%02x:%02x:%02x", mac.addr_bytes[0],
+                      mac.addr_bytes[1], mac.addr_bytes[2], mac.addr_bytes[3], mac.addr_bytes[4],
+                      mac.addr_bytes[5]);
+        const std::string args = "iface=" + o.exception_tap + ",mac=" + macs;
+        uint16_t hp = 0;
+        if (rte_eal_hotplug_add("vdev", "net_tap_sluice", args.c_str()) != 0 ||
+            rte_eth_dev_get_port_by_name("net_tap_sluice", &hp) != 0 || port_init(hp, pool) != 0) {
+            rte_eal_cleanup();
+            return die("cannot create the exception interface " + o.exception_tap);
+        }
+        host_port = hp;
+        ctx.exception = true;
+        std::cerr << "sluice-dataplane: exception interface " << o.exception_tap
+                  << " (give it the kernel's addresses: management, L7 VIPs)" << std::endl;
+    }
     std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx.our_mac.begin());
     if (o.snat.empty() || o.snat.size() > ctx.snat.size()) {
         rte_eal_cleanup();
@@ -178,15 +203,16 @@ int main(int argc, char** argv) {
         if (!table) {
             return tl::unexpected(table.error());
         }
-        // Listeners for the L7 engine: accepted, not served yet (the worker counts their
-        // packets as l7_not_ready). Reported so they are not shown as Programmed.
+        // Listeners for the L7 engine: not served by this process (their packets go to the
+        // kernel through the exception interface, where sluice-l7 listens; the controlplane
+        // counts a listener as served when any consumer serves it).
         std::string note;
         for (const ir::Listener& l : ir.listeners) {
             if (l.protocol == ir::Protocol::HTTP || l.protocol == ir::Protocol::HTTPS ||
                 l.protocol == ir::Protocol::TLS) {
                 note += l.gateway_ns + "/" + l.gateway_name + "/" + l.name +
-                        "\tthis dataplane has no L7 engine yet: HTTP, HTTPS and TLS listeners "
-                        "are not served\n";
+                        "\tsluice-dataplane does not terminate HTTP, HTTPS or TLS: run sluice-l7 "
+                        "(behind --exception-tap) for these listeners\n";
             }
         }
         const size_t n = table->services.size();
@@ -207,6 +233,7 @@ int main(int argc, char** argv) {
     WorkerConfig wc;
     wc.port = port;
     wc.lcore = rte_lcore_id();
+    wc.host_port = host_port;
     Worker w(wc, qsbr, services, ctx);
     // The stats exporter: reads what the worker publishes (relaxed atomics on their own
     // cache lines) and the conntrack's atomics, rewrites the JSON file atomically.

@@ -191,6 +191,17 @@ LbAction dropped(LbContext& ctx, LbCounter c) noexcept {
     return LbAction::Drop;
 }
 
+/// A frame for the host: to the kernel when there is an exception interface, else dropped;
+/// counted under `c` either way.
+LbAction to_host(LbContext& ctx, LbCounter c) noexcept {
+    ctx.count(c);
+    if (ctx.exception) {
+        ctx.count(LbCounter::ToHost);
+        return LbAction::Host;
+    }
+    return LbAction::Drop;
+}
+
 bool ours(const LbContext& ctx, const ServiceTable& table, uint8_t family,
           const Addr& a) noexcept {
     return table.is_vip(family, a) || snat_slot(ctx, family, a) >= 0;
@@ -224,7 +235,7 @@ LbAction on_neighbor_solicit(LbContext& ctx, const ServiceTable& table, std::spa
         ctx.neighbors->learn(6, src, sll);
     }
     if (!ours(ctx, table, 6, to_table_addr(6, m.key.dst))) {
-        return dropped(ctx, LbCounter::NotForUs);
+        return to_host(ctx, LbCounter::NotForUs);
     }
     // The advert (l2 + 72 bytes) is written over the solicitation (which may be shorter);
     // build_neighbor_advert() reads everything it needs first, and checks buf's size.
@@ -361,7 +372,7 @@ LbAction on_icmp_error(LbContext& ctx, const ServiceTable& table, std::span<uint
         t.inner_dst_port = static_cast<uint16_t>(e->value.service & 0xFFFF);
         done = LbCounter::IcmpErrorsToBackend;
     } else {
-        return dropped(ctx, LbCounter::NotForUs);
+        return to_host(ctx, LbCounter::NotForUs);
     }
     if (!mac) {
         return dropped(ctx, LbCounter::NoNeighbor);
@@ -470,7 +481,8 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
     };
     if (v == Verdict::Drop) {
         if (m.drop == DropReason::UnsupportedIcmp && on_neighbor_advert(ctx, frame, m)) {
-            return LbAction::Drop; // learned; counted as NdLearned
+            // learned (counted as NdLearned); the kernel may be waiting for it too
+            return ctx.exception ? to_host(ctx, LbCounter::NdLearned) : LbAction::Drop;
         }
         ++ctx.drops[static_cast<size_t>(m.drop)];
         return drop(LbCounter::ParseDrop);
@@ -486,7 +498,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
             ctx.count(LbCounter::ArpReplies);
             return tx();
         }
-        return drop(LbCounter::NotForUs);
+        return to_host(ctx, LbCounter::NotForUs);
     }
     const Addr dst = to_table_addr(m.family, m.key.dst);
     if (v == Verdict::IcmpEcho) {
@@ -496,7 +508,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
                 return tx();
             }
         }
-        return drop(LbCounter::NotForUs);
+        return to_host(ctx, LbCounter::NotForUs);
     }
     if (v == Verdict::NeighborSolicit) {
         return on_neighbor_solicit(ctx, table, buf, frame, m, len);
@@ -512,7 +524,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         return on_fragment(ctx, frame, m, now);
     }
     if (v != Verdict::Forward && !first_frag) {
-        return drop(LbCounter::NotForUs);
+        return to_host(ctx, LbCounter::NotForUs);
     }
     const PacketKey rx_key = m.key; // as received (fragments remember their translation)
     FlowKey key = flow_key(m);
@@ -552,10 +564,10 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
 
     const L4Service* svc = table.find(m.family, dst, m.proto, m.key.dst_port);
     if (!svc) {
-        return drop(table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
+        return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
     }
     if (svc->to_l7) {
-        return drop(LbCounter::L7NotReady);
+        return to_host(ctx, LbCounter::L7Listener); // sluice-l7, on the kernel's sockets
     }
     if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) {
         return time_exceeded(ctx, buf, frame, m, len); // before any flow state is made

@@ -27,7 +27,9 @@
 
 namespace sluice::dp {
 
-enum class LbAction : uint8_t { Tx, Drop };
+/// Tx: send out the port it came from. Drop: free it. Host: hand it to the kernel through
+/// the exception interface (LbContext::exception), unchanged.
+enum class LbAction : uint8_t { Tx, Drop, Host };
 
 enum class LbCounter : uint8_t {
     RxPackets,
@@ -46,7 +48,7 @@ enum class LbCounter : uint8_t {
     NoSnatPort,
     BackendGone,
     NotForUs,
-    L7NotReady,
+    L7Listener,
     ParseDrop,
     NdAdverts,           ///< neighbour advertisements sent for our addresses
     NdSolicits,          ///< neighbour solicitations sent on an IPv6 next-hop miss
@@ -60,6 +62,8 @@ enum class LbCounter : uint8_t {
     FragTranslated,      ///< later fragments translated with a first fragment's decision
     FragNoState,         ///< later fragments with no first fragment seen (or expired): dropped
     FragUnsupported,     ///< fragments of other protocols than TCP/UDP (ICMP, ...): dropped
+    ToHost,              ///< frames handed to the kernel (exception interface)
+    FromHost,            ///< frames the kernel sent out through the exception interface
     Count,
 };
 inline constexpr size_t kLbCounterCount = static_cast<size_t>(LbCounter::Count);
@@ -71,10 +75,10 @@ inline constexpr size_t kLbCounterCount = static_cast<size_t>(LbCounter::Count);
         "echo_replies", "new_flows",   "established",   "return",
         "stateless_fallback", "no_service", "no_backend", "rejected",
         "no_neighbor", "no_snat_port", "backend_gone",  "not_for_us",
-        "l7_not_ready", "parse_drop",  "nd_adverts",    "nd_solicits",
+        "l7_listener", "parse_drop",   "nd_adverts",    "nd_solicits",
         "nd_learned",  "icmp_errors_to_client", "icmp_errors_to_backend", "icmp_error_no_flow",
         "time_exceeded", "ttl_drop",   "frag_first",    "frag_translated",
-        "frag_no_state", "frag_unsupported",
+        "frag_no_state", "frag_unsupported", "to_host", "from_host",
     };
     static_assert(std::size(kNames) == kLbCounterCount, "one name per LbCounter");
     const auto i = static_cast<size_t>(c);
@@ -141,6 +145,11 @@ struct LbContext {
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};
     FragTable frags; ///< fragments' NAT decisions (~76 KiB, in place)
+    /// An exception interface exists: frames for the host (not a VIP's L4 listener, not an
+    /// answer sluice gives itself) go to the kernel instead of being dropped: management
+    /// traffic, ARP/ND of the kernel's addresses, and the L7 listeners' traffic, which
+    /// sluice-l7 serves on the kernel's sockets.
+    bool exception = false;
 
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
 };

@@ -21,6 +21,7 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
     const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
     uint32_t last_publish = 0;
     rte_mbuf* tx[kBurst];
+    rte_mbuf* host[kBurst];
     while (!stop.load(std::memory_order_relaxed)) {
         rte_mbuf* pkts[kBurst];
         const uint16_t n = rte_eth_rx_burst(cfg_.port, cfg_.queue, pkts, kBurst);
@@ -35,7 +36,7 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                             {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
                             metas[i]);
             }
-            uint16_t ntx = 0;
+            uint16_t ntx = 0, nhost = 0;
             for (uint16_t i = 0; i < n; ++i) {
                 rte_mbuf* m = pkts[i];
                 if (m->nb_segs != 1 || table == nullptr) {
@@ -47,12 +48,15 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 const std::span<uint8_t> buf(data, len + rte_pktmbuf_tailroom(m));
                 const uint32_t headroom = rte_pktmbuf_headroom(m);
                 uint32_t new_headroom = headroom; // lowered by DSR encapsulation
-                if (lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom) ==
-                    LbAction::Tx) {
+                const LbAction a =
+                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom);
+                if (a == LbAction::Tx) {
                     m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
                     m->data_len = static_cast<uint16_t>(len);
                     m->pkt_len = len;
                     tx[ntx++] = m;
+                } else if (a == LbAction::Host && cfg_.host_port >= 0) {
+                    host[nhost++] = m; // unchanged: the kernel gets the frame as received
                 } else {
                     rte_pktmbuf_free(m);
                 }
@@ -60,6 +64,24 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
             const uint16_t sent = ntx ? rte_eth_tx_burst(cfg_.port, cfg_.queue, tx, ntx) : 0;
             for (uint16_t i = sent; i < ntx; ++i) {
                 rte_pktmbuf_free(tx[i]);
+            }
+            if (nhost) {
+                const uint16_t hs = rte_eth_tx_burst(static_cast<uint16_t>(cfg_.host_port), 0, host, nhost);
+                for (uint16_t i = hs; i < nhost; ++i) {
+                    rte_pktmbuf_free(host[i]);
+                }
+            }
+        }
+        if (cfg_.host_port >= 0) {
+            // What the kernel sends (sluice-l7's answers and backend connections, management
+            // traffic, its ARP/ND) leaves through the port as it is.
+            const uint16_t hn = rte_eth_rx_burst(static_cast<uint16_t>(cfg_.host_port), 0, host, kBurst);
+            if (hn) {
+                ctx_.counters[static_cast<size_t>(LbCounter::FromHost)] += hn;
+                const uint16_t hs = rte_eth_tx_burst(cfg_.port, cfg_.queue, host, hn);
+                for (uint16_t i = hs; i < hn; ++i) {
+                    rte_pktmbuf_free(host[i]);
+                }
             }
         }
         ctx_.ct->sweep(now, 8);

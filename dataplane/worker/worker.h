@@ -25,6 +25,7 @@ struct WorkerConfig {
     uint16_t port = 0;
     uint16_t queue = 0;
     unsigned lcore = 0; ///< QSBR thread id
+    int host_port = -1; ///< exception interface (a net_tap port) or -1: frames for the host
 };
 
 class Worker {
