@@ -5,9 +5,16 @@
 #
 # Topology (network namespaces made here, removed on exit, also on failure):
 #
-#   sl<pid>-cli  10.77.1.2 ──veth── 10.77.1.1 + VIP 10.77.1.10  sl<pid>-lb  10.77.0.1 ──veth── sl<pid>-be
-#   (curl)                           sluice-l7 (HTTPS :443)                            10.77.0.11-15
-#                                                                                      echo backends
+#   sl<pid>-cli 10.77.1.2 ──veth── [sluice-dataplane: DPDK net_af_packet, --no-huge]
+#   (curl)                           │ exception TAP sl-exc: 10.77.1.1 + VIP 10.77.1.10
+#                                    └ sluice-l7 (HTTPS :443) ── 10.77.0.1 ──veth── sl<pid>-be
+#                                         (sl<pid>-lb)                         10.77.0.11-15
+#                                                                              echo backends
+#
+# The client's side of sluice is a DPDK port: every frame from the client goes through the
+# dataplane worker, which hands what is not L4 VIP traffic (here: the HTTPS listener's) to
+# the kernel through the exception TAP, where sluice-l7 terminates TLS and proxies.
+# (Without DPDK installed the client leg is a plain veth and sluice-l7 alone serves it.)
 #
 # sluice-controlplane reads the seed (v1alpha1, verbatim) + companion.yaml, gives Gateway
 # prod-web the address 10.77.1.10, and sends the IR to sluice-l7, which terminates TLS with
@@ -27,6 +34,8 @@ bash tools/install-deps.sh >/dev/null
 BUILD=${BUILD:-build}
 [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" -Dbuildtype=debugoptimized >/dev/null
 ninja -C "$BUILD" controlplane/sluice-controlplane dataplane/sluice-l7 tools/sluicectl >/dev/null
+DP=$BUILD/dataplane/sluice-dataplane
+ninja -C "$BUILD" dataplane/sluice-dataplane >/dev/null 2>&1 || DP=""
 CP=$BUILD/controlplane/sluice-controlplane
 L7=$BUILD/dataplane/sluice-l7
 CTL=$BUILD/tools/sluicectl
@@ -74,11 +83,29 @@ ip link set "$P-b" netns "$P-be"
 ip link set "$P-lb" netns "$P-lb"
 ip -n "$P-cli" addr add 10.77.1.2/24 dev "$P-c"
 ip -n "$P-cli" link set "$P-c" up
-ip -n "$P-lb" addr add 10.77.1.1/24 dev "$P-lc"
-ip -n "$P-lb" addr add 10.77.1.10/32 dev "$P-lc" # the Gateway's address (VIP)
-ip -n "$P-lb" addr add 10.77.0.1/24 dev "$P-lb"
+ip netns exec "$P-cli" ethtool -K "$P-c" tx off >/dev/null 2>&1 || true # PLATFORM.md: checksum trap
 ip -n "$P-lb" link set "$P-lc" up
+ip -n "$P-lb" addr add 10.77.0.1/24 dev "$P-lb"
 ip -n "$P-lb" link set "$P-lb" up
+KIF="$P-lc" # where the kernel has the client-side addresses
+if [ -n "$DP" ]; then
+  ip netns exec "$P-lb" taskset -c 1 "$DP" --dp-socket "$work/dp.sock" --snat 10.77.1.99 \
+    --stats-file "$work/dp-stats.json" --exception-tap sl-exc --ct-capacity 65536 \
+    -- -l 1 --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
+    --log-level=lib.telemetry:error --vdev="net_af_packet0,iface=$P-lc,framecnt=2048,qdisc_bypass=1" \
+    >"$work/dataplane.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do ip -n "$P-lb" link show sl-exc >/dev/null 2>&1 && [ -S "$work/dp.sock" ] && break; sleep 0.1; done
+  ip -n "$P-lb" link show sl-exc >/dev/null 2>&1 || { echo "demo: sluice-dataplane did not start"; cat "$work/dataplane.log"; exit 1; }
+  KIF=sl-exc
+  ip -n "$P-lb" link set sl-exc up
+  ip netns exec "$P-lb" ethtool -K sl-exc tx off >/dev/null 2>&1 || true
+  # net_af_packet only taps the veth: keep the kernel from answering on it directly.
+  ip netns exec "$P-lb" sysctl -qw "net.ipv4.conf.$P-lc.arp_ignore=8" net.ipv4.conf.all.rp_filter=1 \
+    "net.ipv4.conf.$P-lc.rp_filter=1"
+fi
+ip -n "$P-lb" addr add 10.77.1.1/24 dev "$KIF"
+ip -n "$P-lb" addr add 10.77.1.10/32 dev "$KIF" # the Gateway's address (VIP)
 for i in 11 12 13 14 15; do ip -n "$P-be" addr add "10.77.0.$i/24" dev "$P-b"; done
 ip -n "$P-be" link set "$P-b" up
 
@@ -101,7 +128,9 @@ ip netns exec "$P-lb" "$L7" --dp-socket "$work/l7.sock" --stats-file "$work/l7-s
   --access-log "$work/access.log" >"$work/l7.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do [ -S "$work/l7.sock" ] && break; sleep 0.1; done
-"$CP" --config-dir "$work/config" --status-dir "$work/status" --dp-socket "$work/l7.sock" \
+DPS=(--dp-socket "$work/l7.sock")
+[ -n "$DP" ] && DPS+=(--dp-socket "$work/dp.sock")
+"$CP" --config-dir "$work/config" --status-dir "$work/status" "${DPS[@]}" \
   --address 10.77.1.10 >"$work/controlplane.log" 2>&1 &
 pids+=($!)
 
@@ -181,9 +210,14 @@ echo "== seed scenario (examples/seed: v1alpha1 manifests verbatim + companion.y
 show_status
 check_traffic
 
-echo "== live counters (sluicectl stats --stats-file $work/l7-stats.json)"
+echo "== live counters (sluicectl stats)"
 sleep 1.2
-"$CTL" stats --stats-file "$work/l7-stats.json" | sed 's/^/  /' | grep -E "generation|requests|status_|tls_|connections|upstream_connects|upstream_reused" || true
+if [ -n "$DP" ]; then
+  echo "  sluice-dataplane (DPDK worker, --stats-file $work/dp-stats.json):"
+  "$CTL" stats --stats-file "$work/dp-stats.json" | sed 's/^/  /' | grep -E " rx | tx |to_host|from_host|l7_listener|arp_" || true
+fi
+echo "  sluice-l7 (--stats-file $work/l7-stats.json):"
+"$CTL" stats --stats-file "$work/l7-stats.json" | sed 's/^/  /' | grep -E "requests|status_2|status_[45]xx|tls_handshakes|upstream_connects|upstream_reused" || true
 
 echo "== the same scenario with the v1 API (examples/seed-v1/seed-v1.yaml)"
 cp examples/seed-v1/seed-v1.yaml "$work/config/seed.yaml.tmp"
@@ -208,6 +242,7 @@ if [ $KEEP = 1 ]; then
   tail -f $work/access.log
   edit $work/config/*.yaml and watch $work/status change
 When done: kill ${pids[*]}; for n in cli lb be; do ip netns del $P-\$n; done; rm -rf $work
+(--keep output lists these; run tools/demo.sh again any time: it uses fresh names)
 EOT
 fi
 if [ $fails -ne 0 ]; then
