@@ -40,8 +40,8 @@ int main(int argc, char** argv) {
         "kubernetes", "use the Kubernetes API as the source: in-cluster service account, or "
                       "--kubeconfig")(
         "kubeconfig", po::value<std::string>(),
-        "kubeconfig file (its current-context: server, CA, token or client certificate; exec "
-        "plugins are not supported yet); implies --kubernetes")(
+        "kubeconfig file (its current-context: server, CA, token, client certificate or an "
+        "exec credential plugin); implies --kubernetes")(
         "lease-name", po::value<std::string>()->default_value("sluice-controlplane"),
         "coordination.k8s.io/v1 Lease used for leader election")(
         "lease-namespace", po::value<std::string>()->default_value(""),

@@ -5,7 +5,19 @@
 #include <fstream>
 #include <sstream>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+
 #include <curl/curl.h>
+#include <nlohmann/json.hpp>
 
 #include "yaml_doc.h"
 
@@ -233,11 +245,35 @@ Result<KubeConfig> load_kubeconfig(const std::string& path) {
         if (!u) {
             return fail(Errc::Invalid, "kubeconfig: user " + user_name + " not found");
         }
-        if (u->get("exec") || u->get("auth-provider")) {
+        if (u->get("auth-provider")) {
             return fail(Errc::Invalid,
                         "kubeconfig: user " + user_name +
-                            " uses an exec credential plugin or auth-provider, which sluice "
-                            "does not support yet; use a token or a client certificate");
+                            " uses an auth-provider (removed from Kubernetes in 1.26); use an "
+                            "exec credential plugin, a token or a client certificate");
+        }
+        if (const Node* ex = u->get("exec"); ex && ex->is_map()) {
+            KubeConfig::Exec e;
+            e.command = scalar(ex, "command");
+            if (e.command.empty()) {
+                return fail(Errc::Invalid, "kubeconfig: user " + user_name + ": exec without command");
+            }
+            if (e.command.find('/') != std::string::npos) {
+                e.command = resolve(e.command);
+            }
+            if (std::string v = scalar(ex, "apiVersion"); !v.empty()) {
+                e.api_version = v;
+            }
+            if (const Node* a = ex->get("args"); a && a->is_seq()) {
+                for (const Node& i : a->items) {
+                    e.args.push_back(i.scalar);
+                }
+            }
+            if (const Node* en = ex->get("env"); en && en->is_seq()) {
+                for (const Node& i : en->items) {
+                    e.env.emplace_back(scalar(&i, "name"), scalar(&i, "value"));
+                }
+            }
+            c.exec = std::move(e);
         }
         c.token = scalar(u, "token");
         c.token_file = resolve(scalar(u, "tokenFile"));
@@ -257,6 +293,107 @@ Result<KubeConfig> load_kubeconfig(const std::string& path) {
     return c;
 }
 
+namespace {
+
+/// RFC 3339 UTC ("2026-11-28T12:00:00Z", fractions allowed) to epoch seconds; 0 if invalid.
+int64_t parse_rfc3339(const std::string& t) {
+    std::tm tm{};
+    if (t.size() < 20 || !strptime(t.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) {
+        return 0;
+    }
+    return static_cast<int64_t>(timegm(&tm));
+}
+
+} // namespace
+
+Result<std::pair<std::string, int64_t>> run_exec_plugin(const KubeConfig::Exec& e,
+                                                         std::chrono::milliseconds timeout) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        return fail(Errc::Io, std::string("exec plugin: pipe: ") + std::strerror(errno));
+    }
+    const std::string info = "{\"apiVersion\":\"" + e.api_version +
+                             "\",\"kind\":\"ExecCredential\",\"spec\":{\"interactive\":false}}";
+    std::vector<std::string> argv_s{e.command};
+    argv_s.insert(argv_s.end(), e.args.begin(), e.args.end());
+    const pid_t pid = fork();
+    if (pid < 0) {
+        close(out[0]);
+        close(out[1]);
+        return fail(Errc::Io, std::string("exec plugin: fork: ") + std::strerror(errno));
+    }
+    if (pid == 0) {
+        dup2(out[1], 1);
+        const int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 0); // never interactive
+        }
+        setenv("KUBERNETES_EXEC_INFO", info.c_str(), 1);
+        for (const auto& [k, v] : e.env) {
+            setenv(k.c_str(), v.c_str(), 1);
+        }
+        std::vector<char*> argv;
+        for (std::string& a : argv_s) {
+            argv.push_back(a.data());
+        }
+        argv.push_back(nullptr);
+        execvp(argv[0], argv.data());
+        _exit(127);
+    }
+    close(out[1]);
+    std::string text;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    bool timed_out = false;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            timed_out = true;
+            break;
+        }
+        pollfd pfd{out[0], POLLIN, 0};
+        if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) {
+            continue;
+        }
+        const ssize_t n = read(out[0], buf, sizeof buf);
+        if (n <= 0) {
+            break;
+        }
+        text.append(buf, static_cast<size_t>(n));
+        if (text.size() > (1u << 20)) {
+            timed_out = true; // a plugin that never stops talking
+            break;
+        }
+    }
+    close(out[0]);
+    if (timed_out) {
+        kill(pid, SIGKILL);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (timed_out) {
+        return fail(Errc::Io, "exec plugin " + e.command + ": no answer in time");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return fail(Errc::Io, "exec plugin " + e.command + " failed (exit " +
+                                  std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
+    }
+    const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || j.value("kind", "") != "ExecCredential" ||
+        !j.contains("status") || !j["status"].is_object()) {
+        return fail(Errc::Invalid, "exec plugin " + e.command + ": output is not an ExecCredential");
+    }
+    const auto& st = j["status"];
+    const std::string token = st.value("token", "");
+    if (token.empty()) {
+        return fail(Errc::Invalid, "exec plugin " + e.command +
+                                       ": no status.token (client certificates from plugins are "
+                                       "not supported)");
+    }
+    return std::pair<std::string, int64_t>{token, parse_rfc3339(st.value("expirationTimestamp", ""))};
+}
+
 KubeClient::KubeClient(KubeConfig cfg)
     : cfg_(std::move(cfg)) {
     global_init();
@@ -267,6 +404,23 @@ KubeClient::~KubeClient() = default;
 
 std::string KubeClient::bearer() {
     std::lock_guard<std::mutex> g(token_mu_);
+    if (cfg_.exec) {
+        const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count();
+        const bool expired = token_expiry_ != 0 && now_s + 10 >= token_expiry_;
+        if (token_.empty() || token_stale_ || expired) {
+            auto t = run_exec_plugin(*cfg_.exec);
+            if (!t) {
+                std::cerr << "sluice-controlplane: " << t.error().message << std::endl;
+            } else {
+                token_ = t->first;
+                token_expiry_ = t->second;
+                token_stale_ = false;
+            }
+        }
+        return token_;
+    }
     if (cfg_.token_file.empty()) {
         return token_;
     }
@@ -367,9 +521,10 @@ Result<HttpResponse> KubeClient::request(std::string_view method, const std::str
     }
     curl_easy_getinfo(c.h, CURLINFO_RESPONSE_CODE, &resp.status);
     resp.content_type = content_type_of(c.h);
-    if (resp.status == 401 && !cfg_.token_file.empty()) {
+    if (resp.status == 401 && (!cfg_.token_file.empty() || cfg_.exec)) {
         std::lock_guard<std::mutex> g(token_mu_);
         token_read_ = {}; // an expired projected token: re-read it on the next call
+        token_stale_ = true; // an exec plugin's token: run the plugin again
     }
     return resp;
 }
@@ -412,9 +567,10 @@ Result<HttpResponse> KubeClient::watch(const std::string& path,
         return fail(Errc::Io, "watch " + path + ": " + curl_easy_strerror(rc) +
                                   (w.pending.empty() ? "" : " (stream cut mid-event)"));
     }
-    if (resp.status == 401 && !cfg_.token_file.empty()) {
+    if (resp.status == 401 && (!cfg_.token_file.empty() || cfg_.exec)) {
         std::lock_guard<std::mutex> g(token_mu_);
         token_read_ = {};
+        token_stale_ = true;
     }
     return resp;
 }

@@ -13,7 +13,9 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "result.h"
@@ -30,7 +32,22 @@ struct KubeConfig {
     std::string token_file;   ///< re-read periodically (projected service-account tokens)
     std::string ns = "default"; ///< the namespace of the pod / context
     bool insecure = false;    ///< insecure-skip-tls-verify (kubeconfig only)
+    /// users[].user.exec: a credential plugin (client.authentication.k8s.io ExecCredential)
+    /// run for a bearer token: at start, when the token it gave expires, and after a 401.
+    struct Exec {
+        std::string command; ///< resolved against the kubeconfig's directory if relative
+        std::vector<std::string> args;
+        std::vector<std::pair<std::string, std::string>> env;
+        std::string api_version = "client.authentication.k8s.io/v1";
+    };
+    std::optional<Exec> exec;
 };
+
+/// Runs an exec credential plugin and returns its status.token and the expiry (seconds
+/// since the epoch, 0 = none). Errors name the plugin and what it printed.
+/// Thread: any; blocks up to `timeout`.
+[[nodiscard]] Result<std::pair<std::string, int64_t>> run_exec_plugin(
+    const KubeConfig::Exec& e, std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
 /// The in-cluster service account: KUBERNETES_SERVICE_HOST/PORT and
 /// /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}.
@@ -83,6 +100,8 @@ private:
     std::mutex token_mu_;
     std::string token_;
     std::chrono::steady_clock::time_point token_read_{};
+    int64_t token_expiry_ = 0;  ///< exec plugin: epoch seconds, 0 = unknown
+    bool token_stale_ = false;  ///< exec plugin: a 401 was seen; run it again
 };
 
 /// Decodes standard base64 (kubeconfig *-data fields); whitespace is ignored.

@@ -208,6 +208,8 @@ class State:
         self.gone_http = False
         self.force_conflicts = 0  # answer the next N status patches with 409
         self.watch_bookmark_s = 0.5
+        self.valid_tokens = None  # set of accepted bearer tokens; None = no authentication
+        self.unauthorized = 0     # 401 answers given
 
     def _next_rv(self):
         self.rv += 1
@@ -292,6 +294,16 @@ class Handler(BaseHTTPRequestHandler):
         self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                           "code": code, "reason": reason, "message": msg})
 
+    def _authorized(self):
+        if STATE.valid_tokens is None:
+            return True
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and auth[7:] in STATE.valid_tokens:
+            return True
+        STATE.unauthorized += 1
+        self._status(401, "Unauthorized", "Unauthorized")
+        return False
+
     def _route(self):
         u = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
@@ -320,6 +332,8 @@ class Handler(BaseHTTPRequestHandler):
         return json.loads(self.rfile.read(n) or b"{}")
 
     def do_GET(self):
+        if not self._authorized():
+            return
         STATE.requests.append(("GET", self.path))
         r = self._route()
         if r is None or r[0] not in PLURALS or r[0] in STATE.hide:
@@ -411,6 +425,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_PATCH(self):
+        if not self._authorized():
+            return
         STATE.requests.append(("PATCH", self.path))
         r = self._route()
         if r is None or r[0] not in PLURALS:
@@ -443,6 +459,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, o)
 
     def do_POST(self):
+        if not self._authorized():
+            return
         STATE.requests.append(("POST", self.path))
         r = self._route()
         if r is None or r[0] != "leases":
@@ -457,6 +475,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(201, obj)
 
     def do_PUT(self):
+        if not self._authorized():
+            return
         STATE.requests.append(("PUT", self.path))
         r = self._route()
         if r is None or r[0] != "leases" or not r[2]:

@@ -78,6 +78,18 @@ S.hide.add("tlsroutes")  # an older cluster without the TLSRoute CRD
 
 srv = fake.serve(0)
 port = srv.server_address[1]
+# The user's credential comes from an exec plugin (client.authentication.k8s.io): each run
+# hands out the next token; the server accepts only the current one.
+plugin = os.path.join(tmp, "cred-plugin.sh")
+with open(plugin, "w") as f:
+    f.write("""#!/bin/sh
+n=$(cat "$CRED_DIR/n" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$CRED_DIR/n"
+case "$KUBERNETES_EXEC_INFO" in *ExecCredential*) ;; *) exit 3 ;; esac
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+printf '"status":{"token":"exec-token-%s","expirationTimestamp":"2099-01-01T00:00:00Z"}}' $n
+""")
+os.chmod(plugin, 0o755)
+S.valid_tokens = {"exec-token-1"}
 kubeconfig = os.path.join(tmp, "kubeconfig")
 with open(kubeconfig, "w") as f:
     f.write(f"""apiVersion: v1
@@ -91,7 +103,12 @@ clusters:
   cluster: {{server: "http://127.0.0.1:{port}"}}
 users:
 - name: u
-  user: {{token: test-token}}
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: ./cred-plugin.sh
+      env: [{{name: CRED_DIR, value: "{tmp}"}}]
+      interactiveMode: Never
 """)
 
 procs = {}
@@ -143,6 +160,17 @@ try:
           "lists are chunked (limit/continue)")
     check("TLSRoute: not served" in logtext("a"), "a missing CRD (TLSRoute) is tolerated and reported")
     check(wait(lambda: holder() == "a"), "replica a holds the lease")
+
+    check(S.unauthorized == 0, "exec credential plugin: its token is accepted from the start")
+
+    # ------------------------------------------------------------ token rotated (401)
+    S.valid_tokens = {"exec-token-2"}  # the server no longer takes exec-token-1
+    S.drop_watches()
+    check(wait(lambda: S.unauthorized > 0 and
+               any(m == "GET" for m, p in S.requests[-5:]) and
+               open(os.path.join(tmp, "n")).read().strip() == "2", 10),
+          "a 401 makes the controlplane run the exec plugin again (token 2)")
+    S.valid_tokens = {"exec-token-%d" % i for i in range(2, 50)}  # later replicas run it again
 
     # ------------------------------------------------------------ no rewrite when unchanged
     n = len(S.status_writes)
