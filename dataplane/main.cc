@@ -20,6 +20,7 @@
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 
+#include "admin.h"
 #include "ctl_server.h"
 #include "lb_fp.h"
 #include "service_table.h"
@@ -39,6 +40,7 @@ struct Options {
     std::string dp_socket = "/run/sluice/dp.sock";
     std::string stats_file = "/run/sluice/dataplane-stats.json";
     std::string exception_tap;
+    std::string admin;
     std::vector<std::string> snat;
     uint32_t ct_capacity = 1u << 20;
     uint32_t maglev_size = kMaglevDefaultSize;
@@ -102,6 +104,8 @@ int main(int argc, char** argv) {
         "name of a TAP interface (net_tap) made for the kernel: frames that are not L4 VIP "
         "traffic (management, ARP/ND of the kernel's addresses, HTTP/HTTPS/TLS listeners "
         "served by sluice-l7) go to it, and what the kernel sends on it leaves through the port")(
+        "admin", po::value(&o.admin)->default_value(""),
+        "ADDR:PORT for GET /metrics (Prometheus text) and GET /stats (JSON); '' = off")(
         "stats-file", po::value(&o.stats_file)->default_value(o.stats_file),
         "JSON counters rewritten every second (sluicectl stats reads it); '' = off");
     po::variables_map vm;
@@ -235,8 +239,64 @@ int main(int argc, char** argv) {
     wc.lcore = rte_lcore_id();
     wc.host_port = host_port;
     Worker w(wc, qsbr, services, ctx);
-    // The stats exporter: reads what the worker publishes (relaxed atomics on their own
-    // cache lines) and the conntrack's atomics, rewrites the JSON file atomically.
+    // The stats exporters: read what the worker publishes (relaxed atomics on their own
+    // cache lines) and the conntrack's atomics; never the worker's own state.
+    auto stats_json = [&] {
+        const ConnTrackStats cs = ctx.ct->stats();
+        std::string j = "{\"generation\":" + std::to_string(ctl.applied_generation()) +
+                        ",\"lcores\":[{\"lcore\":" + std::to_string(wc.lcore) +
+                        ",\"counters\":{";
+        for (size_t i = 0; i < kLbCounterCount; ++i) {
+            j += std::string(i ? "," : "") + "\"" + lb_counter_name(static_cast<LbCounter>(i)) +
+                 "\":" + std::to_string(w.counter(i));
+        }
+        j += "},\"drops\":{";
+        bool first = true;
+        for (size_t i = 1; i < kDropReasonCount; ++i) {
+            j += std::string(first ? "" : ",") + "\"" +
+                 std::string(drop_reason_name(static_cast<DropReason>(i))) +
+                 "\":" + std::to_string(w.drops(i));
+            first = false;
+        }
+        j += "},\"flows\":{\"entries\":" + std::to_string(cs.entries) +
+             ",\"half_open\":" + std::to_string(cs.half_open) +
+             ",\"inserts\":" + std::to_string(cs.inserts) +
+             ",\"insert_full\":" + std::to_string(cs.insert_full) +
+             ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
+             ",\"expired\":" + std::to_string(cs.expired) +
+             ",\"capacity\":" + std::to_string(ctx.ct->capacity()) + "}}]}\n";
+        return j;
+    };
+    auto prometheus = [&] {
+        const std::string lc = "lcore=\"" + std::to_string(wc.lcore) + "\"";
+        std::string t = "# HELP sluice_dp_packets_total worker events by kind (see docs/operations.md)\n"
+                        "# TYPE sluice_dp_packets_total counter\n";
+        for (size_t i = 0; i < kLbCounterCount; ++i) {
+            t += "sluice_dp_packets_total{" + lc + ",kind=\"" +
+                 lb_counter_name(static_cast<LbCounter>(i)) + "\"} " + std::to_string(w.counter(i)) + "\n";
+        }
+        t += "# HELP sluice_dp_drops_total frames dropped by the parser, by reason\n"
+             "# TYPE sluice_dp_drops_total counter\n";
+        for (size_t i = 1; i < kDropReasonCount; ++i) {
+            t += "sluice_dp_drops_total{" + lc + ",reason=\"" +
+                 std::string(drop_reason_name(static_cast<DropReason>(i))) + "\"} " +
+                 std::to_string(w.drops(i)) + "\n";
+        }
+        const ConnTrackStats cs = ctx.ct->stats();
+        t += "# HELP sluice_dp_flows tracked flows\n# TYPE sluice_dp_flows gauge\n"
+             "sluice_dp_flows{" + lc + ",state=\"all\"} " + std::to_string(cs.entries) + "\n"
+             "sluice_dp_flows{" + lc + ",state=\"half_open\"} " + std::to_string(cs.half_open) + "\n"
+             "# HELP sluice_dp_flow_capacity conntrack slots\n# TYPE sluice_dp_flow_capacity gauge\n"
+             "sluice_dp_flow_capacity{" + lc + "} " + std::to_string(ctx.ct->capacity()) + "\n"
+             "# HELP sluice_dp_flow_refused_total new flows not tracked\n"
+             "# TYPE sluice_dp_flow_refused_total counter\n"
+             "sluice_dp_flow_refused_total{" + lc + ",why=\"full\"} " + std::to_string(cs.insert_full) + "\n"
+             "sluice_dp_flow_refused_total{" + lc + ",why=\"half_open_budget\"} " +
+             std::to_string(cs.insert_budget) + "\n"
+             "# HELP sluice_dp_generation IR generation in force\n# TYPE sluice_dp_generation gauge\n"
+             "sluice_dp_generation " + std::to_string(ctl.applied_generation()) + "\n";
+        return t;
+    };
     std::thread stats_thread([&] {
         if (o.stats_file.empty()) {
             return;
@@ -245,31 +305,8 @@ int main(int argc, char** argv) {
         std::error_code ec;
         std::filesystem::create_directories(std::filesystem::path(o.stats_file).parent_path(), ec);
         while (!g_stop.load(std::memory_order_relaxed)) {
-            const ConnTrackStats cs = ctx.ct->stats();
-            std::string j = "{\"generation\":" + std::to_string(ctl.applied_generation()) +
-                            ",\"lcores\":[{\"lcore\":" + std::to_string(wc.lcore) +
-                            ",\"counters\":{";
-            for (size_t i = 0; i < kLbCounterCount; ++i) {
-                j += std::string(i ? "," : "") + "\"" + lb_counter_name(static_cast<LbCounter>(i)) +
-                     "\":" + std::to_string(w.counter(i));
-            }
-            j += "},\"drops\":{";
-            bool first = true;
-            for (size_t i = 1; i < kDropReasonCount; ++i) {
-                j += std::string(first ? "" : ",") + "\"" +
-                     std::string(drop_reason_name(static_cast<DropReason>(i))) +
-                     "\":" + std::to_string(w.drops(i));
-                first = false;
-            }
-            j += "},\"flows\":{\"entries\":" + std::to_string(cs.entries) +
-                 ",\"half_open\":" + std::to_string(cs.half_open) +
-                 ",\"inserts\":" + std::to_string(cs.inserts) +
-                 ",\"insert_full\":" + std::to_string(cs.insert_full) +
-                 ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
-                 ",\"expired\":" + std::to_string(cs.expired) +
-                 ",\"capacity\":" + std::to_string(ctx.ct->capacity()) + "}}]}\n";
             if (FILE* f = std::fopen(tmp.c_str(), "w")) {
-                std::fputs(j.c_str(), f);
+                std::fputs(stats_json().c_str(), f);
                 std::fclose(f);
                 std::rename(tmp.c_str(), o.stats_file.c_str());
             }
@@ -278,11 +315,29 @@ int main(int argc, char** argv) {
             }
         }
     });
+    AdminServer admin;
+    if (!o.admin.empty()) {
+        if (auto a = admin.listen(o.admin); !a) {
+            std::cerr << "sluice-dataplane: " << a.error().message << std::endl;
+        }
+    }
+    std::thread admin_thread([&] {
+        admin.serve(g_stop, [&](const std::string& path) {
+            if (path == "/metrics") {
+                return AdminAnswer{200, "text/plain; version=0.0.4", prometheus()};
+            }
+            if (path == "/stats") {
+                return AdminAnswer{200, "application/json", stats_json()};
+            }
+            return AdminAnswer{404, "text/plain", "try /metrics or /stats\n"};
+        });
+    });
     w.run(g_stop); // the main lcore is the worker (one queue today)
 
     ctl.stop();
     ctl_thread.join();
     stats_thread.join();
+    admin_thread.join();
     std::fprintf(stderr, "sluice-dataplane: counters:");
     for (size_t i = 0; i < kLbCounterCount; ++i) {
         std::fprintf(stderr, " %s=%lu", lb_counter_name(static_cast<LbCounter>(i)),

@@ -26,6 +26,7 @@ lan_host cli 10.77.0.2
 lan_host be1 10.77.0.11
 lan_host be2 10.77.0.12
 lan_dp_port
+ip -n "$P-lan" link set lo up # the admin endpoint listens on 127.0.0.1
 
 for be in be1 be2; do
   ip netns exec "$P-$be" taskset -c 0 python3 "$ROOT/tools/echo/sluice-echo" \
@@ -102,7 +103,7 @@ YAML
 
 SOCK=$work/dp.sock
 ip netns exec "$P-lan" taskset -c 1 "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --ct-capacity 65536 \
-  --stats-file "$work/dp-stats.json" --exception-tap sl-exc \
+  --stats-file "$work/dp-stats.json" --exception-tap sl-exc --admin 127.0.0.1:9911 \
   -- -l 1 --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
   --vdev=net_af_packet0,iface=dp0,framecnt=2048,qdisc_bypass=1 >"$work/dp.log" 2>&1 &
 dp_pid=$!
@@ -177,4 +178,8 @@ print(f"ok: dataplane counters to_host {c['to_host']}, from_host {c['from_host']
 # 50+ HTTP exchanges of ~10 frames each in both directions went through the worker.
 sys.exit(0 if c["to_host"] > 300 and c["from_host"] > 300 and c["new_flows"] >= 1 else 1)
 PY
+m=$(ip netns exec "$P-lan" curl -s --max-time 3 http://127.0.0.1:9911/metrics || true)
+echo "$m" | grep -Eq '^sluice_dp_packets_total\{lcore="[0-9]+",kind="to_host"\} [1-9]' ||
+  fail "Prometheus /metrics of sluice-dataplane: $(echo "$m" | head -3)"
+echo "ok: sluice-dataplane --admin serves Prometheus text ($(echo "$m" | grep -c '^sluice_dp') series)"
 echo "PASS"
