@@ -13,6 +13,10 @@ pkgs=(
   libclang-rt-14-dev
   # test tools
   iproute2 curl socat openssl python3 ethtool util-linux
+  # tests/deploy/check_deploy.py (structural check of the deploy/ manifests)
+  python3-yaml
+  # L7 peers for perf/l7_bench.sh (started by hand there; none auto-starts here)
+  haproxy nginx-light wrk
 )
 missing=()
 for p in "${pkgs[@]}"; do
