@@ -246,6 +246,11 @@ std::vector<Mutation> mutations_for(const std::string& test) {
                      [remove](MutEnv& e) { return remove(e, false); }});
     } else if (test == "HTTPRouteReferenceGrant") {
         m.push_back({"delete the test's ReferenceGrant", "", "", 0, {"#1"}, delete_test_grants});
+        m.back().live = [](LiveMutEnv& e) -> std::string {
+            const size_t before = e.docs.size();
+            std::erase_if(e.docs, [](const TextDoc& d) { return d.kind == "ReferenceGrant"; });
+            return e.docs.size() == before ? "the test's manifests hold no ReferenceGrant" : "";
+        };
     } else if (test == "TCPRouteReferenceGrant") {
         m.push_back({"delete the test's ReferenceGrant",
                      "",
@@ -314,6 +319,28 @@ std::vector<Mutation> mutations_for(const std::string& test) {
                          }
                          return patched ? std::string() : std::string("no empty EndpointSlice");
                      }});
+        m.back().live = [](LiveMutEnv& e) -> std::string {
+            int patched = 0;
+            for (TextDoc& d : e.docs) {
+                if (d.kind != "EndpointSlice" || d.text.find("\nendpoints:") != std::string::npos) {
+                    continue;
+                }
+                const bool v6 = d.text.find("addressType: IPv6") != std::string::npos;
+                const auto addrs = e.pod_addresses(kInfra, "infra-backend-v1", v6);
+                if (addrs.empty()) {
+                    continue; // no pod of that family: the slice stays empty
+                }
+                if (!d.text.ends_with("\n")) {
+                    d.text += "\n";
+                }
+                d.text += "endpoints:\n";
+                for (const std::string& a : addrs) {
+                    d.text += "- addresses: [\"" + a + "\"]\n  conditions: {ready: true}\n";
+                }
+                ++patched;
+            }
+            return patched ? "" : "no empty EndpointSlice to patch";
+        };
     } else if (test == "BackendTLSPolicy") {
         const std::string cm = "tls-checks-ca-certificate-reconcile-test";
         m.push_back({"point reconcile-test at the missing ConfigMap " + cm,

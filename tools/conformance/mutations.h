@@ -30,6 +30,23 @@ struct MutEnv {
     const Fixtures& fx;
 };
 
+/// One YAML document of the manifests traffic mode writes to the controlplane's config
+/// directory, with what it is.
+struct TextDoc {
+    std::string kind, ns, name;
+    std::string text; ///< the document, without its "---" separator
+};
+
+/// What a step replayed over traffic edits: the test's documents, and the addresses of
+/// the echo pods (the pod IPs the suite would patch in).
+struct LiveMutEnv {
+    std::vector<TextDoc>& docs;
+    /// Addresses of a Deployment's echo pods (IPv6 ones when `v6`).
+    std::function<std::vector<std::string>(const std::string& ns, const std::string& deployment,
+                                           bool v6)>
+        pod_addresses;
+};
+
 struct Mutation {
     std::string what;
     std::string after_check;  ///< placed right after the nth check with this name, or
@@ -37,6 +54,8 @@ struct Mutation {
     int nth = 1;
     std::vector<std::string> cases;            ///< case ids (or "#N" suffixes, or "*") run after it
     std::function<std::string(MutEnv&)> apply; ///< returns "" or why it could not be applied
+    /// The same step on the config files of traffic mode; empty = not replayed there.
+    std::function<std::string(LiveMutEnv&)> live = {};
 };
 
 /// The steps of one test, in timeline order (empty for tests without mutations).

@@ -1,18 +1,28 @@
 #include "runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <ostream>
+#include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "cases.h"
 #include "checks.h"
 #include "compile.h"
 #include "fixtures.h"
+#include "live.h"
+#include "live_cases.h"
 #include "loader.h"
 #include "mutations.h"
 #include "traffic.h"
@@ -91,6 +101,198 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
     return s;
 }
 
+// ------------------------------------------------------------------ traffic mode helpers
+
+/// Splits manifest text into documents and names each (kind, namespace, name).
+std::vector<TextDoc> split_docs(const std::string& text, const std::string& label) {
+    std::vector<TextDoc> out;
+    std::vector<std::string> chunks(1);
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("---")) {
+            chunks.emplace_back();
+            continue;
+        }
+        chunks.back() += line + "\n";
+    }
+    for (std::string& c : chunks) {
+        cp::Diagnostics diags;
+        const auto docs = cp::parse_yaml(c, label, cp::LoadLimits{}, diags);
+        if (docs.empty()) {
+            continue; // comments only
+        }
+        TextDoc d;
+        const cp::Node& root = docs.front().root;
+        if (const cp::Node* k = root.get("kind"); k && k->is_scalar()) {
+            d.kind = k->scalar;
+        }
+        if (const cp::Node* md = root.get("metadata"); md && md->is_map()) {
+            if (const cp::Node* n = md->get("name"); n && n->is_scalar()) {
+                d.name = n->scalar;
+            }
+            if (const cp::Node* n = md->get("namespace"); n && n->is_scalar()) {
+                d.ns = n->scalar;
+            }
+        }
+        d.text = std::move(c);
+        out.push_back(std::move(d));
+    }
+    return out;
+}
+
+std::string join_docs(const std::vector<TextDoc>& docs) {
+    std::string out;
+    for (const TextDoc& d : docs) {
+        out += "---\n" + d.text;
+        if (!d.text.ends_with("\n")) {
+            out += "\n";
+        }
+    }
+    return out;
+}
+
+bool selects(const std::map<std::string, std::string>& selector,
+             const std::map<std::string, std::string>& labels) {
+    return !selector.empty() && std::all_of(selector.begin(), selector.end(), [&](const auto& kv) {
+        auto it = labels.find(kv.first);
+        return it != labels.end() && it->second == kv.second;
+    });
+}
+
+/// Kubernetes-looking name suffix ("7c9d8f6b5d", "x2k4p"), stable for `seed`.
+std::string k8s_suffix(const std::string& seed, size_t n) {
+    static const char kAlphabet[] = "bcdfghjklmnpqrstvwxz2456789";
+    uint64_t h = 1469598103934665603ULL;
+    for (char c : seed) {
+        h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+    }
+    std::string out;
+    for (size_t i = 0; i < n; ++i) {
+        out += kAlphabet[h % (sizeof kAlphabet - 1)];
+        h = h / (sizeof kAlphabet - 1) * 2654435761ULL + i + 1;
+    }
+    return out;
+}
+
+bool ipv6_loopback_usable() {
+    const int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return false;
+    }
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_loopback;
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+}
+
+/// The Deployment whose echo pod also answers on [::1] (HTTPRouteServiceTypes patches
+/// IPv6 EndpointSlices with its pod IPs).
+constexpr const char* kV6Deployment = "gateway-conformance-infra/infra-backend-v1";
+
+/// One echo pod per Deployment replica, each on its own loopback address, listening on
+/// the target ports of the Services that select it.
+std::vector<EchoPod> make_pods(const cp::Store& s, bool v6) {
+    std::vector<const cp::Deployment*> ds;
+    for (const cp::Deployment& d : s.deployments) {
+        ds.push_back(&d);
+    }
+    std::sort(ds.begin(), ds.end(), [](const cp::Deployment* a, const cp::Deployment* b) {
+        return std::tie(a->meta.ns, a->meta.name) < std::tie(b->meta.ns, b->meta.name);
+    });
+    std::vector<EchoPod> out;
+    for (size_t i = 0; i < ds.size() && i < 250; ++i) {
+        const cp::Deployment& d = *ds[i];
+        std::set<int> http, h2c;
+        for (const cp::Service& svc : s.services) {
+            if (svc.meta.ns != d.meta.ns || !selects(svc.selector, d.pod_labels)) {
+                continue;
+            }
+            for (const cp::ServicePort& sp : svc.ports) {
+                if (sp.protocol == "UDP" || sp.protocol == "SCTP") {
+                    continue;
+                }
+                const int port = sp.target_port ? sp.target_port
+                                                : (sp.target_port_name.empty() ? sp.port : 3000);
+                if (port <= 0 || port > 65535) {
+                    continue;
+                }
+                (sp.app_protocol == "kubernetes.io/h2c" ? h2c : http).insert(port);
+            }
+        }
+        for (int p : h2c) {
+            http.erase(p);
+        }
+        if (http.empty() && h2c.empty()) {
+            http.insert(3000);
+        }
+        const std::string rs = k8s_suffix(d.meta.ns + "/" + d.meta.name, 10);
+        for (int r = 0; r < std::max(1, std::min(d.replicas, 200)); ++r) {
+            EchoPod p;
+            p.ns = d.meta.ns;
+            p.deployment = d.meta.name;
+            p.pod = d.meta.name + "-" + rs + "-" +
+                    k8s_suffix(d.meta.ns + "/" + d.meta.name + "#" + std::to_string(r), 5);
+            p.address = "127.2." + std::to_string(i) + "." + std::to_string(r + 1);
+            p.http_ports.assign(http.begin(), http.end());
+            p.h2c_ports.assign(h2c.begin(), h2c.end());
+            if (v6 && r == 0 && d.meta.ns + "/" + d.meta.name == kV6Deployment &&
+                !p.http_ports.empty()) {
+                p.extra_listen = "[::1]:" + std::to_string(p.http_ports.front());
+            }
+            out.push_back(std::move(p));
+        }
+    }
+    return out;
+}
+
+/// EndpointSlices for the Services (chosen by `pick`) whose selector matches echo pods:
+/// the endpoint controller's part, with the pods' real addresses.
+std::string endpoint_slices(const cp::Store& s, const std::vector<EchoPod>& pods,
+                            const std::function<bool(const cp::Service&)>& pick) {
+    std::string out;
+    for (const cp::Service& svc : s.services) {
+        if (svc.selector.empty() || !pick(svc)) {
+            continue;
+        }
+        std::vector<std::string> addrs;
+        for (const cp::Deployment& d : s.deployments) {
+            if (d.meta.ns != svc.meta.ns || !selects(svc.selector, d.pod_labels)) {
+                continue;
+            }
+            for (const EchoPod& p : pods) {
+                if (p.ns == d.meta.ns && p.deployment == d.meta.name) {
+                    addrs.push_back(p.address);
+                }
+            }
+        }
+        if (addrs.empty()) {
+            continue;
+        }
+        std::string y = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n"
+                        "  name: " +
+                        svc.meta.name + "-echo\n  namespace: " + svc.meta.ns +
+                        "\n  labels:\n    kubernetes.io/service-name: " + svc.meta.name +
+                        "\naddressType: IPv4\nports:\n";
+        for (const cp::ServicePort& sp : svc.ports) {
+            const int port =
+                sp.target_port ? sp.target_port : (sp.target_port_name.empty() ? sp.port : 3000);
+            y += "- port: " + std::to_string(port) + "\n  protocol: " + sp.protocol + "\n";
+            if (!sp.name.empty()) {
+                y += "  name: " + sp.name + "\n";
+            }
+        }
+        y += "endpoints:\n";
+        for (const std::string& a : addrs) {
+            y += "- addresses: [\"" + a + "\"]\n  conditions: {ready: true}\n";
+        }
+        out += y;
+    }
+    return out;
+}
+
 /// One item of a test's timeline: a status check or a traffic case.
 struct Item {
     bool is_check = true;
@@ -162,6 +364,20 @@ public:
         for (const std::string& f : cp::supported_features()) {
             features_.insert(f);
         }
+        std::optional<std::regex> run_re;
+        if (!o_.run_regex.empty()) {
+            try {
+                run_re.emplace(o_.run_regex, std::regex::ECMAScript);
+            } catch (const std::regex_error& e) {
+                err_ << "sluice-conformance: bad --run regex: " << e.what() << "\n";
+                return 2;
+            }
+        }
+        if (o_.mode == "traffic") {
+            if (int rc = start_live(*base); rc != 0) {
+                return rc;
+            }
+        }
         for (const std::string& t : o_.tests) {
             if (!cf->tests.count(t)) {
                 err_ << "sluice-conformance: no test " << t << " in " << o_.cases_file << "\n";
@@ -173,6 +389,9 @@ public:
                 std::find(o_.tests.begin(), o_.tests.end(), name) == o_.tests.end()) {
                 continue;
             }
+            if (run_re && !std::regex_search(name, *run_re)) {
+                continue;
+            }
             std::vector<const CaseSpec*> cases;
             for (const CaseSpec& c : cf->cases) {
                 if (c.test == name) {
@@ -180,6 +399,9 @@ public:
                 }
             }
             run_test(spec, cases);
+        }
+        if (live_) {
+            live_->stop();
         }
         out_ << c_.xfail << " xfail, " << c_.xpass << " xpass\n";
         out_ << c_.passed << " passed, " << c_.failed << " failed, " << c_.skipped << " skipped\n";
@@ -190,6 +412,227 @@ public:
     }
 
 private:
+    /// Traffic mode: starts the echo pods, sluice-l7 and the controlplane with the base
+    /// manifests. Returns 0, or the exit status to end with.
+    int start_live(const std::string& base_text) {
+        if (::geteuid() != 0) {
+            std::ifstream in("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+            int start = 1024;
+            in >> start;
+            if (start > 80) {
+                out_ << "SKIP traffic mode: the Gateways listen on ports 80 and 443; run as root "
+                        "or lower net.ipv4.ip_unprivileged_port_start (now "
+                     << start << ")\n";
+                return 77;
+            }
+        }
+        cp::LoadOptions lo;
+        lo.gateway_class_name = kClassName;
+        lo.controller_name = cp::kControllerName;
+        cp::Diagnostics diags;
+        cp::Store base;
+        cp::load_documents(base_docs_, lo, base, diags);
+        cp::load_documents(fixture_docs_, lo, base, diags);
+        pods_ = make_pods(base, ipv6_loopback_usable());
+        const std::string klass = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
+                                  "metadata:\n  name: " +
+                                  std::string(kClassName) +
+                                  "\nspec:\n  controllerName: " + cp::kControllerName + "\n";
+        const std::string base_yaml =
+            "# sluice-conformance --mode traffic: GatewayClass, runtime fixtures, the suite's "
+            "base manifests and the EndpointSlices of the echo pods\n" +
+            klass + "---\n" + fx_.yaml + "---\n" +
+            replace_all(base_text, "{GATEWAY_CLASS_NAME}", kClassName) + "\n" +
+            endpoint_slices(base, pods_, [](const cp::Service&) { return true; });
+        LiveOptions lopt;
+        lopt.build_dir = o_.build_dir;
+        lopt.source_dir = o_.source_dir;
+        lopt.keep = o_.keep_temp;
+        live_ = std::make_unique<Live>(lopt);
+        if (auto r = live_->start(base_yaml, pods_, err_); !r) {
+            err_ << "sluice-conformance: traffic mode: " << r.error().message << "\n";
+            live_->stop();
+            return 2;
+        }
+        pods_ = live_->pods();
+        return 0;
+    }
+
+    std::vector<std::string> pod_addresses(const std::string& ns, const std::string& deployment,
+                                           bool v6) const {
+        std::vector<std::string> out;
+        for (const EchoPod& p : pods_) {
+            if (p.ns != ns || p.deployment != deployment) {
+                continue;
+            }
+            if (!v6) {
+                out.push_back(p.address);
+            } else if (!p.extra_listen.empty()) {
+                out.push_back(p.extra_listen.substr(1, p.extra_listen.find(']') - 1));
+            }
+        }
+        return out;
+    }
+
+    /// Traffic mode's evaluation of one test: each phase's manifests go to the
+    /// controlplane's config directory; its status checks are polled on the status files
+    /// until they hold (or the time is up), sluice-l7 must have the generation in force,
+    /// then the cases are sent.
+    void run_live(const TestSpec& t, const std::vector<const CaseSpec*>& cases,
+                  std::vector<Item>& items, std::vector<Phase>& phases,
+                  const std::vector<Mutation>& muts, std::vector<TextDoc> docs,
+                  const std::set<std::string>& test_files) {
+        // Cases this runner cannot send, and tests with nothing to send at all.
+        std::map<int, std::string> case_skip;
+        std::string first_reason;
+        for (const Item& it : items) {
+            if (!it.is_check) {
+                std::string why = live_skip_reason(cases[static_cast<size_t>(it.index)]->raw, t);
+                if (!why.empty()) {
+                    case_skip[it.index] = why;
+                    if (first_reason.empty()) {
+                        first_reason = why;
+                    }
+                }
+            }
+        }
+        if (cases.empty() || case_skip.size() == cases.size()) {
+            const std::string why =
+                cases.empty() ? "status checks only, no traffic (see --mode decide)" : first_reason;
+            for (Item& it : items) {
+                it.outcome = skipped(why);
+            }
+            return;
+        }
+        if (!dead_.empty()) {
+            for (Item& it : items) {
+                it.outcome = failed("the live processes are gone: " + dead_);
+            }
+            return;
+        }
+        const auto t0 = Clock::now();
+        std::string live_broken;
+        for (size_t k = 0; k < phases.size(); ++k) {
+            std::vector<Item*> checks, case_items;
+            for (Item& it : items) {
+                if (it.phase == static_cast<int>(k)) {
+                    (it.is_check ? checks : case_items).push_back(&it);
+                }
+            }
+            if (k > 0 && live_broken.empty()) {
+                const Mutation& m = muts[k - 1];
+                if (!m.live) {
+                    live_broken = "step \"" + m.what + "\" is not replayed over traffic";
+                } else {
+                    LiveMutEnv env{docs, [this](const std::string& ns, const std::string& d,
+                                                bool v6) { return pod_addresses(ns, d, v6); }};
+                    if (std::string why = m.live(env); !why.empty()) {
+                        live_broken = "step \"" + m.what + "\" failed: " + why;
+                    }
+                }
+            }
+            const std::string broken = !phases[k].broken.empty() ? phases[k].broken : live_broken;
+            if (!broken.empty() || (checks.empty() && case_items.empty())) {
+                for (Item* it : checks) {
+                    it->outcome = skipped(broken);
+                }
+                for (Item* it : case_items) {
+                    it->outcome = skipped(broken);
+                }
+                continue;
+            }
+            std::string why;
+            if (!live_->alive(why)) {
+                dead_ = why;
+                for (Item* it : checks) {
+                    it->outcome = failed("the live processes are gone: " + why);
+                }
+                for (Item* it : case_items) {
+                    it->outcome = failed("the live processes are gone: " + why);
+                }
+                continue;
+            }
+            // ---- apply this phase's manifests and wait until they are in force
+            const size_t since = live_->write_test_config(
+                "# " + t.name + " (step " + std::to_string(k) + ")\n" + join_docs(docs));
+            const auto deadline = Clock::now() + std::chrono::milliseconds(o_.ready_ms);
+            const Reconcile r = live_->wait_reconcile(since, deadline);
+            std::string not_ready;
+            if (!r.seen) {
+                not_ready = "the controlplane logged no reconcile within " +
+                            std::to_string(o_.ready_ms / 1000) + " s";
+            } else if (r.refused) {
+                std::string first;
+                std::istringstream in(r.diagnostics);
+                std::string line;
+                while (std::getline(in, line) && first.size() < 600) {
+                    if (line.find("error") != std::string::npos) {
+                        first += (first.empty() ? "" : " | ") + line;
+                    }
+                }
+                not_ready = "the controlplane refused the configuration: " +
+                            (first.empty() ? r.line : first);
+            }
+            cp::CompileOutput status;
+            std::optional<uint64_t> l7gen;
+            World w;
+            w.store = &phases[k].store;
+            w.test_files = test_files;
+            for (;;) {
+                status = live_->read_status();
+                w.out = &status;
+                bool all = true;
+                for (Item* it : checks) {
+                    it->outcome = evaluate_check(t.checks[static_cast<size_t>(it->index)], w);
+                    all = all && it->outcome.verdict != Verdict::Fail;
+                }
+                l7gen = live_->l7_generation();
+                const bool gen_ok = !r.seen || (l7gen && *l7gen >= r.generation);
+                if ((all && gen_ok) || Clock::now() >= deadline) {
+                    break;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+            if (o_.verbose) {
+                err_ << "  " << t.name << " step " << k << ": " << r.line
+                     << "; sluice-l7 generation "
+                     << (l7gen ? std::to_string(*l7gen) : std::string("?")) << "\n";
+            }
+            if (r.seen && !r.refused && !r.programmed) {
+                not_ready = not_ready.empty() ? "sluice-l7 did not acknowledge generation " +
+                                                    std::to_string(r.generation)
+                                              : not_ready;
+            }
+            if (!not_ready.empty()) {
+                for (Item* it : checks) {
+                    if (it->outcome.verdict == Verdict::Fail) {
+                        it->outcome.why += " (" + not_ready + ")";
+                    }
+                }
+            }
+            LiveCaseEnv env;
+            env.status = &status;
+            env.pods = &pods_;
+            env.test = t.name;
+            env.consistency = std::chrono::milliseconds(o_.consistency_ms);
+            for (Item* it : case_items) {
+                if (auto s = case_skip.find(it->index); s != case_skip.end()) {
+                    it->outcome = skipped(s->second);
+                    continue;
+                }
+                it->outcome = evaluate_live_case(cases[static_cast<size_t>(it->index)]->raw, env);
+                if (it->outcome.verdict == Verdict::Fail && !not_ready.empty()) {
+                    it->outcome.why += " (" + not_ready + ")";
+                }
+            }
+        }
+        if (o_.verbose) {
+            const auto ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+            err_ << "  " << t.name << ": " << ms << " ms\n";
+        }
+    }
+
     void run_test(const TestSpec& t, const std::vector<const CaseSpec*>& cases) {
         const int n_items = static_cast<int>(t.checks.size() + cases.size());
         for (const std::string& f : t.features) {
@@ -223,6 +666,7 @@ private:
         cp::load_documents(fixture_docs_, lo, p0.store, diags);
         stamp_creation(p0.store, kBaseTime);
         std::set<std::string> test_files;
+        std::vector<TextDoc> live_docs;
         bool placeholders = false;
         for (const std::string& m : t.manifests) {
             const std::string path = o_.manifests_dir + "/tests/" + m;
@@ -240,6 +684,12 @@ private:
                 *text = replace_all(*text, "PLACEHOLDER_UNUSABLE_ADDRS", kUnusableAddress);
             }
             test_files.insert(path);
+            if (live_) {
+                for (TextDoc& d :
+                     split_docs(replace_all(*text, "{GATEWAY_CLASS_NAME}", kClassName), path)) {
+                    live_docs.push_back(std::move(d));
+                }
+            }
             const size_t before = diags.size();
             auto docs = cp::parse_yaml(*text, path, cp::LoadLimits{}, diags);
             for (size_t i = before; i < diags.size(); ++i) {
@@ -354,6 +804,19 @@ private:
         };
 
         // ---------------------------------------------------------- evaluate
+        if (live_) {
+            // The endpoint controller's part for the test's own Services with a selector.
+            const std::string slices =
+                endpoint_slices(phases[0].store, pods_, [&](const cp::Service& s) {
+                    return test_files.count(s.meta.source.file) > 0;
+                });
+            for (TextDoc& d : split_docs(slices, "<runner: EndpointSlices>")) {
+                live_docs.push_back(std::move(d));
+            }
+            run_live(t, cases, items, phases, muts, std::move(live_docs), test_files);
+            report(t, items);
+            return;
+        }
         for (Item& it : items) {
             Phase& p = phases[static_cast<size_t>(it.phase)];
             if (!p.broken.empty()) {
@@ -445,6 +908,10 @@ private:
     std::set<std::string> features_;
     Counts c_;
     bool unreadable_ = false;
+    // traffic mode
+    std::unique_ptr<Live> live_;
+    std::vector<EchoPod> pods_;
+    std::string dead_; ///< why the live processes are gone ("" while they run)
 };
 
 } // namespace

@@ -7,6 +7,8 @@
 /// (timeouts, retries, handshakes the IR does not decide, websocket, DNS) are skipped.
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "fixtures.h"
 #include "json_util.h"
@@ -26,5 +28,29 @@ namespace sluice::conformance {
 
 /// Evaluates one case record. Thread: any.
 [[nodiscard]] Outcome evaluate_case(const Json& c, const World& w, const Fixtures& fx);
+
+/// One real HTTP exchange (traffic mode), in the terms of the comparison.
+struct LiveExchange {
+    // The request as sent.
+    std::string scheme = "http";
+    std::string method = "GET";
+    std::string target = "/"; ///< path [? query]
+    std::string host;         ///< Host header as sent
+    // The answer.
+    bool transport_error = false; ///< no HTTP response (refused, reset, timeout, garbage)
+    std::string error;
+    int status = 0;
+    std::vector<std::pair<std::string, std::string>> headers; ///< response headers, in order
+    bool echoed = false; ///< the body is the echo backend's JSON (it saw the request)
+    std::string pod, ns; ///< the echo pod's name and namespace
+    std::string backend_method, backend_path, backend_host;
+    std::vector<std::pair<std::string, std::string>> backend_headers; ///< as the echo saw them
+};
+
+/// Compares a real exchange with the expectation of an eventually-consistent HTTP case
+/// (status, redirect Location, the request the backend saw, which pod answered, response
+/// headers), with the same rules evaluate_case applies to a simulated answer. Mirrors and
+/// weights are judged by the caller (pod logs, request samples). Thread: any.
+[[nodiscard]] Outcome compare_live(const Json& c, const LiveExchange& x);
 
 } // namespace sluice::conformance
