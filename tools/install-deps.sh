@@ -7,12 +7,15 @@ pkgs=(
   g++ clang meson ninja-build pkg-config cmake
   # libraries (see docs/dependencies.md for why each one is here)
   libyaml-cpp-dev libexpected-dev libboost-program-options-dev libre2-dev
-  nlohmann-json3-dev libcurl4-openssl-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcurl4-openssl-dev libssl-dev libnghttp2-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
   dpdk-dev libdpdk-dev libipsec-mb-dev libbpf-dev
   # fuzzing (libFuzzer runtime for clang 14)
   libclang-rt-14-dev
   # test tools
   iproute2 curl socat openssl python3 ethtool util-linux
+  # HTTP/2 and gRPC clients of the L7 tests (h2load; gRPC client/servers; raw HTTP/2 frames)
+  nghttp2-client python3-grpcio python3-h2
   # tests/deploy/check_deploy.py (structural check of the deploy/ manifests)
   python3-yaml
   # L7 peers for perf/l7_bench.sh (started by hand there; none auto-starts here)

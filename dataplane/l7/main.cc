@@ -63,6 +63,9 @@ std::string stats_json(const l7::EngineStats& s) {
     f("timeouts", s.timeouts);
     f("tunnels", s.tunnels);
     f("tunnel_refused", s.tunnel_refused);
+    f("h2_connections", s.h2_connections);
+    f("h2_streams", s.h2_streams);
+    f("h2_abuse", s.h2_abuse);
     f("bytes_in", s.bytes_in);
     f("bytes_out", s.bytes_out, true);
     return j + "}}\n";
@@ -145,6 +148,9 @@ std::string prometheus(const l7::EngineStats& s) {
     counter("timeouts_total", "408 and 504 answers", s.timeouts);
     counter("tunnels_total", "TLSRoute connections relayed to a backend", s.tunnels);
     counter("tunnel_refused_total", "TLS connections reset: no listener/route/backend for the SNI", s.tunnel_refused);
+    counter("h2_connections_total", "HTTP/2 client connections (ALPN h2, h2c)", s.h2_connections);
+    counter("h2_streams_total", "HTTP/2 requests (streams)", s.h2_streams);
+    counter("h2_abuse_total", "HTTP/2 connections closed by a defence (rapid reset, floods)", s.h2_abuse);
     counter("bytes_in_total", "bytes read from clients", s.bytes_in);
     counter("bytes_out_total", "bytes written to clients", s.bytes_out);
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"
@@ -259,7 +265,9 @@ int main(int argc, char** argv) {
         "backend response timeout when the route sets none (504)")(
         "eject-after", po::value(&eo.eject_after)->default_value(eo.eject_after),
         "consecutive failures that eject an endpoint")(
-        "eject-ms", po::value(&eo.eject_ms)->default_value(eo.eject_ms), "ejection time");
+        "eject-ms", po::value(&eo.eject_ms)->default_value(eo.eject_ms), "ejection time")(
+        "no-h2", po::bool_switch(),
+        "serve HTTP/1.1 only to clients: no ALPN h2, no h2c (backends may still be h2c)");
     po::variables_map vm;
     try {
         po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -272,6 +280,7 @@ int main(int argc, char** argv) {
         std::cout << desc << std::endl;
         return 0;
     }
+    eo.offer_h2 = !vm["no-h2"].as<bool>();
     std::signal(SIGPIPE, SIG_IGN);
     // Every client and backend connection is a descriptor: take the hard limit.
     rlimit nofile{};

@@ -20,8 +20,9 @@
 #include <thread>
 #include <unordered_map>
 
-#include "decide.h"
 #include "client_hello.h"
+#include "decide.h"
+#include "h2.h"
 #include "hostnames.h"
 #include "tls_ctx.h"
 
@@ -103,29 +104,95 @@ bool is_hop_by_hop(std::string_view name) noexcept {
            http::iequals(name, "proxy-authenticate") || http::iequals(name, "proxy-authorization");
 }
 
+/// True if the comma-separated token list `list` holds `name` (case-insensitive).
+bool has_token(std::string_view list, std::string_view name) noexcept {
+    std::string_view v = list;
+    while (!v.empty()) {
+        size_t comma = v.find(',');
+        std::string_view tok = v.substr(0, comma);
+        while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+        while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+        if (http::iequals(tok, name)) {
+            return true;
+        }
+        if (comma == std::string_view::npos) {
+            break;
+        }
+        v.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
 /// Header names listed in Connection (also hop-by-hop).
 bool named_by_connection(const http::Head& h, std::string_view name) noexcept {
     for (size_t i = 0; i < h.n_headers; ++i) {
-        if (!http::iequals(h.headers[i].name, "connection")) {
-            continue;
-        }
-        std::string_view v = h.headers[i].value;
-        while (!v.empty()) {
-            size_t comma = v.find(',');
-            std::string_view tok = v.substr(0, comma);
-            while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
-            while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-            if (http::iequals(tok, name)) {
-                return true;
-            }
-            if (comma == std::string_view::npos) {
-                break;
-            }
-            v.remove_prefix(comma + 1);
+        if (http::iequals(h.headers[i].name, "connection") && has_token(h.headers[i].value, name)) {
+            return true;
         }
     }
     return false;
 }
+
+/// The values of every Connection header of `h`, comma-joined (kept past the head's buffer).
+std::string connection_tokens(const http::Head& h) {
+    std::string t;
+    for (size_t i = 0; i < h.n_headers; ++i) {
+        if (http::iequals(h.headers[i].name, "connection")) {
+            t += t.empty() ? "" : ",";
+            t += h.headers[i].value;
+        }
+    }
+    return t;
+}
+
+/// Fields HTTP/2 forbids (RFC 9113 8.2.2), on top of the hop-by-hop ones.
+bool h2_forbidden(std::string_view name) noexcept {
+    return is_hop_by_hop(name) || http::iequals(name, "transfer-encoding") ||
+           http::iequals(name, "host") || http::iequals(name, "http2-settings");
+}
+
+/// content-type application/grpc, application/grpc+proto, application/grpc;... (not grpc-web)
+bool is_grpc_type(std::string_view ct) noexcept {
+    constexpr std::string_view kGrpc = "application/grpc";
+    if (ct.size() < kGrpc.size() || !http::iequals(ct.substr(0, kGrpc.size()), kGrpc)) {
+        return false;
+    }
+    return ct.size() == kGrpc.size() || ct[kGrpc.size()] == '+' || ct[kGrpc.size()] == ';';
+}
+
+/// gRPC status for an answer the gateway gives itself (the HTTP to gRPC mapping of
+/// grpc/doc/http-grpc-status-mapping.md; an invalid backend's 500 is UNAVAILABLE too).
+uint32_t grpc_status_for(uint16_t http) noexcept {
+    switch (http) {
+    case 400: case 431: return 13; // INTERNAL
+    case 401: return 16;           // UNAUTHENTICATED
+    case 403: return 7;            // PERMISSION_DENIED
+    case 404: case 501: return 12; // UNIMPLEMENTED
+    case 429: case 500: case 502: case 503: case 504: return 14; // UNAVAILABLE
+    default: return 2;             // UNKNOWN
+    }
+}
+
+/// grpc-message: percent-encoded outside printable ASCII (and '%').
+std::string grpc_message(std::string_view m) {
+    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) {
+        m.remove_suffix(1);
+    }
+    std::string o;
+    static const char* hex = "0123456789ABCDEF";
+    for (unsigned char ch : m) {
+        if (ch < 0x20 || ch > 0x7e || ch == '%') {
+            o += '%';
+            o += hex[ch >> 4];
+            o += hex[ch & 15];
+        } else {
+            o += static_cast<char>(ch);
+        }
+    }
+    return o;
+}
+
+constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const char* reason_phrase(uint16_t s) noexcept {
     switch (s) {
@@ -157,7 +224,7 @@ struct alignas(64) Counters {
     std::atomic<uint64_t> connections{0}, active{0}, tls_handshakes{0}, tls_failures{0},
         requests{0}, s1{0}, s2{0}, s3{0}, s4{0}, s5{0}, up_connects{0}, up_failures{0},
         up_reused{0}, retries{0}, ejections{0}, mirrors{0}, bad_requests{0}, timeouts{0},
-        tunnels{0}, tunnel_refused{0},
+        tunnels{0}, tunnel_refused{0}, h2_connections{0}, h2_streams{0}, h2_abuse{0},
         bytes_in{0}, bytes_out{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
@@ -200,17 +267,47 @@ struct ListenEntry : Io {
 };
 
 struct Conn;
+struct Exchange;
+struct Upstream;
+
+/// HTTP/2 events of a client connection's session, handed to the worker.
+struct H2Front final : H2Session::Handler {
+    Worker* w = nullptr;
+    Conn* c = nullptr;
+    void on_head(int32_t id, H2Head& h) override;
+    void on_data(int32_t id, std::string_view d) override;
+    void on_trailers(int32_t, H2Head&) override {} // request trailers are not forwarded
+    void on_end(int32_t id) override;
+    void on_close(int32_t id, uint32_t code) override;
+};
+
+/// HTTP/2 events of a backend connection's (h2c) session, handed to the worker.
+struct H2Back final : H2Session::Handler {
+    Worker* w = nullptr;
+    Upstream* u = nullptr;
+    void on_head(int32_t id, H2Head& h) override;
+    void on_data(int32_t id, std::string_view d) override;
+    void on_trailers(int32_t id, H2Head& h) override;
+    void on_end(int32_t id) override;
+    void on_close(int32_t id, uint32_t code) override;
+};
 
 struct Upstream : Io {
-    Conn* owner = nullptr;      ///< the exchange it serves; nullptr when pooled or a mirror
-    Conn* mirror_of = nullptr;  ///< mirrors: the connection whose request is copied
+    Exchange* owner = nullptr;     ///< the exchange it serves; nullptr when pooled or a mirror
+    Exchange* mirror_of = nullptr; ///< mirrors: the exchange whose request is copied
     bool connected = false;
     bool eof = false;
     bool mirror = false;
-    std::string key; ///< "address|port": pool and health key
+    std::string key;      ///< "address|port": health key
+    std::string pool_key; ///< key, "h2|key" for h2c connections
     std::string name; ///< ns/service:port for logs
     Buf in, out;
     uint64_t deadline = 0;
+    // h2c backends (appProtocol kubernetes.io/h2c, gRPC): one stream at a time.
+    H2Back h2_link;
+    std::unique_ptr<H2Session> h2;
+    int32_t h2_stream = 0; ///< the owner's stream
+    bool h2_busy = false;  ///< inside the session's feed/produce: no re-entry
     Upstream() : Io(Kind::Upstream) {}
 };
 
@@ -219,7 +316,11 @@ struct MirrorSpec {
     uint32_t num, den;
 };
 
+/// One request and its response. Owned by the client connection: Conn::ex for HTTP/1.x,
+/// H2Conn::streams for an HTTP/2 stream (sid != 0).
 struct Exchange {
+    Conn* c = nullptr;
+    int32_t sid = 0; ///< HTTP/2 stream on the client connection; 0 = HTTP/1.x
     std::shared_ptr<const Tables> t;
     route::Decision d;
     const ir::Rule* rule = nullptr;
@@ -251,9 +352,29 @@ struct Exchange {
     uint64_t resp_bytes = 0;
     std::string upstream_name;
     std::vector<Upstream*> mirrors;
+    bool grpc = false;  ///< content-type application/grpc: GRPCRoute tables, gRPC answers
+    bool up_h2 = false; ///< the backend speaks h2c
+    std::vector<H2Header> up_h2_head; ///< the request for an h2c backend (kept for retries)
+    // HTTP/2 client stream: request body
+    Buf req_buf;                  ///< DATA not yet given to the backend
+    bool req_end_seen = false;    ///< END_STREAM received
+    bool req_chunked_out = false; ///< sent to an HTTP/1.1 backend chunked (no content-length)
+    // h2c backend response
+    bool resp_chunk_out = false;  ///< re-chunked for an HTTP/1.1 client
+    bool resp_complete = false;   ///< END_STREAM from the backend
+    std::vector<H2Header> resp_trailers;
+    bool finished = false; ///< finish_exchange() ran (the object waits in Worker::dead_x)
 };
 
-enum class St : uint8_t { Sniff, Handshake, Head, Exchange, Tunnel, Lingering };
+enum class St : uint8_t { Sniff, Handshake, Head, Exchange, Tunnel, Lingering, H2 };
+
+/// The HTTP/2 side of a client connection: the session and the exchange of each stream.
+struct H2Conn {
+    H2Front link;
+    std::unique_ptr<H2Session> s;
+    std::unordered_map<int32_t, std::unique_ptr<Exchange>> streams;
+    bool busy = false; ///< inside the session's feed/produce: no re-entry
+};
 
 struct Conn : Io {
     SSL* ssl = nullptr;
@@ -271,6 +392,8 @@ struct Conn : Io {
     St st = St::Head;
     uint64_t deadline = 0;
     std::unique_ptr<Exchange> ex;
+    std::unique_ptr<H2Conn> h2; ///< St::H2: HTTP/2 (ALPN h2, h2c prior knowledge or Upgrade)
+    uint32_t served = 0;        ///< HTTP/1.x requests started on this connection
     Conn() : Io(Kind::Client) {}
 };
 
@@ -294,6 +417,11 @@ struct Worker {
     std::unordered_map<std::string, Health> health;
     std::unordered_map<std::string, uint32_t> rr;
     std::vector<Io*> graveyard;
+    /// Exchanges that ended this loop turn: freed with the graveyard, so that a caller up
+    /// the stack that still holds one never sees freed memory.
+    std::vector<std::unique_ptr<Exchange>> dead_x;
+    H2Limits h2_client_limits; ///< client connections (defences)
+    H2Limits h2_backend_limits;
     /// TLS connections with decrypted bytes buffered inside OpenSSL that epoll cannot
     /// announce: read again at the end of this loop turn.
     std::vector<Conn*> kick;
@@ -312,7 +440,16 @@ struct Worker {
     Worker(Engine::Impl& engine, unsigned i)
         : e(engine)
         , id(i)
-        , rng(0x9E3779B97F4A7C15ull * (i + 1) ^ now_ms()) {}
+        , rng(0x9E3779B97F4A7C15ull * (i + 1) ^ now_ms()) {
+        h2_client_limits.max_header_list = static_cast<uint32_t>(e.o.limits.max_head_bytes);
+        h2_client_limits.max_headers = static_cast<uint32_t>(e.o.limits.max_headers) + 8;
+        h2_backend_limits.max_header_list = 1u << 20; // the backend is trusted further
+        h2_backend_limits.max_headers = 1000;
+        // One stream per backend connection: the default windows bound what a backend can
+        // make the engine buffer beyond what the client has taken.
+        h2_backend_limits.stream_window = 65535;
+        h2_backend_limits.connection_window = 65535;
+    }
 
     uint64_t random() noexcept {
         // splitmix64
@@ -337,17 +474,55 @@ struct Worker {
     void close_conn(Conn& c);
     void close_upstream(Upstream& u);
     void start_exchange(Conn& c, const http::Head& h);
+    void route_exchange(Exchange& x, const route::Request& rq, std::string_view conn_tokens,
+                        std::string_view upgrade_proto);
+    void build_upstream_request(Exchange& x, std::string_view conn_tokens,
+                                std::string_view upgrade_proto);
     void respond(Conn& c, uint16_t status, const std::vector<std::pair<std::string, std::string>>& extra,
                  std::string_view body, bool close);
-    bool attempt(Conn& c);
-    Upstream* connect_to(const ir::BackendGroup& g, std::string& why);
+    void answer(Exchange& x, uint16_t status,
+                const std::vector<std::pair<std::string, std::string>>& extra,
+                std::string_view body, bool close);
+    bool attempt(Exchange& x);
+    Upstream* connect_to(const ir::BackendGroup& g, std::string& why, bool h2);
+    void forward_body(Exchange& x);
     void forward_request_body(Conn& c);
     void upstream_progress(Upstream& u);
-    void upstream_failed(Conn& c, bool connect_failure, std::string_view why);
-    void finish_exchange(Conn& c);
+    void upstream_failed(Exchange& x, bool connect_failure, std::string_view why);
+    void finish_exchange(Exchange& x);
+    void abort_exchange(Exchange& x);
+    void abort_client(Exchange& x);
+    void deliver(Exchange& x, std::string_view body);
+    bool client_full(const Exchange& x) const;
     void log_exchange(const Conn& c, const Exchange& x);
     void sweep();
-    void start_mirrors(Conn& c);
+    void sweep_exchange(Exchange& x);
+    void start_mirrors(Exchange& x);
+    // HTTP/2 towards clients
+    void h2_start(Conn& c);
+    bool h2_upgrade(Conn& c, const http::Head& h);
+    void h2_progress(Conn& c);
+    void h2_flush(Conn& c);
+    void h2_abort_all(Conn& c);
+    void h2_on_head(Conn& c, int32_t sid, H2Head& hh);
+    void h2_on_data(Conn& c, int32_t sid, std::string_view data);
+    void h2_on_end(Conn& c, int32_t sid);
+    void h2_on_close(Conn& c, int32_t sid);
+    void h2_forward_body(Exchange& x);
+    void h2_answer(Exchange& x, uint16_t status,
+                   const std::vector<std::pair<std::string, std::string>>& extra,
+                   std::string_view body);
+    void h2_submit_head(Exchange& x, uint16_t status, const std::vector<route::Header>& hs,
+                        bool end_stream);
+    // h2c towards backends
+    void up_h2_read(Upstream& u);
+    void up_h2_flush(Upstream& u);
+    void up_h2_lost(Upstream& u, std::string_view why);
+    void up_h2_head(Upstream& u, int32_t id, H2Head& hh);
+    void up_h2_data(Upstream& u, int32_t id, std::string_view data);
+    void up_h2_trailers(Upstream& u, int32_t id, H2Head& hh);
+    void up_h2_end(Upstream& u, int32_t id);
+    void up_h2_close(Upstream& u, int32_t id, uint32_t code);
     void sniff(Conn& c);
     void start_tls_tunnel(Conn& c, uint32_t listener);
     void reset_conn(Conn& c);
@@ -654,6 +829,9 @@ EngineStats Engine::stats() const {
         s.timeouts += ld(c.timeouts);
         s.tunnels += ld(c.tunnels);
         s.tunnel_refused += ld(c.tunnel_refused);
+        s.h2_connections += ld(c.h2_connections);
+        s.h2_streams += ld(c.h2_streams);
+        s.h2_abuse += ld(c.h2_abuse);
         s.bytes_in += ld(c.bytes_in);
         s.bytes_out += ld(c.bytes_out);
     }
@@ -699,6 +877,7 @@ void Worker::loop(const std::atomic<bool>& stop) {
             last_sweep = now;
             sweep();
         }
+        dead_x.clear();
         for (Io* io : graveyard) {
             if (io->kind == Kind::Client) {
                 delete static_cast<Conn*>(io);
@@ -709,11 +888,21 @@ void Worker::loop(const std::atomic<bool>& stop) {
         graveyard.clear();
     }
     for (Conn* c : std::vector<Conn*>(conns)) {
-        close_conn(*c);
+        if (c->h2 && !c->dead && !c->h2->busy) {
+            // Stopping: tell HTTP/2 clients with a GOAWAY (one best-effort write).
+            c->h2->s->goaway(false, H2Session::kNoError);
+            if (c->h2->s->produce(c->out.s, e.o.max_buffer)) {
+                flush(*c);
+            }
+        }
+        if (!c->dead) {
+            close_conn(*c);
+        }
     }
     for (Upstream* u : std::vector<Upstream*>(ups)) {
         close_upstream(*u);
     }
+    dead_x.clear();
     for (Io* io : graveyard) {
         if (io->kind == Kind::Client) {
             delete static_cast<Conn*>(io);
@@ -841,15 +1030,25 @@ void Worker::close_conn(Conn& c) {
         return;
     }
     c.dead = true;
-    if (c.ex) {
-        if (c.ex->up) {
-            c.ex->up->owner = nullptr;
-            close_upstream(*c.ex->up);
+    auto drop = [&](std::unique_ptr<Exchange>& x) {
+        if (x->up) {
+            x->up->owner = nullptr;
+            close_upstream(*x->up);
+            x->up = nullptr;
         }
-        for (Upstream* m : c.ex->mirrors) {
+        for (Upstream* m : x->mirrors) {
             m->mirror_of = nullptr;
         }
-        c.ex.reset();
+        dead_x.push_back(std::move(x));
+    };
+    if (c.ex) {
+        drop(c.ex);
+    }
+    if (c.h2) {
+        for (auto& [sid, x] : c.h2->streams) {
+            drop(x);
+        }
+        c.h2->streams.clear(); // the session itself goes with the Conn (it may be on the stack)
     }
     if (c.ssl) {
         SSL_free(c.ssl);
@@ -874,8 +1073,8 @@ void Worker::close_upstream(Upstream& u) {
         return;
     }
     u.dead = true;
-    if (u.mirror_of && u.mirror_of->ex) {
-        auto& ms = u.mirror_of->ex->mirrors;
+    if (u.mirror_of) {
+        auto& ms = u.mirror_of->mirrors;
         for (size_t i = 0; i < ms.size(); ++i) {
             if (ms[i] == &u) {
                 ms.erase(ms.begin() + static_cast<long>(i));
@@ -883,7 +1082,7 @@ void Worker::close_upstream(Upstream& u) {
             }
         }
     }
-    if (auto it = pool.find(u.key); it != pool.end()) {
+    if (auto it = pool.find(u.pool_key); it != pool.end()) {
         auto& v = it->second;
         for (size_t i = 0; i < v.size(); ++i) {
             if (v[i] == &u) {
@@ -1023,6 +1222,15 @@ void Worker::on_client(Conn& c, uint32_t ev) {
                     return;
                 }
             }
+            const unsigned char* alpn = nullptr;
+            unsigned alpn_len = 0;
+            SSL_get0_alpn_selected(c.ssl, &alpn, &alpn_len);
+            if (c.st == St::Head && alpn_len == 2 && alpn[0] == 'h' && alpn[1] == '2') {
+                h2_start(c);
+                if (c.dead) {
+                    return;
+                }
+            }
         } else {
             const int err = SSL_get_error(c.ssl, r);
             if (err == SSL_ERROR_WANT_READ) {
@@ -1078,7 +1286,9 @@ void Worker::update(Conn& c) {
     uint32_t ev = 0;
     const Exchange* x = c.ex.get();
     bool want_read = !c.read_eof && !c.close_after_flush && c.in.size() < e.o.max_buffer;
-    if (x && x->up && x->up->out.size() >= e.o.max_buffer) {
+    if (x && x->up &&
+        x->up->out.size() + (x->up->h2 ? x->up->h2->buffered(x->up->h2_stream) : 0) >=
+            e.o.max_buffer) {
         want_read = false;
     }
     if (c.st == St::Handshake || c.st == St::Lingering) {
@@ -1139,6 +1349,10 @@ void Worker::respond(Conn& c, uint16_t status,
 
 void Worker::progress(Conn& c) {
     for (int guard = 0; guard < 1024 && !c.dead; ++guard) {
+        if (c.st == St::H2) {
+            h2_progress(c);
+            return;
+        }
         if (c.st == St::Head) {
             if (c.close_after_flush) {
                 break;
@@ -1148,6 +1362,21 @@ void Worker::progress(Conn& c) {
                     c.close_after_flush = true;
                 }
                 break;
+            }
+            if (e.o.offer_h2 && c.served == 0) {
+                // HTTP/2 with prior knowledge: the connection preface instead of a request.
+                const std::string_view in = c.in.view();
+                const size_t n = std::min(in.size(), kH2Preface.size());
+                if (in.substr(0, n) == kH2Preface.substr(0, n)) {
+                    if (n < kH2Preface.size()) {
+                        if (c.read_eof) {
+                            c.close_after_flush = true;
+                        }
+                        break;
+                    }
+                    h2_start(c);
+                    continue;
+                }
             }
             http::Head h;
             const http::Result r = http::parse_request(c.in.view(), e.o.limits, h);
@@ -1165,6 +1394,10 @@ void Worker::progress(Conn& c) {
                 respond(c, r.error_status, {}, body, true);
                 c.in.clear();
                 break;
+            }
+            if (e.o.offer_h2 && !c.ssl && h.upgrade && has_token(h.upgrade_proto, "h2c") &&
+                h.body == http::BodyKind::None && h2_upgrade(c, h)) {
+                continue; // Upgrade: h2c taken: the request is stream 1
             }
             start_exchange(c, h);
             continue;
@@ -1237,17 +1470,21 @@ std::vector<MirrorSpec> mirror_specs(const ir::Ir& ir, const route::Decision& d)
 
 void Worker::start_exchange(Conn& c, const http::Head& h) {
     Counters::inc(this->c.requests);
-    auto x = std::make_unique<Exchange>();
-    x->t = t; // the tables, read once for this request
-    x->started = now;
-    x->client_minor = h.version_minor;
-    x->client_keep_alive = h.keep_alive;
-    x->req_body = h.body;
-    x->req_left = h.content_length;
-    x->req_done = h.body == http::BodyKind::None ||
-                  (h.body == http::BodyKind::Length && h.content_length == 0);
-    x->upgrade = h.upgrade;
-    x->method.assign(h.method);
+    ++c.served;
+    auto xp = std::make_unique<Exchange>();
+    Exchange& x = *xp;
+    x.c = &c;
+    x.t = t; // the tables, read once for this request
+    x.started = now;
+    x.client_minor = h.version_minor;
+    x.client_keep_alive = h.keep_alive;
+    x.req_body = h.body;
+    x.req_left = h.content_length;
+    x.req_done = h.body == http::BodyKind::None ||
+                 (h.body == http::BodyKind::Length && h.content_length == 0);
+    // An h2c upgrade the engine did not take is not passed on either.
+    x.upgrade = h.upgrade && !has_token(h.upgrade_proto, "h2c");
+    x.method.assign(h.method);
 
     route::Request rq;
     rq.gateway_ns = c.gw_ns;
@@ -1274,25 +1511,37 @@ void Worker::start_exchange(Conn& c, const http::Head& h) {
         if (http::iequals(h.headers[i].name, "host")) {
             continue;
         }
+        if (http::iequals(h.headers[i].name, "content-type") && is_grpc_type(h.headers[i].value)) {
+            x.grpc = true;
+        }
         rq.headers.push_back({std::string(h.headers[i].name), std::string(h.headers[i].value)});
     }
-    x->path = rq.target;
-    x->host = rq.host;
+    rq.grpc = x.grpc;
+    x.path = rq.target;
+    x.host = rq.host;
+    // The head's views die with the consume below: keep what the upstream request needs.
+    const std::string conn_tokens = connection_tokens(h);
+    const std::string upgrade_proto(x.upgrade ? h.upgrade_proto : std::string_view());
     c.in.consume(h.head_len);
-    c.ex = std::move(x);
+    c.ex = std::move(xp);
     c.st = St::Exchange;
-    Exchange& ex = *c.ex;
+    route_exchange(x, rq, conn_tokens, upgrade_proto);
+}
+
+void Worker::route_exchange(Exchange& x, const route::Request& rq, std::string_view conn_tokens,
+                            std::string_view upgrade_proto) {
     if (!t) {
-        respond(c, 503, {}, "no configuration yet\n", true);
-        ex.status = 503;
-        finish_exchange(c);
+        answer(x, 503, {}, "no configuration yet\n", true);
+        x.status = 503;
+        x.req_done = true;
+        finish_exchange(x);
         return;
     }
-    ex.d = route::decide(t->ir, rq, random());
-    const route::Decision& d = ex.d;
+    x.d = route::decide(t->ir, rq, random());
+    const route::Decision& d = x.d;
     // A request the gateway answers itself: a body it did not read means the connection
     // cannot be reused (the body's bytes would be taken for the next request).
-    const bool close = !ex.client_keep_alive || !ex.req_done;
+    const bool close = !x.client_keep_alive || !x.req_done;
     switch (d.outcome) {
     case route::Outcome::NoListener:
     case route::Outcome::Respond: {
@@ -1304,24 +1553,53 @@ void Worker::start_exchange(Conn& c, const http::Head& h) {
         if (st >= 400) {
             body = std::to_string(st) + " " + reason_phrase(st) + "\n";
         }
-        ex.status = st;
-        respond(c, st, d.fwd.response_headers, body, close);
-        ex.req_done = true;
-        finish_exchange(c);
+        x.status = st;
+        answer(x, st, d.fwd.response_headers, body, close);
+        x.req_done = true;
+        finish_exchange(x);
         return;
     }
     case route::Outcome::Redirect: {
-        ex.status = d.status;
-        respond(c, d.status, {{"Location", d.location}}, "", close);
-        ex.req_done = true;
-        finish_exchange(c);
+        x.status = d.status;
+        answer(x, d.status, {{"Location", d.location}}, "", close);
+        x.req_done = true;
+        finish_exchange(x);
         return;
     }
     case route::Outcome::Forward: break;
     }
-    ex.rule = d.m.rule != ir::kNone ? &t->ir.rules[d.m.rule] : nullptr;
-    // The upstream request head: request line, Host, the filtered headers minus hop-by-hop
-    // ones, X-Forwarded-*, and Connection/Upgrade only for an upgrade.
+    x.rule = d.m.rule != ir::kNone ? &t->ir.rules[d.m.rule] : nullptr;
+    if (d.group < t->ir.groups.size()) {
+        // h2c by the Service port's appProtocol; gRPC needs HTTP/2 whatever the port says.
+        x.up_h2 = t->ir.groups[d.group].app_protocol == "kubernetes.io/h2c" || x.grpc;
+    }
+    if (x.up_h2) {
+        x.upgrade = false; // no tunnel over an HTTP/2 stream
+    }
+    build_upstream_request(x, conn_tokens, upgrade_proto);
+    uint32_t req_timeout = x.rule ? x.rule->timeout_request_ms : 0;
+    if (req_timeout == 0) {
+        req_timeout = e.o.response_timeout_ms;
+    }
+    x.request_deadline = now + req_timeout;
+    x.retries_left = x.rule ? x.rule->retry_attempts : 0;
+    if (!attempt(x)) {
+        return;
+    }
+    start_mirrors(x);
+    forward_body(x);
+}
+
+void Worker::build_upstream_request(Exchange& x, std::string_view conn_tokens,
+                                    std::string_view upgrade_proto) {
+    const route::Decision& d = x.d;
+    const Conn& c = *x.c;
+    auto by_connection = [&](std::string_view name) {
+        return !conn_tokens.empty() && has_token(conn_tokens, name);
+    };
+    // The HTTP/1.1 head (an HTTP/1.1 backend's, and what mirrors get): request line, Host,
+    // the filtered headers minus hop-by-hop ones, X-Forwarded-*, and Connection/Upgrade
+    // only for an upgrade. HTTP/2 cookie crumbs are joined again (RFC 9113 8.2.3).
     std::string hb;
     hb.reserve(512);
     hb += d.fwd.method;
@@ -1330,46 +1608,90 @@ void Worker::start_exchange(Conn& c, const http::Head& h) {
     hb += " HTTP/1.1\r\nHost: ";
     hb += d.fwd.host;
     hb += "\r\n";
-    std::string xff;
+    std::string xff, cookies;
+    bool has_length = false;
     for (const route::Header& hd : d.fwd.headers) {
-        if (is_hop_by_hop(hd.name) || named_by_connection(h, hd.name)) {
+        if (is_hop_by_hop(hd.name) || by_connection(hd.name)) {
             continue;
         }
         if (http::iequals(hd.name, "x-forwarded-for")) {
             xff = hd.value;
             continue;
         }
+        if (x.sid != 0 && http::iequals(hd.name, "cookie")) {
+            cookies += cookies.empty() ? "" : "; ";
+            cookies += hd.value;
+            continue;
+        }
+        has_length = has_length || http::iequals(hd.name, "content-length");
         hb += hd.name;
         hb += ": ";
         hb += hd.value;
         hb += "\r\n";
     }
+    if (!cookies.empty()) {
+        hb += "cookie: " + cookies + "\r\n";
+    }
+    const std::string fwd_for = xff.empty() ? c.peer : xff + ", " + c.peer;
     hb += "X-Forwarded-For: ";
-    hb += xff.empty() ? c.peer : xff + ", " + c.peer;
+    hb += fwd_for;
     hb += "\r\nX-Forwarded-Proto: ";
     hb += c.tls ? "https" : "http";
     hb += "\r\n";
-    if (ex.upgrade) {
+    if (x.sid != 0 && !x.req_end_seen && !has_length) {
+        // An HTTP/2 body of unannounced length goes to an HTTP/1.1 backend chunked.
+        hb += "Transfer-Encoding: chunked\r\n";
+        x.req_chunked_out = true;
+    }
+    if (x.upgrade) {
         hb += "Connection: upgrade\r\nUpgrade: ";
-        hb += std::string(h.upgrade_proto);
+        hb += upgrade_proto;
         hb += "\r\n";
     }
     hb += "\r\n";
-    ex.head_bytes = std::move(hb);
-    uint32_t req_timeout = ex.rule ? ex.rule->timeout_request_ms : 0;
-    if (req_timeout == 0) {
-        req_timeout = e.o.response_timeout_ms;
-    }
-    ex.request_deadline = now + req_timeout;
-    ex.retries_left = ex.rule ? ex.rule->retry_attempts : 0;
-    if (!attempt(c)) {
+    x.head_bytes = std::move(hb);
+    if (!x.up_h2) {
         return;
     }
-    start_mirrors(c);
-    forward_request_body(c);
+    // The same request for an h2c backend: pseudo-header fields, then the fields HTTP/2
+    // allows ("te: trailers" is kept: gRPC servers want it).
+    std::vector<H2Header>& hs = x.up_h2_head;
+    hs.clear();
+    hs.push_back({":method", d.fwd.method});
+    hs.push_back({":scheme", "http"});
+    hs.push_back({":authority", d.fwd.host});
+    hs.push_back({":path", d.fwd.path});
+    bool te = false;
+    for (const route::Header& hd : d.fwd.headers) {
+        if (http::iequals(hd.name, "te") && http::iequals(hd.value, "trailers")) {
+            te = true;
+            hs.push_back({"te", "trailers"});
+            continue;
+        }
+        if (h2_forbidden(hd.name) || by_connection(hd.name) ||
+            http::iequals(hd.name, "x-forwarded-for") || hd.name.starts_with(":")) {
+            continue;
+        }
+        hs.push_back({hd.name, hd.value});
+    }
+    if (x.grpc && !te) {
+        hs.push_back({"te", "trailers"});
+    }
+    hs.push_back({"x-forwarded-for", fwd_for});
+    hs.push_back({"x-forwarded-proto", c.tls ? "https" : "http"});
 }
 
-Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why) {
+void Worker::answer(Exchange& x, uint16_t status,
+                    const std::vector<std::pair<std::string, std::string>>& extra,
+                    std::string_view body, bool close) {
+    if (x.sid == 0) {
+        respond(*x.c, status, extra, body, close);
+    } else {
+        h2_answer(x, status, extra, body);
+    }
+}
+
+Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h2) {
     // Round-robin over ready endpoints, skipping ejected ones while any other is left.
     std::vector<const ir::Endpoint*> ready;
     for (const ir::Endpoint& ep : g.endpoints) {
@@ -1395,14 +1717,21 @@ Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why) {
         pick = ready[cursor++ % ready.size()]; // every endpoint ejected: try anyway
     }
     const std::string key = endpoint_key(*pick);
+    const std::string pool_key = h2 ? "h2|" + key : key;
     const std::string name = g.ns + "/" + g.name + ":" + std::to_string(g.port) + "@" +
                              pick->address + ":" + std::to_string(pick->port);
-    if (auto it = pool.find(key); it != pool.end() && !it->second.empty()) {
-        Upstream* u = it->second.back();
-        it->second.pop_back();
-        u->name = name;
-        Counters::inc(c.up_reused);
-        return u;
+    if (auto it = pool.find(pool_key); it != pool.end()) {
+        while (!it->second.empty()) {
+            Upstream* u = it->second.back();
+            it->second.pop_back();
+            if (u->h2 && !u->h2->can_submit()) {
+                close_upstream(*u); // the backend sent GOAWAY meanwhile
+                continue;
+            }
+            u->name = name;
+            Counters::inc(c.up_reused);
+            return u;
+        }
     }
     sockaddr_storage ss{};
     socklen_t len = 0;
@@ -1432,9 +1761,21 @@ Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why) {
     auto* u = new Upstream();
     u->fd = fd;
     u->key = key;
+    u->pool_key = pool_key;
     u->name = name;
     u->connected = r == 0;
     u->deadline = now + e.o.connect_timeout_ms;
+    if (h2) {
+        u->h2_link.w = this;
+        u->h2_link.u = u;
+        u->h2 = H2Session::create(H2Session::Role::Client, u->h2_link, h2_backend_limits);
+        if (!u->h2) {
+            why = "cannot allocate an HTTP/2 session";
+            ::close(fd);
+            delete u;
+            return nullptr;
+        }
+    }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT;
     ev.data.ptr = u;
@@ -1445,8 +1786,7 @@ Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why) {
     return u;
 }
 
-bool Worker::attempt(Conn& c) {
-    Exchange& x = *c.ex;
+bool Worker::attempt(Exchange& x) {
     const route::Decision& d = x.d;
     ++x.attempts;
     std::string why;
@@ -1457,7 +1797,7 @@ bool Worker::attempt(Conn& c) {
         const size_t tries = std::min<size_t>(3, std::max<size_t>(1, g.endpoints.size()));
         for (size_t i = 0; i < tries && !u; ++i) {
             why.clear();
-            u = connect_to(g, why);
+            u = connect_to(g, why, x.up_h2);
             if (!u && why.rfind("connect ", 0) != 0) {
                 break;
             }
@@ -1465,45 +1805,64 @@ bool Worker::attempt(Conn& c) {
     } else {
         why = "no backend group";
     }
+    if (u && u->h2) {
+        // No body pending: the request ends with its HEADERS.
+        const bool end = x.sid == 0 ? x.req_done : x.req_end_seen && x.req_buf.empty();
+        const int32_t sid = u->h2->submit_request(x.up_h2_head, end);
+        if (sid < 0) {
+            close_upstream(*u);
+            u = nullptr;
+            why = "cannot open an HTTP/2 stream to the backend";
+        } else {
+            u->h2_stream = sid;
+            if (end) {
+                x.req_done = true;
+            }
+        }
+    }
     if (!u) {
         x.status = 503;
-        respond(c, 503, {}, "503 " + why + "\n", !x.client_keep_alive || !x.req_done);
+        answer(x, 503, {}, "503 " + why + "\n", !x.client_keep_alive || !x.req_done);
         x.req_done = true;
-        finish_exchange(c);
+        finish_exchange(x);
         return false;
     }
-    u->owner = &c;
+    u->owner = &x;
     u->in.clear();
     u->eof = false;
     x.up = u;
     x.upstream_name = u->name;
     x.resp_head_sent = false;
-    u->out.append(x.head_bytes);
     const uint32_t backend_timeout = x.rule ? x.rule->timeout_backend_ms : 0;
     x.attempt_deadline = backend_timeout ? now + backend_timeout : 0;
-    if (u->connected) {
-        flush(*u);
+    if (u->h2) {
+        up_h2_flush(*u);
+    } else {
+        u->out.append(x.head_bytes);
+        if (u->connected) {
+            flush(*u);
+        }
     }
     update(*u);
     return true;
 }
 
-void Worker::start_mirrors(Conn& c) {
-    Exchange& x = *c.ex;
+void Worker::start_mirrors(Exchange& x) {
     for (const MirrorSpec& m : mirror_specs(x.t->ir, x.d)) {
         if (m.num < m.den && random() % m.den >= m.num) {
             continue;
         }
-        if (m.group >= x.t->ir.groups.size()) {
-            continue;
+        if (m.group >= x.t->ir.groups.size() ||
+            x.t->ir.groups[m.group].app_protocol == "kubernetes.io/h2c") {
+            continue; // mirrors speak HTTP/1.1 only
         }
         std::string why;
-        Upstream* u = connect_to(x.t->ir.groups[m.group], why);
+        Upstream* u = connect_to(x.t->ir.groups[m.group], why, false);
         if (!u) {
             continue;
         }
         u->mirror = true;
-        u->mirror_of = &c;
+        u->mirror_of = &x;
         u->deadline = now + 10000;
         u->out.append(x.head_bytes);
         if (u->connected) {
@@ -1514,19 +1873,35 @@ void Worker::start_mirrors(Conn& c) {
     }
 }
 
+void Worker::forward_body(Exchange& x) {
+    if (x.sid == 0) {
+        forward_request_body(*x.c);
+    } else {
+        h2_forward_body(x);
+    }
+}
+
 void Worker::forward_request_body(Conn& c) {
     Exchange& x = *c.ex;
     if (x.req_done || !x.up || c.in.empty()) {
         return;
     }
+    Upstream& u = *x.up;
     std::string_view avail = c.in.view();
     size_t take = 0;
     if (x.req_body == http::BodyKind::Length) {
         take = static_cast<size_t>(std::min<uint64_t>(avail.size(), x.req_left));
         x.req_left -= take;
         x.req_done = x.req_left == 0;
+        if (u.h2 && take > 0) {
+            u.h2->send_data(u.h2_stream, avail.substr(0, take));
+        }
     } else if (x.req_body == http::BodyKind::Chunked) {
-        const auto step = x.req_chunk.feed(avail);
+        // An h2c backend gets the payload; an HTTP/1.1 one the chunks as they came.
+        const auto step = u.h2 ? x.req_chunk.feed(avail, [&](std::string_view d) {
+            u.h2->send_data(u.h2_stream, d);
+        })
+                               : x.req_chunk.feed(avail);
         if (step.error) {
             Counters::inc(this->c.bad_requests);
             if (!x.resp_head_sent) {
@@ -1535,7 +1910,7 @@ void Worker::forward_request_body(Conn& c) {
                 close_upstream(*x.up);
                 x.up = nullptr;
                 respond(c, 400, {}, std::string(step.why) + "\n", true);
-                finish_exchange(c);
+                finish_exchange(x);
             } else {
                 close_conn(c);
             }
@@ -1551,7 +1926,11 @@ void Worker::forward_request_body(Conn& c) {
         return;
     }
     const std::string_view body = avail.substr(0, take);
-    x.up->out.append(body);
+    if (!u.h2) {
+        u.out.append(body);
+    } else if (x.req_done) {
+        u.h2->finish(u.h2_stream, nullptr);
+    }
     for (Upstream* m : x.mirrors) {
         if (m->out.size() < e.o.max_buffer) {
             m->out.append(body);
@@ -1562,8 +1941,10 @@ void Worker::forward_request_body(Conn& c) {
     }
     x.body_sent = true;
     c.in.consume(take);
-    if (x.up->connected) {
-        flush(*x.up);
+    if (u.h2) {
+        up_h2_flush(u);
+    } else if (u.connected) {
+        flush(u);
     }
 }
 
@@ -1584,14 +1965,36 @@ void Worker::flush(Upstream& u) {
     }
 }
 
+/// The client side holds as much of this exchange's response as it may: stop reading (or
+/// acknowledging) the backend. HTTP/1.x: the connection's buffer. HTTP/2: a quarter of it
+/// per stream, and four times it over the whole connection (up to 100 streams share it).
+bool Worker::client_full(const Exchange& x) const {
+    if (x.sid == 0) {
+        return x.c->out.size() >= e.o.max_buffer;
+    }
+    const H2Session& s = *x.c->h2->s;
+    return s.buffered(x.sid) >= e.o.max_buffer / 4 || s.buffered_total() >= 4 * e.o.max_buffer;
+}
+
 void Worker::update(Upstream& u) {
     if (u.dead) {
         return;
     }
     uint32_t ev = 0;
     bool want_read = !u.eof;
-    if (u.owner && u.owner->out.size() >= e.o.max_buffer) {
-        want_read = false;
+    if (u.owner && !u.h2 && client_full(*u.owner)) {
+        want_read = false; // an h2c backend is held back by its stream window instead
+    }
+    if (u.h2 && u.owner && u.h2_stream && !client_full(*u.owner)) {
+        // The client took what was buffered: let the backend send that much more.
+        const size_t n = u.h2->unconsumed(u.h2_stream);
+        if (n > 0) {
+            u.h2->consume(u.h2_stream, n);
+            up_h2_flush(u);
+            if (u.dead) {
+                return;
+            }
+        }
     }
     if (want_read) {
         ev |= EPOLLIN;
@@ -1613,15 +2016,15 @@ void Worker::on_upstream(Upstream& u, uint32_t ev) {
                 hl.ejected_until = now + e.o.eject_ms;
                 Counters::inc(c.ejections);
             }
-            Conn* owner = u.owner;
+            Exchange* owner = u.owner;
             u.owner = nullptr;
             if (u.mirror) {
                 close_upstream(u);
                 return;
             }
             close_upstream(u);
-            if (owner && owner->ex) {
-                owner->ex->up = nullptr;
+            if (owner) {
+                owner->up = nullptr;
                 upstream_failed(*owner, true, std::strerror(err ? err : ECONNREFUSED));
             }
             return;
@@ -1650,6 +2053,10 @@ void Worker::on_upstream(Upstream& u, uint32_t ev) {
             }
         }
     }
+    if (u.h2) {
+        up_h2_read(u);
+        return;
+    }
     if (u.mirror || !u.owner) {
         // A mirror's answer or a pooled connection's: nobody wants it.
         u.in.clear();
@@ -1669,28 +2076,57 @@ void Worker::on_upstream(Upstream& u, uint32_t ev) {
     upstream_progress(u);
 }
 
+void Worker::deliver(Exchange& x, std::string_view body) {
+    if (body.empty()) {
+        return;
+    }
+    if (x.sid == 0) {
+        x.c->out.append(body);
+    } else {
+        x.c->h2->s->send_data(x.sid, body);
+    }
+}
+
+void Worker::abort_client(Exchange& x) {
+    // A response that cannot be completed: HTTP/1.x closes the connection (the client sees
+    // a short body), HTTP/2 resets just the stream.
+    if (x.sid == 0) {
+        x.c->close_after_flush = true;
+    } else {
+        x.c->h2->s->reset(x.sid, H2Session::kInternalError);
+    }
+}
+
 void Worker::upstream_progress(Upstream& u) {
-    Conn& c = *u.owner;
-    Exchange& x = *c.ex;
+    Exchange& x = *u.owner;
+    Conn& c = *x.c;
+    if (x.sid != 0 && !x.req_done) {
+        h2_forward_body(x); // the backend took some of the request body: send more
+        if (u.dead || c.dead) {
+            return;
+        }
+    }
     while (!x.resp_head_sent && !u.in.empty()) {
         http::Head h;
         const http::Result r = http::parse_response(u.in.view(), e.o.limits, x.method, h);
         if (r.status == http::Status::Incomplete) {
             break;
         }
-        if (r.status == http::Status::Error) {
+        if (r.status == http::Status::Error || (x.sid != 0 && h.status == 101)) {
             u.owner = nullptr;
             close_upstream(u);
             x.up = nullptr;
             x.status = 502;
-            respond(c, 502, {}, "502 invalid response from the backend\n", true);
-            finish_exchange(c);
+            answer(x, 502, {}, "502 invalid response from the backend\n", true);
+            finish_exchange(x);
             progress(c);
             return;
         }
         if (h.status >= 100 && h.status < 200 && h.status != 101) {
-            if (x.client_minor >= 1) {
+            if (x.sid == 0 && x.client_minor >= 1) {
                 c.out.append(u.in.view().substr(0, h.head_len));
+            } else if (x.sid != 0 && h.status == 100) {
+                c.h2->s->submit_interim(x.sid, 100); // a client may wait for it to send the body
             }
             u.in.consume(h.head_len);
             continue;
@@ -1715,45 +2151,44 @@ void Worker::upstream_progress(Upstream& u) {
         x.up_keep_alive = h.keep_alive;
         std::vector<route::Header> hs;
         hs.reserve(h.n_headers);
-        bool chunked_header = false;
         for (size_t i = 0; i < h.n_headers; ++i) {
             const auto& hv = h.headers[i];
             if (h.status != 101 && (is_hop_by_hop(hv.name) || named_by_connection(h, hv.name))) {
                 continue;
             }
-            if (http::iequals(hv.name, "transfer-encoding")) {
-                chunked_header = true;
-                if (x.client_minor == 0) {
-                    continue; // HTTP/1.0 client: the body goes out de-chunked
-                }
+            if (http::iequals(hv.name, "transfer-encoding") && (x.client_minor == 0 || x.sid != 0)) {
+                continue; // HTTP/1.0 and HTTP/2 clients get the body de-chunked
             }
             if (http::iequals(hv.name, "content-length") && h.body == http::BodyKind::Chunked) {
                 continue; // TE wins (RFC 9112 6.3); do not pass a conflicting length on
             }
             hs.push_back({std::string(hv.name), std::string(hv.value)});
         }
-        (void)chunked_header;
         route::apply_header_ops(x.d.fwd.response_ops, hs);
         for (const auto& [k, v] : x.d.fwd.response_headers) {
             hs.push_back({k, v});
         }
         x.resp_body = h.body;
         x.resp_left = h.content_length;
-        x.dechunk = h.body == http::BodyKind::Chunked && x.client_minor == 0;
-        if (h.body == http::BodyKind::UntilClose || x.dechunk) {
-            x.client_keep_alive = false;
+        x.dechunk = h.body == http::BodyKind::Chunked && (x.client_minor == 0 || x.sid != 0);
+        if (x.sid != 0) {
+            h2_submit_head(x, h.status, hs, h.body == http::BodyKind::None);
+        } else {
+            if (h.body == http::BodyKind::UntilClose || x.dechunk) {
+                x.client_keep_alive = false;
+            }
+            std::string out = "HTTP/1.1 " + std::to_string(h.status) + " ";
+            out += h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason;
+            out += "\r\n";
+            for (const route::Header& hd : hs) {
+                out += hd.name + ": " + hd.value + "\r\n";
+            }
+            if (h.status != 101 && !x.client_keep_alive) {
+                out += "Connection: close\r\n";
+            }
+            out += "\r\n";
+            c.out.append(out);
         }
-        std::string out = "HTTP/1.1 " + std::to_string(h.status) + " ";
-        out += h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason;
-        out += "\r\n";
-        for (const route::Header& hd : hs) {
-            out += hd.name + ": " + hd.value + "\r\n";
-        }
-        if (h.status != 101 && !x.client_keep_alive) {
-            out += "Connection: close\r\n";
-        }
-        out += "\r\n";
-        c.out.append(out);
         u.in.consume(h.head_len);
         x.resp_head_sent = true;
         if (h.status == 101) {
@@ -1787,7 +2222,7 @@ void Worker::upstream_progress(Upstream& u) {
         case http::BodyKind::None: done = true; break;
         case http::BodyKind::Length: {
             const size_t take = static_cast<size_t>(std::min<uint64_t>(u.in.size(), x.resp_left));
-            c.out.append(u.in.view().substr(0, take));
+            deliver(x, u.in.view().substr(0, take));
             u.in.consume(take);
             x.resp_left -= take;
             x.resp_bytes += take;
@@ -1797,7 +2232,7 @@ void Worker::upstream_progress(Upstream& u) {
         case http::BodyKind::Chunked: {
             http::ChunkedDecoder::Step step;
             if (x.dechunk) {
-                step = x.resp_chunk.feed(u.in.view(), [&](std::string_view d) { c.out.append(d); });
+                step = x.resp_chunk.feed(u.in.view(), [&](std::string_view d) { deliver(x, d); });
             } else {
                 step = x.resp_chunk.feed(u.in.view());
                 c.out.append(u.in.view().substr(0, step.consumed));
@@ -1806,9 +2241,9 @@ void Worker::upstream_progress(Upstream& u) {
                 u.owner = nullptr;
                 close_upstream(u);
                 x.up = nullptr;
-                c.close_after_flush = true;
-                finish_exchange(c);
-                update(c);
+                abort_client(x);
+                finish_exchange(x);
+                progress(c);
                 return;
             }
             u.in.consume(step.consumed);
@@ -1818,7 +2253,7 @@ void Worker::upstream_progress(Upstream& u) {
         }
         case http::BodyKind::UntilClose:
             x.resp_bytes += u.in.size();
-            c.out.append(u.in.view());
+            deliver(x, u.in.view());
             u.in.clear();
             done = u.eof;
             break;
@@ -1831,20 +2266,24 @@ void Worker::upstream_progress(Upstream& u) {
         close_upstream(u);
         x.up = nullptr;
         if (!x.resp_head_sent) {
-            upstream_failed(c, false, "backend closed the connection before responding");
+            upstream_failed(x, false, "backend closed the connection before responding");
         } else {
-            c.close_after_flush = true;
-            finish_exchange(c);
-            flush(c);
-            if (!c.dead) {
-                update(c);
-            }
+            abort_client(x);
+            finish_exchange(x);
+            progress(c);
         }
         return;
     }
     if (done) {
-        finish_exchange(c);
+        if (x.sid != 0) {
+            c.h2->s->finish(x.sid, nullptr); // HTTP/1.1 chunked trailers are not relayed
+        }
+        finish_exchange(x);
         progress(c);
+        return;
+    }
+    if (x.sid != 0) {
+        progress(c); // frames out; also re-arms this upstream
         return;
     }
     flush(c);
@@ -1854,8 +2293,8 @@ void Worker::upstream_progress(Upstream& u) {
     }
 }
 
-void Worker::upstream_failed(Conn& c, bool connect_failure, std::string_view why) {
-    Exchange& x = *c.ex;
+void Worker::upstream_failed(Exchange& x, bool connect_failure, std::string_view why) {
+    Conn& c = *x.c;
     Counters::inc(this->c.up_failures);
     if (x.raw) {
         reset_conn(c); // a TLS tunnel has no way to say why: reset, as the spec asks
@@ -1867,22 +2306,26 @@ void Worker::upstream_failed(Conn& c, bool connect_failure, std::string_view why
             --x.retries_left;
         }
         Counters::inc(this->c.retries);
-        if (attempt(c)) {
-            forward_request_body(c);
+        if (attempt(x)) {
+            forward_body(x);
         }
         progress(c);
         return;
     }
     const uint16_t st = connect_failure ? 503 : 502;
     x.status = st;
-    respond(c, st, {}, std::to_string(st) + " " + std::string(why) + "\n", true);
+    answer(x, st, {}, std::to_string(st) + " " + std::string(why) + "\n", true);
     x.req_done = true;
-    finish_exchange(c);
+    finish_exchange(x);
     progress(c);
 }
 
-void Worker::finish_exchange(Conn& c) {
-    Exchange& x = *c.ex;
+void Worker::finish_exchange(Exchange& x) {
+    if (x.finished) {
+        return;
+    }
+    x.finished = true;
+    Conn& c = *x.c;
     if (x.status >= 100) {
         switch (x.status / 100) {
         case 1: Counters::inc(this->c.s1); break;
@@ -1921,9 +2364,11 @@ void Worker::finish_exchange(Conn& c) {
     if (x.up && !x.up->dead) {
         Upstream& u = *x.up;
         u.owner = nullptr;
-        auto& idle = pool[u.key];
-        if (x.up_keep_alive && x.req_done && u.in.empty() && u.out.empty() && !u.eof &&
-            idle.size() < e.o.max_pool_per_endpoint) {
+        auto& idle = pool[u.pool_key];
+        const bool reusable =
+            u.h2 ? !u.eof && x.req_done && x.resp_complete && u.h2->can_submit()
+                 : x.up_keep_alive && x.req_done && u.in.empty() && u.out.empty() && !u.eof;
+        if (reusable && idle.size() < e.o.max_pool_per_endpoint) {
             u.deadline = now + e.o.upstream_idle_ms;
             idle.push_back(&u);
             update(u);
@@ -1931,17 +2376,39 @@ void Worker::finish_exchange(Conn& c) {
             close_upstream(u);
         }
     }
+    x.up = nullptr;
     for (Upstream* m : x.mirrors) {
         m->mirror_of = nullptr;
     }
+    if (x.sid != 0) {
+        auto it = c.h2->streams.find(x.sid);
+        if (it != c.h2->streams.end()) {
+            dead_x.push_back(std::move(it->second));
+            c.h2->streams.erase(it);
+        }
+        if (c.h2->streams.empty()) {
+            c.deadline = now + e.o.idle_timeout_ms;
+        }
+        return;
+    }
     const bool keep = x.client_keep_alive && x.req_done && !c.close_after_flush;
-    c.ex.reset();
+    dead_x.push_back(std::move(c.ex));
     c.st = St::Head;
     if (!keep) {
         c.close_after_flush = true;
     } else {
         c.deadline = now + (c.in.empty() ? e.o.idle_timeout_ms : e.o.header_timeout_ms);
     }
+}
+
+/// The client went away (or reset its stream) in the middle of an exchange.
+void Worker::abort_exchange(Exchange& x) {
+    if (x.up) {
+        x.up->owner = nullptr;
+        close_upstream(*x.up);
+        x.up = nullptr;
+    }
+    finish_exchange(x);
 }
 
 void Worker::log_exchange(const Conn& c, const Exchange& x) {
@@ -2067,6 +2534,7 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
         return;
     }
     auto ex = std::make_unique<Exchange>();
+    ex->c = &c;
     ex->t = at;
     ex->raw = true;
     ex->resp_head_sent = true;
@@ -2078,7 +2546,7 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
     Upstream* u = nullptr;
     const ir::BackendGroup& g = at->ir.groups[b->group];
     for (size_t i = 0; i < 3 && !u; ++i) {
-        u = connect_to(g, why);
+        u = connect_to(g, why, false);
         if (!u && why.rfind("connect ", 0) != 0) {
             break;
         }
@@ -2088,7 +2556,7 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
         reset_conn(c);
         return;
     }
-    u->owner = &c;
+    u->owner = ex.get();
     ex->up = u;
     ex->upstream_name = u->name;
     c.ex = std::move(ex);
@@ -2097,6 +2565,619 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
     Counters::inc(this->c.tunnels);
     update(*u);
     update(c);
+}
+
+// ---------------------------------------------------------------- HTTP/2 towards clients
+//
+// A client connection in St::H2 carries an H2Session (h2.h); each stream is an Exchange
+// routed like an HTTP/1.1 request (route_exchange) and proxied to an HTTP/1.1 or h2c
+// backend. Session events come from inside its feed()/produce(): H2Conn::busy keeps the
+// engine from re-entering them (progress() on a busy connection does nothing; the caller
+// that holds the session flushes when it returns).
+
+namespace {
+
+void H2Front::on_head(int32_t id, H2Head& h) {
+    if (!c->dead) {
+        w->h2_on_head(*c, id, h);
+    }
+}
+void H2Front::on_data(int32_t id, std::string_view d) {
+    if (!c->dead) {
+        w->h2_on_data(*c, id, d);
+    }
+}
+void H2Front::on_end(int32_t id) {
+    if (!c->dead) {
+        w->h2_on_end(*c, id);
+    }
+}
+void H2Front::on_close(int32_t id, uint32_t) {
+    if (!c->dead) {
+        w->h2_on_close(*c, id);
+    }
+}
+
+void H2Back::on_head(int32_t id, H2Head& h) { w->up_h2_head(*u, id, h); }
+void H2Back::on_data(int32_t id, std::string_view d) { w->up_h2_data(*u, id, d); }
+void H2Back::on_trailers(int32_t id, H2Head& h) { w->up_h2_trailers(*u, id, h); }
+void H2Back::on_end(int32_t id) { w->up_h2_end(*u, id); }
+void H2Back::on_close(int32_t id, uint32_t code) { w->up_h2_close(*u, id, code); }
+
+std::string lower_ascii(std::string_view s) {
+    std::string o(s);
+    for (char& ch : o) {
+        if (ch >= 'A' && ch <= 'Z') {
+            ch = static_cast<char>(ch - 'A' + 'a');
+        }
+    }
+    return o;
+}
+
+std::string chunk_header(size_t n) {
+    char hex[24];
+    const int k = std::snprintf(hex, sizeof hex, "%zx\r\n", n);
+    return std::string(hex, k > 0 ? static_cast<size_t>(k) : 0);
+}
+
+} // namespace
+
+void Worker::h2_start(Conn& c) {
+    auto h = std::make_unique<H2Conn>();
+    h->link.w = this;
+    h->link.c = &c;
+    h->s = H2Session::create(H2Session::Role::Server, h->link, h2_client_limits);
+    if (!h->s) {
+        close_conn(c);
+        return;
+    }
+    c.h2 = std::move(h);
+    c.st = St::H2;
+    c.deadline = now + e.o.header_timeout_ms; // the preface and a first request
+    Counters::inc(this->c.h2_connections);
+}
+
+bool Worker::h2_upgrade(Conn& c, const http::Head& h) {
+    // RFC 7540 3.2: answer 101, then this request is stream 1 of an HTTP/2 connection.
+    const http::HeaderView* hs = http::find_header(h, "http2-settings");
+    std::string settings;
+    if (!hs || !named_by_connection(h, "http2-settings") || !base64url_decode(hs->value, settings)) {
+        return false;
+    }
+    auto hc = std::make_unique<H2Conn>();
+    hc->link.w = this;
+    hc->link.c = &c;
+    hc->s = H2Session::create_upgraded(hc->link, h2_client_limits, settings,
+                                       http::iequals(h.method, "HEAD"));
+    if (!hc->s) {
+        return false; // invalid HTTP2-Settings: serve it as HTTP/1.1
+    }
+    std::string_view target = h.target;
+    std::string_view host = h.host;
+    if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
+        const size_t start = target.find("//") + 2;
+        const size_t slash = target.find('/', start);
+        if (host.empty()) {
+            host = target.substr(start, slash == std::string_view::npos ? std::string_view::npos
+                                                                        : slash - start);
+        }
+        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    }
+    H2Head hh;
+    hh.end_stream = true;
+    hh.headers.push_back({":method", std::string(h.method)});
+    hh.headers.push_back({":scheme", "http"});
+    hh.headers.push_back({":authority", std::string(host)});
+    hh.headers.push_back({":path", std::string(target)});
+    for (size_t i = 0; i < h.n_headers; ++i) {
+        const http::HeaderView& f = h.headers[i];
+        if (h2_forbidden(f.name) || named_by_connection(h, f.name)) {
+            continue;
+        }
+        hh.headers.push_back({lower_ascii(f.name), std::string(f.value)});
+    }
+    c.in.consume(h.head_len);
+    c.out.append("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    c.h2 = std::move(hc);
+    c.st = St::H2;
+    ++c.served;
+    Counters::inc(this->c.h2_connections);
+    h2_on_head(c, 1, hh);
+    return true;
+}
+
+void Worker::h2_progress(Conn& c) {
+    H2Conn& h = *c.h2;
+    if (h.busy) {
+        return;
+    }
+    if (!c.in.empty() && !c.close_after_flush) {
+        h.busy = true;
+        const bool ok = h.s->feed(c.in.view(), now);
+        h.busy = false;
+        c.in.clear();
+        if (c.dead) {
+            return;
+        }
+        if (h.streams.empty()) {
+            std::string().swap(c.in.s); // an idle HTTP/2 connection keeps no read buffer
+        }
+        if (!ok) {
+            // Protocol error or a defence tripped: the GOAWAY goes out, then the close.
+            if (h.s->abused()) {
+                Counters::inc(this->c.h2_abuse);
+            } else {
+                Counters::inc(this->c.bad_requests);
+            }
+            h2_abort_all(c);
+            c.close_after_flush = true;
+        }
+    }
+    if (c.read_eof && !c.close_after_flush) {
+        h2_abort_all(c); // the client closed its side: nothing it asked for can be delivered
+        c.close_after_flush = true;
+    }
+    h2_flush(c);
+}
+
+void Worker::h2_flush(Conn& c) {
+    H2Conn& h = *c.h2;
+    if (h.busy || c.dead) {
+        return;
+    }
+    for (int round = 0; round < 8; ++round) {
+        const size_t before = c.out.size();
+        h.busy = true;
+        const bool ok = h.s->produce(c.out.s, e.o.max_buffer);
+        h.busy = false;
+        if (c.dead) {
+            return;
+        }
+        if (!ok) {
+            close_conn(c);
+            return;
+        }
+        if (c.out.size() == before) {
+            break;
+        }
+        flush(c);
+        if (c.dead) {
+            return;
+        }
+        if (!c.out.empty()) {
+            break;
+        }
+    }
+    // Streams whose buffers drained may read (and acknowledge) their backends again.
+    std::vector<Upstream*> ups_now;
+    for (const auto& [sid, x] : h.streams) {
+        if (x->up && !x->up->dead) {
+            ups_now.push_back(x->up);
+        }
+    }
+    for (Upstream* u : ups_now) {
+        update(*u);
+    }
+    if (c.dead) {
+        return;
+    }
+    if (c.out.empty() && h.s->want_close()) {
+        c.close_after_flush = true;
+    }
+    update(c);
+}
+
+void Worker::h2_abort_all(Conn& c) {
+    std::vector<int32_t> ids;
+    for (const auto& [sid, x] : c.h2->streams) {
+        ids.push_back(sid);
+    }
+    for (int32_t sid : ids) {
+        auto it = c.h2->streams.find(sid);
+        if (it != c.h2->streams.end()) {
+            abort_exchange(*it->second);
+        }
+    }
+}
+
+void Worker::h2_on_head(Conn& c, int32_t sid, H2Head& hh) {
+    Counters::inc(this->c.requests);
+    Counters::inc(this->c.h2_streams);
+    auto xp = std::make_unique<Exchange>();
+    Exchange& x = *xp;
+    x.c = &c;
+    x.sid = sid;
+    x.t = t; // the tables, read once for this request
+    x.started = now;
+    x.req_end_seen = hh.end_stream;
+    x.req_done = false;
+    c.h2->streams[sid] = std::move(xp);
+    c.deadline = 0;
+    const std::string_view method = hh.get(":method");
+    const std::string_view path = hh.get(":path");
+    std::string_view authority = hh.get(":authority");
+    if (authority.empty()) {
+        authority = hh.get("host");
+    }
+    x.method.assign(method);
+    x.path.assign(path);
+    x.host.assign(authority);
+    for (const H2Header& f : hh.headers) {
+        if (f.name == "content-type" && is_grpc_type(f.value)) {
+            x.grpc = true;
+        }
+    }
+    uint16_t bad = 0;
+    std::string_view why;
+    if (hh.too_large) {
+        bad = 431;
+        why = "431 request header fields too large\n";
+    } else if (method == "CONNECT") {
+        bad = 501;
+        why = "501 CONNECT is not supported\n";
+    } else if (path.empty() || authority.empty()) {
+        bad = 400;
+        why = "400 :path and :authority (or host) are required\n";
+    }
+    if (bad != 0) {
+        Counters::inc(this->c.bad_requests);
+        x.status = bad;
+        h2_answer(x, bad, {}, why);
+        x.req_done = true;
+        finish_exchange(x);
+        return;
+    }
+    route::Request rq;
+    rq.gateway_ns = c.gw_ns;
+    rq.gateway_name = c.gw_name;
+    rq.port = c.port;
+    rq.scheme = c.tls ? "https" : "http";
+    rq.sni = c.sni;
+    rq.method.assign(method);
+    rq.target.assign(path);
+    rq.host.assign(authority);
+    for (const H2Header& f : hh.headers) {
+        if (f.name.starts_with(":") || f.name == "host") {
+            continue;
+        }
+        rq.headers.push_back({f.name, f.value});
+    }
+    rq.grpc = x.grpc;
+    route_exchange(x, rq, {}, {});
+}
+
+void Worker::h2_on_data(Conn& c, int32_t sid, std::string_view data) {
+    auto it = c.h2->streams.find(sid);
+    if (it == c.h2->streams.end() || it->second->req_done) {
+        c.h2->s->consume(sid, data.size()); // answered already: dropped
+        return;
+    }
+    Exchange& x = *it->second;
+    x.req_buf.append(data); // bounded by the stream window: consumed as it moves on
+    h2_forward_body(x);
+}
+
+void Worker::h2_on_end(Conn& c, int32_t sid) {
+    auto it = c.h2->streams.find(sid);
+    if (it == c.h2->streams.end()) {
+        return;
+    }
+    it->second->req_end_seen = true;
+    h2_forward_body(*it->second);
+}
+
+void Worker::h2_on_close(Conn& c, int32_t sid) {
+    // Still in the table: the stream was reset before its response was complete.
+    auto it = c.h2->streams.find(sid);
+    if (it != c.h2->streams.end()) {
+        abort_exchange(*it->second);
+    }
+}
+
+void Worker::h2_forward_body(Exchange& x) {
+    if (x.req_done || !x.up || x.up->dead) {
+        return;
+    }
+    Upstream& u = *x.up;
+    // A quarter of max_buffer per stream: up to 100 streams share the connection.
+    const size_t backlog = u.out.size() + (u.h2 ? u.h2->buffered(u.h2_stream) : 0);
+    if (!x.req_buf.empty() && backlog < e.o.max_buffer / 4) {
+        const std::string_view b = x.req_buf.view();
+        // What an HTTP/1.1 backend (and a mirror) gets: as is, or as one chunk.
+        std::string framed;
+        if (x.req_chunked_out) {
+            framed = chunk_header(b.size());
+            framed.append(b);
+            framed += "\r\n";
+        }
+        const std::string_view h1 = x.req_chunked_out ? std::string_view(framed) : b;
+        if (u.h2) {
+            u.h2->send_data(u.h2_stream, b);
+        } else {
+            u.out.append(h1);
+        }
+        for (Upstream* m : x.mirrors) {
+            if (m->out.size() < e.o.max_buffer) {
+                m->out.append(h1);
+                if (m->connected) {
+                    flush(*m);
+                }
+            }
+        }
+        x.body_sent = true;
+        x.c->h2->s->consume(x.sid, b.size());
+        x.req_buf.clear();
+    }
+    if (x.req_buf.empty() && x.req_end_seen) {
+        if (u.h2) {
+            u.h2->finish(u.h2_stream, nullptr);
+        } else if (x.req_chunked_out) {
+            u.out.append("0\r\n\r\n");
+            for (Upstream* m : x.mirrors) {
+                m->out.append("0\r\n\r\n");
+            }
+            x.body_sent = true;
+        }
+        x.req_done = true;
+    }
+    if (u.h2) {
+        up_h2_flush(u);
+    } else if (u.connected) {
+        flush(u);
+    }
+}
+
+void Worker::h2_answer(Exchange& x, uint16_t status,
+                       const std::vector<std::pair<std::string, std::string>>& extra,
+                       std::string_view body) {
+    H2Session& s = *x.c->h2->s;
+    std::vector<H2Header> hs;
+    if (x.grpc && status != 421 && (status < 300 || status >= 400)) {
+        // gRPC clients read the outcome from grpc-status: a trailers-only answer (HTTP 200,
+        // one HEADERS frame with END_STREAM). No route = UNIMPLEMENTED, no backend = UNAVAILABLE.
+        hs.push_back({"content-type", "application/grpc"});
+        hs.push_back({"grpc-status", std::to_string(grpc_status_for(status))});
+        hs.push_back({"grpc-message", grpc_message(body)});
+        for (const auto& [k, v] : extra) {
+            hs.push_back({k, v});
+        }
+        s.submit_response(x.sid, 200, hs, true);
+        return;
+    }
+    bool has_type = false;
+    for (const auto& [k, v] : extra) {
+        hs.push_back({k, v});
+        has_type = has_type || http::iequals(k, "content-type");
+    }
+    if (!body.empty() && !has_type) {
+        hs.push_back({"content-type", "text/plain"});
+    }
+    hs.push_back({"content-length", std::to_string(body.size())});
+    s.submit_response(x.sid, status, hs, body.empty());
+    if (!body.empty()) {
+        s.send_data(x.sid, body);
+        s.finish(x.sid, nullptr);
+    }
+}
+
+void Worker::h2_submit_head(Exchange& x, uint16_t status, const std::vector<route::Header>& hs,
+                            bool end_stream) {
+    std::vector<H2Header> out;
+    out.reserve(hs.size());
+    for (const route::Header& hd : hs) {
+        if (!h2_forbidden(hd.name)) {
+            out.push_back({hd.name, hd.value});
+        }
+    }
+    x.c->h2->s->submit_response(x.sid, status, out, end_stream);
+}
+
+// ---------------------------------------------------------------- h2c towards backends
+//
+// An Upstream with an H2Session (Service port appProtocol kubernetes.io/h2c, and every gRPC
+// request) carries one stream at a time (u.h2_stream); the connection is pooled between
+// requests like an HTTP/1.1 one. Response HEADERS, DATA and trailers go to the client as
+// HTTP/2 frames, or as HTTP/1.1 (re-chunked when no content-length, trailers in the last
+// chunk). Response DATA is acknowledged to the backend only once the client side buffers
+// less than max_buffer.
+
+void Worker::up_h2_flush(Upstream& u) {
+    if (u.h2_busy || u.dead) {
+        return;
+    }
+    u.h2_busy = true;
+    const bool ok = u.h2->produce(u.out.s, e.o.max_buffer);
+    u.h2_busy = false;
+    if (!ok) {
+        u.eof = true; // the sweep fails the stream (this may run under its exchange)
+        return;
+    }
+    if (u.connected && !u.out.empty()) {
+        flush(u);
+    }
+}
+
+void Worker::up_h2_read(Upstream& u) {
+    Conn* oc = u.owner ? u.owner->c : nullptr;
+    if (!u.in.empty()) {
+        u.h2_busy = true;
+        const bool ok = u.h2->feed(u.in.view(), now);
+        u.h2_busy = false;
+        u.in.clear();
+        if (!ok) {
+            u.eof = true;
+        }
+    }
+    if (!u.dead) {
+        if (u.eof) {
+            up_h2_lost(u, "backend closed the HTTP/2 connection");
+        } else {
+            up_h2_flush(u);
+            if (!u.dead && !u.owner && (u.eof || u.h2->want_close())) {
+                close_upstream(u); // pooled, and the backend sent GOAWAY
+            } else if (!u.dead) {
+                update(u);
+            }
+        }
+    }
+    if (oc && !oc->dead) {
+        progress(*oc); // what the events queued for the client goes out once
+    }
+}
+
+void Worker::up_h2_lost(Upstream& u, std::string_view why) {
+    Exchange* x = u.owner;
+    u.owner = nullptr;
+    close_upstream(u);
+    if (!x) {
+        return;
+    }
+    x->up = nullptr;
+    Conn& c = *x->c;
+    if (!x->resp_head_sent) {
+        upstream_failed(*x, false, why);
+        return;
+    }
+    Counters::inc(this->c.up_failures);
+    abort_client(*x);
+    finish_exchange(*x);
+    progress(c);
+}
+
+void Worker::up_h2_head(Upstream& u, int32_t id, H2Head& hh) {
+    if (!u.owner || id != u.h2_stream || u.owner->resp_head_sent) {
+        return;
+    }
+    Exchange& x = *u.owner;
+    if (x.retries_left > 0 && !x.body_sent && x.rule) {
+        bool retry = false;
+        for (uint16_t code : x.rule->retry_codes) {
+            retry = retry || code == hh.status;
+        }
+        if (retry) {
+            --x.retries_left;
+            Counters::inc(this->c.retries);
+            u.owner = nullptr;
+            close_upstream(u);
+            x.up = nullptr;
+            x.retry_at = now + (x.rule->retry_backoff_ms ? x.rule->retry_backoff_ms : 1);
+            return;
+        }
+    }
+    x.status = hh.status;
+    std::vector<route::Header> hs;
+    hs.reserve(hh.headers.size());
+    for (const H2Header& f : hh.headers) {
+        if (!f.name.starts_with(":") && !h2_forbidden(f.name)) {
+            hs.push_back({f.name, f.value});
+        }
+    }
+    route::apply_header_ops(x.d.fwd.response_ops, hs);
+    for (const auto& [k, v] : x.d.fwd.response_headers) {
+        hs.push_back({k, v});
+    }
+    if (x.sid != 0) {
+        h2_submit_head(x, hh.status, hs, hh.end_stream);
+    } else {
+        bool has_length = false;
+        for (const route::Header& hd : hs) {
+            has_length = has_length || http::iequals(hd.name, "content-length");
+        }
+        const bool bodiless = x.method == "HEAD" || hh.status == 204 || hh.status == 304;
+        if (!bodiless && !has_length) {
+            if (hh.end_stream) {
+                hs.push_back({"content-length", "0"});
+            } else if (x.client_minor >= 1) {
+                hs.push_back({"transfer-encoding", "chunked"});
+                x.resp_chunk_out = true;
+            } else {
+                x.client_keep_alive = false; // HTTP/1.0: the body runs to the close
+            }
+        }
+        std::string out = "HTTP/1.1 " + std::to_string(hh.status) + " " +
+                          reason_phrase(hh.status) + "\r\n";
+        for (const route::Header& hd : hs) {
+            out += hd.name + ": " + hd.value + "\r\n";
+        }
+        if (!x.client_keep_alive) {
+            out += "Connection: close\r\n";
+        }
+        out += "\r\n";
+        x.c->out.append(out);
+    }
+    x.resp_head_sent = true;
+}
+
+void Worker::up_h2_data(Upstream& u, int32_t id, std::string_view data) {
+    if (!u.owner || id != u.h2_stream || !u.owner->resp_head_sent) {
+        u.h2->consume(id, data.size());
+        return;
+    }
+    Exchange& x = *u.owner;
+    x.resp_bytes += data.size();
+    if (x.resp_chunk_out) {
+        x.c->out.append(chunk_header(data.size()));
+        x.c->out.append(data);
+        x.c->out.append("\r\n");
+    } else {
+        deliver(x, data);
+    }
+    if (!client_full(x)) {
+        u.h2->consume(id, data.size());
+    } // else update(u) acknowledges it once the client has read
+}
+
+void Worker::up_h2_trailers(Upstream& u, int32_t id, H2Head& hh) {
+    if (!u.owner || id != u.h2_stream) {
+        return;
+    }
+    for (H2Header& f : hh.headers) {
+        if (!f.name.starts_with(":") && !h2_forbidden(f.name)) {
+            u.owner->resp_trailers.push_back(std::move(f));
+        }
+    }
+}
+
+void Worker::up_h2_end(Upstream& u, int32_t id) {
+    if (!u.owner || id != u.h2_stream || !u.owner->resp_head_sent) {
+        return;
+    }
+    Exchange& x = *u.owner;
+    x.resp_complete = true;
+    if (x.sid != 0) {
+        // grpc-status travels here: the trailers reach the client.
+        x.c->h2->s->finish(x.sid, x.resp_trailers.empty() ? nullptr : &x.resp_trailers);
+    } else if (x.resp_chunk_out) {
+        std::string last = "0\r\n";
+        for (const H2Header& f : x.resp_trailers) {
+            last += f.name + ": " + f.value + "\r\n";
+        }
+        last += "\r\n";
+        x.c->out.append(last);
+    }
+    finish_exchange(x);
+}
+
+void Worker::up_h2_close(Upstream& u, int32_t id, uint32_t code) {
+    if (!u.owner || id != u.h2_stream) {
+        return;
+    }
+    // The stream ended before its response did.
+    Exchange& x = *u.owner;
+    u.owner = nullptr;
+    x.up = nullptr;
+    close_upstream(u); // under u's own session: freed at the end of the loop turn
+    if (!x.resp_head_sent) {
+        upstream_failed(x, false,
+                        code == H2Session::kRefusedStream ? "backend refused the stream"
+                                                          : "backend reset the stream");
+        return;
+    }
+    Counters::inc(this->c.up_failures);
+    Conn& c = *x.c;
+    abort_client(x);
+    finish_exchange(x);
+    progress(c);
 }
 
 void Worker::sweep() {
@@ -2135,41 +3216,39 @@ void Worker::sweep() {
             continue;
         }
         if (c.st == St::Exchange && c.ex) {
-            Exchange& x = *c.ex;
-            if (!x.up && x.retry_at && now >= x.retry_at) {
-                x.retry_at = 0;
-                if (attempt(c)) {
-                    forward_request_body(c);
+            sweep_exchange(*c.ex);
+            continue;
+        }
+        if (c.st == St::H2) {
+            if (c.h2->streams.empty()) {
+                if (c.deadline && now >= c.deadline && !c.close_after_flush) {
+                    // Idle (or no preface in time): GOAWAY, then close.
+                    c.h2->s->goaway(true);
+                    c.close_after_flush = true;
+                    progress(c);
                 }
-                progress(c);
                 continue;
             }
-            const bool late = (x.request_deadline && now >= x.request_deadline) ||
-                              (x.attempt_deadline && now >= x.attempt_deadline);
-            if (late && !x.resp_head_sent) {
-                Counters::inc(this->c.timeouts);
-                if (x.up) {
-                    x.up->owner = nullptr;
-                    close_upstream(*x.up);
-                    x.up = nullptr;
-                }
-                x.status = 504;
-                respond(c, 504, {}, "504 the backend did not answer in time\n", true);
-                x.req_done = true;
-                finish_exchange(c);
-                progress(c);
-                continue;
+            std::vector<int32_t> ids;
+            for (const auto& [sid, x] : c.h2->streams) {
+                ids.push_back(sid);
             }
-            if (x.up && !x.up->connected && now >= x.up->deadline) {
-                Upstream& u = *x.up;
-                u.owner = nullptr;
-                close_upstream(u);
-                x.up = nullptr;
-                upstream_failed(c, true, "connect timeout");
+            for (int32_t sid : ids) {
+                if (c.dead) {
+                    break;
+                }
+                auto it = c.h2->streams.find(sid);
+                if (it != c.h2->streams.end()) {
+                    sweep_exchange(*it->second);
+                }
             }
         }
     }
     for (Upstream* u : std::vector<Upstream*>(ups)) {
+        if (!u->dead && u->h2 && u->eof && !u->h2_busy) {
+            up_h2_lost(*u, "HTTP/2 session to the backend failed");
+            continue;
+        }
         if (!u->dead && !u->owner && u->deadline && now >= u->deadline) {
             close_upstream(*u); // idle pooled connection, or a mirror that took too long
         }
@@ -2179,6 +3258,41 @@ void Worker::sweep() {
         const ssize_t r = ::write(e.log_fd, logbuf.data(), logbuf.size());
         (void)r;
         logbuf.clear();
+    }
+}
+
+void Worker::sweep_exchange(Exchange& x) {
+    Conn& c = *x.c;
+    if (!x.up && x.retry_at && now >= x.retry_at) {
+        x.retry_at = 0;
+        if (attempt(x)) {
+            forward_body(x);
+        }
+        progress(c);
+        return;
+    }
+    const bool late = (x.request_deadline && now >= x.request_deadline) ||
+                      (x.attempt_deadline && now >= x.attempt_deadline);
+    if (late && !x.resp_head_sent) {
+        Counters::inc(this->c.timeouts);
+        if (x.up) {
+            x.up->owner = nullptr;
+            close_upstream(*x.up);
+            x.up = nullptr;
+        }
+        x.status = 504;
+        answer(x, 504, {}, "504 the backend did not answer in time\n", true);
+        x.req_done = true;
+        finish_exchange(x);
+        progress(c);
+        return;
+    }
+    if (x.up && !x.up->connected && now >= x.up->deadline) {
+        Upstream& u = *x.up;
+        u.owner = nullptr;
+        close_upstream(u);
+        x.up = nullptr;
+        upstream_failed(x, true, "connect timeout");
     }
 }
 

@@ -1,7 +1,9 @@
 #pragma once
 
 /// @file
-/// The L7 engine: an HTTP/1.1 (and TLS-terminating) reverse proxy on kernel sockets. One
+/// The L7 engine: an HTTP/1.1 and HTTP/2 (and TLS-terminating) reverse proxy on kernel
+/// sockets (HTTP/2: h2 by ALPN, h2c with prior knowledge or Upgrade; h2c and gRPC to
+/// backends; see h2.h). One
 /// event loop (epoll, level-triggered) per worker thread, each with its own SO_REUSEPORT
 /// listening socket per bound (address, port), its own connections, upstream pools and
 /// passive-health state: workers share nothing but the published tables.
@@ -41,7 +43,7 @@ struct EngineOptions {
     uint32_t eject_after = 5;             ///< consecutive failures before ejection
     uint32_t eject_ms = 10000;            ///< ejection time
     std::string access_log;               ///< file path; "" = none, "-" = stderr
-    bool offer_h2 = false;                ///< ALPN h2 (HTTP/2 is not served yet)
+    bool offer_h2 = true; ///< HTTP/2 to clients: ALPN h2, h2c prior knowledge and Upgrade
 };
 
 /// Counters summed over workers (relaxed: statistics).
@@ -52,6 +54,8 @@ struct EngineStats {
     uint64_t upstream_connects = 0, upstream_failures = 0, upstream_reused = 0, retries = 0,
              ejections = 0, mirrors = 0, bad_requests = 0, timeouts = 0;
     uint64_t tunnels = 0, tunnel_refused = 0; ///< TLSRoute connections relayed / reset
+    uint64_t h2_connections = 0, h2_streams = 0; ///< HTTP/2 client connections / requests
+    uint64_t h2_abuse = 0; ///< HTTP/2 connections closed by a defence (rapid reset, floods)
     uint64_t bytes_in = 0, bytes_out = 0;
     uint64_t generation = 0;
 };
