@@ -80,6 +80,9 @@ int main(int argc, char** argv) {
         "source", po::value<std::string>(&o.source_dir),
         "traffic: source tree with tools/echo/sluice-echo (default: $SLUICE_SOURCE_DIR, else "
         "the source directory the build directory was configured from)")(
+        "input", po::value<std::string>(&o.input)->default_value("files"),
+        "decide: files (as the file source loads them) or api (as the Kubernetes API source "
+        "receives them: JSON objects with server metadata)")(
         "consistency-timeout", po::value<double>(&consistency_s)->default_value(10),
         "traffic: seconds a case has to answer as expected 3 times in a row")(
         "ready-timeout", po::value<double>(&ready_s)->default_value(10),
@@ -98,6 +101,10 @@ int main(int argc, char** argv) {
     if (vm.count("help")) {
         std::cout << desc << "\n";
         return 0;
+    }
+    if (o.input != "files" && o.input != "api") {
+        std::cerr << "sluice-conformance: --input files|api\n";
+        return 2;
     }
     if (o.mode != "decide" && o.mode != "traffic") {
         std::cerr << "sluice-conformance: unsupported --mode " << o.mode

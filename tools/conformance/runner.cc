@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "api_input.h"
 #include "cases.h"
 #include "checks.h"
 #include "compile.h"
@@ -337,6 +338,9 @@ public:
         }
         cp::Diagnostics diags;
         base_docs_ = cp::parse_yaml(*base, base_path, cp::LoadLimits{}, diags);
+        if (o_.input == "api") {
+            base_docs_ = through_api(base_docs_);
+        }
         if (diags.errors() > 0) {
             for (const cp::Diagnostic& d : diags.items()) {
                 err_ << d.str() << "\n";
@@ -355,6 +359,9 @@ public:
                                   "\nspec:\n  controllerName: " + cp::kControllerName + "\n";
         fixture_docs_ = cp::parse_yaml(klass + "---\n" + fx_.yaml, "<runner fixtures>",
                                        cp::LoadLimits{}, diags);
+        if (o_.input == "api") {
+            fixture_docs_ = through_api(fixture_docs_);
+        }
         if (diags.errors() > 0) {
             for (const cp::Diagnostic& d : diags.items()) {
                 err_ << d.str() << "\n";
@@ -692,6 +699,9 @@ private:
             }
             const size_t before = diags.size();
             auto docs = cp::parse_yaml(*text, path, cp::LoadLimits{}, diags);
+            if (o_.input == "api") {
+                docs = through_api(docs);
+            }
             for (size_t i = before; i < diags.size(); ++i) {
                 if (diags.items()[i].object.empty() &&
                     diags.items()[i].severity == cp::Severity::Error) {

@@ -19,6 +19,9 @@ struct RunOptions {
     std::string run_regex;          ///< only tests whose name matches (ECMAScript, search)
     std::string known_failures_file;
     bool verbose = false;
+    /// decide mode: "files" (the file source's loader path) or "api" (each object as the
+    /// API server returns it, through the Kubernetes source's conversion; api_input.h)
+    std::string input = "files";
     // traffic mode
     std::string build_dir;      ///< sluice-controlplane and sluice-l7 are found below it
     std::string source_dir;     ///< tools/echo/sluice-echo is found below it
