@@ -20,6 +20,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "admin.h"
 #include "ctl_server.h"
 #include "engine.h"
 
@@ -71,16 +72,6 @@ std::string stats_json(const l7::EngineStats& s) {
     return j + "}}\n";
 }
 
-std::string label_escape(std::string_view v) {
-    std::string o;
-    for (char ch : v) {
-        if (ch == '\\' || ch == '"') {
-            o += '\\';
-        }
-        o += ch == '\n' ? ' ' : ch;
-    }
-    return o;
-}
 
 std::string route_metrics(const l7::Engine& engine) {
     std::string t =
@@ -91,9 +82,9 @@ std::string route_metrics(const l7::Engine& engine) {
                     "# TYPE sluice_l7_route_duration_seconds histogram\n";
     for (const auto& [key, rs] : engine.route_stats()) {
         const size_t a = key.find('\t'), b = key.find('\t', a + 1);
-        const std::string labels = "route=\"" + label_escape(key.substr(0, a)) + "\",rule=\"" +
-                                   label_escape(key.substr(a + 1, b - a - 1)) + "\",backend=\"" +
-                                   label_escape(key.substr(b + 1)) + "\"";
+        const std::string labels = "route=\"" + dp::prom_escape(key.substr(0, a)) + "\",rule=\"" +
+                                   dp::prom_escape(key.substr(a + 1, b - a - 1)) + "\",backend=\"" +
+                                   dp::prom_escape(key.substr(b + 1)) + "\"";
         for (int i = 0; i < 5; ++i) {
             if (rs.by_class[i]) {
                 t += "sluice_l7_route_responses_total{" + labels + ",class=\"" +
@@ -156,80 +147,6 @@ std::string prometheus(const l7::EngineStats& s) {
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"
          "sluice_l7_generation " + std::to_string(s.generation) + "\n";
     return t;
-}
-
-/// Minimal admin endpoint: GET /metrics (Prometheus text) and GET /stats (JSON). One
-/// blocking thread; control path only.
-int admin_listen(const std::string& spec) {
-    const size_t colon = spec.rfind(':');
-    if (colon == std::string::npos) {
-        return -1;
-    }
-    std::string host = spec.substr(0, colon);
-    const int port = std::stoi(spec.substr(colon + 1));
-    if (!host.empty() && host.front() == '[') {
-        host = host.substr(1, host.size() - 2);
-    }
-    sockaddr_in6 a6{};
-    sockaddr_in a4{};
-    int fam = AF_INET;
-    if (inet_pton(AF_INET, host.c_str(), &a4.sin_addr) != 1) {
-        if (inet_pton(AF_INET6, host.c_str(), &a6.sin6_addr) != 1) {
-            return -1;
-        }
-        fam = AF_INET6;
-    }
-    const int fd = ::socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int r;
-    if (fam == AF_INET) {
-        a4.sin_family = AF_INET;
-        a4.sin_port = htons(static_cast<uint16_t>(port));
-        r = ::bind(fd, reinterpret_cast<sockaddr*>(&a4), sizeof a4);
-    } else {
-        a6.sin6_family = AF_INET6;
-        a6.sin6_port = htons(static_cast<uint16_t>(port));
-        r = ::bind(fd, reinterpret_cast<sockaddr*>(&a6), sizeof a6);
-    }
-    if (r != 0 || ::listen(fd, 16) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    timeval tv{0, 200000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
-
-void admin_serve(int fd, const l7::Engine& engine) {
-    while (!g_stop.load(std::memory_order_relaxed)) {
-        const int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (c < 0) {
-            continue;
-        }
-        timeval tv{1, 0};
-        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        char buf[2048];
-        const ssize_t n = ::read(c, buf, sizeof buf - 1);
-        std::string req(buf, n > 0 ? static_cast<size_t>(n) : 0);
-        std::string body, type = "text/plain; version=0.0.4", status = "200 OK";
-        if (req.rfind("GET /metrics", 0) == 0) {
-            body = prometheus(engine.stats()) + route_metrics(engine);
-        } else if (req.rfind("GET /stats", 0) == 0) {
-            body = stats_json(engine.stats());
-            type = "application/json";
-        } else {
-            status = "404 Not Found";
-            body = "try /metrics or /stats\n";
-        }
-        const std::string resp = "HTTP/1.1 " + status + "\r\nContent-Type: " + type +
-                                 "\r\nContent-Length: " + std::to_string(body.size()) +
-                                 "\r\nConnection: close\r\n\r\n" + body;
-        const ssize_t w = ::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
-        (void)w;
-        ::close(c);
-    }
-    ::close(fd);
 }
 
 } // namespace
@@ -304,11 +221,10 @@ int main(int argc, char** argv) {
         std::cerr << "sluice-l7: " << l.error().message << std::endl;
         return 1;
     }
-    int admin_fd = -1;
+    dp::AdminServer admin_server;
     if (!admin.empty()) {
-        admin_fd = admin_listen(admin);
-        if (admin_fd < 0) {
-            std::cerr << "sluice-l7: cannot serve --admin " << admin << std::endl;
+        if (auto a = admin_server.listen(admin); !a) {
+            std::cerr << "sluice-l7: --admin: " << a.error().message << std::endl;
             return 1;
         }
     }
@@ -316,9 +232,16 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_signal);
     std::thread ctl_thread([&] { ctl.run(); });
     std::thread admin_thread([&] {
-        if (admin_fd >= 0) {
-            admin_serve(admin_fd, engine);
-        }
+        admin_server.serve(g_stop, [&](const std::string& path) {
+            if (path == "/metrics") {
+                return dp::AdminAnswer{200, "text/plain; version=0.0.4",
+                                       prometheus(engine.stats()) + route_metrics(engine)};
+            }
+            if (path == "/stats") {
+                return dp::AdminAnswer{200, "application/json", stats_json(engine.stats())};
+            }
+            return dp::AdminAnswer{404, "text/plain", "try /metrics or /stats\n"};
+        });
     });
     std::thread stats_thread([&] {
         if (stats_file.empty()) {
