@@ -72,6 +72,7 @@ const std::vector<std::string>& supported_features() {
         "HTTPRouteRequestPercentageMirror",
         "HTTPRouteRequestTimeout",
         "HTTPRouteResponseHeaderModification",
+        "HTTPRouteRetry",
         "HTTPRouteSchemeRedirect",
         "ListenerSet",
         "ReferenceGrant",
