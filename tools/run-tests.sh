@@ -22,7 +22,7 @@ if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
       -Ddataplane=disabled -Dbuildtype=debugoptimized >/dev/null
   fi
   : > "$FUZZ/fuzz-result.json"
-  for spec in loader_fuzz:corpus:${SLUICE_FUZZ_SECONDS:-45} ir_decode_fuzz:corpus-ir:15 \
+  for spec in loader_fuzz:corpus:${SLUICE_FUZZ_SECONDS:-30} ir_decode_fuzz:corpus-ir:15 \
               packet_fuzz:corpus-packet:30 http_parser_fuzz:corpus-http:20 \
               client_hello_fuzz:corpus-hello:15; do
     IFS=: read -r target seeds secs <<<"$spec"
@@ -50,17 +50,21 @@ if [ "${SLUICE_SKIP_ASAN:-0}" != 1 ]; then
     meson setup "$ASAN" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false \
       -Dtests=disabled -Dperf=disabled -Dfuzz=disabled >/dev/null
   fi
-  ninja -C "$ASAN" dataplane/sluice-l7 controlplane/sluice-controlplane >/dev/null
-  if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-       python3 tests/integration/l7_http_test.py "$ASAN" >"$ASAN/l7_http.log" 2>&1; then
-    echo "asan: l7_http passed on the sanitizer build"
-    echo '{"name":"l7_http_asan","result":"OK"}' > "$ASAN/asan-result.json"
-  else
-    tail -60 "$ASAN/l7_http.log"
-    echo "asan: l7_http FAILED on the sanitizer build"
-    echo '{"name":"l7_http_asan","result":"FAIL"}' > "$ASAN/asan-result.json"
-    rc=1
-  fi
+  ninja -C "$ASAN" dataplane/sluice-l7 >/dev/null
+  : > "$ASAN/asan-result.json"
+  for t in l7_http l7_h2; do
+    if SLUICE_CP="$(pwd)/$BUILD/controlplane/sluice-controlplane" ASAN_OPTIONS=detect_leaks=1 \
+         UBSAN_OPTIONS=print_stacktrace=1 \
+         python3 "tests/integration/${t}_test.py" "$ASAN" >"$ASAN/$t.log" 2>&1; then
+      echo "asan: $t passed on the sanitizer build"
+      echo "{\"name\":\"${t}_asan\",\"result\":\"OK\"}" >> "$ASAN/asan-result.json"
+    else
+      tail -60 "$ASAN/$t.log"
+      echo "asan: $t FAILED on the sanitizer build"
+      echo "{\"name\":\"${t}_asan\",\"result\":\"FAIL\"}" >> "$ASAN/asan-result.json"
+      rc=1
+    fi
+  done
 fi
 python3 tools/test_summary.py "$BUILD/meson-logs/testlog.json" ${FUZZ:+"$FUZZ/fuzz-result.json"} \
   ${ASAN:+"$ASAN/asan-result.json"} || rc=1

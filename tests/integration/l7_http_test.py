@@ -26,7 +26,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
-CP = os.path.join(BUILD, "controlplane", "sluice-controlplane")
+# SLUICE_CP: a controlplane from another build (the ASan stage only rebuilds sluice-l7).
+CP = os.environ.get("SLUICE_CP") or os.path.join(BUILD, "controlplane", "sluice-controlplane")
 L7 = os.path.join(BUILD, "dataplane", "sluice-l7")
 ECHO = os.path.join(ROOT, "tools", "echo", "sluice-echo")
 
