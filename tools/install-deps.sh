@@ -20,6 +20,8 @@ pkgs=(
   python3-yaml
   # L7 peers for perf/l7_bench.sh (started by hand there; none auto-starts here)
   haproxy nginx-light wrk
+  # sluice-pktgen --plot (PNG charts; perf/pktgen_l4_bench.sh)
+  gnuplot-nox
 )
 missing=()
 for p in "${pkgs[@]}"; do

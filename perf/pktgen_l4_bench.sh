@@ -1,0 +1,473 @@
+#!/usr/bin/env bash
+# L4 line-rate rig: sluice-pktgen drives, over one net_memif port (two DPDK processes,
+# --no-huge by default), first dpdk-testpmd io-forward (the baseline: frames are returned
+# untouched, --port-topology=loop) and then sluice-dataplane doing full-NAT on a UDP VIP
+# (10.0.0.100:53 -> 4 backends 10.0.0.11-14:5353, N client flows), in one invocation.
+#
+#   perf/pktgen_l4_bench.sh [--smoke] [--build DIR] [--out FILE] [--hugepages] [--keep]
+#
+# For each device under test (DUT):
+#   max     pktgen sends as fast as it can (rate_pps: 0) for DURATION s: forwarded Mpps,
+#           loss, p50/p99 latency (memif back-pressures the sender, so "max" is the rate the
+#           pair sustains; latency there is queueing).
+#   search  RFC 2544-style binary search for the zero-loss rate (loss <= 1e-4, 2 s trials),
+#           then p50/p99 at 10/25/50/75/90% of it.
+#   (sluice only) tcp: the same "max" run through a TCP VIP (10.0.0.100:80, SYN first);
+#   dsr: max + search through a DSR (IP-in-IP) UDP VIP 10.0.0.101:53 (pktgen reads the
+#   stamp inside the tunnel; the destination counted is the outer one, the backend).
+# --smoke     short runs, no search: checks that every run produced figures, sluice's
+#             output went to the backends and the JSON is well formed (CI; no speeds).
+#             Output goes to a temp file unless --out.
+# --out       result JSON (default perf/results/pktgen-<UTC date>-<short git hash>.json).
+# --hugepages run both sides on 2 MiB hugepages (mounted under the work directory here,
+#             nr_hugepages restored and unmounted on exit) instead of --no-huge.
+# --keep      keep the work directory (profiles, logs, raw pktgen JSON, charts).
+# Environment: DURATION (s per max run, default 5), FLOWS (default 10000), PKTGEN_CPU /
+# DUT_CPU (default 0 / 1), SEARCH_MAX_PPS (default 10000000), RSIZE (log2 memif ring size,
+# default 14 = 16384 slots: absorbs a few ms of either process being descheduled, which on
+# a shared 2-vCPU machine otherwise shows up as loss at any rate).
+#
+# Placement (2 vCPUs): pktgen sends and receives on one lcore (core 0), the DUT forwards on
+# the other (core 1). sluice needs its IR: sluice-controlplane (core 0, briefly) pushes it,
+# then is stopped once the Gateway is Programmed. sluice ARPs for the backends and pktgen
+# answers for them (arp_reply_for); pktgen resolves the VIP's MAC by ARP (dst_mac: arp).
+# Exit 77 (skip) without root or without dpdk-testpmd in --smoke.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+SMOKE=0
+OUT=""
+KEEP=0
+HUGE=0
+while (($#)); do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --build) BUILD=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --keep) KEEP=1 ;;
+    --hugepages) HUGE=1 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "pktgen_l4_bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+BUILD=$(cd "$BUILD" && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "pktgen_l4_bench: needs root (DPDK EAL): skipped"; exit 77; }
+PKTGEN=$BUILD/tools/pktgen/sluice-pktgen
+DP=$BUILD/dataplane/sluice-dataplane
+CP=$BUILD/controlplane/sluice-controlplane
+for b in "$PKTGEN" "$DP" "$CP"; do
+  [ -x "$b" ] || { echo "pktgen_l4_bench: $b missing (ninja -C build tools/pktgen/sluice-pktgen dataplane/sluice-dataplane controlplane/sluice-controlplane)" >&2; exit 1; }
+done
+TESTPMD=$(command -v dpdk-testpmd || true)
+if [ -z "$TESTPMD" ]; then
+  [ "$SMOKE" = 1 ] && { echo "pktgen_l4_bench: dpdk-testpmd missing (package dpdk-dev): skipped"; exit 77; }
+  echo "pktgen_l4_bench: dpdk-testpmd missing (package dpdk-dev)" >&2; exit 1
+fi
+command -v python3 >/dev/null || { echo "pktgen_l4_bench: python3 missing" >&2; exit 1; }
+
+DURATION=${DURATION:-5}
+FLOWS=${FLOWS:-10000}
+PKTGEN_CPU=${PKTGEN_CPU:-0}
+DUT_CPU=${DUT_CPU:-1}
+SEARCH_MAX_PPS=${SEARCH_MAX_PPS:-10000000}
+RSIZE=${RSIZE:-14} # log2 of the memif ring size (DPDK's default is 10)
+WARMUP=1
+if [ "$SMOKE" = 1 ]; then DURATION=0.5; FLOWS=1000; WARMUP=0.3; fi
+if [ "$(nproc)" -lt 2 ]; then
+  echo "pktgen_l4_bench: fewer than 2 CPUs: pktgen and the DUT share core 0 (figures not comparable)" >&2
+  PKTGEN_CPU=0; DUT_CPU=0
+fi
+
+W=$(mktemp -d /tmp/sluice-pktgen-bench.XXXXXX)
+PIDS=()
+HUGE_MNT=""
+HUGE_OLD=""
+HUGE_SET=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [ -n "$HUGE_MNT" ]; then
+    rm -f "$HUGE_MNT"/* 2>/dev/null || true
+    umount "$HUGE_MNT" 2>/dev/null || true
+  fi
+  # Give the pages back unless someone else changed the count meanwhile.
+  if [ -n "$HUGE_OLD" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$HUGE_SET" ]; then
+    echo "$HUGE_OLD" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 1 ] || { [ "$rc" -ne 0 ] && [ "$SMOKE" = 0 ]; }; then
+    echo "pktgen_l4_bench: work directory kept: $W" >&2
+  else
+    rm -rf "$W"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# EAL memory: --no-huge (default) or hugepages mounted privately for this run.
+if [ "$HUGE" = 1 ]; then
+  HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
+  need=$((HUGE_OLD + 768)) # 2 x 512 MiB + slack, in 2 MiB pages
+  echo "$need" > /proc/sys/vm/nr_hugepages
+  got=$(cat /proc/sys/vm/nr_hugepages)
+  HUGE_SET=$got
+  [ "$got" -ge $((HUGE_OLD + 600)) ] || { echo "pktgen_l4_bench: only $got hugepages" >&2; exit 1; }
+  HUGE_MNT=$W/huge
+  mkdir -p "$HUGE_MNT"
+  mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"
+  MEM=(-m 512 --huge-dir "$HUGE_MNT")
+  MEMNAME=hugepages
+else
+  MEM=(--no-huge -m 512)
+  MEMNAME=no-huge
+fi
+EAL_COMMON=(--no-pci --log-level=lib.eal:warning --log-level=lib.telemetry:error "${MEM[@]}")
+
+fail() { echo "pktgen_l4_bench: FAIL: $*" >&2; exit 1; }
+
+# pktgen profiles (written here so durations and rates follow the mode).
+profile() { # name dst_mac proto dport [extra YAML lines...] (DST: the VIP, default 10.0.0.100)
+  local name=$1 dmac=$2 proto=$3 dport=$4; shift 4
+  cat > "$W/$name.yaml" <<YAML
+proto: $proto
+src: 10.1.0.0/24
+dst: ${DST:-10.0.0.100}
+sport: 1024-1087
+dport: $dport
+flows: $FLOWS
+size: $([ "$proto" = tcp ] && echo 74 || echo 64)
+duration_s: $DURATION
+warmup_s: $WARMUP
+drain_s: 0.3
+src_mac: 02:00:00:00:01:01
+dst_mac: $dmac
+arp_reply_for: [10.0.0.11-10.0.0.14]
+YAML
+  for line in "$@"; do echo "$line" >> "$W/$name.yaml"; done
+}
+
+pktgen() { # memif-socket tag args... (writes $W/tag.json and $W/tag.log)
+  local sock=$1 tag=$2; shift 2
+  taskset -c "$PKTGEN_CPU" "$PKTGEN" "$@" --json "$W/$tag.json" -- -l "$PKTGEN_CPU" \
+    "${EAL_COMMON[@]}" --file-prefix "pg$$" \
+    --vdev="net_memif0,role=client,socket=$sock,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:01:01" \
+    >"$W/$tag.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  if ! wait "$pid"; then
+    tail -20 "$W/$tag.log" >&2
+    fail "pktgen run $tag failed"
+  fi
+  grep "^sluice-pktgen: \(run\|zero-loss\|search\|sweep\)" "$W/$tag.log" | sed "s/^sluice-pktgen/  $tag/" || true
+}
+
+stop_pid() {
+  local p=$1
+  kill -INT "$p" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+
+echo "pktgen_l4_bench: $([ "$SMOKE" = 1 ] && echo smoke || echo full) run, memif $MEMNAME, pktgen on core $PKTGEN_CPU, DUT on core $DUT_CPU, $FLOWS flows, load $(cut -d' ' -f1-3 /proc/loadavg)"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------
+# (a) dpdk-testpmd io-forward, frames looped back out of the same memif port.
+# ---------------------------------------------------------------------------------------
+TP_SOCK=$W/testpmd.memif
+taskset -c "$DUT_CPU" "$TESTPMD" --lcores="0@$DUT_CPU,1@$DUT_CPU" "${EAL_COMMON[@]}" \
+  --file-prefix "tp$$" \
+  --vdev="net_memif0,role=server,socket=$TP_SOCK,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
+  -- --forward-mode=io --port-topology=loop --total-num-mbufs=16384 --auto-start \
+  --stats-period 60 >"$W/testpmd.log" 2>&1 &
+TP_PID=$!
+PIDS+=("$TP_PID")
+for _ in $(seq 100); do [ -S "$TP_SOCK" ] && break; sleep 0.1; done
+[ -S "$TP_SOCK" ] || { tail "$W/testpmd.log" >&2; fail "testpmd did not create $TP_SOCK"; }
+# max: as fast as possible (smoke: a modest fixed rate); search: rates from the search block.
+MAX_RATE=$([ "$SMOKE" = 1 ] && echo 50000 || echo 0)
+profile testpmd-max 02:00:00:00:00:02 udp 53 "rate_pps: $MAX_RATE"
+SEARCH="search: {min_pps: 50000, max_pps: $SEARCH_MAX_PPS, loss_threshold: 0.0001, trial_s: 2, warmup_s: 0.5, precision_pps: 50000}"
+SWEEP="sweep: [10, 25, 50, 75, 90]"
+profile testpmd-search 02:00:00:00:00:02 udp 53 "$SEARCH" "$SWEEP"
+echo "(a) dpdk-testpmd io-forward"
+# The search first, so that the two "max" runs (the ratio) are seconds apart, not minutes.
+if [ "$SMOKE" = 0 ]; then
+  pktgen "$TP_SOCK" testpmd-search --profile "$W/testpmd-search.yaml" --search --plot "$W/plots-testpmd"
+fi
+pktgen "$TP_SOCK" testpmd-max --profile "$W/testpmd-max.yaml"
+stop_pid "$TP_PID"
+
+# ---------------------------------------------------------------------------------------
+# (b) sluice-dataplane full-NAT (UDP VIP; TCP VIP for the extra run).
+# ---------------------------------------------------------------------------------------
+mkdir -p "$W/config" "$W/status"
+cat > "$W/config/bench.yaml" <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: 10.0.0.100}]
+  listeners:
+  - {name: udp, port: 53, protocol: UDP}
+  - {name: tcp, port: 80, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: be, namespace: default}
+spec: {ports: [{name: udp, port: 5353, protocol: UDP}, {name: tcp, port: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: be, namespace: default, labels: {kubernetes.io/service-name: be}}
+addressType: IPv4
+ports: [{name: udp, port: 5353, protocol: UDP}, {name: tcp, port: 8080}]
+endpoints: [{addresses: [10.0.0.11]}, {addresses: [10.0.0.12]}, {addresses: [10.0.0.13]}, {addresses: [10.0.0.14]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns, namespace: default}
+spec:
+  parentRefs: [{name: bench, sectionName: udp}]
+  rules: [{backendRefs: [{name: be, port: 5353}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: web, namespace: default}
+spec:
+  parentRefs: [{name: bench, sectionName: tcp}]
+  rules: [{backendRefs: [{name: be, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: dsr, namespace: default, annotations: {sluice.dev/forwarding-mode: dsr-ipip}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: 10.0.0.101}]
+  listeners:
+  - {name: udp, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: be-dsr, namespace: default}
+spec: {ports: [{name: udp, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: be-dsr, namespace: default, labels: {kubernetes.io/service-name: be-dsr}}
+addressType: IPv4
+ports: [{name: udp, port: 53, protocol: UDP}]
+endpoints: [{addresses: [10.0.0.11]}, {addresses: [10.0.0.12]}, {addresses: [10.0.0.13]}, {addresses: [10.0.0.14]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns-dsr, namespace: default}
+spec:
+  parentRefs: [{name: dsr, sectionName: udp}]
+  rules: [{backendRefs: [{name: be-dsr, port: 53}]}]
+YAML
+DP_SOCK=$W/dp.sock
+DP_MEMIF=$W/sluice.memif
+taskset -c "$DUT_CPU" "$DP" --dp-socket "$DP_SOCK" --snat 10.0.0.99 --ct-capacity 262144 \
+  --stats-file "$W/dp-stats.json" \
+  -- -l "$DUT_CPU" "${EAL_COMMON[@]}" --file-prefix "dp$$" \
+  --vdev="net_memif0,role=server,socket=$DP_MEMIF,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
+  >"$W/dataplane.log" 2>&1 &
+DP_PID=$!
+PIDS+=("$DP_PID")
+for _ in $(seq 100); do [ -S "$DP_SOCK" ] && break; sleep 0.1; done
+[ -S "$DP_SOCK" ] || { tail "$W/dataplane.log" >&2; fail "sluice-dataplane did not come up"; }
+taskset -c "$PKTGEN_CPU" "$CP" --config-dir "$W/config" --status-dir "$W/status" \
+  --dp-socket "$DP_SOCK" >"$W/controlplane.log" 2>&1 &
+CP_PID=$!
+PIDS+=("$CP_PID")
+for gw in bench dsr; do
+  for _ in $(seq 100); do
+    grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null ||
+    { tail "$W/controlplane.log" "$W/dataplane.log" >&2; fail "Gateway $gw not Programmed"; }
+done
+stop_pid "$CP_PID" # the dataplane keeps its tables; nothing else runs beside the two lcores
+profile sluice-max arp udp 53 "rate_pps: $MAX_RATE"
+profile sluice-search arp udp 53 "$SEARCH" "$SWEEP"
+profile sluice-tcp-max arp tcp 80 "rate_pps: $MAX_RATE"
+echo "(b) sluice-dataplane full-NAT, UDP VIP 10.0.0.100:53 -> 4 backends"
+pktgen "$DP_MEMIF" sluice-max --profile "$W/sluice-max.yaml"
+if [ "$SMOKE" = 0 ]; then
+  pktgen "$DP_MEMIF" sluice-search --profile "$W/sluice-search.yaml" --search --plot "$W/plots-sluice"
+fi
+echo "(b') sluice-dataplane full-NAT, TCP VIP 10.0.0.100:80 (SYN, then ACK|PSH per flow)"
+pktgen "$DP_MEMIF" sluice-tcp-max --profile "$W/sluice-tcp-max.yaml"
+DST=10.0.0.101 profile sluice-dsr-max arp udp 53 "rate_pps: $MAX_RATE"
+DST=10.0.0.101 profile sluice-dsr-search arp udp 53 "$SEARCH" "$SWEEP"
+echo "(b'') sluice-dataplane DSR (IP-in-IP to the backends), UDP VIP 10.0.0.101:53"
+pktgen "$DP_MEMIF" sluice-dsr-max --profile "$W/sluice-dsr-max.yaml"
+if [ "$SMOKE" = 0 ]; then
+  pktgen "$DP_MEMIF" sluice-dsr-search --profile "$W/sluice-dsr-search.yaml" --search --plot "$W/plots-sluice-dsr"
+fi
+sleep 1.2 # the stats file is rewritten every second
+cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
+stop_pid "$DP_PID"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------
+# Result JSON + summary.
+# ---------------------------------------------------------------------------------------
+HASH=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -z "$OUT" ]; then
+  if [ "$SMOKE" = 1 ]; then OUT=$W/result.json; else OUT=$ROOT/perf/results/pktgen-$(date -u +%F)-$HASH.json; fi
+fi
+SMOKE=$SMOKE W=$W OUT=$OUT HASH=$HASH MEMNAME=$MEMNAME FLOWS=$FLOWS DURATION=$DURATION \
+RSIZE=$RSIZE LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$LOAD_AFTER PKTGEN_CPU=$PKTGEN_CPU DUT_CPU=$DUT_CPU \
+python3 - <<'PY'
+import json, os, platform, sys
+
+W, smoke = os.environ["W"], os.environ["SMOKE"] == "1"
+errors = []
+
+def load(tag):
+    path = os.path.join(W, tag + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+def brief(t):
+    lat = t["latency_ns"]
+    return {"offered_pps": t["offered_pps"], "tx_mpps": round(t["tx"]["pps"] / 1e6, 4),
+            "rx_mpps": round(t["rx"]["pps"] / 1e6, 4), "loss_ratio": t["loss_ratio"],
+            "lost": t["lost"], "p50_us": lat["p50"] / 1e3, "p90_us": lat["p90"] / 1e3,
+            "p99_us": lat["p99"] / 1e3, "p999_us": lat["p999"] / 1e3, "max_us": lat["max"] / 1e3,
+            "reordered": t["reordered"], "tx_ring_full": t["tx"]["ring_full"],
+            "destinations": {d["dst"]: d["packets"] for d in t["destinations"]["top"][:8]},
+            "flows_seen": t["flows"]["seen"]}
+
+def search_brief(doc):
+    if not doc or "search" not in doc:
+        return None
+    s = doc["search"]
+    return {"zero_loss_pps": s["zero_loss_pps"], "zero_loss_rx_pps": s["zero_loss_rx_pps"],
+            "lowest_failing_pps": s["lowest_failing_pps"], "loss_threshold": s["loss_threshold"],
+            "trials": [{"offered_pps": t["offered_pps"], "tx_pps": round(t["tx"]["pps"]),
+                        "rx_pps": round(t["rx"]["pps"]), "loss_ratio": t["loss_ratio"],
+                        "passed": t["passed"], "sent_offered_rate": t["sent_offered_rate"]}
+                       for t in s["trials"]],
+            "sweep": [{k: p[k] for k in ("percent", "offered_pps", "tx_pps", "rx_pps", "loss_ratio",
+                                         "p50_ns", "p99_ns", "p999_ns")}
+                      for p in doc.get("sweep", {}).get("points", [])]}
+
+res = {"benchmark": "pktgen_l4", "git": os.environ["HASH"], "smoke": smoke,
+       "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                   "load_before": os.environ["LOAD_BEFORE"], "load_after": os.environ["LOAD_AFTER"]},
+       "setup": {"link": "net_memif, one port, pktgen role=client / DUT role=server",
+                 "memory": os.environ["MEMNAME"], "memif_ring": 2 ** int(os.environ["RSIZE"]), "pktgen_core": int(os.environ["PKTGEN_CPU"]),
+                 "dut_core": int(os.environ["DUT_CPU"]), "flows": int(os.environ["FLOWS"]),
+                 "frame_bytes": {"udp": 64, "tcp": 74}, "duration_s": float(os.environ["DURATION"]),
+                 "vip": "10.0.0.100 (udp 53, tcp 80)", "backends": "10.0.0.11-14 (:5353, :8080)",
+                 "snat": "10.0.0.99"}}
+for dut in ("testpmd", "sluice"):
+    mx = load(dut + "-max")
+    if not mx or "run" not in mx:
+        errors.append(f"{dut}: no max-run result")
+        continue
+    r = mx["run"]
+    entry = {"max": brief(r)}
+    if r["tx"]["packets"] == 0 or r["rx"]["packets"] == 0:
+        errors.append(f"{dut}: nothing sent or received ({r['tx']['packets']}/{r['rx']['packets']})")
+    if dut == "sluice":
+        dsts = set(entry["max"]["destinations"])
+        want = {f"10.0.0.{i}:5353" for i in range(11, 15)}
+        if not dsts or not dsts <= want:
+            errors.append(f"sluice: received destinations {sorted(dsts)} are not the backends")
+        if mx.get("dst_mac") != "02:00:00:00:00:02":
+            errors.append(f"sluice: VIP resolved to {mx.get('dst_mac')}")
+        dsr = load("sluice-dsr-max")
+        if dsr and "run" in dsr:
+            entry["dsr_ipip_max"] = brief(dsr["run"])
+            if not set(entry["dsr_ipip_max"]["destinations"]) <= {f"10.0.0.{i}:53" for i in range(11, 15)}:
+                errors.append("sluice dsr: destinations are not the backends")
+            if dsr["run"]["rx"]["tunneled"] != dsr["run"]["rx"]["packets"]:
+                errors.append("sluice dsr: not every packet arrived IP-in-IP encapsulated")
+        else:
+            errors.append("sluice: no DSR result")
+        sbd = search_brief(load("sluice-dsr-search"))
+        if sbd:
+            entry["dsr_ipip_search"] = sbd
+        tcp = load("sluice-tcp-max")
+        if tcp and "run" in tcp:
+            entry["tcp_max"] = brief(tcp["run"])
+            if not set(entry["tcp_max"]["destinations"]) <= {f"10.0.0.{i}:8080" for i in range(11, 15)}:
+                errors.append("sluice tcp: destinations are not the backends")
+        else:
+            errors.append("sluice: no TCP result")
+        try:
+            with open(os.path.join(W, "dp-stats-final.json")) as f:
+                st = json.load(f)["lcores"][0]
+            entry["dataplane_counters"] = {k: v for k, v in st["counters"].items() if v}
+            entry["dataplane_drops"] = {k: v for k, v in st["drops"].items() if v}
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    sb = search_brief(load(dut + "-search"))
+    if sb:
+        entry["search"] = sb
+    res[dut] = entry
+
+def ratio(a, b):
+    return round(a / b, 3) if b else None
+
+if "testpmd" in res and "sluice" in res:
+    t, s = res["testpmd"], res["sluice"]
+    res["ratio_sluice_to_testpmd"] = {"max_rx_mpps": ratio(s["max"]["rx_mpps"], t["max"]["rx_mpps"])}
+    if "search" in t and "search" in s:
+        res["ratio_sluice_to_testpmd"]["zero_loss_pps"] = ratio(s["search"]["zero_loss_pps"],
+                                                                t["search"]["zero_loss_pps"])
+    if "dsr_ipip_max" in s:
+        res["ratio_sluice_to_testpmd"]["dsr_max_rx_mpps"] = ratio(s["dsr_ipip_max"]["rx_mpps"],
+                                                                  t["max"]["rx_mpps"])
+    if "dsr_ipip_search" in s and "search" in t:
+        res["ratio_sluice_to_testpmd"]["dsr_zero_loss_pps"] = ratio(
+            s["dsr_ipip_search"]["zero_loss_pps"], t["search"]["zero_loss_pps"])
+with open(os.environ["OUT"], "w") as f:
+    json.dump(res, f, indent=1)
+    f.write("\n")
+for dut in ("testpmd", "sluice"):
+    if dut in res:
+        m = res[dut]["max"]
+        zl = res[dut].get("search", {}).get("zero_loss_pps")
+        print(f"pktgen_l4_bench: {dut:8s} max rx {m['rx_mpps']:.3f} Mpps (tx {m['tx_mpps']:.3f}), "
+              f"loss {100 * m['loss_ratio']:.4f}%, p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us"
+              + (f"; zero-loss {zl / 1e6:.3f} Mpps" if zl is not None else ""))
+if "sluice" in res and "dsr_ipip_max" in res["sluice"]:
+    m = res["sluice"]["dsr_ipip_max"]
+    zl = res["sluice"].get("dsr_ipip_search", {}).get("zero_loss_pps")
+    print(f"pktgen_l4_bench: sluice DSR (IP-in-IP) max rx {m['rx_mpps']:.3f} Mpps, loss "
+          f"{100 * m['loss_ratio']:.4f}%, p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us"
+          + (f"; zero-loss {zl / 1e6:.3f} Mpps" if zl is not None else ""))
+if "sluice" in res and "tcp_max" in res["sluice"]:
+    m = res["sluice"]["tcp_max"]
+    print(f"pktgen_l4_bench: sluice full-NAT TCP max rx {m['rx_mpps']:.3f} Mpps, loss "
+          f"{100 * m['loss_ratio']:.4f}%")
+if "ratio_sluice_to_testpmd" in res:
+    print("pktgen_l4_bench: sluice/testpmd", res["ratio_sluice_to_testpmd"])
+print("pktgen_l4_bench: results in", os.environ["OUT"])
+for e in errors:
+    print("pktgen_l4_bench: FAIL:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
