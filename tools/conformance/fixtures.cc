@@ -164,6 +164,7 @@ Result<Fixtures> make_fixtures() {
         }
         f.yaml += secret_yaml(ns, name, *c);
         f.cert_pem[ns + "/" + name] = c->cert_pem;
+        f.key_pem[ns + "/" + name] = c->key_pem;
         return {};
     };
     auto ca_map = [&](const std::string& ns, const std::string& name) -> Result<Issued> {
@@ -183,6 +184,7 @@ Result<Fixtures> make_fixtures() {
         }
         f.yaml += secret_yaml(ns, name, *c);
         f.cert_pem[ns + "/" + name] = c->cert_pem;
+        f.key_pem[ns + "/" + name] = c->key_pem;
         return {};
     };
 
@@ -190,9 +192,6 @@ Result<Fixtures> make_fixtures() {
     steps.push_back(self_signed(web, "certificate", {"*"}));
     steps.push_back(
         self_signed(infra, "tls-validity-checks-certificate", {"*", "*.org", "*.wildcard.org"}));
-    steps.push_back(self_signed(infra, "tls-passthrough-checks-certificate", {"abc.example.com"}));
-    steps.push_back(self_signed(app, "tls-passthrough-checks-certificate", {"abc.example.com"}));
-    steps.push_back(self_signed(infra, "tls-terminate-checks-certificate", {"tls.example.com"}));
     for (const Result<void>& r : steps) {
         if (!r) {
             return tl::unexpected<Error>(r.error());
@@ -218,6 +217,14 @@ Result<Fixtures> make_fixtures() {
                                "DNS:other.example.com"}));
     steps.push_back(
         signed_by(*checks, infra, "tls-checks-client-certificate", {"DNS:client.example.com"}));
+    // The TLSRoute clients verify the terminating listener's and the passthrough
+    // backend's certificates against tls-checks-ca-certificate.
+    steps.push_back(
+        signed_by(*checks, infra, "tls-passthrough-checks-certificate", {"DNS:abc.example.com"}));
+    steps.push_back(
+        signed_by(*checks, app, "tls-passthrough-checks-certificate", {"DNS:abc.example.com"}));
+    steps.push_back(
+        signed_by(*checks, infra, "tls-terminate-checks-certificate", {"DNS:tls.example.com"}));
     for (const Result<void>& r : steps) {
         if (!r) {
             return tl::unexpected<Error>(r.error());

@@ -717,9 +717,30 @@ Result<void> Live::start(const std::string& base_yaml, std::vector<EchoPod> pods
             argv.push_back("--listen");
             argv.push_back(p.extra_listen);
         }
-        for (int port : p.h2c_ports) {
-            argv.push_back("--h2c-listen");
-            argv.push_back(p.address + ":" + std::to_string(port));
+        const std::pair<const char*, const std::vector<int>*> more[] = {
+            {"--h2c-listen", &p.h2c_ports},
+            {"--tls-listen", &p.tls_ports},
+            {"--grpc-listen", &p.grpc_ports},
+            {"--tcp-listen", &p.tcp_ports},
+            {"--tcp-tls-listen", &p.tcp_tls_ports}};
+        for (const auto& [flag, ports] : more) {
+            for (int port : *ports) {
+                argv.push_back(flag);
+                argv.push_back(p.address + ":" + std::to_string(port));
+            }
+        }
+        if (!p.tls_ports.empty() || !p.tcp_tls_ports.empty()) {
+            // The Secret echo-basic mounts (TLS_SERVER_CERT / TLS_SERVER_PRIVKEY).
+            const std::string base = dir_ + "/echo/" + p.ns + "_" + p.pod;
+            for (const auto& [file, pem] :
+                 {std::pair{base + ".crt", &p.cert_pem}, std::pair{base + ".key", &p.key_pem}}) {
+                std::ofstream out(file, std::ios::binary | std::ios::trunc);
+                out << *pem;
+                if (!out) {
+                    return fail(Errc::Io, "cannot write " + file);
+                }
+            }
+            argv.insert(argv.end(), {"--cert", base + ".crt", "--key", base + ".key"});
         }
         p.log = dir_ + "/echo/" + p.ns + "_" + p.pod + ".log";
         auto pid = spawn(argv, p.log);
@@ -738,8 +759,14 @@ Result<void> Live::start(const std::string& base_yaml, std::vector<EchoPod> pods
     l7_pid_ = *l7;
     const auto deadline = Clock::now() + std::chrono::seconds(90); // 2 cores, 20+ Pythons
     for (EchoPod& p : pods_) {
-        const uint16_t port = static_cast<uint16_t>(
-            !p.http_ports.empty() ? p.http_ports[0] : (p.h2c_ports.empty() ? 0 : p.h2c_ports[0]));
+        // sluice-echo binds its listeners in this order: the last one up means all are.
+        uint16_t port = 0;
+        for (const std::vector<int>* ports : {&p.http_ports, &p.h2c_ports, &p.tls_ports,
+                                              &p.grpc_ports, &p.tcp_ports, &p.tcp_tls_ports}) {
+            if (!ports->empty()) {
+                port = static_cast<uint16_t>(ports->back());
+            }
+        }
         while (port != 0 && !can_connect(p.address, port)) {
             if (exited(p.pid) || Clock::now() > deadline) {
                 p.pid = -1;
@@ -948,22 +975,28 @@ bool Live::alive(std::string& why) {
 
 // ------------------------------------------------------------------ clients
 
+int tcp_connect(const std::string& address, uint16_t port, Clock::time_point deadline,
+                std::string& err) {
+    return connect_to(address, port, deadline, err);
+}
+
 HttpResponse http_exchange(const std::string& address, uint16_t port, const std::string& request,
-                           std::chrono::milliseconds timeout) {
+                           std::chrono::milliseconds timeout, const TlsOptions* tls) {
     HttpResponse r;
     const auto deadline = Clock::now() + timeout;
-    Fd fd(connect_to(address, port, deadline, r.error));
-    if (fd.fd < 0) {
+    std::unique_ptr<Conn> conn = Conn::open(address, port, tls, deadline, r.error, &r.fail);
+    if (!conn) {
         return r;
     }
-    if (!send_all(fd.fd, request, deadline, r.error)) {
+    if (!conn->send_all(request, deadline, r.error, &r.fail)) {
         return r;
     }
     const bool head = request.starts_with("HEAD ");
     std::string data;
     for (;;) {
         std::string err;
-        const ssize_t n = recv_some(fd.fd, data, deadline, err);
+        ConnFail fail = ConnFail::None;
+        const ssize_t n = conn->recv_some(data, deadline, err, &fail);
         HttpResponse parsed;
         const Parse p = parse_response(data, head, n <= 0, parsed);
         if (p == Parse::Done) {
@@ -972,6 +1005,7 @@ HttpResponse http_exchange(const std::string& address, uint16_t port, const std:
         if (p == Parse::Bad) {
             r = parsed;
             r.ok = false;
+            r.fail = fail;
             if (r.error.empty()) {
                 r.error = data.empty() ? (n == 0 ? "connection closed without an answer" : err)
                                        : "incomplete answer (" + std::to_string(data.size()) +
@@ -981,6 +1015,7 @@ HttpResponse http_exchange(const std::string& address, uint16_t port, const std:
         }
         if (n <= 0) {
             r.ok = false;
+            r.fail = n == 0 ? ConnFail::Eof : fail;
             r.error = data.empty() ? (n == 0 ? "connection closed without an answer" : err)
                                    : "incomplete answer: " + (err.empty() ? "EOF" : err);
             return r;

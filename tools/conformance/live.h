@@ -4,7 +4,8 @@
 /// Traffic mode's world: the real processes on loopback (sluice-controlplane watching a
 /// config directory, sluice-l7, one sluice-echo per Deployment replica), the config files
 /// the runner writes, the status files the controlplane writes back, and a small blocking
-/// HTTP/1.1 (and WebSocket) client. Every child runs in its own process group and dies
+/// HTTP/1.1 (and WebSocket) client, over TLS too (live_conn.h has the TLS, HTTP/2, gRPC
+/// and TCP echo clients). Every child runs in its own process group and dies
 /// with the runner (PR_SET_PDEATHSIG); stop(), the destructor and SIGINT/SIGTERM/SIGHUP
 /// kill them and remove the temporary directory.
 
@@ -19,6 +20,7 @@
 #include <sys/types.h>
 
 #include "compile.h"
+#include "live_conn.h"
 #include "result.h"
 
 namespace sluice::conformance {
@@ -31,8 +33,13 @@ struct EchoPod {
     std::string pod;     ///< "<deployment>-<rs hash>-<pod id>", as Kubernetes names pods
     std::string address; ///< its own loopback address, 127.2.<deployment>.<replica>
     std::vector<int> http_ports, h2c_ports;
-    std::string extra_listen; ///< another HTTP listener ("[::1]:3000"), or ""
-    std::string log;          ///< its stdout: the "Echoing back request made to" lines
+    std::vector<int> tls_ports;     ///< HTTPS (echo-basic with TLS_SERVER_CERT: 8443)
+    std::vector<int> grpc_ports;    ///< gRPC echo (GRPC_ECHO_SERVER)
+    std::vector<int> tcp_ports;     ///< TCP echo, plain (TCP_ECHO_SERVER)
+    std::vector<int> tcp_tls_ports; ///< TCP echo over TLS (TCP_ECHO_SERVER, TLS_PORT)
+    std::string cert_pem, key_pem;  ///< the serving certificate of the TLS ports
+    std::string extra_listen;       ///< another HTTP listener ("[::1]:3000"), or ""
+    std::string log;                ///< its stdout: the "Echoing back request made to" lines
     pid_t pid = -1;
 };
 
@@ -108,18 +115,20 @@ private:
 struct HttpResponse {
     bool ok = false; ///< a complete status line and header block arrived
     std::string error;
+    ConnFail fail = ConnFail::None; ///< how the connection failed when !ok
     int status = 0;
     std::vector<std::pair<std::string, std::string>> headers;
     std::string body;
 };
 
 /// Sends `request` (a whole HTTP/1.1 request: line, headers, blank line, body) on a new
-/// connection to address:port and reads the answer until the server closes (the request
-/// carries Connection: close). Interim 1xx answers are skipped; a chunked body is
-/// decoded. Thread: any; blocks at most about `timeout`.
+/// connection to address:port (over TLS with `tls`) and reads the answer until the server
+/// closes (the request carries Connection: close). Interim 1xx answers are skipped; a
+/// chunked body is decoded. Thread: any; blocks at most about `timeout`.
 [[nodiscard]] HttpResponse http_exchange(const std::string& address, uint16_t port,
                                          const std::string& request,
-                                         std::chrono::milliseconds timeout);
+                                         std::chrono::milliseconds timeout,
+                                         const TlsOptions* tls = nullptr);
 
 /// A WebSocket round trip: handshake on `path` with `host` and `origin`, then each frame
 /// (opcode 1 text / 2 binary, payload) sent masked must come back with the same opcode and

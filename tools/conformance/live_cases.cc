@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -52,21 +53,75 @@ bool mentions(const Json& j, const std::string& what) {
     return j.dump().find(what) != std::string::npos;
 }
 
-/// Where to send a case.
+/// Where to send a case, and how.
 struct Target {
     std::string address; ///< the Gateway's status address
     uint16_t port = 80;
     std::string scheme = "http";
-    std::string default_host; ///< address[:port] as Go's client puts it in Host
+    std::string protocol = "HTTP"; ///< the case's request.protocol
+    std::string default_host;      ///< address[:port] as Go's client puts it in Host
+    bool tls = false;              ///< HTTPS, H2 or TLS: the connection is TLS
+    TlsOptions tls_opts;
 };
+
+/// "secret ns/name (tls.crt ...)" or "configmap ns/name ca.crt" -> "ns/name".
+std::string fixture_ref(const std::string& text) {
+    std::istringstream in(text);
+    std::string kind, ref;
+    in >> kind >> ref;
+    return ref;
+}
+
+/// The client TLS configuration of a case: SNI, the trust root it names, the client
+/// certificate it presents. Returns "" or why it cannot be built.
+std::string tls_options(const Json& req, const LiveCaseEnv& env, TlsOptions& o) {
+    const Json* tls = jget(req, "tls");
+    o.sni = tls ? jstr(*tls, "server_name") : "";
+    if (o.sni.empty()) {
+        o.sni = jstr(req, "sni");
+    }
+    if (!tls) {
+        return "";
+    }
+    if (const std::string ca = jstr(*tls, "trusted_ca"); !ca.empty()) {
+        const std::string ref = fixture_ref(ca);
+        if (!env.fixtures || !env.fixtures->cert_pem.count(ref)) {
+            return "no runtime fixture " + ref + " for the trusted CA";
+        }
+        o.trusted_ca_pems = {env.fixtures->cert_pem.at(ref)};
+    }
+    if (const std::string cc = jstr(*tls, "client_certificate"); !cc.empty()) {
+        const std::string ref = fixture_ref(cc);
+        if (!env.fixtures || !env.fixtures->cert_pem.count(ref) ||
+            !env.fixtures->key_pem.count(ref)) {
+            return "no runtime fixture " + ref + " for the client certificate";
+        }
+        o.client_cert_pem = env.fixtures->cert_pem.at(ref);
+        o.client_key_pem = env.fixtures->key_pem.at(ref);
+    }
+    return "";
+}
 
 std::string find_target(const Json& c, const LiveCaseEnv& env, Target& t) {
     const NsName gw = split_ns_name(jstr(c, "gateway"));
     const Json* req = jget(c, "request");
-    t.scheme = req ? jstr(*req, "scheme", "http") : "http";
-    const int def_port = t.scheme == "https" ? 443 : 80;
+    t.protocol = req ? jstr(*req, "protocol", "HTTP") : "HTTP";
+    const bool https = t.protocol == "HTTPS" || t.protocol == "H2";
+    t.scheme = req ? jstr(*req, "scheme", https ? "https" : "http") : "http";
+    t.tls = t.scheme == "https" || t.protocol == "TLS";
+    const int def_port = t.tls ? 443 : 80;
     const auto port = jint(c, "port");
     t.port = static_cast<uint16_t>(port ? *port : def_port);
+    if (t.tls && req) {
+        if (std::string why = tls_options(*req, env, t.tls_opts); !why.empty()) {
+            return why;
+        }
+        // H2: HTTP/2 by ALPN. HTTPS: the suite's http.Transport with its own TLS config
+        // speaks HTTP/1.1 and offers no ALPN; nor does its TLS dialer for TLSRoutes.
+        if (t.protocol == "H2") {
+            t.tls_opts.alpn = {"h2"};
+        }
+    }
     const cp::ObjectStatus* st = env.status->find(cp::ObjectKey{"Gateway", gw.ns, gw.name});
     if (!st) {
         return "no status file for Gateway " + gw.ns + "/" + gw.name;
@@ -90,7 +145,9 @@ std::string find_target(const Json& c, const LiveCaseEnv& env, Target& t) {
 
 /// The request line and headers of a case, and what the comparison needs to know of it.
 struct Built {
-    std::string wire;
+    std::string wire;  ///< HTTP/1.1
+    HeaderList fields; ///< the same headers, for HTTP/2 (no Host, no Connection)
+    std::string body;
     LiveExchange sent;
 };
 
@@ -103,21 +160,25 @@ Built build(const Json& req, const Target& t,
     b.sent.host = jstr(req, "host", t.default_host);
     std::string w =
         b.sent.method + " " + b.sent.target + " HTTP/1.1\r\nHost: " + b.sent.host + "\r\n";
+    auto add = [&](const std::string& k, const std::string& v) {
+        w += k + ": " + v + "\r\n";
+        b.fields.emplace_back(k, v);
+    };
     if (const Json* hs = jget(req, "headers"); hs && hs->is_object()) {
         for (auto it = hs->begin(); it != hs->end(); ++it) {
             if (it.value().is_string()) {
-                w += it.key() + ": " + it.value().get<std::string>() + "\r\n";
+                add(it.key(), it.value().get<std::string>());
             } else if (it.value().is_array()) {
                 for (const Json& v : it.value()) {
                     if (v.is_string()) {
-                        w += it.key() + ": " + v.get<std::string>() + "\r\n";
+                        add(it.key(), v.get<std::string>());
                     }
                 }
             }
         }
     }
     for (const auto& [k, v] : extra_headers) {
-        w += k + ": " + v + "\r\n";
+        add(k, v);
     }
     std::string echo;
     if (const Json* es = jget(req, "echo_set_response_headers"); es && es->is_object()) {
@@ -127,56 +188,86 @@ Built build(const Json& req, const Target& t,
             }
         }
     }
-    w += "X-Echo-Set-Header: " + echo + "\r\n";
+    add("X-Echo-Set-Header", echo);
     const std::string body = jstr(req, "body");
     if (!body.empty()) {
         w += "Content-Length: " + std::to_string(body.size()) + "\r\n";
     }
     w += "Connection: close\r\n\r\n" + body;
     b.wire = std::move(w);
+    b.body = body;
     return b;
 }
 
-/// Sends one request and reads the echo backend's view of it from the answer.
+/// Reads the echo backend's view of the request from an answer's JSON body.
+void read_echo(const HeaderList& headers, const std::string& body, LiveExchange& x) {
+    bool json = false;
+    for (const auto& [k, v] : headers) {
+        json = json || (lower(k) == "content-type" && v.find("json") != std::string::npos);
+    }
+    if (!json || body.empty()) {
+        return;
+    }
+    const Json j = Json::parse(body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !jget(j, "pod") || !jget(j, "path")) {
+        return;
+    }
+    x.echoed = true;
+    x.pod = jstr(j, "pod");
+    x.ns = jstr(j, "namespace");
+    x.backend_method = jstr(j, "method");
+    x.backend_path = jstr(j, "path");
+    x.backend_host = jstr(j, "host");
+    if (const Json* hs = jget(j, "headers"); hs && hs->is_object()) {
+        for (auto it = hs->begin(); it != hs->end(); ++it) {
+            if (it.value().is_array()) {
+                for (const Json& v : it.value()) {
+                    if (v.is_string()) {
+                        x.backend_headers.emplace_back(it.key(), v.get<std::string>());
+                    }
+                }
+            } else if (it.value().is_string()) {
+                x.backend_headers.emplace_back(it.key(), it.value().get<std::string>());
+            }
+        }
+    }
+}
+
+/// Sends one request (HTTP/1.1, over TLS for https, or HTTP/2 for H2 and
+/// H2C_PRIOR_KNOWLEDGE) and reads the echo backend's view of it from the answer.
 LiveExchange exchange(const Target& t, const Built& b, std::chrono::milliseconds timeout) {
     LiveExchange x = b.sent;
-    const HttpResponse r = http_exchange(t.address, t.port, b.wire, timeout);
+    const std::string where = t.address + ":" + std::to_string(t.port);
+    if (t.protocol == "H2" || t.protocol == "H2C_PRIOR_KNOWLEDGE") {
+        H2Request r;
+        r.method = b.sent.method;
+        r.scheme = t.scheme;
+        r.authority = b.sent.host;
+        r.path = b.sent.target;
+        r.headers = b.fields;
+        r.body = b.body;
+        const H2Response h =
+            h2_exchange(t.address, t.port, t.tls ? &t.tls_opts : nullptr, r, timeout);
+        if (!h.ok) {
+            x.transport_error = true;
+            x.error = "no HTTP/2 answer from " + where + ": " + h.error;
+            return x;
+        }
+        x.status = h.status;
+        x.headers = h.headers;
+        read_echo(h.headers, h.body, x);
+        return x;
+    }
+    const HttpResponse r =
+        http_exchange(t.address, t.port, b.wire, timeout, t.tls ? &t.tls_opts : nullptr);
     if (!r.ok) {
         x.transport_error = true;
-        x.error =
-            "no HTTP answer from " + t.address + ":" + std::to_string(t.port) + ": " + r.error;
+        x.error = "no HTTP answer from " + where + ": " + r.error;
         return x;
     }
     x.status = r.status;
     x.headers = r.headers;
-    bool json = false;
-    for (const auto& [k, v] : r.headers) {
-        json = json || (lower(k) == "content-type" && v.find("json") != std::string::npos);
-    }
-    if (json && !r.body.empty()) {
-        const Json j = Json::parse(r.body, nullptr, false);
-        if (!j.is_discarded() && j.is_object() && jget(j, "pod") && jget(j, "path")) {
-            x.echoed = true;
-            x.pod = jstr(j, "pod");
-            x.ns = jstr(j, "namespace");
-            x.backend_method = jstr(j, "method");
-            x.backend_path = jstr(j, "path");
-            x.backend_host = jstr(j, "host");
-            if (const Json* hs = jget(j, "headers"); hs && hs->is_object()) {
-                for (auto it = hs->begin(); it != hs->end(); ++it) {
-                    if (it.value().is_array()) {
-                        for (const Json& v : it.value()) {
-                            if (v.is_string()) {
-                                x.backend_headers.emplace_back(it.key(), v.get<std::string>());
-                            }
-                        }
-                    } else if (it.value().is_string()) {
-                        x.backend_headers.emplace_back(it.key(), it.value().get<std::string>());
-                    }
-                }
-            }
-        }
-    }
+    read_echo(r.headers, r.body, x);
     return x;
 }
 
@@ -281,13 +372,10 @@ Outcome check_mirror_logs(const Json& exp, const LiveCaseEnv& env, const std::st
 
 // ------------------------------------------------------------------ samples
 
-/// Sends `n` requests, `conc` at a time; `make(i)` builds request i, `seen(i, x)` gets the
-/// answer (called under a lock).
-template <class Make, class Seen>
-void sample(const Target& t, int n, int conc, std::chrono::milliseconds timeout, Make make,
-            Seen seen) {
+/// Runs one(i) for every i in [0, n), `conc` at a time, on worker threads.
+template <class One>
+void parallel(int n, int conc, One one) {
     std::atomic<int> next{0};
-    std::mutex mu;
     std::vector<std::thread> ths;
     for (int k = 0; k < std::max(1, conc); ++k) {
         ths.emplace_back([&] {
@@ -296,10 +384,7 @@ void sample(const Target& t, int n, int conc, std::chrono::milliseconds timeout,
                 if (i >= n) {
                     return;
                 }
-                const Built b = make(i);
-                const LiveExchange x = exchange(t, b, timeout);
-                std::lock_guard<std::mutex> lock(mu);
-                seen(i, x);
+                one(i);
             }
         });
     }
@@ -308,7 +393,27 @@ void sample(const Target& t, int n, int conc, std::chrono::milliseconds timeout,
     }
 }
 
-Outcome weighted(const Json& c, const Json& req, const Target& t, const LiveCaseEnv& env) {
+/// Sends `n` requests, `conc` at a time; `make(i)` builds request i, `seen(i, x)` gets the
+/// answer (called under a lock).
+template <class Make, class Seen>
+void sample(const Target& t, int n, int conc, std::chrono::milliseconds timeout, Make make,
+            Seen seen) {
+    std::mutex mu;
+    parallel(n, conc, [&](int i) {
+        const Built b = make(i);
+        const LiveExchange x = exchange(t, b, timeout);
+        std::lock_guard<std::mutex> lock(mu);
+        seen(i, x);
+    });
+}
+
+/// One request of a distribution: the answering pod, or "" and what came instead.
+using Probe = std::function<std::pair<std::string, std::string>()>;
+
+/// The weighted-distribution rule (REFERENCE.md section 6.7): `probe` is asked n times,
+/// `conc` at a time; each backend's share within the tolerance, none for weight 0, up to
+/// max_attempts rounds.
+Outcome weighted(const Json& c, const Probe& probe) {
     const Json* exp = jget(c, "expect");
     const Json* ws = exp ? jget(*exp, "weights") : nullptr;
     if (!ws || !ws->is_object()) {
@@ -326,29 +431,16 @@ Outcome weighted(const Json& c, const Json& req, const Target& t, const LiveCase
     for (int a = 0; a < attempts; ++a) {
         std::map<std::string, int> counts;
         std::map<std::string, int> errors;
-        std::vector<uint32_t> jitter(static_cast<size_t>(n));
-        {
-            std::mt19937 g(std::random_device{}());
-            for (uint32_t& j : jitter) {
-                j = g() % 20000; // >= 10000: no X-Jitter header
+        std::mutex mu;
+        parallel(n, conc, [&](int) {
+            const auto [pod, what] = probe();
+            std::lock_guard<std::mutex> lock(mu);
+            if (!pod.empty()) {
+                ++counts[backend_of_pod(pod)];
+            } else {
+                ++errors[what];
             }
-        }
-        sample(
-            t, n, conc, env.request_timeout,
-            [&](int i) {
-                const uint32_t j = jitter[static_cast<size_t>(i)];
-                if (j >= 10000) {
-                    return build(req, t);
-                }
-                return build(req, t, {{"X-Jitter", std::to_string(j)}});
-            },
-            [&](int, const LiveExchange& x) {
-                if (x.echoed && x.status == 200) {
-                    ++counts[backend_of_pod(x.pod)];
-                } else {
-                    ++errors[describe(x)];
-                }
-            });
+        });
         std::string got;
         for (const auto& [k, v] : counts) {
             got += (got.empty() ? "" : ", ") + k + "=" + std::to_string(v);
@@ -389,6 +481,22 @@ Outcome weighted(const Json& c, const Json& req, const Target& t, const LiveCase
         last = why + " over " + std::to_string(n) + " requests [" + got + "]";
     }
     return failed(last + " (" + std::to_string(attempts) + " attempts)");
+}
+
+/// The HTTP probe of a distribution: the case's request, half of them with an X-Jitter
+/// header (as the suite sends them).
+Probe http_probe(const Json& req, const Target& t, const LiveCaseEnv& env) {
+    return [&req, &t, timeout = env.request_timeout]() -> std::pair<std::string, std::string> {
+        thread_local std::mt19937 g(std::random_device{}());
+        const uint32_t j = g() % 20000; // >= 10000: no X-Jitter header
+        const Built b =
+            j >= 10000 ? build(req, t) : build(req, t, {{"X-Jitter", std::to_string(j)}});
+        const LiveExchange x = exchange(t, b, timeout);
+        if (x.echoed && x.status == 200) {
+            return {x.pod, ""};
+        }
+        return {"", describe(x)};
+    };
 }
 
 Outcome percent_mirrors(const Json& c, const Json& req, const Target& t, const LiveCaseEnv& env) {
@@ -549,7 +657,7 @@ Outcome eventually(const Json& c0, const Target& t, const LiveCaseEnv& env) {
         }
     }
     if (weights) {
-        return weighted(c0, c0["request"], t, env);
+        return weighted(c0, http_probe(c0["request"], t, env));
     }
     return pass();
 }
@@ -634,11 +742,232 @@ Outcome websocket(const Json& c, const Target& t, const LiveCaseEnv& env) {
     }
 }
 
+// ------------------------------------------------------------------ gRPC
+
+/// One unary call of a gRPC case and what the echo server said about itself.
+struct GrpcAnswer {
+    bool ok = false; ///< a gRPC status arrived
+    std::string error;
+    int code = -1;
+    std::string message;
+    std::string pod, ns;
+};
+
+GrpcAnswer grpc_call(const Json& req, const Target& t, std::chrono::milliseconds timeout) {
+    GrpcAnswer a;
+    const std::string path = jstr(req, "rpc", jstr(req, "path", "/"));
+    std::string authority = jstr(req, "authority");
+    if (authority.empty()) {
+        // grpc-go puts its dial target, the Gateway's "address:port", in :authority.
+        const bool v6 = t.address.find(':') != std::string::npos;
+        authority = (v6 ? "[" + t.address + "]" : t.address) + ":" + std::to_string(t.port);
+    }
+    HeaderList md;
+    if (const Json* m = jget(req, "metadata"); m && m->is_object()) {
+        for (auto it = m->begin(); it != m->end(); ++it) {
+            if (it.value().is_string()) {
+                md.emplace_back(it.key(), it.value().get<std::string>());
+            }
+        }
+    }
+    const GrpcResult r = grpc_unary(t.address, t.port, authority, path, md, timeout);
+    if (!r.ok) {
+        a.error =
+            "no gRPC answer from " + t.address + ":" + std::to_string(t.port) + ": " + r.error;
+        return a;
+    }
+    a.ok = true;
+    a.code = r.grpc_status;
+    a.message = r.grpc_message;
+    // EchoResponse{1: Assertions{4: Context{1: namespace, 4: pod}}}
+    bool found = false;
+    const std::string_view assertions = pb_field(r.message, 1, found);
+    const std::string_view context = found ? pb_field(assertions, 4, found) : std::string_view{};
+    if (found) {
+        a.ns = std::string(pb_field(context, 1, found));
+        a.pod = std::string(pb_field(context, 4, found));
+    }
+    return a;
+}
+
+Outcome compare_grpc(const Json& exp, const GrpcAnswer& a) {
+    if (!a.ok) {
+        return failed(a.error);
+    }
+    const std::string want_name = jstr(exp, "grpc_code", "OK");
+    const int want = grpc_code(want_name);
+    if (want < 0) {
+        return skipped("gRPC code " + want_name + " is not known to this runner");
+    }
+    if (a.code != want) {
+        return failed("gRPC status " + std::to_string(a.code) +
+                      (a.message.empty() ? "" : " (" + a.message + ")") + ", expected " +
+                      want_name + " (" + std::to_string(want) + ")");
+    }
+    if (want != 0) {
+        return pass();
+    }
+    if (auto ns = jopt_str(exp, "namespace"); ns && *ns != a.ns) {
+        return failed("answered from namespace \"" + a.ns + "\", expected \"" + *ns + "\"");
+    }
+    if (auto b = jopt_str(exp, "backend"); b && !a.pod.starts_with(*b)) {
+        return failed("answered by " + a.ns + "/" + a.pod + ", expected " + *b);
+    }
+    return pass();
+}
+
+/// Repeats `attempt` until it passes 3 times in a row (1 s after a failure, within the
+/// consistency time). An attempt that is skipped ends it.
+template <class Attempt>
+Outcome consistently(const LiveCaseEnv& env, Attempt attempt) {
+    const auto start = Clock::now();
+    const auto deadline = start + env.consistency;
+    int streak = 0, attempts = 0;
+    for (;;) {
+        const Outcome o = attempt();
+        ++attempts;
+        if (o.verdict == Verdict::Skip) {
+            return o;
+        }
+        if (o.verdict == Verdict::Pass) {
+            if (++streak >= 3) {
+                return pass();
+            }
+            continue;
+        }
+        streak = 0;
+        if (Clock::now() >= deadline) {
+            const auto ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+            return failed(o.why + " [" + std::to_string(attempts) + " attempts in " +
+                          std::to_string(ms / 1000) + "." + std::to_string(ms % 1000 / 100) +
+                          " s]");
+        }
+        sleep_until_or(Clock::now() + std::chrono::seconds(1), deadline);
+    }
+}
+
+Outcome grpc_case(const Json& c, const Target& t, const LiveCaseEnv& env) {
+    const Json& req = *jget(c, "request");
+    Json exp = *jget(c, "expect");
+    const bool weights = jget(exp, "weights") != nullptr;
+    if (weights) {
+        exp.erase("backend"); // one call names no single backend
+    }
+    Outcome o = consistently(
+        env, [&] { return compare_grpc(exp, grpc_call(req, t, env.request_timeout)); });
+    if (o.verdict != Verdict::Pass || !weights) {
+        return o;
+    }
+    return weighted(c, [&req, &t, timeout = env.request_timeout]() {
+        const GrpcAnswer a = grpc_call(req, t, timeout);
+        if (a.ok && a.code == 0 && !a.pod.empty()) {
+            return std::pair<std::string, std::string>{a.pod, ""};
+        }
+        return std::pair<std::string, std::string>{
+            "", a.ok ? "grpc-status " + std::to_string(a.code) : a.error};
+    });
+}
+
+// ------------------------------------------------------------------ TLS
+
+/// expect_request_error: the round trip must fail (handshake or connection); any HTTP
+/// answer fails the case. Sent three times.
+Outcome request_error(const Json& c, const Target& t, const LiveCaseEnv& env) {
+    const Json& req = *jget(c, "request");
+    for (int i = 0; i < 3; ++i) {
+        const LiveExchange x = exchange(t, build(req, t), env.request_timeout);
+        if (!x.transport_error) {
+            return failed("expected the request to fail (TLS handshake or connection), got HTTP " +
+                          describe(x));
+        }
+    }
+    return pass();
+}
+
+/// tcp_eventually_valid (TLSRoute): the suite's TCP echo dialogue through the listener;
+/// IS_TLS tells whether the backend's side of the connection is TLS, TEST names the pod
+/// and, over TLS, the SNI the backend saw.
+Outcome tcp_answer(const Json& exp, const TcpEchoResult& r) {
+    if (!r.ok) {
+        return failed(r.error);
+    }
+    const bool want_tls = jbool(exp, "backend_is_tls");
+    if (r.is_tls != (want_tls ? "true" : "false")) {
+        return failed("the backend answered IS_TLS " + r.is_tls + ", expected " +
+                      (want_tls ? "true" : "false"));
+    }
+    const Json j = Json::parse(r.test_json, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+        return failed("TEST answer is not JSON: " + r.test_json.substr(0, 120));
+    }
+    const std::string pod = jstr(j, "pod");
+    const std::string ns = jstr(j, "namespace");
+    if (auto want = jopt_str(exp, "namespace"); want && *want != ns) {
+        return failed("answered from namespace \"" + ns + "\", expected \"" + *want + "\"");
+    }
+    if (auto want = jopt_str(exp, "backend"); want && !pod.starts_with(*want + "-")) {
+        return failed("answered by " + ns + "/" + pod + ", expected " + *want);
+    }
+    const Json* tls = jget(j, "tls");
+    if (auto want = jopt_str(exp, "backend_observed_sni"); want && !want->empty()) {
+        const std::string got = tls ? jstr(*tls, "serverName") : "";
+        if (!tls) {
+            return failed("the backend saw no TLS, expected SNI " + *want);
+        }
+        if (got != *want) {
+            return failed("the backend saw SNI \"" + got + "\", expected " + *want);
+        }
+    }
+    if (auto want = jopt_str(exp, "tls_protocol"); want && !want->empty()) {
+        const std::string got = tls ? jstr(*tls, "negotiatedProtocol") : "";
+        if (got != *want) {
+            return failed("the backend negotiated ALPN \"" + got + "\", expected " + *want);
+        }
+    }
+    return pass();
+}
+
+Outcome tcp_valid(const Json& c, const Target& t, const LiveCaseEnv& env) {
+    const Json& exp = *jget(c, "expect");
+    return consistently(env, [&] {
+        return tcp_answer(
+            exp, tcp_echo(t.address, t.port, t.tls ? &t.tls_opts : nullptr, env.request_timeout));
+    });
+}
+
+/// tls_connection_rejected: a TLS dial with the case's SNI must end in EOF or a reset
+/// (not in an alert, and not in a completed handshake).
+Outcome tls_rejected(const Target& t, const LiveCaseEnv& env) {
+    TlsOptions o = t.tls_opts;
+    o.trusted_ca_pems.clear(); // the suite's dial does not verify the certificate
+    const auto deadline = Clock::now() + env.consistency;
+    std::string last;
+    for (;;) {
+        std::string err;
+        ConnFail why = ConnFail::None;
+        const auto conn =
+            Conn::open(t.address, t.port, &o, Clock::now() + env.request_timeout, err, &why);
+        if (!conn && (why == ConnFail::Eof || why == ConnFail::Reset)) {
+            return pass();
+        }
+        last = conn ? std::string("the TLS handshake completed")
+                    : err + " (" + conn_fail_name(why) + ")";
+        if (Clock::now() >= deadline) {
+            return failed("expected the connection to be closed or reset (EOF, ECONNRESET); "
+                          "last: " +
+                          last);
+        }
+        sleep_until_or(Clock::now() + std::chrono::seconds(1), deadline);
+    }
+}
+
 } // namespace
 
 std::string live_skip_reason(const Json& c, const TestSpec& t) {
     const Json* req = jget(c, "request");
-    if (!req || !jget(c, "expect")) {
+    const Json* exp = jget(c, "expect");
+    if (!req || !exp) {
         return "case without request or expect object";
     }
     const std::string protocol = jstr(*req, "protocol", "HTTP");
@@ -649,26 +978,31 @@ std::string live_skip_reason(const Json& c, const TestSpec& t) {
     if (protocol == "TCP" || protocol == "UDP") {
         return "L4 dataplane (TCPRoute/UDPRoute traffic is sluice-dataplane's, not sluice-l7's)";
     }
-    if (protocol == "TLS" || protocol == "HTTPS" || protocol == "H2" ||
-        jstr(*req, "scheme") == "https" || jget(*req, "tls")) {
-        return "needs TLS traffic: issue 5";
-    }
-    if (protocol == "GRPC") {
-        return "needs HTTP/2 (gRPC)";
-    }
-    if (protocol == "H2C_PRIOR_KNOWLEDGE") {
-        return "needs HTTP/2 (h2c prior knowledge)";
-    }
+    static const char* const kBackendTls =
+        "gateway-to-backend TLS: sluice-l7 does not originate TLS to backends yet "
+        "(BackendTLSPolicy, backend client certificates)";
     for (const std::string& f : t.features) {
         if (f == "BackendTLSPolicy" || f == "GatewayBackendClientCertificate") {
-            return "needs TLS traffic: issue 5 (gateway to backend TLS)";
+            return kBackendTls;
         }
     }
-    if (protocol != "HTTP" && protocol != "WS") {
+    if (const Json* br = jget(*exp, "backend_request");
+        br && (jget(*br, "tls_sni") || jget(*br, "tls_client_cert"))) {
+        return kBackendTls;
+    }
+    static const std::set<std::string> kProtocols = {"HTTP", "HTTPS", "H2", "H2C_PRIOR_KNOWLEDGE",
+                                                     "GRPC", "TLS",   "WS"};
+    if (!kProtocols.count(protocol)) {
         return "protocol " + protocol + " is not sent by this runner";
     }
+    if (protocol == "TLS") {
+        if (assertion != "tcp_eventually_valid" && assertion != "tls_connection_rejected") {
+            return "assertion " + assertion + " is not sent over TLS by this runner";
+        }
+        return "";
+    }
     if (assertion != "eventually_consistent" && assertion != "expect_failure_not_200" &&
-        assertion != "websocket_echo" &&
+        assertion != "websocket_echo" && assertion != "expect_request_error" &&
         assertion.find("weighted_distribution") == std::string::npos) {
         return "assertion " + assertion + " is not sent by this runner";
     }
@@ -683,8 +1017,21 @@ Outcome evaluate_live_case(const Json& c, const LiveCaseEnv& env) {
         }
         const Json& req = *jget(c, "request");
         const std::string assertion = jstr(c, "assertion", "eventually_consistent");
-        if (jstr(req, "protocol", "HTTP") == "WS" || assertion == "websocket_echo") {
+        const std::string protocol = jstr(req, "protocol", "HTTP");
+        if (assertion == "tls_connection_rejected") {
+            return tls_rejected(t, env);
+        }
+        if (assertion == "tcp_eventually_valid") {
+            return tcp_valid(c, t, env);
+        }
+        if (protocol == "GRPC") {
+            return grpc_case(c, t, env);
+        }
+        if (protocol == "WS" || assertion == "websocket_echo") {
             return websocket(c, t, env);
+        }
+        if (assertion == "expect_request_error") {
+            return request_error(c, t, env);
         }
         if (assertion == "expect_failure_not_200") {
             return never_200(c, t, env);

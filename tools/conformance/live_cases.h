@@ -1,8 +1,10 @@
 #pragma once
 
 /// @file
-/// Traffic mode's cases: each case of cases.json sent as real HTTP/1.1 (or WebSocket) to
-/// the Gateway's status address, judged with the suite's rules (REFERENCE.md section 6):
+/// Traffic mode's cases: each case of cases.json sent as real traffic to the Gateway's
+/// status address (HTTP/1.1, HTTPS with the case's SNI, trust root and client
+/// certificate, HTTP/2 over TLS or h2c, gRPC, WebSocket, and the TCP echo dialogue over
+/// TLSRoute listeners), judged with the suite's rules (REFERENCE.md section 6):
 /// 3 consecutive successes within a time limit, 5 consecutive non-200 answers for
 /// expect_failure_not_200, 408/504 equivalence, a weighted distribution over 500
 /// requests (10 at a time, +/- the case's tolerance, zero for weight 0), mirrors read from
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "cases.h"
+#include "fixtures.h"
 #include "live.h"
 #include "world.h"
 
@@ -22,6 +25,7 @@ namespace sluice::conformance {
 struct LiveCaseEnv {
     const cp::CompileOutput* status = nullptr; ///< the status files: Gateway addresses
     const std::vector<EchoPod>* pods = nullptr;
+    const Fixtures* fixtures = nullptr;           ///< certificates the cases trust and present
     std::string test;                             ///< the test's name (WebSocket Origin)
     std::chrono::milliseconds consistency{10000}; ///< time to reach 3 successes in a row
     std::chrono::milliseconds request_timeout{10000};

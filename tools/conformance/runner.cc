@@ -193,9 +193,70 @@ bool ipv6_loopback_usable() {
 /// IPv6 EndpointSlices with its pod IPs).
 constexpr const char* kV6Deployment = "gateway-conformance-infra/infra-backend-v1";
 
+/// What a Deployment's echo-basic container is configured for, by its environment:
+/// GRPC_ECHO_SERVER (the gRPC echo on HTTP_PORT), TCP_ECHO_SERVER (the TCP echo on
+/// TCP_PORT, and on TLS_PORT over TLS), TLS_SERVER_CERT (HTTPS on HTTPS_PORT, or the
+/// TCP echo's TLS port) with the Secret mounted for it.
+struct EchoMode {
+    bool grpc = false, tcp = false;
+    std::string tls_secret; ///< "ns/name" of the serving certificate, or ""
+};
+
+/// The echo-basic TLS port (HTTPS_PORT and TLS_PORT default to 8443 in the suite's image).
+constexpr int kEchoTlsPort = 8443;
+
+std::map<std::string, EchoMode> echo_modes(const std::vector<cp::Document>& docs) {
+    std::map<std::string, EchoMode> out;
+    auto scalar = [](const cp::Node* n) { return n && n->is_scalar() ? n->scalar : ""; };
+    for (const cp::Document& d : docs) {
+        const cp::Node& root = d.root;
+        if (scalar(root.get("kind")) != "Deployment") {
+            continue;
+        }
+        const cp::Node* md = root.get("metadata");
+        const cp::Node* spec = root.get("spec");
+        const cp::Node* tmpl = spec ? spec->get("template") : nullptr;
+        const cp::Node* pod = tmpl ? tmpl->get("spec") : nullptr;
+        if (!md || !pod) {
+            continue;
+        }
+        const std::string ns = scalar(md->get("namespace")).empty() ? std::string("default")
+                                                                    : scalar(md->get("namespace"));
+        EchoMode m;
+        bool tls_env = false;
+        if (const cp::Node* cs = pod->get("containers"); cs && cs->is_seq()) {
+            for (const cp::Node& c : cs->items) {
+                const cp::Node* env = c.get("env");
+                if (!env || !env->is_seq()) {
+                    continue;
+                }
+                for (const cp::Node& e : env->items) {
+                    const std::string name = scalar(e.get("name"));
+                    m.grpc = m.grpc || name == "GRPC_ECHO_SERVER";
+                    m.tcp = m.tcp || name == "TCP_ECHO_SERVER";
+                    tls_env = tls_env || name == "TLS_SERVER_CERT";
+                }
+            }
+        }
+        if (const cp::Node* vs = pod->get("volumes"); tls_env && vs && vs->is_seq()) {
+            for (const cp::Node& v : vs->items) {
+                const cp::Node* sec = v.get("secret");
+                if (sec && m.tls_secret.empty() && !scalar(sec->get("secretName")).empty()) {
+                    m.tls_secret = ns + "/" + scalar(sec->get("secretName"));
+                }
+            }
+        }
+        out[ns + "/" + scalar(md->get("name"))] = m;
+    }
+    return out;
+}
+
 /// One echo pod per Deployment replica, each on its own loopback address, listening on
-/// the target ports of the Services that select it.
-std::vector<EchoPod> make_pods(const cp::Store& s, bool v6) {
+/// the target ports of the Services that select it, in the mode its Deployment asks for
+/// (HTTP with h2c on the kubernetes.io/h2c ports and HTTPS on the TLS port, gRPC echo, or
+/// TCP echo), with the serving certificate of the Secret it mounts.
+std::vector<EchoPod> make_pods(const cp::Store& s, bool v6,
+                               const std::map<std::string, EchoMode>& modes, const Fixtures& fx) {
     std::vector<const cp::Deployment*> ds;
     for (const cp::Deployment& d : s.deployments) {
         ds.push_back(&d);
@@ -206,7 +267,14 @@ std::vector<EchoPod> make_pods(const cp::Store& s, bool v6) {
     std::vector<EchoPod> out;
     for (size_t i = 0; i < ds.size() && i < 250; ++i) {
         const cp::Deployment& d = *ds[i];
-        std::set<int> http, h2c;
+        EchoMode mode;
+        if (auto it = modes.find(d.meta.ns + "/" + d.meta.name); it != modes.end()) {
+            mode = it->second;
+        }
+        auto cert = fx.cert_pem.find(mode.tls_secret);
+        auto key = fx.key_pem.find(mode.tls_secret);
+        const bool tls = cert != fx.cert_pem.end() && key != fx.key_pem.end();
+        std::set<int> http, h2c, https, grpc, tcp, tcp_tls;
         for (const cp::Service& svc : s.services) {
             if (svc.meta.ns != d.meta.ns || !selects(svc.selector, d.pod_labels)) {
                 continue;
@@ -220,13 +288,22 @@ std::vector<EchoPod> make_pods(const cp::Store& s, bool v6) {
                 if (port <= 0 || port > 65535) {
                     continue;
                 }
-                (sp.app_protocol == "kubernetes.io/h2c" ? h2c : http).insert(port);
+                if (tls && port == kEchoTlsPort) {
+                    (mode.tcp ? tcp_tls : https).insert(port);
+                } else if (mode.grpc) {
+                    grpc.insert(port);
+                } else if (mode.tcp) {
+                    tcp.insert(port);
+                } else {
+                    (sp.app_protocol == "kubernetes.io/h2c" ? h2c : http).insert(port);
+                }
             }
         }
         for (int p : h2c) {
             http.erase(p);
         }
-        if (http.empty() && h2c.empty()) {
+        if (http.empty() && h2c.empty() && https.empty() && grpc.empty() && tcp.empty() &&
+            tcp_tls.empty()) {
             http.insert(3000);
         }
         const std::string rs = k8s_suffix(d.meta.ns + "/" + d.meta.name, 10);
@@ -239,6 +316,14 @@ std::vector<EchoPod> make_pods(const cp::Store& s, bool v6) {
             p.address = "127.2." + std::to_string(i) + "." + std::to_string(r + 1);
             p.http_ports.assign(http.begin(), http.end());
             p.h2c_ports.assign(h2c.begin(), h2c.end());
+            p.tls_ports.assign(https.begin(), https.end());
+            p.grpc_ports.assign(grpc.begin(), grpc.end());
+            p.tcp_ports.assign(tcp.begin(), tcp.end());
+            p.tcp_tls_ports.assign(tcp_tls.begin(), tcp_tls.end());
+            if (tls) {
+                p.cert_pem = cert->second;
+                p.key_pem = key->second;
+            }
             if (v6 && r == 0 && d.meta.ns + "/" + d.meta.name == kV6Deployment &&
                 !p.http_ports.empty()) {
                 p.extra_listen = "[::1]:" + std::to_string(p.http_ports.front());
@@ -440,7 +525,7 @@ private:
         cp::Store base;
         cp::load_documents(base_docs_, lo, base, diags);
         cp::load_documents(fixture_docs_, lo, base, diags);
-        pods_ = make_pods(base, ipv6_loopback_usable());
+        pods_ = make_pods(base, ipv6_loopback_usable(), echo_modes(base_docs_), fx_);
         const std::string klass = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
                                   "metadata:\n  name: " +
                                   std::string(kClassName) +
@@ -620,6 +705,7 @@ private:
             LiveCaseEnv env;
             env.status = &status;
             env.pods = &pods_;
+            env.fixtures = &fx_;
             env.test = t.name;
             env.consistency = std::chrono::milliseconds(o_.consistency_ms);
             for (Item* it : case_items) {

@@ -1093,6 +1093,130 @@ class EchoServerTest(unittest.TestCase):
         self.assertEqual(get(self.http, "/after-load")[0], 200)
 
 
+def pb_fields(data):
+    """Decodes the length-delimited fields of a protobuf message: [(field, bytes)]."""
+    out, pos = [], 0
+
+    def varint():
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+
+    while pos < len(data):
+        key = varint()
+        assert key & 7 == 2, "only length-delimited fields are expected"
+        n = varint()
+        out.append((key >> 3, data[pos:pos + n]))
+        pos += n
+    return out
+
+
+class EchoModesTest(unittest.TestCase):
+    """echo-basic's other modes: GRPC_ECHO_SERVER and TCP_ECHO_SERVER."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmpdir = tempfile.mkdtemp(prefix="sluice-echo-test-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmpdir, True)
+        args = ["--grpc-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0",
+                "--pod", POD, "--namespace", NS]
+        cls.certs = None
+        if HAVE_OPENSSL:
+            cls.certs = make_certs(cls.tmpdir)
+            args += ["--tcp-tls-listen", "127.0.0.1:0", "--cert", cls.certs["cert"], "--key",
+                     cls.certs["key"]]
+        cls.server = Server(args, tmpdir=cls.tmpdir)
+        cls.addClassCleanup(cls.server.stop)
+        cls.grpc = cls.server.port("grpc")
+        cls.tcp = cls.server.port("tcp")
+        cls.tcptls = cls.server.port("tcptls") if HAVE_OPENSSL else None
+
+    def tearDown(self):
+        self.assertIsNone(self.server.proc.poll(), "server process died")
+
+    def grpc_call(self, method, metadata=()):
+        s = connect(self.grpc)
+        c = H2Client(s)
+        path = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/" + method
+        block = bytes([0x83, 0x86, 0x04]) + echo.hpack_string(path.encode())
+        block += bytes([0x01]) + echo.hpack_string(b"grpc.example.com")        # :authority
+        for name, value in (("content-type", "application/grpc"), ("te", "trailers")) + \
+                tuple(metadata):
+            block += bytes([0x00]) + echo.hpack_string(name.encode()) + \
+                echo.hpack_string(value.encode())
+        c.send(echo.F_HEADERS, echo.FL_END_HEADERS, 1, block)
+        c.send(echo.F_DATA, echo.FL_END_STREAM, 1, b"\x00\x00\x00\x00\x00")
+        headers, body, err = c.read_response(1)
+        s.close()
+        self.assertIsNone(err)
+        return dict(headers), body
+
+    def test_grpc_echo(self):
+        headers, body = self.grpc_call("EchoTwo", [("version", "two")])
+        self.assertEqual(headers[b":status"], b"200")
+        self.assertEqual(headers[b"content-type"], b"application/grpc")
+        self.assertEqual(headers[b"grpc-status"], b"0")          # in the trailers
+        self.assertEqual(body[0], 0)
+        self.assertEqual(struct.unpack("!I", body[1:5])[0], len(body) - 5)
+        (field, assertions), = pb_fields(body[5:])                # EchoResponse.assertions
+        self.assertEqual(field, 1)
+        fields = pb_fields(assertions)
+        self.assertEqual(fields[0], (1, b"/gateway_api_conformance.echo_basic.grpcecho."
+                                        b"GrpcEcho/EchoTwo"))
+        heads = [tuple(v for _, v in pb_fields(h)) for f, h in fields if f == 2]
+        self.assertIn((b":authority", b"grpc.example.com"), heads)
+        self.assertIn((b"version", b"two"), heads)
+        self.assertNotIn((b"te", b"trailers"), heads)
+        self.assertIn((3, b"grpc.example.com"), fields)
+        context = dict(pb_fields(dict(fields)[4]))
+        self.assertEqual(context[1], NS.encode())
+        self.assertEqual(context[4], POD.encode())
+
+    def test_grpc_unimplemented(self):
+        headers, body = self.grpc_call("EchoThree")
+        self.assertEqual(headers[b":status"], b"200")
+        self.assertEqual(headers[b"grpc-status"], b"12")          # trailers-only answer
+        self.assertIn(b"EchoThree", headers[b"grpc-message"])
+        self.assertEqual(body, b"")
+
+    def tcp_dialogue(self, sock):
+        r = sock.makefile("rb")
+        self.assertEqual(r.readline(), b"Gateway API Test TCP Server\n")
+        sock.sendall(b"PING\nIS_TLS\nNOPE\nTEST\n")
+        self.assertEqual(r.readline(), b"PONG\n")
+        is_tls = r.readline()
+        return is_tls, json.loads(r.readline())
+
+    def test_tcp_echo(self):
+        s = connect(self.tcp)
+        is_tls, body = self.tcp_dialogue(s)
+        s.close()
+        self.assertEqual(is_tls, b"false\n")
+        self.assertEqual(body["pod"], POD)
+        self.assertEqual(body["namespace"], NS)
+        self.assertEqual(body["tcpport"], str(self.tcp))
+        self.assertFalse(body["isTLS"])
+        self.assertNotIn("tls", body)
+
+    @unittest.skipUnless(HAVE_OPENSSL, "needs the openssl CLI")
+    def test_tcp_echo_tls(self):
+        ctx = ssl.create_default_context(cafile=self.certs["ca"])
+        s = ctx.wrap_socket(connect(self.tcptls), server_hostname="abc.example.com")
+        is_tls, body = self.tcp_dialogue(s)
+        s.close()
+        self.assertEqual(is_tls, b"true\n")
+        self.assertTrue(body["isTLS"])
+        self.assertEqual(body["tlsport"], str(self.tcptls))
+        self.assertEqual(body["tls"]["serverName"], "abc.example.com")
+        self.assertNotIn("negotiatedProtocol", body["tls"])
+
+
 if __name__ == "__main__":
     try:
         unittest.main(verbosity=2 if "-v" in sys.argv else 1)
