@@ -123,34 +123,47 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
     }
 }
 
+namespace {
+
+struct NoteLine {
+    std::string id;   ///< ns/gateway/listener
+    std::string why;  ///< the consumer's reason
+    std::string line; ///< as received
+};
+
+/// The lines of an ACK note (msg.h): "ns/gateway/listener<TAB>reason" each.
+std::vector<NoteLine> note_lines(const std::string& note) {
+    std::vector<NoteLine> out;
+    size_t pos = 0;
+    while (pos < note.size()) {
+        size_t end = note.find('\n', pos);
+        if (end == std::string::npos) {
+            end = note.size();
+        }
+        std::string line = note.substr(pos, end - pos);
+        pos = end + 1;
+        const size_t tab = line.find('\t');
+        NoteLine n{line.substr(0, tab), tab == std::string::npos ? "" : line.substr(tab + 1), line};
+        out.push_back(std::move(n));
+    }
+    return out;
+}
+
+} // namespace
+
 std::string Controller::unserved_by_all() const {
     // A listener is unserved when no consumer serves it: keep the lines of the first
     // consumer's note whose listener id every other note also lists.
-    auto ids = [](const std::string& note) {
-        std::vector<std::pair<std::string, std::string>> out;
-        size_t pos = 0;
-        while (pos < note.size()) {
-            size_t end = note.find('\n', pos);
-            if (end == std::string::npos) {
-                end = note.size();
-            }
-            const std::string line = note.substr(pos, end - pos);
-            pos = end + 1;
-            const size_t tab = line.find('\t');
-            out.emplace_back(line.substr(0, tab), line);
-        }
-        return out;
-    };
     if (links_.empty()) {
         return {};
     }
     std::string result;
-    for (const auto& [id, line] : ids(links_[0].ack_note)) {
+    for (const auto& [id, why, line] : note_lines(links_[0].ack_note)) {
         bool everywhere = true;
         for (size_t i = 1; i < links_.size() && everywhere; ++i) {
             bool found = false;
-            for (const auto& [other, unused] : ids(links_[i].ack_note)) {
-                found = found || other == id;
+            for (const NoteLine& other : note_lines(links_[i].ack_note)) {
+                found = found || other.id == id;
             }
             everywhere = found;
         }
@@ -163,17 +176,7 @@ std::string Controller::unserved_by_all() const {
 
 void mark_unserved(CompileOutput& out, const std::string& note) {
     // "ns/gateway/listener<TAB>reason" per line: Programmed=False(Pending) for those.
-    size_t pos = 0;
-    while (pos < note.size()) {
-        size_t end = note.find('\n', pos);
-        if (end == std::string::npos) {
-            end = note.size();
-        }
-        const std::string line = note.substr(pos, end - pos);
-        pos = end + 1;
-        const size_t tab = line.find('\t');
-        const std::string id = line.substr(0, tab);
-        const std::string why = tab == std::string::npos ? "" : line.substr(tab + 1);
+    for (const auto& [id, why, line] : note_lines(note)) {
         const size_t a = id.find('/'), b = id.rfind('/');
         if (a == std::string::npos || a == b) {
             continue;

@@ -497,6 +497,7 @@ struct Worker {
     void log_exchange(const Conn& c, const Exchange& x);
     void sweep();
     void sweep_exchange(Exchange& x);
+    bool retry_on_status(Upstream& u, Exchange& x, uint16_t status);
     void start_mirrors(Exchange& x);
     // HTTP/2 towards clients
     void h2_start(Conn& c);
@@ -2132,20 +2133,8 @@ void Worker::upstream_progress(Upstream& u) {
             continue;
         }
         // Retry on the listed codes while attempts are left and the request can be replayed.
-        if (x.retries_left > 0 && !x.body_sent && x.rule) {
-            bool retry = false;
-            for (uint16_t code : x.rule->retry_codes) {
-                retry = retry || code == h.status;
-            }
-            if (retry) {
-                --x.retries_left;
-                Counters::inc(this->c.retries);
-                u.owner = nullptr;
-                close_upstream(u);
-                x.up = nullptr;
-                x.retry_at = now + (x.rule->retry_backoff_ms ? x.rule->retry_backoff_ms : 1);
-                return;
-            }
+        if (retry_on_status(u, x, h.status)) {
+            return;
         }
         x.status = h.status;
         x.up_keep_alive = h.keep_alive;
@@ -3049,20 +3038,8 @@ void Worker::up_h2_head(Upstream& u, int32_t id, H2Head& hh) {
         return;
     }
     Exchange& x = *u.owner;
-    if (x.retries_left > 0 && !x.body_sent && x.rule) {
-        bool retry = false;
-        for (uint16_t code : x.rule->retry_codes) {
-            retry = retry || code == hh.status;
-        }
-        if (retry) {
-            --x.retries_left;
-            Counters::inc(this->c.retries);
-            u.owner = nullptr;
-            close_upstream(u);
-            x.up = nullptr;
-            x.retry_at = now + (x.rule->retry_backoff_ms ? x.rule->retry_backoff_ms : 1);
-            return;
-        }
+    if (retry_on_status(u, x, hh.status)) {
+        return;
     }
     x.status = hh.status;
     std::vector<route::Header> hs;
@@ -3178,6 +3155,28 @@ void Worker::up_h2_close(Upstream& u, int32_t id, uint32_t code) {
     abort_client(x);
     finish_exchange(x);
     progress(c);
+}
+
+/// A backend status the rule retries on, with attempts left and a replayable request: the
+/// answer is dropped, the connection closed and the attempt scheduled after the backoff.
+bool Worker::retry_on_status(Upstream& u, Exchange& x, uint16_t status) {
+    if (x.retries_left == 0 || x.body_sent || !x.rule) {
+        return false;
+    }
+    bool retry = false;
+    for (uint16_t code : x.rule->retry_codes) {
+        retry = retry || code == status;
+    }
+    if (!retry) {
+        return false;
+    }
+    --x.retries_left;
+    Counters::inc(this->c.retries);
+    u.owner = nullptr;
+    close_upstream(u);
+    x.up = nullptr;
+    x.retry_at = now + (x.rule->retry_backoff_ms ? x.rule->retry_backoff_ms : 1);
+    return true;
 }
 
 void Worker::sweep() {
