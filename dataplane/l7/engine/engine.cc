@@ -565,6 +565,21 @@ std::string peer_string(const sockaddr_storage& ss) {
     return buf;
 }
 
+/// absolute-form request-target ("http://a/b"): the path becomes the target and, without a
+/// Host header, the authority the host (the parser checked they agree when both exist).
+void origin_form(std::string_view& target, std::string_view& host) noexcept {
+    if (!(target.starts_with("http://") || target.starts_with("https://"))) {
+        return;
+    }
+    const size_t start = target.find("//") + 2;
+    const size_t slash = target.find('/', start);
+    if (host.empty()) {
+        host = target.substr(start, slash == std::string_view::npos ? std::string_view::npos
+                                                                    : slash - start);
+    }
+    target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+}
+
 Result<std::shared_ptr<ListenSock>> bind_one(const std::string& addr, uint16_t port) {
     sockaddr_storage ss{};
     socklen_t len = 0;
@@ -1496,16 +1511,7 @@ void Worker::start_exchange(Conn& c, const http::Head& h) {
     rq.method.assign(h.method);
     std::string_view target = h.target;
     std::string_view host = h.host;
-    if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
-        // absolute-form: the authority is the host (the parser checked it agrees with Host)
-        const size_t start = target.find("//") + 2;
-        const size_t slash = target.find('/', start);
-        if (host.empty()) {
-            host = target.substr(start, slash == std::string_view::npos ? std::string_view::npos
-                                                                        : slash - start);
-        }
-        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
-    }
+    origin_form(target, host);
     rq.target.assign(target);
     rq.host.assign(host);
     for (size_t i = 0; i < h.n_headers; ++i) {
@@ -2643,15 +2649,7 @@ bool Worker::h2_upgrade(Conn& c, const http::Head& h) {
     }
     std::string_view target = h.target;
     std::string_view host = h.host;
-    if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
-        const size_t start = target.find("//") + 2;
-        const size_t slash = target.find('/', start);
-        if (host.empty()) {
-            host = target.substr(start, slash == std::string_view::npos ? std::string_view::npos
-                                                                        : slash - start);
-        }
-        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
-    }
+    origin_form(target, host);
     H2Head hh;
     hh.end_stream = true;
     hh.headers.push_back({":method", std::string(h.method)});
