@@ -46,7 +46,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --hugepages) HUGE=1 ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "pktgen_l4_bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -184,15 +184,25 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # (a) dpdk-testpmd io-forward, frames looped back out of the same memif port.
 # ---------------------------------------------------------------------------------------
 TP_SOCK=$W/testpmd.memif
-taskset -c "$DUT_CPU" "$TESTPMD" --lcores="0@$DUT_CPU,1@$DUT_CPU" "${EAL_COMMON[@]}" \
-  --file-prefix "tp$$" \
-  --vdev="net_memif0,role=server,socket=$TP_SOCK,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
-  -- --forward-mode=io --port-topology=loop --total-num-mbufs=16384 --auto-start \
-  --stats-period 60 >"$W/testpmd.log" 2>&1 &
-TP_PID=$!
-PIDS+=("$TP_PID")
-for _ in $(seq 100); do [ -S "$TP_SOCK" ] && break; sleep 0.1; done
-[ -S "$TP_SOCK" ] || { tail "$W/testpmd.log" >&2; fail "testpmd did not create $TP_SOCK"; }
+start_testpmd() {
+  rm -f "$TP_SOCK"
+  taskset -c "$DUT_CPU" "$TESTPMD" --lcores="0@$DUT_CPU,1@$DUT_CPU" "${EAL_COMMON[@]}" \
+    --file-prefix "tp$$" \
+    --vdev="net_memif0,role=server,socket=$TP_SOCK,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
+    -- --forward-mode=io --port-topology=loop --total-num-mbufs=16384 --auto-start \
+    --stats-period 60 >>"$W/testpmd.log" 2>&1 &
+  TP_PID=$!
+  PIDS+=("$TP_PID")
+  for _ in $(seq 100); do [ -S "$TP_SOCK" ] && break; sleep 0.1; done
+  [ -S "$TP_SOCK" ] || { tail "$W/testpmd.log" >&2; fail "testpmd did not create $TP_SOCK"; }
+}
+# dpdk-testpmd 22.11 as memif server once died (SIGSEGV) when pktgen, the client, went away
+# after a run: every pktgen run gets a fresh testpmd.
+testpmd_run() { # tag pktgen-args...
+  start_testpmd
+  pktgen "$TP_SOCK" "$@"
+  stop_pid "$TP_PID"
+}
 # max: as fast as possible (smoke: a modest fixed rate); search: rates from the search block.
 MAX_RATE=$([ "$SMOKE" = 1 ] && echo 50000 || echo 0)
 profile testpmd-max 02:00:00:00:00:02 udp 53 "rate_pps: $MAX_RATE"
@@ -202,10 +212,9 @@ profile testpmd-search 02:00:00:00:00:02 udp 53 "$SEARCH" "$SWEEP"
 echo "(a) dpdk-testpmd io-forward"
 # The search first, so that the two "max" runs (the ratio) are seconds apart, not minutes.
 if [ "$SMOKE" = 0 ]; then
-  pktgen "$TP_SOCK" testpmd-search --profile "$W/testpmd-search.yaml" --search --plot "$W/plots-testpmd"
+  testpmd_run testpmd-search --profile "$W/testpmd-search.yaml" --search --plot "$W/plots-testpmd"
 fi
-pktgen "$TP_SOCK" testpmd-max --profile "$W/testpmd-max.yaml"
-stop_pid "$TP_PID"
+testpmd_run testpmd-max --profile "$W/testpmd-max.yaml"
 
 # ---------------------------------------------------------------------------------------
 # (b) sluice-dataplane full-NAT (UDP VIP; TCP VIP for the extra run).
@@ -283,44 +292,62 @@ spec:
 YAML
 DP_SOCK=$W/dp.sock
 DP_MEMIF=$W/sluice.memif
-taskset -c "$DUT_CPU" "$DP" --dp-socket "$DP_SOCK" --snat 10.0.0.99 --ct-capacity 262144 \
-  --stats-file "$W/dp-stats.json" \
-  -- -l "$DUT_CPU" "${EAL_COMMON[@]}" --file-prefix "dp$$" \
-  --vdev="net_memif0,role=server,socket=$DP_MEMIF,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
-  >"$W/dataplane.log" 2>&1 &
-DP_PID=$!
-PIDS+=("$DP_PID")
-for _ in $(seq 100); do [ -S "$DP_SOCK" ] && break; sleep 0.1; done
-[ -S "$DP_SOCK" ] || { tail "$W/dataplane.log" >&2; fail "sluice-dataplane did not come up"; }
-taskset -c "$PKTGEN_CPU" "$CP" --config-dir "$W/config" --status-dir "$W/status" \
-  --dp-socket "$DP_SOCK" >"$W/controlplane.log" 2>&1 &
-CP_PID=$!
-PIDS+=("$CP_PID")
-for gw in bench dsr; do
-  for _ in $(seq 100); do
-    grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null && break
-    sleep 0.1
+DUT_RESTARTS=0
+start_sluice() { # dataplane on the DUT core, then its IR from the controlplane
+  rm -f "$DP_SOCK" "$DP_MEMIF"
+  rm -rf "$W/status"
+  mkdir -p "$W/status"
+  taskset -c "$DUT_CPU" "$DP" --dp-socket "$DP_SOCK" --snat 10.0.0.99 --ct-capacity 262144 \
+    --stats-file "$W/dp-stats.json" \
+    -- -l "$DUT_CPU" "${EAL_COMMON[@]}" --file-prefix "dp$$" \
+    --vdev="net_memif0,role=server,socket=$DP_MEMIF,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
+    >>"$W/dataplane.log" 2>&1 &
+  DP_PID=$!
+  PIDS+=("$DP_PID")
+  for _ in $(seq 100); do [ -S "$DP_SOCK" ] && break; sleep 0.1; done
+  [ -S "$DP_SOCK" ] || { tail "$W/dataplane.log" >&2; fail "sluice-dataplane did not come up"; }
+  taskset -c "$PKTGEN_CPU" "$CP" --config-dir "$W/config" --status-dir "$W/status" \
+    --dp-socket "$DP_SOCK" >>"$W/controlplane.log" 2>&1 &
+  local cp_pid=$!
+  PIDS+=("$cp_pid")
+  local gw
+  for gw in bench dsr; do
+    for _ in $(seq 100); do
+      grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null && break
+      sleep 0.1
+    done
+    grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null ||
+      { tail "$W/controlplane.log" "$W/dataplane.log" >&2; fail "Gateway $gw not Programmed"; }
   done
-  grep -q "reason: Programmed" "$W/status/Gateway/default/$gw.yaml" 2>/dev/null ||
-    { tail "$W/controlplane.log" "$W/dataplane.log" >&2; fail "Gateway $gw not Programmed"; }
-done
-stop_pid "$CP_PID" # the dataplane keeps its tables; nothing else runs beside the two lcores
+  stop_pid "$cp_pid" # the dataplane keeps its tables; nothing else runs beside the two lcores
+}
+# sluice-dataplane stays up across pktgen runs (its flows stay established); should it die
+# as testpmd once did on a memif disconnect, it is restarted and the restart is reported.
+sluice_run() { # tag pktgen-args...
+  if ! kill -0 "$DP_PID" 2>/dev/null; then
+    echo "pktgen_l4_bench: sluice-dataplane exited ($(tail -1 "$W/dataplane.log")): restarted" >&2
+    DUT_RESTARTS=$((DUT_RESTARTS + 1))
+    start_sluice
+  fi
+  pktgen "$DP_MEMIF" "$@"
+}
+start_sluice
 profile sluice-max arp udp 53 "rate_pps: $MAX_RATE"
 profile sluice-search arp udp 53 "$SEARCH" "$SWEEP"
 profile sluice-tcp-max arp tcp 80 "rate_pps: $MAX_RATE"
 echo "(b) sluice-dataplane full-NAT, UDP VIP 10.0.0.100:53 -> 4 backends"
-pktgen "$DP_MEMIF" sluice-max --profile "$W/sluice-max.yaml"
+sluice_run sluice-max --profile "$W/sluice-max.yaml"
 if [ "$SMOKE" = 0 ]; then
-  pktgen "$DP_MEMIF" sluice-search --profile "$W/sluice-search.yaml" --search --plot "$W/plots-sluice"
+  sluice_run sluice-search --profile "$W/sluice-search.yaml" --search --plot "$W/plots-sluice"
 fi
 echo "(b') sluice-dataplane full-NAT, TCP VIP 10.0.0.100:80 (SYN, then ACK|PSH per flow)"
-pktgen "$DP_MEMIF" sluice-tcp-max --profile "$W/sluice-tcp-max.yaml"
+sluice_run sluice-tcp-max --profile "$W/sluice-tcp-max.yaml"
 DST=10.0.0.101 profile sluice-dsr-max arp udp 53 "rate_pps: $MAX_RATE"
 DST=10.0.0.101 profile sluice-dsr-search arp udp 53 "$SEARCH" "$SWEEP"
 echo "(b'') sluice-dataplane DSR (IP-in-IP to the backends), UDP VIP 10.0.0.101:53"
-pktgen "$DP_MEMIF" sluice-dsr-max --profile "$W/sluice-dsr-max.yaml"
+sluice_run sluice-dsr-max --profile "$W/sluice-dsr-max.yaml"
 if [ "$SMOKE" = 0 ]; then
-  pktgen "$DP_MEMIF" sluice-dsr-search --profile "$W/sluice-dsr-search.yaml" --search --plot "$W/plots-sluice-dsr"
+  sluice_run sluice-dsr-search --profile "$W/sluice-dsr-search.yaml" --search --plot "$W/plots-sluice-dsr"
 fi
 sleep 1.2 # the stats file is rewritten every second
 cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
@@ -335,7 +362,7 @@ if [ -z "$OUT" ]; then
   if [ "$SMOKE" = 1 ]; then OUT=$W/result.json; else OUT=$ROOT/perf/results/pktgen-$(date -u +%F)-$HASH.json; fi
 fi
 SMOKE=$SMOKE W=$W OUT=$OUT HASH=$HASH MEMNAME=$MEMNAME FLOWS=$FLOWS DURATION=$DURATION \
-RSIZE=$RSIZE LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$LOAD_AFTER PKTGEN_CPU=$PKTGEN_CPU DUT_CPU=$DUT_CPU \
+DUT_RESTARTS=$DUT_RESTARTS RSIZE=$RSIZE LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$LOAD_AFTER PKTGEN_CPU=$PKTGEN_CPU DUT_CPU=$DUT_CPU \
 python3 - <<'PY'
 import json, os, platform, sys
 
@@ -377,7 +404,8 @@ res = {"benchmark": "pktgen_l4", "git": os.environ["HASH"], "smoke": smoke,
        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                    "load_before": os.environ["LOAD_BEFORE"], "load_after": os.environ["LOAD_AFTER"]},
        "setup": {"link": "net_memif, one port, pktgen role=client / DUT role=server",
-                 "memory": os.environ["MEMNAME"], "memif_ring": 2 ** int(os.environ["RSIZE"]), "pktgen_core": int(os.environ["PKTGEN_CPU"]),
+                 "memory": os.environ["MEMNAME"], "memif_ring": 2 ** int(os.environ["RSIZE"]),
+                 "sluice_restarts": int(os.environ["DUT_RESTARTS"]), "pktgen_core": int(os.environ["PKTGEN_CPU"]),
                  "dut_core": int(os.environ["DUT_CPU"]), "flows": int(os.environ["FLOWS"]),
                  "frame_bytes": {"udp": 64, "tcp": 74}, "duration_s": float(os.environ["DURATION"]),
                  "vip": "10.0.0.100 (udp 53, tcp 80)", "backends": "10.0.0.11-14 (:5353, :8080)",
