@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
     PacketMeta metas[kBurstSize];
     uint16_t slot = 0;
     // As the worker does it: write the burst's frames (the generator's part), stage 1
-    // (hash + prefetch for the whole burst), then stage 2 per packet.
+    // (hash + prefetch for the whole burst), stage 1b (prefetch the entries), then stage 2.
     const LoopResult est = run_loop(
         port, a.seconds,
         [&](rte_mbuf* m) {
@@ -264,8 +264,12 @@ int main(int argc, char** argv) {
                 cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
             }
             slot = 0;
+            uint64_t hashes[kBurstSize];
             for (uint16_t i = 0; i < n; ++i) {
-                lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
+                hashes[i] = lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
+            }
+            for (uint16_t i = 0; i < n; ++i) {
+                lb_prefetch_flow(ctx, metas[i], hashes[i]);
             }
         });
     // New flows: SYNs of flows never seen (fresh client addresses), refused once the

@@ -11,26 +11,65 @@
 
 #include "conntrack_fp.h"
 
+#include <sys/mman.h>
+
 namespace sluice::dp {
 
 namespace {
 
-// The one place conntrack memory comes from. With DPDK this becomes
-// rte_zmalloc_socket("conntrack", bytes, kConnBucketBytes, socket) (hugepages, NUMA-local
-// to the owning lcore, STYLE H2) and rte_free; nothing else in this file allocates.
+// The one place conntrack memory comes from. Tables of 2 MiB and more are mapped on 2 MiB
+// pages: from the hugetlbfs pool when it has pages (MAP_HUGETLB), otherwise as transparent
+// huge pages (a 2 MiB-aligned anonymous mapping with MADV_HUGEPAGE, which the kernel's
+// default "madvise" THP mode honours). A flow lookup is a random access into a table of up
+// to gigabytes: on 4 KiB pages nearly every one also misses the TLB, and a prefetch only
+// hides that when the page walk itself hits. Smaller tables (tests) use the heap.
+// TODO(lead): rte_zmalloc_socket() for NUMA placement (STYLE H2) once conntrack links DPDK.
+constexpr size_t kHugePage = size_t{2} << 20;
+
+size_t mapped_bytes(size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
+
 ConnEntry* table_alloc(size_t bytes, int socket) noexcept {
     (void)socket;
-    void* p = ::operator new (bytes, std::align_val_t{kConnBucketBytes}, std::nothrow);
-    if (p == nullptr) {
-        return nullptr;
+    void* p = nullptr;
+    if (bytes >= kHugePage) {
+        const size_t len = mapped_bytes(bytes);
+        p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
+                   -1, 0);
+        if (p == MAP_FAILED) {
+            // Over-map by one huge page, keep the 2 MiB-aligned part, ask for THP.
+            void* raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (raw == MAP_FAILED) {
+                return nullptr;
+            }
+            const auto base = reinterpret_cast<uintptr_t>(raw);
+            const uintptr_t aligned = (base + kHugePage - 1) & ~(kHugePage - 1);
+            if (aligned > base) {
+                ::munmap(raw, aligned - base);
+            }
+            if (const size_t tail = base + len + kHugePage - (aligned + len); tail != 0) {
+                ::munmap(reinterpret_cast<void*>(aligned + len), tail);
+            }
+            p = reinterpret_cast<void*>(aligned);
+            (void)::madvise(p, len, MADV_HUGEPAGE); // best effort: 4 KiB pages still work
+        }
+    } else {
+        p = ::operator new (bytes, std::align_val_t{kConnBucketBytes}, std::nothrow);
+        if (p == nullptr) {
+            return nullptr;
+        }
     }
     // Zero = every signature free. Also faults every page in now, not on the hot path.
     std::memset(p, 0, bytes);
     return static_cast<ConnEntry*>(p);
 }
 
-void table_free(ConnEntry* p) noexcept {
-    ::operator delete (p, std::align_val_t{kConnBucketBytes});
+void table_free(ConnEntry* p, size_t bytes) noexcept {
+    if (bytes >= kHugePage) {
+        ::munmap(p, mapped_bytes(bytes));
+    } else {
+        ::operator delete (p, std::align_val_t{kConnBucketBytes});
+    }
 }
 
 uint64_t splitmix(uint64_t x) noexcept { return splitmix64(x); }
@@ -87,7 +126,7 @@ Result<std::unique_ptr<ConnTrack>> ConnTrack::create(const ConnTrackConfig& cfg)
 
 ConnTrack::~ConnTrack() {
     if (entries_ != nullptr) {
-        table_free(entries_);
+        table_free(entries_, memory_bytes_);
     }
 }
 

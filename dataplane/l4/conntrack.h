@@ -198,6 +198,12 @@ public:
     /// ahead of lookup/lookup_bulk (STYLE H3). Thread: worker (owner).
     void prefetch(uint64_t hash) const noexcept;
 
+    /// Second prefetch stage: reads the signature line(s) prefetch() brought in and
+    /// prefetches the line of the first slot whose signature matches, so that the key
+    /// compare of lookup() hits too. Call it for the whole burst between prefetch() and the
+    /// lookups. Thread: worker (owner).
+    void prefetch_entry(uint64_t hash) const noexcept;
+
     /// The live entry for `key`, or nullptr when absent or expired (an expired entry met
     /// here is reclaimed). Does not refresh it: call on_tcp_flags() or touch() on a hit.
     /// @param hash flow_hash(key). Thread: worker (owner); no allocation, lock or syscall.

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "conntrack.h"
+#include "prefetch.h"
 
 namespace sluice::dp {
 
@@ -173,8 +174,17 @@ inline ConnEntry* ConnTrack::live_or_reclaim(ConnEntry* e, uint32_t now) noexcep
 inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
     const Probe p = probe(hash);
     for (uint32_t i = 0; i < kConnSigLines; ++i) {
-        __builtin_prefetch(&slot(p.b1, i), 0, 3);
-        __builtin_prefetch(&slot(p.b2, i), 0, 3);
+        prefetch_read(&slot(p.b1, i));
+        prefetch_read(&slot(p.b2, i));
+    }
+}
+
+inline void ConnTrack::prefetch_entry(uint64_t hash) const noexcept {
+    const Probe p = probe(hash);
+    if (const uint32_t m1 = sig_match(p.b1, p.sig); m1 != 0) {
+        prefetch_write(&slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1))));
+    } else if (const uint32_t m2 = sig_match(p.b2, p.sig); m2 != 0) {
+        prefetch_write(&slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2))));
     }
 }
 
@@ -206,9 +216,9 @@ inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
         b2[i] = p.b2;
         cand[i] = static_cast<uint16_t>(m1 | m2 << kConnBucketSlots);
         if (m1 != 0) {
-            __builtin_prefetch(&slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1))), 1, 3);
+            prefetch_write(&slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1))));
         } else if (m2 != 0) {
-            __builtin_prefetch(&slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2))), 1, 3);
+            prefetch_write(&slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2))));
         }
     }
     // Stage 2: compare keys, check idle timeouts.

@@ -1,6 +1,7 @@
 #include "lb_fp.h"
 
 #include "mix.h"
+#include "prefetch.h"
 
 #include <algorithm>
 #include <cstring>
@@ -452,9 +453,40 @@ void FragTable::remember(const PacketMeta& m, const PacketKey& from, const Packe
     victim->expires = now + kTimeoutMs;
 }
 
-void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept {
-    if (parse_packet(frame, m) == Verdict::Forward) {
-        ctx.ct->prefetch(flow_hash(flow_key(m)));
+namespace {
+
+/// The SNAT port slot of a packet to one of our SNAT addresses (return traffic), or null.
+ConnEntry* const* snat_port_slot(const LbContext& ctx, const PacketMeta& m) noexcept {
+    if (ctx.ports == nullptr) {
+        return nullptr;
+    }
+    const int slot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
+    return slot < 0 ? nullptr : &(*ctx.ports)[slot][m.key.dst_port];
+}
+
+} // namespace
+
+uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept {
+    if (parse_packet(frame, m) != Verdict::Forward) {
+        return 0;
+    }
+    if (ConnEntry* const* p = snat_port_slot(ctx, m)) {
+        prefetch_read(p);
+        return 0;
+    }
+    const uint64_t h = flow_hash(flow_key(m));
+    ctx.ct->prefetch(h);
+    return h; // (a flow whose hash is 0 only misses stage 1b's prefetch)
+}
+
+void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept {
+    if (m.verdict != Verdict::Forward) {
+        return;
+    }
+    if (hash != 0) {
+        ctx.ct->prefetch_entry(hash);
+    } else if (ConnEntry* const* p = snat_port_slot(ctx, m); p != nullptr && *p != nullptr) {
+        prefetch_write(*p);
     }
 }
 
@@ -599,12 +631,17 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         slot = dsr ? snat_for_family(ctx, ep->family)
                    : static_cast<int>((e->value.service >> 16) & 0xFF);
         sport = static_cast<uint16_t>(e->value.service & 0xFFFF);
+        bool reopened = false;
         if (m.proto == kProtoTcp) {
+            const ConnState before = e->value.state;
             ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
+            // A bare SYN reusing the 4-tuple of a closing flow (the client reused its port
+            // right away) is a new connection on the same backend: counted as a new flow.
+            reopened = before == ConnState::TcpClosing && e->value.state == ConnState::TcpSynSeen;
         } else {
             ctx.ct->touch(*e, now);
         }
-        ctx.count(LbCounter::Established);
+        ctx.count(reopened ? LbCounter::NewFlows : LbCounter::Established);
     } else {
         if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
             // A mid-flow packet of a flow we do not know (table change on another node,

@@ -162,11 +162,18 @@ struct LbContext {
 /// Stable id of an endpoint (address + port), equal in every snapshot.
 [[nodiscard]] uint32_t endpoint_id(const L4Endpoint& e) noexcept;
 
-/// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches its flow's
-/// conntrack buckets, so the lookups of a whole burst overlap their cache misses; stage 2
-/// is lb_process_parsed() with the same `m` (each frame is parsed once).
-/// Thread: worker; no allocation, no state change.
-void lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept;
+/// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches the first line its
+/// flow state is reached through (the conntrack buckets' signature lines, or for return
+/// traffic to a SNAT address the SNAT port slot), so the lookups of a whole burst overlap
+/// their cache misses. Returns the flow hash for lb_prefetch_flow() (0 = nothing to fetch).
+/// Stage 1b is lb_prefetch_flow() over the burst, stage 2 lb_process_parsed() with the same
+/// `m` (each frame is parsed once). Thread: worker; no allocation, no state change.
+uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept;
+
+/// Stage 1b: with the lines of stage 1 in cache, prefetches the flow's conntrack entry
+/// itself (the slot whose signature matches, or the entry the SNAT port slot points at).
+/// Two dependent misses per packet become two overlapped ones. Thread: worker; no state change.
+void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept;
 
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
 /// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the

@@ -204,6 +204,22 @@ TEST(Lb, EstablishedFlowsKeepTheirBackendAcrossTableChanges) {
     }
 }
 
+TEST(Lb, ASynReusingAClosedFlowsPortIsANewFlowOnTheSameBackend) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 1}}));
+    fx.learn("10.0.1.1", kBackendA);
+    fx.learn("10.0.1.2", kBackendB);
+    const std::string be = backend_of(fx, 40000);           // SYN: new flow
+    ASSERT_NE(be, "dropped");
+    EXPECT_EQ(backend_of(fx, 40000, 0x10), be);              // ACK: established
+    EXPECT_EQ(backend_of(fx, 40000, 0x11), be);              // FIN|ACK: closing
+    EXPECT_EQ(fx.counter(LbCounter::NewFlows), 1u);
+    // The client reuses its port at once (the server closed first, so no TIME_WAIT here).
+    EXPECT_EQ(backend_of(fx, 40000), be);
+    EXPECT_EQ(fx.counter(LbCounter::NewFlows), 2u) << "a reopened 4-tuple is a new flow";
+    EXPECT_EQ(backend_of(fx, 40000), be);                    // its SYN retransmitted: not new
+    EXPECT_EQ(fx.counter(LbCounter::NewFlows), 2u);
+}
+
 TEST(Lb, WeightsHoldOverAThousandFlows) {
     Fixture fx(l4_ir({{"10.0.1.1", 3}, {"10.0.1.2", 1}, {"10.0.1.3", 0}}));
     fx.learn("10.0.1.1", kBackendA);
