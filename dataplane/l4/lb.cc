@@ -10,10 +10,6 @@ namespace sluice::dp {
 
 namespace {
 
-uint64_t addr_hash(uint8_t family, const Addr& a) noexcept {
-    return mix_addr16(0x9e3779b97f4a7c15ULL ^ family, a.data());
-}
-
 FlowKey flow_key(const PacketMeta& m) noexcept {
     FlowKey k;
     k.family = m.family;
@@ -27,7 +23,7 @@ FlowKey flow_key(const PacketMeta& m) noexcept {
 
 int snat_slot(const LbContext& ctx, uint8_t family, const Addr& a) noexcept {
     for (size_t i = 0; i < ctx.snat.size(); ++i) {
-        if (ctx.snat[i].first == family && ctx.snat[i].second == a) {
+        if (ctx.snat[i].first == family && addr_eq(ctx.snat[i].second, a)) {
             return static_cast<int>(i);
         }
     }
@@ -83,11 +79,11 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
 const L4Endpoint* endpoint_of(const ServiceTable& t, const L4Service& s, const ConnValue& v,
                               uint16_t* hint_out) noexcept {
     const uint32_t hint = v.generation;
-    if (hint < s.n_endpoints && endpoint_id(t.endpoints[s.first_endpoint + hint]) == v.backend) {
+    if (hint < s.n_endpoints && t.endpoints[s.first_endpoint + hint].id == v.backend) {
         return &t.endpoints[s.first_endpoint + hint];
     }
     for (uint32_t i = 0; i < s.n_endpoints; ++i) {
-        if (endpoint_id(t.endpoints[s.first_endpoint + i]) == v.backend) {
+        if (t.endpoints[s.first_endpoint + i].id == v.backend) {
             *hint_out = static_cast<uint16_t>(i);
             return &t.endpoints[s.first_endpoint + i];
         }
@@ -119,39 +115,13 @@ uint32_t arp_request(std::span<uint8_t> buf, const Mac& our_mac, const Addr& src
 
 } // namespace
 
-Addr to_table_addr(uint8_t family, const Addr16& a) noexcept {
-    Addr out{};
-    if (family == 4) {
-        std::memcpy(out.data(), a.data() + 12, 4);
-    } else {
-        std::memcpy(out.data(), a.data(), 16);
-    }
-    return out;
-}
-
-Addr16 to_packet_addr(uint8_t family, const Addr& a) noexcept {
-    Addr16 out{};
-    if (family == 4) {
-        std::memcpy(out.data() + 12, a.data(), 4); // as addr_from_v4()
-    } else {
-        std::memcpy(out.data(), a.data(), 16);
-    }
-    return out;
-}
-
-uint32_t endpoint_id(const L4Endpoint& e) noexcept {
-    const uint64_t h = addr_hash(e.family, e.addr) ^ (uint64_t(e.port) * 0x9e3779b97f4a7c15ULL);
-    const auto id = static_cast<uint32_t>(h ^ (h >> 32));
-    return id == 0 ? 1 : id;
-}
-
 const Mac* NeighborTable::find(uint8_t family, const Addr& a) const noexcept {
     size_t i = addr_hash(family, a) & (kSlots - 1);
     for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
         if (slots[i].family == 0) {
             return nullptr;
         }
-        if (slots[i].family == family && slots[i].addr == a) {
+        if (slots[i].family == family && addr_eq(slots[i].addr, a)) {
             return &slots[i].mac;
         }
     }
@@ -164,7 +134,7 @@ void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac) noexcep
     // a neighbour storm cannot evict the next hops in use (it just is not learned).
     for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
         Slot& sl = slots[i];
-        if (sl.family == family && sl.addr == a) {
+        if (sl.family == family && addr_eq(sl.addr, a)) {
             if (sl.mac != mac) {
                 sl.mac = mac; // write only on change: the line stays clean for readers
             }
@@ -665,7 +635,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         sport = static_cast<uint16_t>(port);
         ConnValue val;
         val.service = dsr ? kDsrFlow : static_cast<uint32_t>(slot) << 16 | sport;
-        val.backend = endpoint_id(*ep);
+        val.backend = ep->id;
         val.generation = static_cast<uint16_t>(pick);
         const InsertResult ins = ctx.ct->insert(key, h, now, val,
                                                 m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn));

@@ -156,11 +156,24 @@ struct LbContext {
 
 /// Converts between the packet layer's addresses (IPv4 in bytes 12..15) and the tables'
 /// (IPv4 in bytes 0..3).
-[[nodiscard]] Addr to_table_addr(uint8_t family, const Addr16& a) noexcept;
-[[nodiscard]] Addr16 to_packet_addr(uint8_t family, const Addr& a) noexcept;
-
-/// Stable id of an endpoint (address + port), equal in every snapshot.
-[[nodiscard]] uint32_t endpoint_id(const L4Endpoint& e) noexcept;
+[[nodiscard]] inline Addr to_table_addr(uint8_t family, const Addr16& a) noexcept {
+    Addr out{};
+    if (family == 4) {
+        std::memcpy(out.data(), a.data() + 12, 4);
+    } else {
+        out = a;
+    }
+    return out;
+}
+[[nodiscard]] inline Addr16 to_packet_addr(uint8_t family, const Addr& a) noexcept {
+    Addr16 out{};
+    if (family == 4) {
+        std::memcpy(out.data() + 12, a.data(), 4); // as addr_from_v4()
+    } else {
+        out = a;
+    }
+    return out;
+}
 
 /// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches the first line its
 /// flow state is reached through (the conntrack buckets' signature lines, or for return

@@ -44,7 +44,7 @@ const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uint8_t pr
             return nullptr;
         }
         const L4Service& svc = services[s];
-        if (svc.port == port && svc.proto == proto && svc.family == family && svc.vip == addr) {
+        if (svc.port == port && svc.proto == proto && svc.family == family && addr_eq(svc.vip, addr)) {
             return &svc;
         }
     }
@@ -53,7 +53,7 @@ const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uint8_t pr
 
 bool ServiceTable::is_vip(uint8_t family, const Addr& addr) const noexcept {
     for (const auto& [f, a] : vips) {
-        if (f == family && a == addr) {
+        if (f == family && addr_eq(a, addr)) {
             return true;
         }
     }
@@ -130,6 +130,7 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                                 gen = (gen ^ byte) * 1099511628211ULL;
                             }
                             gen = (gen ^ e.port ^ (uint64_t(e.weight) << 16)) * 1099511628211ULL;
+                            e.id = endpoint_id(e);
                             t.endpoints.push_back(e);
                         }
                     }

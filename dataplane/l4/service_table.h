@@ -8,11 +8,13 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "ir.h"
 #include "maglev.h"
+#include "mix.h"
 #include "result.h"
 
 namespace sluice::dp {
@@ -21,6 +23,19 @@ using FwdMode = ir::FwdMode; ///< FullNat, DsrIpip, DsrGue (never Inherit in a t
 
 using Addr = std::array<uint8_t, 16>; ///< IPv6, or IPv4 in bytes 0..3 with family 4
 
+/// Address equality as two 8-byte compares (std::array's operator== may call memcmp).
+[[nodiscard]] inline bool addr_eq(const Addr& a, const Addr& b) noexcept {
+    uint64_t x[2], y[2];
+    std::memcpy(x, a.data(), 16);
+    std::memcpy(y, b.data(), 16);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+}
+
+/// Hash of a table address (VIP lookup, neighbours, endpoint ids; per process, no wire format).
+[[nodiscard]] inline uint64_t addr_hash(uint8_t family, const Addr& a) noexcept {
+    return mix_addr16(0x9e3779b97f4a7c15ULL ^ family, a.data());
+}
+
 struct L4Endpoint {
     uint8_t family = 4;
     Addr addr{};
@@ -28,7 +43,16 @@ struct L4Endpoint {
     uint32_t weight = 1;
     bool reject = false; ///< share of an invalid backendRef: refuse (TCP RST / ICMP)
     bool draining = false; ///< terminating: no new flows, established ones finish
+    uint32_t id = 0;       ///< endpoint_id(*this), set by build_service_table()
 };
+
+/// Stable id of an endpoint (address + port), equal in every snapshot; conntrack entries
+/// hold it (STYLE H4: ids, never pointers). Never 0.
+[[nodiscard]] inline uint32_t endpoint_id(const L4Endpoint& e) noexcept {
+    const uint64_t h = addr_hash(e.family, e.addr) ^ (uint64_t(e.port) * 0x9e3779b97f4a7c15ULL);
+    const auto id = static_cast<uint32_t>(h ^ (h >> 32));
+    return id == 0 ? 1 : id;
+}
 
 struct L4Service {
     uint32_t listener = ir::kNone; ///< IR listener index
