@@ -15,6 +15,13 @@
 #   (sluice only) tcp: the same "max" run through a TCP VIP (10.0.0.100:80, SYN first);
 #   dsr: max + search through a DSR (IP-in-IP) UDP VIP 10.0.0.101:53 (pktgen reads the
 #   stamp inside the tunnel; the destination counted is the outer one, the backend).
+# Then (c) the Linux kernel doing the same full-NAT job with nftables (DNAT to numgen inc
+# mod 4, SNAT to 10.0.0.99, conntrack) in a router namespace, fed by pktgen over a veth
+# pair (net_af_packet). The kernel is not a DPDK process, so its figure is its per-core
+# capacity: forwarded pps divided by the share of the DUT core its softirq work took (RPS
+# steers the router veth's receive work to the DUT core and the generator veth's to
+# pktgen's core; /proc/stat's softirq ticks on the DUT core are the kernel's cost).
+# Skipped (recorded in the JSON) when nft is missing (package nftables).
 # --smoke     short runs, no search: checks that every run produced figures, sluice's
 #             output went to the backends and the JSON is well formed (CI; no speeds).
 #             Output goes to a temp file unless --out.
@@ -81,6 +88,7 @@ fi
 
 W=$(mktemp -d /tmp/sluice-pktgen-bench.XXXXXX)
 PIDS=()
+KNS=() # network namespaces of the kernel baseline
 HUGE_MNT=""
 HUGE_OLD=""
 HUGE_SET=""
@@ -94,6 +102,7 @@ cleanup() {
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  for p in "${KNS[@]}"; do ip netns del "$p" 2>/dev/null || true; done
   if [ -n "$HUGE_MNT" ]; then
     rm -f "$HUGE_MNT"/* 2>/dev/null || true
     umount "$HUGE_MNT" 2>/dev/null || true
@@ -352,6 +361,60 @@ fi
 sleep 1.2 # the stats file is rewritten every second
 cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
 stop_pid "$DP_PID"
+
+# ---------------------------------------------------------------------------------------
+# (c) the Linux kernel: nftables full-NAT in a router namespace, pktgen over a veth pair.
+# ---------------------------------------------------------------------------------------
+KERNEL_SKIP=""
+cpu_ticks() { # core -> "softirq busy total" ticks of that core (/proc/stat)
+  awk -v c="cpu$1" '$1==c { b=$2+$3+$4+$7+$8; t=b+$5+$6; print $8, b, t }' /proc/stat
+}
+if ! command -v nft >/dev/null; then
+  KERNEL_SKIP="nft missing (package nftables)"
+  echo "(c) kernel nftables: skipped: $KERNEL_SKIP"
+else
+  echo "(c) Linux kernel $(uname -r): nftables DNAT (numgen) + SNAT, UDP VIP 10.0.0.100:53, veth + RPS"
+  KG=plk-gen-$$; KD=plk-dut-$$
+  KNS=("$KG" "$KD")
+  ip netns add "$KG"; ip netns add "$KD"
+  ip link add kg0 netns "$KG" type veth peer name kd0 netns "$KD"
+  ip -n "$KG" link set kg0 address 02:00:00:00:01:01 up
+  ip -n "$KD" link set kd0 address 02:00:00:00:00:02 up
+  ip -n "$KD" addr add 10.0.0.2/24 dev kd0
+  ip -n "$KD" addr add 10.0.0.99/24 dev kd0
+  ip -n "$KD" route add 10.1.0.0/24 dev kd0
+  ip netns exec "$KD" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+    net.ipv4.conf.kd0.send_redirects=0 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.kd0.rp_filter=0
+  ip netns exec "$KD" ethtool -K kd0 tx off >/dev/null 2>&1 || true
+  ip netns exec "$KD" nft -f - <<'NFT'
+table ip lb {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 10.0.0.100 udp dport 53 dnat to numgen inc mod 4 map { 0 : 10.0.0.11, 1 : 10.0.0.12, 2 : 10.0.0.13, 3 : 10.0.0.14 } : 5353
+  }
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr 10.0.0.11-10.0.0.14 snat to 10.0.0.99
+  }
+}
+NFT
+  # The router's receive work on the DUT core, the generator veth's delivery on pktgen's.
+  ip netns exec "$KD" sh -c "printf '%x' $((1 << DUT_CPU)) > /sys/class/net/kd0/queues/rx-0/rps_cpus"
+  ip netns exec "$KG" sh -c "printf '%x' $((1 << PKTGEN_CPU)) > /sys/class/net/kg0/queues/rx-0/rps_cpus"
+  profile kernel-max 02:00:00:00:00:02 udp 53 "rate_pps: $MAX_RATE"
+  read -r k_si0 k_busy0 k_tot0 < <(cpu_ticks "$DUT_CPU")
+  ip netns exec "$KG" taskset -c "$PKTGEN_CPU" "$PKTGEN" --profile "$W/kernel-max.yaml" \
+    --json "$W/kernel-max.json" -- -l "$PKTGEN_CPU" "${EAL_COMMON[@]}" --file-prefix "pgk$$" \
+    --vdev="net_af_packet0,iface=kg0,framecnt=4096,qdisc_bypass=1" >"$W/kernel-max.log" 2>&1 ||
+    { tail -20 "$W/kernel-max.log" >&2; fail "pktgen run kernel-max failed"; }
+  read -r k_si1 k_busy1 k_tot1 < <(cpu_ticks "$DUT_CPU")
+  grep "^sluice-pktgen: run" "$W/kernel-max.log" | sed "s/^sluice-pktgen/  kernel-max/" || true
+  echo "$((k_si1 - k_si0)) $((k_busy1 - k_busy0)) $((k_tot1 - k_tot0))" > "$W/kernel-ticks.txt"
+  ip netns exec "$KD" nstat -az IpForwDatagrams 2>/dev/null | awk '$1=="IpForwDatagrams"{print $2}' \
+    > "$W/kernel-forwarded.txt" || true
+  for p in "${KNS[@]}"; do ip netns del "$p" 2>/dev/null || true; done
+  KNS=()
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------
@@ -361,7 +424,7 @@ HASH=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -z "$OUT" ]; then
   if [ "$SMOKE" = 1 ]; then OUT=$W/result.json; else OUT=$ROOT/perf/results/pktgen-$(date -u +%F)-$HASH.json; fi
 fi
-SMOKE=$SMOKE W=$W OUT=$OUT HASH=$HASH MEMNAME=$MEMNAME FLOWS=$FLOWS DURATION=$DURATION \
+KERNEL_SKIP=$KERNEL_SKIP SMOKE=$SMOKE W=$W OUT=$OUT HASH=$HASH MEMNAME=$MEMNAME FLOWS=$FLOWS DURATION=$DURATION \
 DUT_RESTARTS=$DUT_RESTARTS RSIZE=$RSIZE LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$LOAD_AFTER PKTGEN_CPU=$PKTGEN_CPU DUT_CPU=$DUT_CPU \
 python3 - <<'PY'
 import json, os, platform, sys
@@ -472,6 +535,40 @@ if "testpmd" in res and "sluice" in res:
     if "dsr_ipip_search" in s and "search" in t:
         res["ratio_sluice_to_testpmd"]["dsr_zero_loss_pps"] = ratio(
             s["dsr_ipip_search"]["zero_loss_pps"], t["search"]["zero_loss_pps"])
+# (c) the kernel: per-core capacity from the DUT core's softirq ticks during the run.
+if os.environ.get("KERNEL_SKIP"):
+    res["kernel_nftables"] = {"skipped": os.environ["KERNEL_SKIP"]}
+else:
+    mx = load("kernel-max")
+    if not mx or "run" not in mx:
+        errors.append("kernel: no max-run result")
+    else:
+        r = mx["run"]
+        k = {"max": brief(r), "link": "veth pair, net_af_packet on the generator side",
+             "rules": "nft: dnat to numgen inc mod 4 map {10.0.0.11-14}:5353, snat to 10.0.0.99"}
+        si, busy, tot = map(int, open(os.path.join(W, "kernel-ticks.txt")).read().split())
+        k["dut_core_ticks"] = {"softirq": si, "busy": busy, "total": tot}
+        try:
+            k["ip_forwarded"] = int(open(os.path.join(W, "kernel-forwarded.txt")).read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        if r["rx"]["packets"] == 0:
+            errors.append("kernel: nothing forwarded")
+        elif si > 0 and tot > 0:
+            share = si / tot
+            k["softirq_share_of_dut_core"] = round(share, 3)
+            # packets the router forwarded per second of its softirq time = per-core capacity
+            k["capacity_mpps_per_core"] = round(r["rx"]["pps"] / share / 1e6, 4)
+            k["note"] = ("capacity = forwarded pps / softirq share of the DUT core (tick-sampled, "
+                         "no IRQ time accounting in this kernel); the generator's af_packet "
+                         "limits the offered rate, not the router")
+        dsts = set(k["max"]["destinations"])
+        if not dsts or not dsts <= {f"10.0.0.{i}:5353" for i in range(11, 15)}:
+            errors.append(f"kernel: received destinations {sorted(dsts)} are not the backends")
+        res["kernel_nftables"] = k
+        if "sluice" in res and k.get("capacity_mpps_per_core"):
+            res["ratio_sluice_to_kernel"] = {
+                "max_rx_mpps_per_core": ratio(res["sluice"]["max"]["rx_mpps"], k["capacity_mpps_per_core"])}
 with open(os.environ["OUT"], "w") as f:
     json.dump(res, f, indent=1)
     f.write("\n")
@@ -494,6 +591,14 @@ if "sluice" in res and "tcp_max" in res["sluice"]:
           f"{100 * m['loss_ratio']:.4f}%")
 if "ratio_sluice_to_testpmd" in res:
     print("pktgen_l4_bench: sluice/testpmd", res["ratio_sluice_to_testpmd"])
+k = res.get("kernel_nftables", {})
+if "max" in k:
+    print(f"pktgen_l4_bench: kernel nftables forwarded {k['max']['rx_mpps']:.3f} Mpps using "
+          f"{100 * k.get('softirq_share_of_dut_core', 0):.0f}% of core {os.environ['DUT_CPU']}: "
+          f"{k.get('capacity_mpps_per_core', 0):.3f} Mpps per core; sluice/kernel",
+          res.get("ratio_sluice_to_kernel"))
+elif "skipped" in k:
+    print("pktgen_l4_bench: kernel nftables skipped:", k["skipped"])
 print("pktgen_l4_bench: results in", os.environ["OUT"])
 for e in errors:
     print("pktgen_l4_bench: FAIL:", e, file=sys.stderr)

@@ -22,6 +22,8 @@ pkgs=(
   haproxy nginx-light wrk
   # sluice-pktgen --plot (PNG charts; perf/pktgen_l4_bench.sh)
   gnuplot-nox
+  # the Linux kernel L4 baseline of perf/pktgen_l4_bench.sh (nftables DNAT + SNAT)
+  nftables
 )
 missing=()
 for p in "${pkgs[@]}"; do
