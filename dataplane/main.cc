@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
         "dp-socket", po::value(&o.dp_socket)->default_value(o.dp_socket),
         "unix socket dp-control listens on for the controlplane's IR")(
         "snat", po::value(&o.snat)->composing(),
-        "full-NAT source address (repeatable, one per family at least; up to 4)")(
+        "full-NAT source address (repeatable, one per family at least; up to 16, each gives ~64k concurrent flows)")(
         "ct-capacity", po::value(&o.ct_capacity)->default_value(o.ct_capacity),
         "connection-tracking entries per worker (64 bytes each)")(
         "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
     std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx.our_mac.begin());
     if (o.snat.empty() || o.snat.size() > ctx.snat.size()) {
         rte_eal_cleanup();
-        return die("give 1 to 4 --snat addresses (full-NAT source addresses)");
+        return die("give 1 to " + std::to_string(kMaxSnat) + " --snat addresses (full-NAT source addresses)");
     }
     for (size_t i = 0; i < o.snat.size(); ++i) {
         if (!parse_addr(o.snat[i], ctx.snat[i].first, ctx.snat[i].second)) {
@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
     }
     ctx.ct = ct->get();
     auto neighbors = std::make_unique<NeighborTable>();
-    auto ports = std::make_unique<std::array<std::array<ConnEntry*, 65536>, 4>>();
+    auto ports = std::make_unique<SnatPorts>();
     ctx.neighbors = neighbors.get();
     ctx.ports = ports.get();
 

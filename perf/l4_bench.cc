@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
     cc.half_open_max = cc.capacity;
     auto ct = std::move(*ConnTrack::create(cc));
     auto nb = std::make_unique<NeighborTable>();
-    auto ports = std::make_unique<std::array<std::array<ConnEntry*, 65536>, 4>>();
+    auto ports = std::make_unique<SnatPorts>();
     LbContext ctx;
     ctx.our_mac = {0x02, 0, 0, 0, 0, 0x02};
     ctx.ct = ct.get();

@@ -29,7 +29,7 @@
 # --hugepages run both sides on 2 MiB hugepages (mounted under the work directory here,
 #             nr_hugepages restored and unmounted on exit) instead of --no-huge.
 # --keep      keep the work directory (profiles, logs, raw pktgen JSON, charts).
-# Environment: DURATION (s per max run, default 5), FLOWS (default 10000), PKTGEN_CPU /
+# Environment: DURATION (s per max run, default 5), FLOWS (default 10000; up to 1000000: full-NAT then gets one --snat address per 60k flows), PKTGEN_CPU /
 # DUT_CPU (default 0 / 1), SEARCH_MAX_PPS (default 10000000), RSIZE (log2 memif ring size,
 # default 14 = 16384 slots: absorbs a few ms of either process being descheduled, which on
 # a shared 2-vCPU machine otherwise shows up as loss at any rate).
@@ -147,7 +147,7 @@ profile() { # name dst_mac proto dport [extra YAML lines...] (DST: the VIP, defa
   local name=$1 dmac=$2 proto=$3 dport=$4; shift 4
   cat > "$W/$name.yaml" <<YAML
 proto: $proto
-src: 10.1.0.0/24
+src: 10.1.0.0/16
 dst: ${DST:-10.0.0.100}
 sport: 1024-1087
 dport: $dport
@@ -302,11 +302,17 @@ YAML
 DP_SOCK=$W/dp.sock
 DP_MEMIF=$W/sluice.memif
 DUT_RESTARTS=0
+# Full-NAT needs a SNAT port per flow: one --snat address per ~60k flows (at most 16), and
+# a conntrack table of ~1.3x the flows (power of two), so that FLOWS=1000000 fits.
+SNAT_ARGS=(--snat 10.0.0.99)
+for ((i = 1; i < (FLOWS + 59999) / 60000 && i < 16; i++)); do SNAT_ARGS+=(--snat "10.0.0.$((79 + i))"); done
+CT_CAPACITY=262144
+while ((CT_CAPACITY < FLOWS * 13 / 10)); do CT_CAPACITY=$((CT_CAPACITY * 2)); done
 start_sluice() { # dataplane on the DUT core, then its IR from the controlplane
   rm -f "$DP_SOCK" "$DP_MEMIF"
   rm -rf "$W/status"
   mkdir -p "$W/status"
-  taskset -c "$DUT_CPU" "$DP" --dp-socket "$DP_SOCK" --snat 10.0.0.99 --ct-capacity 262144 \
+  taskset -c "$DUT_CPU" "$DP" --dp-socket "$DP_SOCK" "${SNAT_ARGS[@]}" --ct-capacity "$CT_CAPACITY" \
     --stats-file "$W/dp-stats.json" \
     -- -l "$DUT_CPU" "${EAL_COMMON[@]}" --file-prefix "dp$$" \
     --vdev="net_memif0,role=server,socket=$DP_MEMIF,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
@@ -382,7 +388,7 @@ else
   ip -n "$KD" link set kd0 address 02:00:00:00:00:02 up
   ip -n "$KD" addr add 10.0.0.2/24 dev kd0
   ip -n "$KD" addr add 10.0.0.99/24 dev kd0
-  ip -n "$KD" route add 10.1.0.0/24 dev kd0
+  ip -n "$KD" route add 10.1.0.0/16 dev kd0
   ip netns exec "$KD" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
     net.ipv4.conf.kd0.send_redirects=0 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.kd0.rp_filter=0
   ip netns exec "$KD" ethtool -K kd0 tx off >/dev/null 2>&1 || true
@@ -472,7 +478,7 @@ res = {"benchmark": "pktgen_l4", "git": os.environ["HASH"], "smoke": smoke,
                  "dut_core": int(os.environ["DUT_CPU"]), "flows": int(os.environ["FLOWS"]),
                  "frame_bytes": {"udp": 64, "tcp": 74}, "duration_s": float(os.environ["DURATION"]),
                  "vip": "10.0.0.100 (udp 53, tcp 80)", "backends": "10.0.0.11-14 (:5353, :8080)",
-                 "snat": "10.0.0.99"}}
+                 "snat": "10.0.0.99 (+10.0.0.80.. per 60k flows)", "ct_capacity_min": 262144}}
 for dut in ("testpmd", "sluice"):
     mx = load(dut + "-max")
     if not mx or "run" not in mx:

@@ -131,16 +131,22 @@ struct NeighborTable {
     void learn(uint8_t family, const Addr& a, const Mac& mac) noexcept;
 };
 
+/// SNAT source addresses per worker: each gives ~64k concurrent full-NAT flows per
+/// backend-facing family, so 16 cover a million flows.
+inline constexpr size_t kMaxSnat = 16;
+/// Owner of each SNAT (address slot, port): the flow's conntrack entry, for return traffic.
+using SnatPorts = std::array<std::array<ConnEntry*, 65536>, kMaxSnat>;
+
 /// Per-lcore state of the L4 path. Created on dp-control before the worker starts.
 struct LbContext {
     Mac our_mac{};
-    std::array<std::pair<uint8_t, Addr>, 4> snat{}; ///< SNAT addresses (family 0 = unused)
+    std::array<std::pair<uint8_t, Addr>, kMaxSnat> snat{}; ///< SNAT addresses (family 0 = unused)
     uint16_t port_lo = 1024, port_hi = 65535;        ///< this lcore's SNAT port range
     ConnTrack* ct = nullptr;
     NeighborTable* neighbors = nullptr;
     /// SNAT slot x port -> the flow using it (nullptr = free). 4 x 64 Ki pointers.
-    std::array<std::array<ConnEntry*, 65536>, 4>* ports = nullptr;
-    std::array<uint16_t, 4> port_cursor{};
+    SnatPorts* ports = nullptr;
+    std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};

@@ -50,8 +50,8 @@ ir::Ir l4_ir(std::vector<std::pair<std::string, uint32_t>> backends,
 struct Fixture {
     std::unique_ptr<ConnTrack> ct;
     std::unique_ptr<NeighborTable> nb = std::make_unique<NeighborTable>();
-    std::unique_ptr<std::array<std::array<ConnEntry*, 65536>, 4>> ports =
-        std::make_unique<std::array<std::array<ConnEntry*, 65536>, 4>>();
+    std::unique_ptr<SnatPorts> ports =
+        std::make_unique<SnatPorts>();
     LbContext ctx;
     ServiceTable table;
     uint32_t now = 1000;
