@@ -1,6 +1,7 @@
 #include "compile.h"
 
 #include <algorithm>
+#include <cctype>
 #include <map>
 #include <unordered_map>
 #include <set>
@@ -277,10 +278,27 @@ private:
             bool params_ok = true;
             std::string why;
             if (c.has_parameters_ref) {
-                // sluice reads class parameters from a ConfigMap (core group).
-                params_ok = c.parameters_group.empty() && c.parameters_kind == "ConfigMap" &&
-                            config_maps_.count({c.parameters_ns, c.parameters_name});
-                why = "parametersRef must name an existing core ConfigMap";
+                // sluice reads class parameters from a ConfigMap (core group); schema in
+                // docs/configuration.md ("GatewayClass parameters").
+                auto cm = config_maps_.find({c.parameters_ns, c.parameters_name});
+                if (!c.parameters_group.empty() || c.parameters_kind != "ConfigMap") {
+                    params_ok = false;
+                    why = "parametersRef must name a core ConfigMap (group \"\", kind ConfigMap)";
+                } else if (cm == config_maps_.end()) {
+                    params_ok = false;
+                    why = "parametersRef: ConfigMap " + c.parameters_ns + "/" + c.parameters_name +
+                          " not found";
+                } else {
+                    ClassParams cp;
+                    why = parse_class_params(*cm->second, cp);
+                    params_ok = why.empty();
+                    if (params_ok) {
+                        class_params_[c.meta.name] = std::move(cp);
+                    } else {
+                        why = "parametersRef: ConfigMap " + c.parameters_ns + "/" +
+                              c.parameters_name + ": " + why;
+                    }
+                }
             }
             st.conditions.push_back(params_ok ? cond("Accepted", true, "Accepted",
                                                      "handled by sluice", gen)
@@ -421,8 +439,16 @@ private:
                 unsupported_address = true; // Hostname and vendor types: not supported
             }
         }
+        const ClassParams* class_params = nullptr;
+        if (auto it = class_params_.find(g.class_name); it != class_params_.end()) {
+            class_params = &it->second;
+        }
         if (want_default && gs.addresses.empty()) {
-            std::string pooled = pool_address(g.meta.ns + "/" + g.meta.name);
+            // The class's address pool first, then the controlplane's --address-pool.
+            std::string pooled = pool_address(
+                class_params && !class_params->address_pool.empty() ? class_params->address_pool
+                                                                     : o_.address_pool,
+                g.meta.ns + "/" + g.meta.name);
             if (!pooled.empty()) {
                 gs.addresses = {pooled};
             } else {
@@ -486,7 +512,7 @@ private:
         if (bad_classes_.count(g.class_name)) {
             params_ok = false;
         }
-        gs.fwd_mode = ir::FwdMode::FullNat;
+        gs.fwd_mode = class_params ? class_params->fwd_mode : ir::FwdMode::FullNat;
         if (auto it = g.meta.annotations.find(ir::kForwardingModeAnnotation);
             it != g.meta.annotations.end() && !ir::parse_fwd_mode(it->second, gs.fwd_mode)) {
             params_ok = false;
@@ -1641,11 +1667,153 @@ public:
 private:
     const Store& s_;
     const CompileOptions& o_;
-    std::set<uint32_t> pool_used_; ///< host parts of address_pool already given out
+    std::map<std::string, std::set<uint32_t>> pool_used_; ///< per pool: host parts given out
 
-    /// An address of o_.address_pool for `id`, or "" when no (valid) pool is configured.
-    std::string pool_address(const std::string& id) {
-        const std::string& cidr = o_.address_pool;
+    /// GatewayClass parameters (a ConfigMap named by parametersRef), validated.
+    struct ClassParams {
+        std::string address_pool; ///< IPv4 CIDR; "" = the controlplane's --address-pool
+        ir::FwdMode fwd_mode = ir::FwdMode::FullNat;
+        std::vector<std::string> ports; ///< PCI addresses or DPDK vdev strings
+        std::string lcores;             ///< DPDK lcore list ("1-3,5")
+        std::string exception_interface;
+    };
+    std::map<std::string, ClassParams> class_params_; ///< by GatewayClass name
+
+    static bool valid_cidr4(const std::string& cidr) {
+        const size_t slash = cidr.find('/');
+        in_addr a{};
+        if (slash == std::string::npos || inet_pton(AF_INET, cidr.substr(0, slash).c_str(), &a) != 1) {
+            return false;
+        }
+        const std::string bits = cidr.substr(slash + 1);
+        if (bits.empty() || bits.size() > 2 ||
+            bits.find_first_not_of("0123456789") != std::string::npos) {
+            return false;
+        }
+        const int b = std::stoi(bits);
+        return b >= 8 && b <= 30;
+    }
+
+    /// A port as DPDK names it: a PCI address ([DDDD:]BB:DD.F) or a vdev string
+    /// (net_<driver>[<n>][,key=value...]).
+    static bool valid_port(const std::string& p) {
+        auto hex = [](const std::string& x, size_t n) {
+            return x.size() == n && x.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
+        };
+        if (p.rfind("net_", 0) == 0) {
+            return p.size() > 4 && p.find_first_of(" \t\n\"'`$;|&<>") == std::string::npos;
+        }
+        std::string rest = p;
+        const size_t c1 = rest.find(':');
+        if (c1 != std::string::npos && rest.find(':', c1 + 1) != std::string::npos) {
+            if (!hex(rest.substr(0, c1), 4)) {
+                return false;
+            }
+            rest = rest.substr(c1 + 1); // BB:DD.F
+        }
+        const size_t c = rest.find(':'), d = rest.find('.');
+        return c == 2 && d == 5 && rest.size() == 7 && hex(rest.substr(0, 2), 2) &&
+               hex(rest.substr(3, 2), 2) && rest[6] >= '0' && rest[6] <= '7';
+    }
+
+    /// DPDK's -l syntax: numbers and ranges separated by commas ("1", "1-3,6").
+    static bool valid_lcores(const std::string& l) {
+        if (l.empty() || l.size() > 256) {
+            return false;
+        }
+        size_t i = 0;
+        while (i < l.size()) {
+            const size_t start = i;
+            while (i < l.size() && std::isdigit(static_cast<unsigned char>(l[i]))) {
+                ++i;
+            }
+            if (i == start || i - start > 4) {
+                return false;
+            }
+            if (i < l.size() && l[i] == '-') {
+                const size_t s2 = ++i;
+                while (i < l.size() && std::isdigit(static_cast<unsigned char>(l[i]))) {
+                    ++i;
+                }
+                if (i == s2 || i - s2 > 4 || std::stoi(l.substr(s2, i - s2)) <
+                                                 std::stoi(l.substr(start, s2 - 1 - start))) {
+                    return false;
+                }
+            }
+            if (i < l.size() && l[i] != ',') {
+                return false;
+            }
+            if (i < l.size() && ++i == l.size()) {
+                return false; // trailing comma
+            }
+        }
+        return true;
+    }
+
+    /// Validates a class-parameters ConfigMap; returns "" or what is wrong with it.
+    static std::string parse_class_params(const ConfigMap& cm, ClassParams& out) {
+        static const std::set<std::string> known = {"addressPool", "forwardingMode", "ports",
+                                                    "lcores", "exceptionInterface"};
+        for (const auto& [k, v] : cm.data) {
+            if (!known.count(k)) {
+                return "unknown key \"" + k +
+                       "\" (known: addressPool, forwardingMode, ports, lcores, exceptionInterface)";
+            }
+        }
+        auto get = [&](const char* k) -> std::string {
+            auto it = cm.data.find(k);
+            if (it == cm.data.end()) {
+                return {};
+            }
+            const std::string& v = it->second;
+            const size_t b = v.find_first_not_of(" \t\n"), e = v.find_last_not_of(" \t\n");
+            return b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
+        };
+        out.address_pool = get("addressPool");
+        if (!out.address_pool.empty() && !valid_cidr4(out.address_pool)) {
+            return "addressPool \"" + out.address_pool +
+                   "\" is not an IPv4 CIDR with a prefix length of 8 to 30";
+        }
+        if (const std::string m = get("forwardingMode"); !m.empty() && !ir::parse_fwd_mode(m, out.fwd_mode)) {
+            return "forwardingMode \"" + m + "\" is not one of full-nat, dsr-ipip, dsr-gue";
+        }
+        std::string ports = get("ports");
+        for (char& ch : ports) {
+            ch = ch == '\n' || ch == '\t' ? ' ' : ch; // (vdev strings hold commas)
+        }
+        size_t i = 0;
+        while (i < ports.size()) {
+            const size_t b = ports.find_first_not_of(' ', i);
+            if (b == std::string::npos) {
+                break;
+            }
+            size_t e = ports.find(' ', b);
+            e = e == std::string::npos ? ports.size() : e;
+            const std::string p = ports.substr(b, e - b);
+            if (!valid_port(p)) {
+                return "ports: \"" + p + "\" is neither a PCI address (0000:3b:00.0) nor a DPDK " +
+                       "vdev (net_...)";
+            }
+            out.ports.push_back(p);
+            i = e;
+        }
+        out.lcores = get("lcores");
+        if (!out.lcores.empty() && !valid_lcores(out.lcores)) {
+            return "lcores \"" + out.lcores + "\" is not a DPDK lcore list (e.g. 1 or 1-3,6)";
+        }
+        out.exception_interface = get("exceptionInterface");
+        if (const std::string& x = out.exception_interface;
+            !x.empty() && (x.size() > 15 || x.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                                "0123456789_.-") != std::string::npos)) {
+            return "exceptionInterface \"" + x +
+                   "\" is not an interface name (at most 15 of A-Z a-z 0-9 _ . -)";
+        }
+        return "";
+    }
+
+    /// An address of `cidr` for `id`, or "" when the pool is empty, invalid or used up.
+    std::string pool_address(const std::string& cidr, const std::string& id) {
         const size_t slash = cidr.find('/');
         if (cidr.empty() || slash == std::string::npos) {
             return {};
@@ -1659,7 +1827,8 @@ private:
             return {};
         }
         const uint32_t size = (1u << (32 - bits)) - 2; // no network, no broadcast address
-        if (pool_used_.size() >= size) {
+        std::set<uint32_t>& used = pool_used_[cidr];
+        if (used.size() >= size) {
             return {};
         }
         uint64_t h = 1469598103934665603ull; // FNV-1a: stable across runs and builds
@@ -1667,10 +1836,10 @@ private:
             h = (h ^ ch) * 1099511628211ull;
         }
         uint32_t host = static_cast<uint32_t>(h % size) + 1;
-        while (pool_used_.count(host)) {
+        while (used.count(host)) {
             host = host % size + 1;
         }
-        pool_used_.insert(host);
+        used.insert(host);
         const uint32_t net = ntohl(base.s_addr) & ~((1u << (32 - bits)) - 1);
         in_addr a{};
         a.s_addr = htonl(net + host);

@@ -399,3 +399,136 @@ TEST(Compile, AddressPoolGivesEachGatewayItsOwnStableAddress) {
 
 } // namespace
 } // namespace sluice::cp
+
+namespace sluice::cp {
+namespace {
+
+// GatewayClass parameters: a ConfigMap named by parametersRef (docs/configuration.md).
+TEST(Compile, GatewayClassParametersGiveAddressesAndForwardingMode) {
+    Env e = build(R"(
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: metal-params, namespace: infra}
+data:
+  addressPool: 10.9.0.0/24
+  forwardingMode: dsr-ipip
+  ports: "0000:3b:00.0 net_memif0,role=server"
+  lcores: 1-3,6
+  exceptionInterface: sl-exc
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: metal}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: metal-params, namespace: infra}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: broken-params, namespace: infra}
+data: {lcores: "3-1", colour: blue}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: broken}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: broken-params, namespace: infra}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: missing}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: nope, namespace: infra}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: metal
+  listeners: [{name: tcp, port: 9000, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: nat, namespace: infra, annotations: {sluice.dev/forwarding-mode: full-nat}}
+spec:
+  gatewayClassName: metal
+  listeners: [{name: tcp, port: 9001, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: orphan, namespace: infra}
+spec:
+  gatewayClassName: broken
+  listeners: [{name: tcp, port: 9002, protocol: TCP}]
+)");
+    const ObjectStatus* metal = e.out.find({"GatewayClass", "", "metal"});
+    ASSERT_NE(metal, nullptr);
+    EXPECT_EQ(metal->condition("Accepted")->status, "True");
+    const ObjectStatus* broken = e.out.find({"GatewayClass", "", "broken"});
+    ASSERT_NE(broken, nullptr);
+    EXPECT_EQ(broken->condition("Accepted")->reason, "InvalidParameters");
+    EXPECT_NE(broken->condition("Accepted")->message.find("unknown key \"colour\""),
+              std::string::npos)
+        << broken->condition("Accepted")->message;
+    const ObjectStatus* missing = e.out.find({"GatewayClass", "", "missing"});
+    ASSERT_NE(missing, nullptr);
+    EXPECT_NE(missing->condition("Accepted")->message.find("infra/nope not found"),
+              std::string::npos);
+    EXPECT_EQ(e.out.find({"Gateway", "infra", "orphan"})->condition("Accepted")->status, "False");
+
+    std::map<std::string, const ir::Gateway*> gws;
+    for (const ir::Gateway& g : e.out.ir.gateways) {
+        gws[g.name] = &g;
+    }
+    ASSERT_TRUE(gws.count("edge") && gws.count("nat"));
+    ASSERT_EQ(gws["edge"]->addresses.size(), 1u);
+    EXPECT_EQ(gws["edge"]->addresses[0].rfind("10.9.0.", 0), 0u) << "the class's pool";
+    EXPECT_NE(gws["edge"]->addresses, gws["nat"]->addresses);
+    for (const ir::Listener& l : e.out.ir.listeners) {
+        if (l.gateway_name == "edge") {
+            EXPECT_EQ(l.fwd_mode, ir::FwdMode::DsrIpip) << "the class's default";
+        } else if (l.gateway_name == "nat") {
+            EXPECT_EQ(l.fwd_mode, ir::FwdMode::FullNat) << "the Gateway's annotation wins";
+        }
+    }
+}
+
+TEST(Compile, GatewayClassParametersAreValidatedKeyByKey) {
+    const std::pair<const char*, const char*> bad[] = {
+        {"addressPool: 10.9.0.0", "addressPool"},
+        {"addressPool: 10.9.0.0/31", "addressPool"},
+        {"forwardingMode: teleport", "forwardingMode"},
+        {"ports: eth0", "ports"},
+        {"ports: \"0000:3b:00.9\"", "ports"},
+        {"lcores: \"1,\"", "lcores"},
+        {"lcores: \"a-b\"", "lcores"},
+        {"exceptionInterface: this-name-is-far-too-long", "exceptionInterface"},
+        {"exceptionInterface: \"sl exc\"", "exceptionInterface"},
+    };
+    for (const auto& [data, key] : bad) {
+        Env e = build(std::string(R"(
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: p, namespace: infra}
+data:
+  )") + data + R"(
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: c}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: p, namespace: infra}
+)");
+        const ObjectStatus* c = e.out.find({"GatewayClass", "", "c"});
+        ASSERT_NE(c, nullptr) << data;
+        EXPECT_EQ(c->condition("Accepted")->reason, "InvalidParameters") << data;
+        EXPECT_NE(c->condition("Accepted")->message.find(key), std::string::npos)
+            << data << ": " << c->condition("Accepted")->message;
+    }
+}
+
+} // namespace
+} // namespace sluice::cp
