@@ -14,7 +14,8 @@
 #           then p50/p99 at 10/25/50/75/90% of it.
 #   (sluice only) tcp: the same "max" run through a TCP VIP (10.0.0.100:80, SYN first);
 #   dsr: max + search through a DSR (IP-in-IP) UDP VIP 10.0.0.101:53 (pktgen reads the
-#   stamp inside the tunnel; the destination counted is the outer one, the backend).
+#   stamp inside the tunnel; the destination counted is the outer one, the backend);
+#   dsr-gue: max through a DSR (GUE, outer UDP to port 6080) VIP 10.0.0.101:54.
 # Then (c) the Linux kernel doing the same full-NAT job with nftables (DNAT to numgen inc
 # mod 4, SNAT to 10.0.0.99, conntrack) in a router namespace, fed by pktgen over a veth
 # pair (net_af_packet). The kernel is not a DPDK process, so its figure is its per-core
@@ -279,6 +280,7 @@ spec:
   addresses: [{type: IPAddress, value: 10.0.0.101}]
   listeners:
   - {name: udp, port: 53, protocol: UDP}
+  - {name: gue, port: 54, protocol: UDP}
 ---
 apiVersion: v1
 kind: Service
@@ -297,6 +299,13 @@ kind: UDPRoute
 metadata: {name: dns-dsr, namespace: default}
 spec:
   parentRefs: [{name: dsr, sectionName: udp}]
+  rules: [{backendRefs: [{name: be-dsr, port: 53}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns-gue, namespace: default, annotations: {sluice.dev/forwarding-mode: dsr-gue}}
+spec:
+  parentRefs: [{name: dsr, sectionName: gue}]
   rules: [{backendRefs: [{name: be-dsr, port: 53}]}]
 YAML
 DP_SOCK=$W/dp.sock
@@ -364,6 +373,9 @@ sluice_run sluice-dsr-max --profile "$W/sluice-dsr-max.yaml"
 if [ "$SMOKE" = 0 ]; then
   sluice_run sluice-dsr-search --profile "$W/sluice-dsr-search.yaml" --search --plot "$W/plots-sluice-dsr"
 fi
+DST=10.0.0.101 profile sluice-gue-max arp udp 54 "rate_pps: $MAX_RATE"
+echo "(b''') sluice-dataplane DSR (GUE, outer UDP to 6080), UDP VIP 10.0.0.101:54"
+sluice_run sluice-gue-max --profile "$W/sluice-gue-max.yaml"
 sleep 1.2 # the stats file is rewritten every second
 cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
 stop_pid "$DP_PID"
@@ -504,6 +516,15 @@ for dut in ("testpmd", "sluice"):
                 errors.append("sluice dsr: not every packet arrived IP-in-IP encapsulated")
         else:
             errors.append("sluice: no DSR result")
+        gue = load("sluice-gue-max")
+        if gue and "run" in gue:
+            entry["dsr_gue_max"] = brief(gue["run"])
+            if not set(entry["dsr_gue_max"]["destinations"]) <= {f"10.0.0.{i}:54" for i in range(11, 15)}:
+                errors.append("sluice dsr-gue: destinations are not the backends")
+            if gue["run"]["rx"]["tunneled"] != gue["run"]["rx"]["packets"]:
+                errors.append("sluice dsr-gue: not every packet arrived GUE encapsulated")
+        else:
+            errors.append("sluice: no DSR-GUE result")
         sbd = search_brief(load("sluice-dsr-search"))
         if sbd:
             entry["dsr_ipip_search"] = sbd
@@ -591,6 +612,10 @@ if "sluice" in res and "dsr_ipip_max" in res["sluice"]:
     print(f"pktgen_l4_bench: sluice DSR (IP-in-IP) max rx {m['rx_mpps']:.3f} Mpps, loss "
           f"{100 * m['loss_ratio']:.4f}%, p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us"
           + (f"; zero-loss {zl / 1e6:.3f} Mpps" if zl is not None else ""))
+if "sluice" in res and "dsr_gue_max" in res["sluice"]:
+    m = res["sluice"]["dsr_gue_max"]
+    print(f"pktgen_l4_bench: sluice DSR (GUE) max rx {m['rx_mpps']:.3f} Mpps, loss "
+          f"{100 * m['loss_ratio']:.4f}%")
 if "sluice" in res and "tcp_max" in res["sluice"]:
     m = res["sluice"]["tcp_max"]
     print(f"pktgen_l4_bench: sluice full-NAT TCP max rx {m['rx_mpps']:.3f} Mpps, loss "
