@@ -67,6 +67,8 @@ std::string stats_json(const l7::EngineStats& s) {
     f("h2_connections", s.h2_connections);
     f("h2_streams", s.h2_streams);
     f("h2_abuse", s.h2_abuse);
+    f("backend_tls_handshakes", s.backend_tls_handshakes);
+    f("backend_tls_failures", s.backend_tls_failures);
     f("bytes_in", s.bytes_in);
     f("bytes_out", s.bytes_out, true);
     return j + "}}\n";
@@ -142,6 +144,11 @@ std::string prometheus(const l7::EngineStats& s) {
     counter("h2_connections_total", "HTTP/2 client connections (ALPN h2, h2c)", s.h2_connections);
     counter("h2_streams_total", "HTTP/2 requests (streams)", s.h2_streams);
     counter("h2_abuse_total", "HTTP/2 connections closed by a defence (rapid reset, floods)", s.h2_abuse);
+    counter("backend_tls_handshakes_total",
+            "TLS handshakes with backends completed (BackendTLSPolicy)", s.backend_tls_handshakes);
+    counter("backend_tls_failures_total",
+            "TLS handshakes with backends failed (verification, alert, close)",
+            s.backend_tls_failures);
     counter("bytes_in_total", "bytes read from clients", s.bytes_in);
     counter("bytes_out_total", "bytes written to clients", s.bytes_out);
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"

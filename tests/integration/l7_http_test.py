@@ -7,7 +7,9 @@ for the pods. Real clients (curl, raw sockets) then check what a user would: rou
 host/path/header, weights, filters, redirects, TLS with SNI and 421, keep-alive reuse,
 chunked bodies, smuggling attempts (400), slowloris (408), a dead backend (503), statuses
 (Programmed=True only after sluice-l7's ACK), a configuration change that keeps an
-established keep-alive connection, and the counters.
+established keep-alive connection, gateway-to-backend TLS (BackendTLSPolicy: trust roots,
+host name and subjectAltName verification, the Gateway's client certificate, h2 over TLS,
+pooled TLS connections kept across a configuration change), and the counters.
 
 usage: l7_http_test.py BUILD_DIR
 """
@@ -165,12 +167,198 @@ def make_cert(work):
     return crt, key
 
 
+def make_backend_pki(work):
+    """A CA, a backend certificate signed by it (DNS abc.example.com and a SPIFFE URI), a
+    client certificate from the same CA, and an unrelated CA."""
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=work)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for ca in ("btls-ca", "other-ca"):
+        run("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+            "-subj", f"/CN={ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    leaves = {"btls-srv": ("abc.example.com",
+                           "DNS:abc.example.com,URI:spiffe://abc.example.com/test-identity"),
+              "btls-client": ("gateway-client", "DNS:client.example.com")}
+    for name, (cn, san) in leaves.items():
+        with open(os.path.join(work, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n")
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "btls-ca.crt", "-CAkey", "btls-ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {n: os.path.join(work, n) for n in ("btls-ca", "other-ca", "btls-srv", "btls-client")}
+
+
+def btls_config(pki, echo_port, big_port, cc_port, need_port):
+    """Backend TLS: one Service per BackendTLSPolicy variant (all on the same TLS echo pod),
+    routes on the main Gateway's HTTP listener (host btls.example.com), and a second Gateway
+    that presents a backend client certificate."""
+    def pem_block(path):
+        return "".join("    " + line for line in open(path).readlines())
+
+    def svc(name, port, app_protocol=""):
+        ap = f", appProtocol: {app_protocol}" if app_protocol else ""
+        return f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: {port}{ap}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: https, port: {port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {{ready: true}}
+"""
+
+    def policy(name, hostname, ca="btls-ca", sans=()):
+        s = ""
+        if sans:
+            s = "    subjectAltNames:\n" + "".join(
+                f"    - {{type: URI, uri: \"{v[4:]}\"}}\n" if v.startswith("URI:") else
+                f"    - {{type: Hostname, hostname: {v[4:]}}}\n" for v in sans)
+        return f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: {name}}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: {ca}}}]
+    hostname: {hostname}
+{s}"""
+
+    variants = {  # service: (path, hostname, CA, subjectAltNames, appProtocol, port)
+        "btls-ok": ("/ok", "abc.example.com", "btls-ca", (), "", echo_port),
+        "btls-wrongca": ("/wrongca", "abc.example.com", "other-ca", (), "", echo_port),
+        "btls-host": ("/host", "mismatch.example.com", "btls-ca", (), "", echo_port),
+        "btls-san": ("/san", "sni.example.com", "btls-ca",
+                     ("DNS:nothing.example.com", "URI:spiffe://abc.example.com/test-identity"), "",
+                     echo_port),
+        "btls-sanbad": ("/sanbad", "abc.example.com", "btls-ca",
+                        ("URI:spiffe://def.example.com/test-identity", "DNS:def.example.com"), "",
+                        echo_port),
+        "btls-h2": ("/h2", "abc.example.com", "btls-ca", (), "kubernetes.io/h2c", echo_port),
+        "btls-big": ("/big", "abc.example.com", "btls-ca", (), "", big_port),
+        "btls-needcert": ("/needcert", "abc.example.com", "btls-ca", (), "", need_port),
+    }
+    out = ""
+    for ca in ("btls-ca", "other-ca"):
+        out += f"""---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {ca}, namespace: default}}
+data:
+  ca.crt: |
+{pem_block(pki[ca] + ".crt")}"""
+    out += f"""---
+apiVersion: v1
+kind: Secret
+metadata: {{name: btls-client, namespace: default}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {b64(pki["btls-client"] + ".crt")}
+  tls.key: {b64(pki["btls-client"] + ".key")}
+"""
+    rules = ""
+    for name, (path, hostname, ca, sans, app_protocol, port) in variants.items():
+        out += svc(name, port, app_protocol) + policy(name, hostname, ca, sans)
+        rules += f"""  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{name: {name}, port: 443}}]
+"""
+    out += f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: btls, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: [btls.example.com]
+  rules:
+{rules}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw-cc, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: http, protocol: HTTP, port: {cc_port}}}
+  tls:
+    backend:
+      clientCertificateRef: {{group: "", kind: Secret, name: btls-client}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: btls-cc, namespace: default}}
+spec:
+  parentRefs: [{{name: gw-cc}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /needcert}}}}]
+    backendRefs: [{{name: btls-needcert, port: 443}}]
+  - backendRefs: [{{name: btls-ok, port: 443}}]
+"""
+    return out
+
+
+def tls_big_backend(port, crt, key, size, client_ca=None):
+    """An HTTP/1.1 backend over TLS whose every answer is `size` bytes (keep-alive): bodies
+    larger than OpenSSL's records and the engine's buffers. With `client_ca` it requires a
+    client certificate signed by that CA."""
+    import threading
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    body = random.Random(7).randbytes(size)
+
+    def serve(conn):
+        try:
+            t = ctx.wrap_socket(conn, server_side=True)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    b = t.recv(65536)
+                    if not b:
+                        return
+                    data += b
+                data = data.split(b"\r\n\r\n", 1)[1]
+                t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+
+    def loop():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return body
+
+
 def b64(path):
     import base64
     return base64.b64encode(open(path, "rb").read()).decode()
 
 
-def config(http_port, https_port, ports, crt, key, extra_rule="", tls_port=0):
+def config(http_port, https_port, ports, crt, key, extra_rule="", tls_port=0, more=""):
     eps = ""
     for name, port in ports.items():
         eps += f"""---
@@ -306,7 +494,7 @@ spec:
   parentRefs: [{{name: gw, sectionName: https-any}}]
   rules:
   - backendRefs: [{{name: echo-b, port: 8080}}]
-""" + eps
+""" + eps + more
 
 
 def main():
@@ -359,6 +547,17 @@ def run(work, log):
     ports = {"echo-a": free_port(), "echo-b": free_port(), "echo-dead": free_port(),
              "echo-bad": free_port(), "echo-tls": free_port()}
     tls_port = free_port()
+    pki = make_backend_pki(work)
+    btls_port, big_port, cc_port, need_port = free_port(), free_port(), free_port(), free_port()
+    start([sys.executable, ECHO, "--tls-listen", f"127.0.0.1:{btls_port}",
+           "--cert", pki["btls-srv"] + ".crt", "--key", pki["btls-srv"] + ".key",
+           "--client-ca", pki["btls-ca"] + ".crt", "--pod", "echo-btls-pod",
+           "--namespace", "default"], log)
+    big_body = tls_big_backend(big_port, pki["btls-srv"] + ".crt", pki["btls-srv"] + ".key",
+                               3 << 20)
+    tls_big_backend(need_port, pki["btls-srv"] + ".crt", pki["btls-srv"] + ".key", 2,
+                    client_ca=pki["btls-ca"] + ".crt")
+    btls = btls_config(pki, btls_port, big_port, cc_port, need_port)
     start([sys.executable, ECHO, "--listen", f"127.0.0.1:{free_port()}", "--tls-listen",
            f"127.0.0.1:{ports['echo-tls']}", "--cert", crt, "--key", key, "--pod", "echo-tls-pod",
            "--namespace", "default"], log)
@@ -369,7 +568,7 @@ def run(work, log):
     cfg = os.path.join(work, "config")
     os.makedirs(cfg)
     with open(os.path.join(cfg, "gw.yaml"), "w") as f:
-        f.write(config(http_port, https_port, ports, crt, key, tls_port=tls_port))
+        f.write(config(http_port, https_port, ports, crt, key, tls_port=tls_port, more=btls))
     sock = os.path.join(work, "l7.sock")
     status = os.path.join(work, "status")
     named["l7"] = start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
@@ -600,6 +799,77 @@ def run(work, log):
     else:
         print(f"  skip  10,000 idle connections (descriptor limit {hard})")
 
+    # Gateway-to-backend TLS (BackendTLSPolicy).
+    def admin_stats():
+        return json.loads(curl([f"http://127.0.0.1:{admin_port}/stats"]).stdout)["l7"]
+
+    def btls_get(path, port=None, host="btls.example.com"):
+        return curl(["-i", f"http://127.0.0.1:{port or http_port}{path}", "-H", f"Host: {host}"])
+
+    def code(r):
+        try:
+            return int(r.stdout.split("\r\n", 1)[0].split(" ")[1])
+        except (IndexError, ValueError):
+            return 0
+
+    before = admin_stats()
+    check(wait_for(lambda: code(btls_get("/ok")) == 200, timeout=10), "backend TLS: /ok answers 200")
+    j = body_json(btls_get("/ok"))
+    tls = j.get("tls") or {}
+    check(j.get("pod") == "echo-btls-pod" and tls.get("serverName") == "abc.example.com" and
+          tls.get("negotiatedProtocol") == "http/1.1" and not tls.get("peerCertificates"),
+          f"right CA + hostname: the backend sees TLS with SNI abc.example.com, ALPN http/1.1, "
+          f"no client certificate ({tls})")
+    for path, what in (("/wrongca", "a CA that did not sign the backend's certificate"),
+                       ("/host", "a hostname the certificate does not carry"),
+                       ("/sanbad", "subjectAltNames the certificate does not carry")):
+        r = btls_get(path)
+        check(500 <= code(r) < 600 and "certificate verify failed" in r.stdout,
+              f"backend TLS with {what} -> {code(r)} ({r.stdout.splitlines()[-1][:120] if r.stdout else r.stderr})")
+    j = body_json(btls_get("/san"))
+    check(j.get("pod") == "echo-btls-pod" and (j.get("tls") or {}).get("serverName") == "sni.example.com",
+          "subjectAltNames (URI) verify instead of the hostname, which stays the SNI")
+    j = body_json(btls_get("/h2"))
+    check(j.get("proto") == "HTTP/2.0" and (j.get("tls") or {}).get("negotiatedProtocol") == "h2",
+          f"appProtocol kubernetes.io/h2c under a BackendTLSPolicy: HTTP/2 over TLS (ALPN h2): "
+          f"{j.get('proto')} {(j.get('tls') or {}).get('negotiatedProtocol')}")
+    want_pem = open(pki["btls-client"] + ".crt").read().strip()
+    wait_for(lambda: code(btls_get("/", port=cc_port)) == 200, timeout=10)
+    j = body_json(btls_get("/", port=cc_port))
+    seen = [p.strip() for p in (j.get("tls") or {}).get("peerCertificates") or []]
+    check(j.get("pod") == "echo-btls-pod" and want_pem in seen,
+          "Gateway spec.tls.backend.clientCertificateRef: the backend receives the client certificate")
+    f0 = admin_stats()["backend_tls_failures"]
+    r = btls_get("/needcert", port=cc_port)
+    check(code(r) == 200, f"a backend that requires a client certificate: 200 with the Gateway's ({code(r)})")
+    r = btls_get("/needcert")
+    check(500 <= code(r) < 600 and admin_stats()["backend_tls_failures"] > f0,
+          f"... and {code(r)} without one, counted in backend_tls_failures "
+          f"({r.stdout.splitlines()[-1][:100] if r.stdout else r.stderr})")
+    # Pooled TLS connections: sequential requests share one handshake.
+    s0 = admin_stats()
+    oks = sum(code(btls_get("/ok")) == 200 for _ in range(6))
+    s1 = admin_stats()
+    hs = s1["backend_tls_handshakes"] - s0["backend_tls_handshakes"]
+    check(oks == 6 and hs <= 1 and s1["upstream_reused"] - s0["upstream_reused"] >= 5,
+          f"6 requests over pooled TLS connections: {hs} new handshake(s)")
+    # A body larger than TLS records and the engine's buffers, both ways.
+    r = subprocess.run(["curl", "-sS", "--max-time", "20", "-o", "-",
+                        f"http://127.0.0.1:{http_port}/big", "-H", "Host: btls.example.com"],
+                       capture_output=True)
+    check(r.stdout == big_body, f"3 MB response over backend TLS arrives intact ({len(r.stdout)} bytes)")
+    upload = b"u" * 700000
+    out = raw(http_port, b"POST /ok/up HTTP/1.1\r\nHost: btls.example.com\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n" % len(upload) + upload, timeout=10)
+    check(status_of(out) == 200, "700 kB request body over backend TLS (200)")
+    after = admin_stats()
+    check(after["backend_tls_failures"] - before["backend_tls_failures"] >= 3 and
+          "sluice_l7_backend_tls_failures_total" in curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout,
+          f"backend_tls_handshakes / backend_tls_failures counted ({after['backend_tls_handshakes']}/"
+          f"{after['backend_tls_failures']})")
+    btls_before_change = admin_stats()["backend_tls_handshakes"]
+    check(code(btls_get("/ok")) == 200, "backend TLS: a pooled connection before the change")
+
     # Configuration change: a keep-alive connection stays up and sees the new rule.
     s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
     s.sendall(b"GET /a/before HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
@@ -608,7 +878,7 @@ def run(work, log):
     backendRefs: [{name: echo-b, port: 8080}]
 """
     with open(os.path.join(cfg, "gw.yaml.tmp"), "w") as f:
-        f.write(config(http_port, https_port, ports, crt, key, extra, tls_port=tls_port))
+        f.write(config(http_port, https_port, ports, crt, key, extra, tls_port=tls_port, more=btls))
     os.rename(os.path.join(cfg, "gw.yaml.tmp"), os.path.join(cfg, "gw.yaml"))
     ok = wait_for(lambda: b"echo-b-pod" in raw(http_port, b"GET /new-rule HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n"), timeout=10)
     s.sendall(b"GET /new-rule/on-old-conn HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
@@ -624,6 +894,11 @@ def run(work, log):
     s.close()
     check(status_of(first) == 200 and ok and status_of(second) == 200 and b"echo-b-pod" in second,
           "config change: new rule served; the established keep-alive connection keeps working")
+    r = curl(["-i", f"http://127.0.0.1:{http_port}/ok", "-H", "Host: btls.example.com"])
+    hs = admin_stats()["backend_tls_handshakes"] - btls_before_change
+    check(" 200 " in r.stdout.split("\r\n")[0] and hs == 0,
+          f"config change without a policy change: the TLS context and its pooled backend "
+          f"connection are reused ({hs} new handshake(s))")
 
     # Counters: stats file and Prometheus text.
     def l7_stats():

@@ -741,6 +741,17 @@ Result<void> Live::start(const std::string& base_yaml, std::vector<EchoPod> pods
                 }
             }
             argv.insert(argv.end(), {"--cert", base + ".crt", "--key", base + ".key"});
+            if (!p.client_ca_pem.empty()) {
+                // echo-basic's TLS_CLIENT_CACERTS: client certificates are asked for and
+                // checked against it (tls.VerifyClientCertIfGiven).
+                const std::string file = base + ".client-ca.crt";
+                std::ofstream out(file, std::ios::binary | std::ios::trunc);
+                out << p.client_ca_pem;
+                if (!out) {
+                    return fail(Errc::Io, "cannot write " + file);
+                }
+                argv.insert(argv.end(), {"--client-ca", file});
+            }
         }
         p.log = dir_ + "/echo/" + p.ns + "_" + p.pod + ".log";
         auto pid = spawn(argv, p.log);

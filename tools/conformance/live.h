@@ -38,6 +38,7 @@ struct EchoPod {
     std::vector<int> tcp_ports;     ///< TCP echo, plain (TCP_ECHO_SERVER)
     std::vector<int> tcp_tls_ports; ///< TCP echo over TLS (TCP_ECHO_SERVER, TLS_PORT)
     std::string cert_pem, key_pem;  ///< the serving certificate of the TLS ports
+    std::string client_ca_pem;      ///< TLS_CLIENT_CACERTS: client certificates requested
     std::string extra_listen;       ///< another HTTP listener ("[::1]:3000"), or ""
     std::string log;                ///< its stdout: the "Echoing back request made to" lines
     pid_t pid = -1;

@@ -231,6 +231,19 @@ void read_echo(const HeaderList& headers, const std::string& body, LiveExchange&
             }
         }
     }
+    // echo-basic's TLS state (present only on TLS connections): what the gateway's
+    // backend connection carried (BackendTLSPolicy SNI, the Gateway's client certificate).
+    if (const Json* tls = jget(j, "tls"); tls && tls->is_object()) {
+        x.backend_tls = true;
+        x.backend_sni = jstr(*tls, "serverName");
+        if (const Json* pc = jget(*tls, "peerCertificates"); pc && pc->is_array()) {
+            for (const Json& pem : *pc) {
+                if (pem.is_string()) {
+                    x.backend_peer_certs.push_back(pem.get<std::string>());
+                }
+            }
+        }
+    }
 }
 
 /// Sends one request (HTTP/1.1, over TLS for https, or HTTP/2 for H2 and
@@ -625,7 +638,7 @@ Outcome eventually(const Json& c0, const Target& t, const LiveCaseEnv& env) {
         const Built b = build(cc["request"], t);
         const LiveExchange x = exchange(t, b, env.request_timeout);
         ++attempts;
-        const Outcome o = compare_live(cc, x);
+        const Outcome o = compare_live(cc, x, env.fixtures);
         if (o.verdict == Verdict::Skip) {
             return o;
         }
@@ -964,7 +977,7 @@ Outcome tls_rejected(const Target& t, const LiveCaseEnv& env) {
 
 } // namespace
 
-std::string live_skip_reason(const Json& c, const TestSpec& t) {
+std::string live_skip_reason(const Json& c, const TestSpec& /*t*/) {
     const Json* req = jget(c, "request");
     const Json* exp = jget(c, "expect");
     if (!req || !exp) {
@@ -977,18 +990,6 @@ std::string live_skip_reason(const Json& c, const TestSpec& t) {
     }
     if (protocol == "TCP" || protocol == "UDP") {
         return "L4 dataplane (TCPRoute/UDPRoute traffic is sluice-dataplane's, not sluice-l7's)";
-    }
-    static const char* const kBackendTls =
-        "gateway-to-backend TLS: sluice-l7 does not originate TLS to backends yet "
-        "(BackendTLSPolicy, backend client certificates)";
-    for (const std::string& f : t.features) {
-        if (f == "BackendTLSPolicy" || f == "GatewayBackendClientCertificate") {
-            return kBackendTls;
-        }
-    }
-    if (const Json* br = jget(*exp, "backend_request");
-        br && (jget(*br, "tls_sni") || jget(*br, "tls_client_cert"))) {
-        return kBackendTls;
     }
     static const std::set<std::string> kProtocols = {"HTTP", "HTTPS", "H2", "H2C_PRIOR_KNOWLEDGE",
                                                      "GRPC", "TLS",   "WS"};

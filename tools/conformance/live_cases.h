@@ -4,7 +4,8 @@
 /// Traffic mode's cases: each case of cases.json sent as real traffic to the Gateway's
 /// status address (HTTP/1.1, HTTPS with the case's SNI, trust root and client
 /// certificate, HTTP/2 over TLS or h2c, gRPC, WebSocket, and the TCP echo dialogue over
-/// TLSRoute listeners), judged with the suite's rules (REFERENCE.md section 6):
+/// TLSRoute listeners), judged with the suite's rules (REFERENCE.md section 6, including
+/// the SNI and client certificate a TLS backend saw from the gateway):
 /// 3 consecutive successes within a time limit, 5 consecutive non-200 answers for
 /// expect_failure_not_200, 408/504 equivalence, a weighted distribution over 500
 /// requests (10 at a time, +/- the case's tolerance, zero for weight 0), mirrors read from

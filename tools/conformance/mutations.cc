@@ -101,6 +101,76 @@ std::string fixture_pem(const MutEnv& e, const std::string& ref) {
     return it == e.fx.cert_pem.end() ? "" : it->second;
 }
 
+// ---- the same steps on traffic mode's config files
+
+TextDoc* find_doc(LiveMutEnv& e, const std::string& kind, const std::string& name) {
+    for (TextDoc& d : e.docs) {
+        if (d.kind == kind && d.name == name && (d.ns.empty() || d.ns == kInfra)) {
+            return &d;
+        }
+    }
+    return nullptr;
+}
+
+/// A CA ConfigMap document with `pem` as ca.crt ("" = an empty value).
+std::string config_map_doc(const std::string& name, const std::string& pem) {
+    std::string y = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " + name +
+                    "\n  namespace: " + kInfra + "\ndata:\n";
+    if (pem.empty()) {
+        return y + "  ca.crt: \"\"\n";
+    }
+    y += "  ca.crt: |\n";
+    size_t start = 0;
+    while (start < pem.size()) {
+        size_t nl = pem.find('\n', start);
+        if (nl == std::string::npos) {
+            nl = pem.size();
+        }
+        y += "    " + pem.substr(start, nl - start) + "\n";
+        start = nl + 1;
+    }
+    return y;
+}
+
+std::string live_fixture_pem(const LiveMutEnv& e, const std::string& ref) {
+    if (!e.fx) {
+        return "";
+    }
+    auto it = e.fx->cert_pem.find(ref);
+    return it == e.fx->cert_pem.end() ? "" : it->second;
+}
+
+/// Points the first caCertificateRefs entry of a policy document at ConfigMap `cm`.
+std::string live_set_policy_ca(LiveMutEnv& e, const std::string& policy, const std::string& from,
+                               const std::string& cm) {
+    TextDoc* d = find_doc(e, "BackendTLSPolicy", policy);
+    if (!d) {
+        return "the test's manifests hold no BackendTLSPolicy " + policy;
+    }
+    const std::string old = "name: \"" + from + "\"";
+    const size_t at = d->text.find(old);
+    if (at == std::string::npos || d->text.find(old, at + 1) != std::string::npos) {
+        return "BackendTLSPolicy " + policy + " does not name ConfigMap " + from + " once";
+    }
+    d->text.replace(at, old.size(), "name: \"" + cm + "\"");
+    return "";
+}
+
+/// Creates or replaces the runner's CA ConfigMap document `cm`.
+std::string live_set_config_map(LiveMutEnv& e, const std::string& cm, const std::string& pem,
+                                bool create) {
+    TextDoc* d = find_doc(e, "ConfigMap", cm);
+    if (create && !d) {
+        e.docs.push_back(TextDoc{"ConfigMap", kInfra, cm, ""});
+        d = &e.docs.back();
+    }
+    if (!d) {
+        return "no ConfigMap " + cm + " in the test's manifests";
+    }
+    d->text = config_map_doc(cm, pem);
+    return "";
+}
+
 } // namespace
 
 void stamp_creation(cp::Store& s, int64_t when) {
@@ -343,12 +413,16 @@ std::vector<Mutation> mutations_for(const std::string& test) {
         };
     } else if (test == "BackendTLSPolicy") {
         const std::string cm = "tls-checks-ca-certificate-reconcile-test";
+        const std::string ca = std::string(kInfra) + "/tls-checks-ca-certificate";
         m.push_back({"point reconcile-test at the missing ConfigMap " + cm,
                      "",
                      "BackendTLSPolicyMustHaveCondition",
                      11,
                      {},
                      [cm](MutEnv& e) { return set_policy_ca(e, "reconcile-test", cm); }});
+        m.back().live = [cm](LiveMutEnv& e) {
+            return live_set_policy_ca(e, "reconcile-test", "tls-checks-ca-certificate", cm);
+        };
         m.push_back({"create ConfigMap " + cm + " (copy of tls-checks-ca-certificate)",
                      "",
                      "BackendTLSPolicyMustHaveCondition",
@@ -365,12 +439,18 @@ std::vector<Mutation> mutations_for(const std::string& test) {
                          stamp_creation(e.store, e.now);
                          return why.empty() ? set_config_map_ca(e, cm, pem) : why;
                      }});
+        m.back().live = [cm, ca](LiveMutEnv& e) {
+            const std::string pem = live_fixture_pem(e, ca);
+            return pem.empty() ? "no runtime fixture " + ca
+                               : live_set_config_map(e, cm, pem, /*create=*/true);
+        };
         m.push_back({"blank ca.crt of " + cm,
                      "",
                      "BackendTLSPolicyMustHaveCondition",
                      15,
                      {},
                      [cm](MutEnv& e) { return set_config_map_ca(e, cm, ""); }});
+        m.back().live = [cm](LiveMutEnv& e) { return live_set_config_map(e, cm, "", false); };
         m.push_back({"restore ca.crt of " + cm,
                      "",
                      "BackendTLSPolicyMustHaveCondition",
@@ -381,6 +461,11 @@ std::vector<Mutation> mutations_for(const std::string& test) {
                              e, cm,
                              fixture_pem(e, std::string(kInfra) + "/tls-checks-ca-certificate"));
                      }});
+        m.back().live = [cm, ca](LiveMutEnv& e) {
+            const std::string pem = live_fixture_pem(e, ca);
+            return pem.empty() ? "no runtime fixture " + ca
+                               : live_set_config_map(e, cm, pem, /*create=*/false);
+        };
     }
     return m;
 }

@@ -45,6 +45,7 @@ struct LiveMutEnv {
     std::function<std::vector<std::string>(const std::string& ns, const std::string& deployment,
                                            bool v6)>
         pod_addresses;
+    const Fixtures* fx = nullptr; ///< the runtime fixtures (CA certificates to copy)
 };
 
 struct Mutation {

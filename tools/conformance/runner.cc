@@ -196,10 +196,12 @@ constexpr const char* kV6Deployment = "gateway-conformance-infra/infra-backend-v
 /// What a Deployment's echo-basic container is configured for, by its environment:
 /// GRPC_ECHO_SERVER (the gRPC echo on HTTP_PORT), TCP_ECHO_SERVER (the TCP echo on
 /// TCP_PORT, and on TLS_PORT over TLS), TLS_SERVER_CERT (HTTPS on HTTPS_PORT, or the
-/// TCP echo's TLS port) with the Secret mounted for it.
+/// TCP echo's TLS port) with the Secret mounted for it, TLS_CLIENT_CACERTS (client
+/// certificates requested and verified) with the ConfigMap mounted for it.
 struct EchoMode {
     bool grpc = false, tcp = false;
     std::string tls_secret; ///< "ns/name" of the serving certificate, or ""
+    std::string client_ca;  ///< "ns/name" of the client CA ConfigMap, or ""
 };
 
 /// The echo-basic TLS port (HTTPS_PORT and TLS_PORT default to 8443 in the suite's image).
@@ -223,7 +225,7 @@ std::map<std::string, EchoMode> echo_modes(const std::vector<cp::Document>& docs
         const std::string ns = scalar(md->get("namespace")).empty() ? std::string("default")
                                                                     : scalar(md->get("namespace"));
         EchoMode m;
-        bool tls_env = false;
+        bool tls_env = false, client_ca_env = false;
         if (const cp::Node* cs = pod->get("containers"); cs && cs->is_seq()) {
             for (const cp::Node& c : cs->items) {
                 const cp::Node* env = c.get("env");
@@ -235,6 +237,7 @@ std::map<std::string, EchoMode> echo_modes(const std::vector<cp::Document>& docs
                     m.grpc = m.grpc || name == "GRPC_ECHO_SERVER";
                     m.tcp = m.tcp || name == "TCP_ECHO_SERVER";
                     tls_env = tls_env || name == "TLS_SERVER_CERT";
+                    client_ca_env = client_ca_env || name == "TLS_CLIENT_CACERTS";
                 }
             }
         }
@@ -243,6 +246,11 @@ std::map<std::string, EchoMode> echo_modes(const std::vector<cp::Document>& docs
                 const cp::Node* sec = v.get("secret");
                 if (sec && m.tls_secret.empty() && !scalar(sec->get("secretName")).empty()) {
                     m.tls_secret = ns + "/" + scalar(sec->get("secretName"));
+                }
+                const cp::Node* cm = v.get("configMap");
+                if (client_ca_env && cm && m.client_ca.empty() &&
+                    !scalar(cm->get("name")).empty()) {
+                    m.client_ca = ns + "/" + scalar(cm->get("name"));
                 }
             }
         }
@@ -323,6 +331,9 @@ std::vector<EchoPod> make_pods(const cp::Store& s, bool v6,
             if (tls) {
                 p.cert_pem = cert->second;
                 p.key_pem = key->second;
+                if (auto ca = fx.cert_pem.find(mode.client_ca); ca != fx.cert_pem.end()) {
+                    p.client_ca_pem = ca->second;
+                }
             }
             if (v6 && r == 0 && d.meta.ns + "/" + d.meta.name == kV6Deployment &&
                 !p.http_ports.empty()) {
@@ -465,17 +476,13 @@ public:
                 return 2;
             }
         }
-        if (o_.mode == "traffic") {
-            if (int rc = start_live(*base); rc != 0) {
-                return rc;
-            }
-        }
         for (const std::string& t : o_.tests) {
             if (!cf->tests.count(t)) {
                 err_ << "sluice-conformance: no test " << t << " in " << o_.cases_file << "\n";
                 unreadable_ = true;
             }
         }
+        std::vector<const TestSpec*> selected;
         for (const auto& [name, spec] : cf->tests) {
             if (!o_.tests.empty() &&
                 std::find(o_.tests.begin(), o_.tests.end(), name) == o_.tests.end()) {
@@ -484,6 +491,16 @@ public:
             if (run_re && !std::regex_search(name, *run_re)) {
                 continue;
             }
+            selected.push_back(&spec);
+        }
+        if (o_.mode == "traffic") {
+            if (int rc = start_live(*base, selected); rc != 0) {
+                return rc;
+            }
+        }
+        for (const TestSpec* sp : selected) {
+            const std::string& name = sp->name;
+            const TestSpec& spec = *sp;
             std::vector<const CaseSpec*> cases;
             for (const CaseSpec& c : cf->cases) {
                 if (c.test == name) {
@@ -505,8 +522,10 @@ public:
 
 private:
     /// Traffic mode: starts the echo pods, sluice-l7 and the controlplane with the base
-    /// manifests. Returns 0, or the exit status to end with.
-    int start_live(const std::string& base_text) {
+    /// manifests. The Deployments of the selected tests' own manifests get their echo pods
+    /// now too (their EndpointSlices come with the test's manifests). Returns 0, or the
+    /// exit status to end with.
+    int start_live(const std::string& base_text, const std::vector<const TestSpec*>& tests) {
         if (::geteuid() != 0) {
             std::ifstream in("/proc/sys/net/ipv4/ip_unprivileged_port_start");
             int start = 1024;
@@ -525,7 +544,10 @@ private:
         cp::Store base;
         cp::load_documents(base_docs_, lo, base, diags);
         cp::load_documents(fixture_docs_, lo, base, diags);
-        pods_ = make_pods(base, ipv6_loopback_usable(), echo_modes(base_docs_), fx_);
+        cp::Store with_tests = base;
+        std::map<std::string, EchoMode> modes = echo_modes(base_docs_);
+        add_test_deployments(tests, lo, with_tests, modes);
+        pods_ = make_pods(with_tests, ipv6_loopback_usable(), modes, fx_);
         const std::string klass = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
                                   "metadata:\n  name: " +
                                   std::string(kClassName) +
@@ -548,6 +570,52 @@ private:
         }
         pods_ = live_->pods();
         return 0;
+    }
+
+    /// The Deployments in the manifests of `tests` (not the L4 ones: their traffic is not
+    /// sent) and the Services of the same files that select them, added to `store`, with
+    /// their echo modes. A Deployment already known (the base's) is left alone.
+    void add_test_deployments(const std::vector<const TestSpec*>& tests, const cp::LoadOptions& lo,
+                              cp::Store& store, std::map<std::string, EchoMode>& modes) {
+        std::set<std::string> files;
+        for (const TestSpec* t : tests) {
+            const bool l4 = std::any_of(t->features.begin(), t->features.end(), [](const auto& f) {
+                return f == "TCPRoute" || f == "UDPRoute";
+            });
+            if (!l4) {
+                files.insert(t->manifests.begin(), t->manifests.end());
+            }
+        }
+        for (const std::string& m : files) {
+            const std::string path = o_.manifests_dir + "/tests/" + m;
+            auto text = read_file(path);
+            if (!text || text->find("kind: Deployment") == std::string::npos) {
+                continue;
+            }
+            cp::Diagnostics diags;
+            auto docs = cp::parse_yaml(*text, path, cp::LoadLimits{}, diags);
+            cp::Store file;
+            cp::load_documents(docs, lo, file, diags);
+            for (const auto& [key, mode] : echo_modes(docs)) {
+                modes.emplace(key, mode);
+            }
+            for (const cp::Deployment& d : file.deployments) {
+                const bool known =
+                    std::any_of(store.deployments.begin(), store.deployments.end(),
+                                [&](const cp::Deployment& o) {
+                                    return o.meta.ns == d.meta.ns && o.meta.name == d.meta.name;
+                                });
+                if (known) {
+                    continue;
+                }
+                store.deployments.push_back(d);
+                for (const cp::Service& svc : file.services) {
+                    if (svc.meta.ns == d.meta.ns && selects(svc.selector, d.pod_labels)) {
+                        store.services.push_back(svc);
+                    }
+                }
+            }
+        }
     }
 
     std::vector<std::string> pod_addresses(const std::string& ns, const std::string& deployment,
@@ -616,8 +684,11 @@ private:
                 if (!m.live) {
                     live_broken = "step \"" + m.what + "\" is not replayed over traffic";
                 } else {
-                    LiveMutEnv env{docs, [this](const std::string& ns, const std::string& d,
-                                                bool v6) { return pod_addresses(ns, d, v6); }};
+                    LiveMutEnv env{docs,
+                                   [this](const std::string& ns, const std::string& d, bool v6) {
+                                       return pod_addresses(ns, d, v6);
+                                   },
+                                   &fx_};
                     if (std::string why = m.live(env); !why.empty()) {
                         live_broken = "step \"" + m.what + "\" failed: " + why;
                     }

@@ -84,6 +84,10 @@ struct Sim {
     std::vector<Header> response_headers;
     std::string identity; ///< echo pod prefix when forwarded
     std::string ns;       ///< echo pod namespace when forwarded ("" otherwise)
+    // Live only: the backend's side of a gateway-to-backend TLS connection.
+    bool backend_tls = false;
+    std::string backend_sni;
+    std::vector<std::string> backend_peer_certs;
 };
 
 struct Ctx {
@@ -480,16 +484,43 @@ Outcome check_backend_request(const Ctx& x, const Sim& s) {
             return o;
         }
     }
-    if (auto sni = jopt_str(*br, "tls_sni"); sni && !sni->empty()) {
-        if (x.live) {
-            return skipped("the backend's TLS SNI is not observed over plain HTTP");
+    if (auto sni = jopt_str(*br, "tls_sni"); sni && !sni->empty() && x.live) {
+        if (!s.backend_tls) {
+            return failed("the backend saw a plaintext connection; expected TLS with SNI " + *sni);
         }
+        if (s.backend_sni != *sni) {
+            return failed("the backend saw TLS SNI \"" + s.backend_sni + "\", expected " + *sni);
+        }
+    } else if (sni && !sni->empty()) {
         const ir::BackendGroup& g = x.w.out->ir.groups[s.d.group];
         if (!g.tls) {
             return failed("backend connection is not TLS; expected SNI " + *sni);
         }
         if (g.tls_sni != *sni) {
             return failed("backend TLS SNI " + g.tls_sni + ", expected " + *sni);
+        }
+    }
+    if (auto cc = jopt_str(*br, "tls_client_cert"); cc && !cc->empty() && x.live) {
+        // "PEM of secret ns/name tls.crt must be among the backend-observed TLS peer
+        // certificates"
+        const size_t at = cc->find("secret ");
+        std::string ref = at == std::string::npos ? "" : cc->substr(at + 7);
+        ref = ref.substr(0, ref.find(' '));
+        auto it = x.fx.cert_pem.find(ref);
+        if (it == x.fx.cert_pem.end()) {
+            return failed("no runtime fixture for the expected client certificate (" + *cc + ")");
+        }
+        auto squash = [](std::string v) {
+            std::erase_if(v, [](char c) { return c == '\n' || c == '\r' || c == ' '; });
+            return v;
+        };
+        const std::string want = squash(it->second);
+        const bool seen = std::any_of(s.backend_peer_certs.begin(), s.backend_peer_certs.end(),
+                                      [&](const std::string& pem) { return squash(pem) == want; });
+        if (!seen) {
+            return failed("the backend did not receive the client certificate " + ref + " (" +
+                          std::to_string(s.backend_peer_certs.size()) +
+                          " peer certificate(s) seen)");
         }
     }
     return pass();
@@ -1100,7 +1131,7 @@ Outcome evaluate_case(const Json& c, const World& w, const Fixtures& fx) {
     }
 }
 
-Outcome compare_live(const Json& c, const LiveExchange& lx) {
+Outcome compare_live(const Json& c, const LiveExchange& lx, const Fixtures* fx) {
     try {
         const Json* req = jget(c, "request");
         const Json* exp = jget(c, "expect");
@@ -1109,7 +1140,7 @@ Outcome compare_live(const Json& c, const LiveExchange& lx) {
         }
         static const World kNoIr;
         static const Fixtures kNoFixtures;
-        Ctx x{c, *req, *exp, kNoIr, kNoFixtures, {}, false, true};
+        Ctx x{c, *req, *exp, kNoIr, fx ? *fx : kNoFixtures, {}, false, true};
         x.r.scheme = lx.scheme;
         x.r.method = lx.method;
         x.r.target = lx.target;
@@ -1131,6 +1162,9 @@ Outcome compare_live(const Json& c, const LiveExchange& lx) {
             for (const auto& [k, v] : lx.backend_headers) {
                 s.d.fwd.headers.push_back({k, v});
             }
+            s.backend_tls = lx.backend_tls;
+            s.backend_sni = lx.backend_sni;
+            s.backend_peer_certs = lx.backend_peer_certs;
         }
         return compare(x, s);
     } catch (const Json::exception& e) {

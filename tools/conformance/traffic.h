@@ -45,12 +45,19 @@ struct LiveExchange {
     std::string pod, ns; ///< the echo pod's name and namespace
     std::string backend_method, backend_path, backend_host;
     std::vector<std::pair<std::string, std::string>> backend_headers; ///< as the echo saw them
+    // The gateway-to-backend TLS connection as the echo saw it (its JSON "tls" object).
+    bool backend_tls = false;
+    std::string backend_sni;                     ///< tls.serverName
+    std::vector<std::string> backend_peer_certs; ///< tls.peerCertificates (PEM)
 };
 
 /// Compares a real exchange with the expectation of an eventually-consistent HTTP case
 /// (status, redirect Location, the request the backend saw, which pod answered, response
-/// headers), with the same rules evaluate_case applies to a simulated answer. Mirrors and
-/// weights are judged by the caller (pod logs, request samples). Thread: any.
-[[nodiscard]] Outcome compare_live(const Json& c, const LiveExchange& x);
+/// headers, and the SNI and client certificate the backend saw on a gateway-to-backend TLS
+/// connection, the latter looked up in `fx`), with the same rules evaluate_case applies to
+/// a simulated answer. Mirrors and weights are judged by the caller (pod logs, request
+/// samples). Thread: any.
+[[nodiscard]] Outcome compare_live(const Json& c, const LiveExchange& x,
+                                   const Fixtures* fx = nullptr);
 
 } // namespace sluice::conformance

@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -20,6 +21,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "backend_tls.h"
 #include "client_hello.h"
 #include "decide.h"
 #include "h2.h"
@@ -29,6 +31,9 @@
 namespace sluice::l7 {
 
 namespace {
+
+/// Backend TLS handshake failures are logged at most once per this interval per worker.
+constexpr uint64_t kTlsLogMs = 10000;
 
 uint64_t now_ms() noexcept {
     timespec ts{};
@@ -64,11 +69,44 @@ struct Port {
     std::vector<std::shared_ptr<ListenSock>> socks; ///< one per worker (SO_REUSEPORT)
 };
 
+/// Gateway-to-backend TLS of one backend group (BackendTLSPolicy): the context for
+/// Gateways without a backend client certificate, and one per Gateway that has one. A null
+/// context is one that could not be built: requests to the group get 502.
+struct GroupTls {
+    bool tls = false;
+    std::shared_ptr<const BackendTls> plain;
+    std::vector<std::pair<uint32_t, std::shared_ptr<const BackendTls>>> by_gateway;
+};
+
 struct Tables {
     uint64_t generation = 0;
     ir::Ir ir;
     std::vector<Port> ports;
+    std::vector<GroupTls> group_tls;        ///< by group index
+    std::vector<uint32_t> listener_gateway; ///< listener index -> gateway index
 };
+
+/// The TLS context for requests to `group` arriving on `listener`: nullptr for a plain
+/// group, and also (with `broken` set) for a TLS group whose context could not be built.
+const BackendTls* backend_tls_for(const Tables& t, uint32_t group, uint32_t listener,
+                                  bool& broken) noexcept {
+    broken = false;
+    if (group >= t.group_tls.size() || !t.group_tls[group].tls) {
+        return nullptr;
+    }
+    const GroupTls& gt = t.group_tls[group];
+    const uint32_t gw =
+        listener < t.listener_gateway.size() ? t.listener_gateway[listener] : ir::kNone;
+    const BackendTls* out = gt.plain.get();
+    for (const auto& [g, ctx] : gt.by_gateway) {
+        if (g == gw) {
+            out = ctx.get();
+            break;
+        }
+    }
+    broken = out == nullptr;
+    return out;
+}
 
 // ---------------------------------------------------------------- buffers
 
@@ -226,6 +264,7 @@ struct alignas(64) Counters {
         up_reused{0}, retries{0}, ejections{0}, mirrors{0}, bad_requests{0}, timeouts{0},
         tunnels{0}, tunnel_refused{0}, h2_connections{0}, h2_streams{0}, h2_abuse{0},
         bytes_in{0}, bytes_out{0};
+    std::atomic<uint64_t> backend_tls_handshakes{0}, backend_tls_failures{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
@@ -244,6 +283,9 @@ struct Engine::Impl {
     std::atomic<uint64_t> version{0};
     /// dp-control only: bound sockets by "tls|address|port", reused across generations.
     std::map<std::string, std::vector<std::shared_ptr<ListenSock>>> bound;
+    /// dp-control only: backend TLS contexts by BackendTlsConfig::key(), reused across
+    /// generations (an unchanged policy keeps its context and its pooled connections).
+    std::map<std::string, std::shared_ptr<const BackendTls>> backend_tls;
     std::vector<std::unique_ptr<Worker>> workers;
     int log_fd = -1;
 };
@@ -295,7 +337,12 @@ struct H2Back final : H2Session::Handler {
 struct Upstream : Io {
     Exchange* owner = nullptr;     ///< the exchange it serves; nullptr when pooled or a mirror
     Exchange* mirror_of = nullptr; ///< mirrors: the exchange whose request is copied
+    /// Ready for the exchange's bytes: TCP up and, with TLS, the handshake done.
     bool connected = false;
+    bool tcp_up = false; ///< the TCP connect completed
+    // Gateway-to-backend TLS (BackendTLSPolicy): the handshake runs after the TCP connect.
+    SSL* ssl = nullptr;
+    bool ssl_want_write = false; ///< OpenSSL waits for the socket to take bytes
     bool eof = false;
     bool mirror = false;
     std::string key;      ///< "address|port": health key
@@ -353,7 +400,10 @@ struct Exchange {
     std::string upstream_name;
     std::vector<Upstream*> mirrors;
     bool grpc = false;  ///< content-type application/grpc: GRPCRoute tables, gRPC answers
-    bool up_h2 = false; ///< the backend speaks h2c
+    bool up_h2 = false; ///< the backend speaks h2c (HTTP/2 over TLS with BackendTLSPolicy)
+    /// The backend group's TLS context (BackendTLSPolicy); in x.t's tables, so valid while
+    /// the exchange lives. nullptr = plaintext.
+    const BackendTls* up_tls = nullptr;
     std::vector<H2Header> up_h2_head; ///< the request for an h2c backend (kept for retries)
     // HTTP/2 client stream: request body
     Buf req_buf;                  ///< DATA not yet given to the backend
@@ -425,7 +475,13 @@ struct Worker {
     /// TLS connections with decrypted bytes buffered inside OpenSSL that epoll cannot
     /// announce: read again at the end of this loop turn.
     std::vector<Conn*> kick;
+    std::vector<Upstream*> kick_up; ///< the same for TLS backend connections
     uint64_t accept_paused_until = 0;
+    /// Backend TLS handshake failures not logged yet: one line per burst (the sweep writes
+    /// it, at most every kTlsLogMs), with the count and the last reason.
+    uint64_t tls_fail_unlogged = 0;
+    uint64_t tls_fail_logged_at = 0;
+    char tls_fail_last[320] = {};
     /// Per route metrics: counted here without synchronisation, copied under `pub_mu` to
     /// `published` once a second for the exporter.
     std::unordered_map<std::string, RouteStats> route_local;
@@ -484,7 +540,12 @@ struct Worker {
                 const std::vector<std::pair<std::string, std::string>>& extra,
                 std::string_view body, bool close);
     bool attempt(Exchange& x);
-    Upstream* connect_to(const ir::BackendGroup& g, std::string& why, bool h2);
+    Upstream* connect_to(const ir::BackendGroup& g, std::string& why, bool h2,
+                         const BackendTls* tls);
+    bool upstream_handshake(Upstream& u);
+    void read_upstream(Upstream& u);
+    void note_tls_failure(const Upstream& u, char* why, size_t n);
+    void log_tls_failures();
     void forward_body(Exchange& x);
     void forward_request_body(Conn& c);
     void upstream_progress(Upstream& u);
@@ -659,6 +720,75 @@ Engine::~Engine() {
     }
 }
 
+namespace {
+
+/// Gateway-to-backend TLS contexts of the tables: for each group under a BackendTLSPolicy,
+/// one for Gateways without a backend client certificate and one per Gateway with one.
+/// Contexts whose inputs did not change since the last apply are reused (e.backend_tls);
+/// one that cannot be built is logged and left null (its requests get 502).
+void build_backend_tls(Engine::Impl& e, Tables& t) {
+    const ir::Ir& x = t.ir;
+    t.listener_gateway.assign(x.listeners.size(), ir::kNone);
+    for (uint32_t gi = 0; gi < x.gateways.size(); ++gi) {
+        for (uint32_t li : x.gateways[gi].listeners) {
+            if (li < t.listener_gateway.size()) {
+                t.listener_gateway[li] = gi;
+            }
+        }
+    }
+    t.group_tls.assign(x.groups.size(), GroupTls{});
+    std::map<std::string, std::shared_ptr<const BackendTls>> next;
+    auto get = [&](const BackendTlsConfig& cfg, const std::string& what) {
+        const std::string key = cfg.key();
+        if (auto it = next.find(key); it != next.end()) {
+            return it->second;
+        }
+        std::shared_ptr<const BackendTls> ctx;
+        if (auto it = e.backend_tls.find(key); it != e.backend_tls.end()) {
+            ctx = it->second;
+        } else if (auto built = BackendTls::build(cfg)) {
+            ctx = std::move(*built);
+        } else {
+            std::fprintf(stderr, "sluice-l7: backend TLS for %s: %s; its requests get 502\n",
+                         what.c_str(), built.error().message.c_str());
+        }
+        next[key] = ctx;
+        return ctx;
+    };
+    for (uint32_t gi = 0; gi < x.groups.size(); ++gi) {
+        const ir::BackendGroup& g = x.groups[gi];
+        if (!g.tls) {
+            continue;
+        }
+        const std::string what = g.ns + "/" + g.name + ":" + std::to_string(g.port) +
+                                 " (BackendTLSPolicy " + g.tls_policy + ")";
+        BackendTlsConfig cfg;
+        cfg.sni = g.tls_sni;
+        cfg.sans = g.tls_sans;
+        cfg.ca_pem = g.tls_ca_pem;
+        GroupTls& gt = t.group_tls[gi];
+        gt.tls = true;
+        gt.plain = get(cfg, what);
+        for (uint32_t gw = 0; gw < x.gateways.size(); ++gw) {
+            const ir::CertRef& cc = x.gateways[gw].backend_client_cert;
+            if (cc.cert_pem.empty()) {
+                continue;
+            }
+            BackendTlsConfig with = cfg;
+            with.client_cert_pem = cc.cert_pem;
+            with.client_key_pem = cc.key_pem;
+            gt.by_gateway.emplace_back(gw,
+                                       get(with, what + " from Gateway " + x.gateways[gw].ns + "/" +
+                                                     x.gateways[gw].name + " (client certificate " +
+                                                     cc.ns + "/" + cc.name + ")"));
+        }
+    }
+    std::erase_if(next, [](const auto& kv) { return kv.second == nullptr; });
+    e.backend_tls = std::move(next);
+}
+
+} // namespace
+
 Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
     Impl& e = *impl_;
     auto t = std::make_shared<Tables>();
@@ -802,6 +932,7 @@ Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
         t->ports.push_back(std::move(p));
     }
     e.bound = std::move(bound); // sockets of ports that went away close with the old tables
+    build_backend_tls(e, *t);
     {
         std::lock_guard<std::mutex> lock(e.mu);
         e.tables = std::move(t);
@@ -850,6 +981,8 @@ EngineStats Engine::stats() const {
         s.h2_abuse += ld(c.h2_abuse);
         s.bytes_in += ld(c.bytes_in);
         s.bytes_out += ld(c.bytes_out);
+        s.backend_tls_handshakes += ld(c.backend_tls_handshakes);
+        s.backend_tls_failures += ld(c.backend_tls_failures);
     }
     std::lock_guard<std::mutex> lock(impl_->mu);
     s.generation = impl_->tables ? impl_->tables->generation : 0;
@@ -889,6 +1022,16 @@ void Worker::loop(const std::atomic<bool>& stop) {
             }
         }
         kick.clear();
+        for (int round = 0; round < 4 && !kick_up.empty(); ++round) {
+            std::vector<Upstream*> k;
+            k.swap(kick_up);
+            for (Upstream* u : k) {
+                if (!u->dead) {
+                    on_upstream(*u, EPOLLIN);
+                }
+            }
+        }
+        kick_up.clear();
         if (now - last_sweep >= 20) {
             last_sweep = now;
             sweep();
@@ -917,6 +1060,9 @@ void Worker::loop(const std::atomic<bool>& stop) {
     }
     for (Upstream* u : std::vector<Upstream*>(ups)) {
         close_upstream(*u);
+    }
+    if (tls_fail_unlogged > 0) {
+        log_tls_failures();
     }
     dead_x.clear();
     for (Io* io : graveyard) {
@@ -1106,6 +1252,16 @@ void Worker::close_upstream(Upstream& u) {
                 break;
             }
         }
+    }
+    if (u.ssl) {
+        // close_notify for a connection that is still sound (one write attempt, no wait).
+        if (u.connected && !u.eof && !(SSL_get_shutdown(u.ssl) & SSL_SENT_SHUTDOWN)) {
+            ERR_clear_error();
+            SSL_shutdown(u.ssl);
+            ERR_clear_error();
+        }
+        SSL_free(u.ssl);
+        u.ssl = nullptr;
     }
     epoll_ctl(ep, EPOLL_CTL_DEL, u.fd, nullptr);
     ::close(u.fd);
@@ -1442,7 +1598,13 @@ void Worker::progress(Conn& c) {
                 }
             }
             if (c.read_eof && x.up && !x.up->dead) {
-                ::shutdown(x.up->fd, SHUT_WR);
+                if (!x.up->ssl) {
+                    ::shutdown(x.up->fd, SHUT_WR);
+                } else if (x.up->connected && !(SSL_get_shutdown(x.up->ssl) & SSL_SENT_SHUTDOWN)) {
+                    ERR_clear_error();
+                    SSL_shutdown(x.up->ssl); // close_notify: TLS's half-close, sent once
+                    ERR_clear_error();
+                }
             }
             break;
         }
@@ -1583,6 +1745,17 @@ void Worker::route_exchange(Exchange& x, const route::Request& rq, std::string_v
     if (x.up_h2) {
         x.upgrade = false; // no tunnel over an HTTP/2 stream
     }
+    bool tls_broken = false;
+    x.up_tls = backend_tls_for(*t, d.group, d.m.listener, tls_broken);
+    if (tls_broken) {
+        Counters::inc(this->c.up_failures);
+        x.status = 502;
+        answer(x, 502, {}, "502 the backend's TLS configuration (BackendTLSPolicy) is unusable\n",
+               close);
+        x.req_done = true;
+        finish_exchange(x);
+        return;
+    }
     build_upstream_request(x, conn_tokens, upgrade_proto);
     uint32_t req_timeout = x.rule ? x.rule->timeout_request_ms : 0;
     if (req_timeout == 0) {
@@ -1665,7 +1838,7 @@ void Worker::build_upstream_request(Exchange& x, std::string_view conn_tokens,
     std::vector<H2Header>& hs = x.up_h2_head;
     hs.clear();
     hs.push_back({":method", d.fwd.method});
-    hs.push_back({":scheme", "http"});
+    hs.push_back({":scheme", x.up_tls ? "https" : "http"});
     hs.push_back({":authority", d.fwd.host});
     hs.push_back({":path", d.fwd.path});
     bool te = false;
@@ -1698,7 +1871,8 @@ void Worker::answer(Exchange& x, uint16_t status,
     }
 }
 
-Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h2) {
+Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h2,
+                             const BackendTls* tls) {
     // Round-robin over ready endpoints, skipping ejected ones while any other is left.
     std::vector<const ir::Endpoint*> ready;
     for (const ir::Endpoint& ep : g.endpoints) {
@@ -1724,7 +1898,11 @@ Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h
         pick = ready[cursor++ % ready.size()]; // every endpoint ejected: try anyway
     }
     const std::string key = endpoint_key(*pick);
-    const std::string pool_key = h2 ? "h2|" + key : key;
+    // A pooled connection serves only requests of the same protocol and TLS context.
+    std::string pool_key = h2 ? "h2|" + key : key;
+    if (tls) {
+        pool_key = "tls" + std::to_string(tls->id()) + "|" + pool_key;
+    }
     const std::string name = g.ns + "/" + g.name + ":" + std::to_string(g.port) + "@" +
                              pick->address + ":" + std::to_string(pick->port);
     if (auto it = pool.find(pool_key); it != pool.end()) {
@@ -1770,14 +1948,26 @@ Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h
     u->key = key;
     u->pool_key = pool_key;
     u->name = name;
-    u->connected = r == 0;
-    u->deadline = now + e.o.connect_timeout_ms;
+    if (tls) {
+        u->ssl = tls->new_ssl(fd, h2);
+        if (!u->ssl) {
+            why = "cannot allocate a TLS connection";
+            ::close(fd);
+            delete u;
+            return nullptr;
+        }
+    }
+    u->tcp_up = r == 0;
+    u->connected = u->tcp_up && !u->ssl;
+    u->ssl_want_write = u->ssl != nullptr;      // the handshake starts at the first EPOLLOUT
+    u->deadline = now + e.o.connect_timeout_ms; // the TLS handshake included
     if (h2) {
         u->h2_link.w = this;
         u->h2_link.u = u;
         u->h2 = H2Session::create(H2Session::Role::Client, u->h2_link, h2_backend_limits);
         if (!u->h2) {
             why = "cannot allocate an HTTP/2 session";
+            SSL_free(u->ssl);
             ::close(fd);
             delete u;
             return nullptr;
@@ -1804,7 +1994,7 @@ bool Worker::attempt(Exchange& x) {
         const size_t tries = std::min<size_t>(3, std::max<size_t>(1, g.endpoints.size()));
         for (size_t i = 0; i < tries && !u; ++i) {
             why.clear();
-            u = connect_to(g, why, x.up_h2);
+            u = connect_to(g, why, x.up_h2, x.up_tls);
             if (!u && why.rfind("connect ", 0) != 0) {
                 break;
             }
@@ -1863,8 +2053,13 @@ void Worker::start_mirrors(Exchange& x) {
             x.t->ir.groups[m.group].app_protocol == "kubernetes.io/h2c") {
             continue; // mirrors speak HTTP/1.1 only
         }
+        bool tls_broken = false;
+        const BackendTls* tls = backend_tls_for(*x.t, m.group, x.d.m.listener, tls_broken);
+        if (tls_broken) {
+            continue;
+        }
         std::string why;
-        Upstream* u = connect_to(x.t->ir.groups[m.group], why, false);
+        Upstream* u = connect_to(x.t->ir.groups[m.group], why, false, tls);
         if (!u) {
             continue;
         }
@@ -1958,15 +2153,40 @@ void Worker::forward_request_body(Conn& c) {
 // ---------------------------------------------------------------- upstream path
 
 void Worker::flush(Upstream& u) {
+    if (!u.connected) {
+        return; // the bytes wait for the connect (and the TLS handshake)
+    }
+    u.ssl_want_write = false;
     while (!u.out.empty() && !u.dead) {
         const std::string_view v = u.out.view();
-        const ssize_t r = ::send(u.fd, v.data(), v.size(), MSG_NOSIGNAL);
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EINTR) {
+        ssize_t r;
+        if (u.ssl) {
+            const size_t chunk = std::min<size_t>(v.size(), 1u << 20);
+            ERR_clear_error();
+            const int n = SSL_write(u.ssl, v.data(), static_cast<int>(chunk));
+            if (n <= 0) {
+                const int err = SSL_get_error(u.ssl, n);
+                if (err == SSL_ERROR_WANT_WRITE) {
+                    u.ssl_want_write = true;
+                    return;
+                }
+                if (err == SSL_ERROR_WANT_READ) {
+                    return; // EPOLLIN is armed while the connection is open
+                }
+                ERR_clear_error();
+                u.eof = true;
                 return;
             }
-            u.eof = true;
-            return;
+            r = n;
+        } else {
+            r = ::send(u.fd, v.data(), v.size(), MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EINTR) {
+                    return;
+                }
+                u.eof = true;
+                return;
+            }
         }
         u.out.consume(static_cast<size_t>(r));
     }
@@ -1985,6 +2205,12 @@ bool Worker::client_full(const Exchange& x) const {
 
 void Worker::update(Upstream& u) {
     if (u.dead) {
+        return;
+    }
+    if (u.tcp_up && !u.connected) {
+        // TLS handshake: exactly what OpenSSL waits for (level-triggered: an EPOLLOUT while
+        // it waits to read would spin).
+        set_events(&u, u.ssl_want_write ? EPOLLOUT : EPOLLIN);
         return;
     }
     uint32_t ev = 0;
@@ -2006,14 +2232,110 @@ void Worker::update(Upstream& u) {
     if (want_read) {
         ev |= EPOLLIN;
     }
-    if (!u.connected || !u.out.empty()) {
+    if (!u.connected || !u.out.empty() || u.ssl_want_write) {
         ev |= EPOLLOUT;
     }
     set_events(&u, ev);
+    if ((ev & EPOLLIN) && u.ssl && SSL_pending(u.ssl) > 0) {
+        kick_up.push_back(&u); // decrypted bytes inside OpenSSL: epoll cannot announce them
+    }
+}
+
+bool Worker::upstream_handshake(Upstream& u) {
+    ERR_clear_error();
+    const int r = SSL_do_handshake(u.ssl);
+    if (r == 1) {
+        u.connected = true;
+        u.ssl_want_write = false;
+        health[u.key].fails = 0;
+        Counters::inc(c.backend_tls_handshakes);
+        return true;
+    }
+    const int err = SSL_get_error(u.ssl, r);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        u.ssl_want_write = err == SSL_ERROR_WANT_WRITE;
+        update(u);
+        return false;
+    }
+    // Verification failed, the backend sent an alert (e.g. it wanted a client certificate),
+    // or it closed: this connection attempt failed, like a refused connect (the exchange
+    // tries another endpoint, then answers 503). Not counted by passive health: the cause
+    // is almost always the policy or the certificates, and one Service's wrong policy must
+    // not eject pods that other Services reach with a right one.
+    char why[256];
+    note_tls_failure(u, why, sizeof why);
+    Exchange* owner = u.mirror ? nullptr : u.owner;
+    u.owner = nullptr;
+    close_upstream(u);
+    if (owner) {
+        owner->up = nullptr;
+        upstream_failed(*owner, true, std::string("backend TLS handshake failed: ") + why);
+    }
+    return false;
+}
+
+void Worker::note_tls_failure(const Upstream& u, char* why, size_t n) {
+    Counters::inc(c.backend_tls_failures);
+    BackendTls::failure(u.ssl, why, n);
+    ++tls_fail_unlogged;
+    std::snprintf(tls_fail_last, sizeof tls_fail_last, "%s: %s", u.name.c_str(), why);
+}
+
+void Worker::log_tls_failures() {
+    std::fprintf(stderr, "sluice-l7: worker %u: %llu backend TLS handshake(s) failed, last %s\n",
+                 id, static_cast<unsigned long long>(tls_fail_unlogged), tls_fail_last);
+    tls_fail_unlogged = 0;
+    tls_fail_logged_at = now;
+}
+
+void Worker::read_upstream(Upstream& u) {
+    if (u.ssl) {
+        u.ssl_want_write = false;
+    }
+    for (int round = 0; round < 4 && !u.eof; ++round) {
+        const size_t old = u.in.s.size();
+        u.in.s.resize(old + 16384);
+        ssize_t r;
+        if (u.ssl) {
+            ERR_clear_error();
+            const int n = SSL_read(u.ssl, u.in.s.data() + old, 16384);
+            if (n <= 0) {
+                u.in.s.resize(old);
+                const int err = SSL_get_error(u.ssl, n);
+                if (err == SSL_ERROR_WANT_WRITE) {
+                    u.ssl_want_write = true;
+                } else if (err != SSL_ERROR_WANT_READ) {
+                    if (err == SSL_ERROR_SSL) {
+                        // A TLS error or alert after the handshake, e.g. TLS 1.3's refusal of
+                        // the client certificate, which comes after the client's Finished.
+                        char why[256];
+                        note_tls_failure(u, why, sizeof why);
+                    }
+                    ERR_clear_error();
+                    u.eof = true; // close_notify, EOF, or a TLS error: the stream ends here
+                }
+                return;
+            }
+            r = n;
+        } else {
+            r = ::read(u.fd, u.in.s.data() + old, 16384);
+            if (r <= 0) {
+                u.in.s.resize(old);
+                if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    u.eof = true;
+                }
+                return;
+            }
+        }
+        u.in.s.resize(old + static_cast<size_t>(r));
+        if (r < 16384 && !(u.ssl && SSL_pending(u.ssl) > 0)) {
+            return;
+        }
+    }
 }
 
 void Worker::on_upstream(Upstream& u, uint32_t ev) {
-    if (!u.connected) {
+    if (!u.tcp_up) {
         int err = 0;
         socklen_t len = sizeof err;
         getsockopt(u.fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -2039,26 +2361,18 @@ void Worker::on_upstream(Upstream& u, uint32_t ev) {
         if (!(ev & EPOLLOUT)) {
             return;
         }
-        u.connected = true;
-        health[u.key].fails = 0;
-    }
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        for (int round = 0; round < 4 && !u.eof; ++round) {
-            const size_t old = u.in.s.size();
-            u.in.s.resize(old + 16384);
-            const ssize_t r = ::read(u.fd, u.in.s.data() + old, 16384);
-            if (r <= 0) {
-                u.in.s.resize(old);
-                if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
-                    u.eof = true;
-                }
-                break;
-            }
-            u.in.s.resize(old + static_cast<size_t>(r));
-            if (r < 16384) {
-                break;
-            }
+        u.tcp_up = true;
+        if (!u.ssl) {
+            u.connected = true;
+            health[u.key].fails = 0;
         }
+    }
+    if (!u.connected && !upstream_handshake(u)) {
+        return; // waiting for the socket, or failed (the connection is gone)
+    }
+    // TLS: any event may let a read progress (OpenSSL may have waited to write).
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) || u.ssl) {
+        read_upstream(u);
     }
     if (u.h2) {
         up_h2_read(u);
@@ -2361,8 +2675,9 @@ void Worker::finish_exchange(Exchange& x) {
         u.owner = nullptr;
         auto& idle = pool[u.pool_key];
         const bool reusable =
-            u.h2 ? !u.eof && x.req_done && x.resp_complete && u.h2->can_submit()
-                 : x.up_keep_alive && x.req_done && u.in.empty() && u.out.empty() && !u.eof;
+            (u.h2 ? !u.eof && x.req_done && x.resp_complete && u.h2->can_submit()
+                  : x.up_keep_alive && x.req_done && u.in.empty() && u.out.empty() && !u.eof) &&
+            !(u.ssl && (SSL_pending(u.ssl) > 0 || (SSL_get_shutdown(u.ssl) != 0)));
         if (reusable && idle.size() < e.o.max_pool_per_endpoint) {
             u.deadline = now + e.o.upstream_idle_ms;
             idle.push_back(&u);
@@ -2541,7 +2856,7 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
     Upstream* u = nullptr;
     const ir::BackendGroup& g = at->ir.groups[b->group];
     for (size_t i = 0; i < 3 && !u; ++i) {
-        u = connect_to(g, why, false);
+        u = connect_to(g, why, false, nullptr); // TLSRoute: bytes as they are (no re-encryption)
         if (!u && why.rfind("connect ", 0) != 0) {
             break;
         }
@@ -3249,6 +3564,10 @@ void Worker::sweep() {
         if (!u->dead && !u->owner && u->deadline && now >= u->deadline) {
             close_upstream(*u); // idle pooled connection, or a mirror that took too long
         }
+    }
+    if (tls_fail_unlogged > 0 &&
+        (tls_fail_logged_at == 0 || now - tls_fail_logged_at >= kTlsLogMs)) {
+        log_tls_failures(); // one line per burst, not one per request
     }
     if (!logbuf.empty() && e.log_fd >= 0) {
         // One write per sweep (not per request); O_APPEND keeps workers' lines whole.

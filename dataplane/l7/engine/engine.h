@@ -3,7 +3,7 @@
 /// @file
 /// The L7 engine: an HTTP/1.1 and HTTP/2 (and TLS-terminating) reverse proxy on kernel
 /// sockets (HTTP/2: h2 by ALPN, h2c with prior knowledge or Upgrade; h2c and gRPC to
-/// backends; see h2.h). One
+/// backends; see h2.h; TLS to backends under a BackendTLSPolicy, see backend_tls.h). One
 /// event loop (epoll, level-triggered) per worker thread, each with its own SO_REUSEPORT
 /// listening socket per bound (address, port), its own connections, upstream pools and
 /// passive-health state: workers share nothing but the published tables.
@@ -13,7 +13,9 @@
 /// picks the new tables up at its next loop turn (a version counter it reads per turn), and
 /// every request reads the worker's tables once, when its head is complete, and keeps them
 /// until it ends. Old tables (and their sockets, TLS contexts) go when the last request that
-/// uses them ends. Existing connections are never dropped by a table change.
+/// uses them ends. Existing connections are never dropped by a table change. Backend TLS
+/// contexts are built with the tables and reused while their policy does not change; a
+/// pooled backend connection only serves requests of the context it was made with.
 ///
 /// Thread: apply() on dp-control; run() starts the workers and blocks; stop() from any
 /// thread (signal-safe: one atomic store).
@@ -56,6 +58,9 @@ struct EngineStats {
     uint64_t tunnels = 0, tunnel_refused = 0; ///< TLSRoute connections relayed / reset
     uint64_t h2_connections = 0, h2_streams = 0; ///< HTTP/2 client connections / requests
     uint64_t h2_abuse = 0; ///< HTTP/2 connections closed by a defence (rapid reset, floods)
+    /// Gateway-to-backend TLS (BackendTLSPolicy): handshakes completed / failed (the chain,
+    /// the host name or subjectAltNames did not verify, an alert, or the backend closed).
+    uint64_t backend_tls_handshakes = 0, backend_tls_failures = 0;
     uint64_t bytes_in = 0, bytes_out = 0;
     uint64_t generation = 0;
 };

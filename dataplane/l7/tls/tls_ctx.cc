@@ -1,7 +1,6 @@
 #include "tls_ctx.h"
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -14,27 +13,18 @@
 #include <openssl/x509.h>
 
 #include "hostnames.h"
+#include "pem.h"
 
 namespace sluice::l7 {
 
 namespace {
 
-struct X509Free {
-    void operator()(X509* x) const noexcept { X509_free(x); }
-};
-struct PkeyFree {
-    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
-};
-struct BioFree {
-    void operator()(BIO* b) const noexcept { BIO_free(b); }
-};
-struct X509StackFree {
-    void operator()(STACK_OF(X509) * s) const noexcept { sk_X509_pop_free(s, X509_free); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using X509StackPtr = std::unique_ptr<STACK_OF(X509), X509StackFree>;
+using pem::PkeyPtr;
+using pem::read_certs;
+using pem::read_key;
+using pem::take_ossl_error;
+using pem::X509Ptr;
+using pem::X509StackPtr;
 
 /// Mozilla "intermediate" TLS 1.2 ciphers without DHE (no DH parameters are configured):
 /// forward secret, AEAD only.
@@ -59,80 +49,10 @@ int ex_index() noexcept {
     return index;
 }
 
-/// Drains this thread's OpenSSL error queue and returns its first entry as text. Draining
-/// matters: a stale entry makes a later SSL_get_error on the same thread report SSL_ERROR_SSL.
-std::string take_ossl_error() {
-    unsigned long first = 0;
-    for (unsigned long e = ERR_get_error(); e != 0; e = ERR_get_error()) {
-        if (first == 0) {
-            first = e;
-        }
-    }
-    if (first == 0) {
-        return "unknown OpenSSL error";
-    }
-    char buf[256];
-    ERR_error_string_n(first, buf, sizeof(buf));
-    return buf;
-}
-
-/// Passphrase callback: never prompt on the terminal for an encrypted key (it fails instead).
-int no_password(char*, int, int, void*) {
-    return 0;
-}
-
 /// Optional client certificate (AllowInsecureFallback): accept whatever chain the client
 /// sends; the verification result stays available through SSL_get_verify_result.
 int accept_any_chain(int, X509_STORE_CTX*) {
     return 1;
-}
-
-BioPtr mem_bio(std::string_view pem) {
-    if (pem.size() > static_cast<size_t>(INT_MAX)) {
-        return nullptr;
-    }
-    return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
-
-/// Every certificate of a PEM bundle, in order. Text outside BEGIN/END blocks is ignored, as
-/// PEM allows; a damaged block or a bundle without any certificate is an error.
-Result<std::vector<X509Ptr>> read_certs(std::string_view pem) {
-    BioPtr bio = mem_bio(pem);
-    if (!bio) {
-        ERR_clear_error();
-        return fail(Errc::Invalid, "PEM too large or out of memory");
-    }
-    std::vector<X509Ptr> out;
-    for (X509* x = PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr); x != nullptr;
-         x = PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr)) {
-        out.emplace_back(x);
-    }
-    const unsigned long last = ERR_peek_last_error();
-    const bool at_end =
-        ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE;
-    if (at_end && !out.empty()) {
-        ERR_clear_error(); // the normal end of the bundle
-        return out;
-    }
-    if (at_end) {
-        ERR_clear_error();
-        return fail(Errc::Invalid, "no PEM certificate found");
-    }
-    return fail(Errc::Invalid, "bad PEM certificate: " + take_ossl_error());
-}
-
-Result<PkeyPtr> read_key(std::string_view pem) {
-    BioPtr bio = mem_bio(pem);
-    if (!bio) {
-        ERR_clear_error();
-        return fail(Errc::Invalid, "PEM too large or out of memory");
-    }
-    PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr));
-    if (!key) {
-        return fail(Errc::Invalid, "bad PEM private key: " + take_ossl_error());
-    }
-    ERR_clear_error(); // the decoder may leave entries from formats it tried first
-    return key;
 }
 
 std::string label(const ir::Listener& l) {
