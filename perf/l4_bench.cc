@@ -207,15 +207,15 @@ int main(int argc, char** argv) {
     ctx.ct = ct.get();
     ctx.neighbors = nb.get();
     ctx.ports = ports.get();
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < static_cast<int>(kMaxSnat); ++i) {
         ctx.snat[i].first = 4;
-        ctx.snat[i].second = {10, 0, 0, static_cast<uint8_t>(90 + i)};
+        ctx.snat[i].second = {10, 0, 0, static_cast<uint8_t>(64 + i)};
     }
     const ServiceTable table = std::move(*build_service_table(bench_ir(), {}));
     for (int i = 0; i < 8; ++i) {
         nb->learn(4, Addr{10, 0, 1, static_cast<uint8_t>(i + 1)}, Mac{0x02, 0, 0, 0, 1, static_cast<uint8_t>(i)});
     }
-    const uint32_t max_flows = std::min<uint32_t>(a.flows, 4 * 64000); // SNAT ports bound
+    const uint32_t max_flows = std::min<uint32_t>(a.flows, static_cast<uint32_t>(kMaxSnat) * 64000); // SNAT ports bound
     std::vector<std::vector<uint8_t>> syns, acks;
     syns.reserve(max_flows);
     acks.reserve(max_flows);

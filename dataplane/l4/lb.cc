@@ -40,33 +40,63 @@ int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
 }
 
 /// Frees flows whose SNAT port owner expired, then takes the next free port.
-/// Probes at most kPortProbes ports of one SNAT slot (so exhaustion costs a bounded number
-/// of compares per new flow, never a scan of 64 Ki ports).
+/// A new flow probes at most kPortProbes SNAT ports in all (spread over the SNAT addresses
+/// of its family), so port exhaustion costs a bounded number of compares per new flow,
+/// never a scan of 64 Ki ports per address: at 97% of the ports in use 64 probes still find
+/// a free one 86% of the time, and a SYN flood cannot make each SYN cost thousands of
+/// cache misses (it did with 16 addresses x 64 probes: 16,000 cycles per SYN).
 constexpr uint32_t kPortProbes = 64;
+constexpr uint32_t kPortBatch = 8; ///< ports whose owners are prefetched together
 
-int alloc_port(LbContext& ctx, int slot, uint32_t now) noexcept {
+int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept {
     auto& owners = (*ctx.ports)[slot];
     const uint32_t span = static_cast<uint32_t>(ctx.port_hi - ctx.port_lo) + 1;
     uint16_t& cur = ctx.port_cursor[slot];
-    for (uint32_t tries = 0; tries < kPortProbes && tries < span; ++tries) {
-        const uint16_t port = static_cast<uint16_t>(ctx.port_lo + (cur++ % span));
-        ConnEntry* e = owners[port];
-        if (!e || ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != port) {
-            return port;
+    probes = probes < span ? probes : span;
+    for (uint32_t done = 0; done < probes; done += kPortBatch) {
+        const uint32_t n = probes - done < kPortBatch ? probes - done : kPortBatch;
+        uint16_t port[kPortBatch];
+        for (uint32_t i = 0; i < n; ++i) {
+            port[i] = static_cast<uint16_t>(ctx.port_lo + ((cur + i) % span));
+            if (owners[port[i]] == nullptr) {
+                cur = static_cast<uint16_t>(cur + i + 1);
+                return port[i]; // never used (or released): no entry to read
+            }
+            prefetch_read(owners[port[i]]);
         }
+        for (uint32_t i = 0; i < n; ++i) {
+            const ConnEntry* e = owners[port[i]];
+            if (ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != port[i]) {
+                cur = static_cast<uint16_t>(cur + i + 1);
+                return port[i];
+            }
+        }
+        cur = static_cast<uint16_t>(cur + n);
     }
     return -1;
 }
 
-/// A SNAT address of `family` with a free port: the slots of that family in turn.
+/// A SNAT address of `family` with a free port: the slots of that family in turn, sharing
+/// one budget of kPortProbes probes.
 int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noexcept {
     const size_t n = ctx.snat.size();
-    for (size_t k = 0; k < n; ++k) {
+    uint32_t of_family = 0;
+    for (size_t i = 0; i < n; ++i) {
+        of_family += ctx.snat[i].first == family ? 1 : 0;
+    }
+    if (of_family == 0) {
+        return -1;
+    }
+    const uint32_t per_address = std::max<uint32_t>(kPortBatch, kPortProbes / of_family);
+    uint32_t budget = std::max(kPortProbes, per_address);
+    for (size_t k = 0; k < n && budget > 0; ++k) {
         const size_t i = (ctx.snat_next + k) % n;
         if (ctx.snat[i].first != family) {
             continue;
         }
-        const int port = alloc_port(ctx, static_cast<int>(i), now);
+        const uint32_t probes = std::min(per_address, budget);
+        budget -= probes;
+        const int port = alloc_port(ctx, static_cast<int>(i), now, probes);
         if (port >= 0) {
             ctx.snat_next = static_cast<uint8_t>((i + 1) % n);
             slot_out = static_cast<int>(i);
