@@ -743,6 +743,95 @@ def run(work, log):
     out = raw(tls_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     check(out == b"", "plaintext on a TLS listener: closed without an answer")
 
+    # TLS bad input (issue 5): refused cleanly and counted; the engine keeps serving.
+    def tls_failures():
+        return json.loads(curl([f"http://127.0.0.1:{admin_port}/stats"]).stdout)["l7"].get("tls_failures", 0)
+    fails0 = tls_failures()
+    t0 = time.time()
+    out = raw(https_port, bytes(random.getrandbits(8) for _ in range(3000)), timeout=8)
+    check(len(out) < 64 and time.time() - t0 < 6,
+          f"garbage instead of a ClientHello: closed in {time.time() - t0:.1f}s ({len(out)} bytes back)")
+    t0 = time.time()
+    out = raw(https_port, b"\x16\x03\x01\xff\xff\x01" + b"\x00" * 200, timeout=8)
+    check(len(out) < 64 and time.time() - t0 < 6,
+          f"a 64 KiB TLS record announced (over the 16 KiB limit): closed in {time.time() - t0:.1f}s")
+    t0 = time.time()
+    out = raw(tls_port, b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", timeout=8)
+    check(len(out) < 64 and time.time() - t0 < 6,
+          f"a truncated ClientHello on the passthrough listener: closed in {time.time() - t0:.1f}s")
+    check(wait_for(lambda: tls_failures() >= fails0 + 2, 3),
+          f"TLS failures counted ({fails0} -> {tls_failures()})")
+
+    def split_hello(port, sni, path, chunk=7):
+        """Handshake whose ClientHello goes out in `chunk`-byte TCP segments; returns the answer."""
+        ctx = ssl.create_default_context(cafile=crt)
+        inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, outg, server_hostname=sni)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = True
+        try:
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    data = outg.read()
+                    if first:
+                        for i in range(0, len(data), chunk):
+                            s.sendall(data[i:i + chunk])
+                            time.sleep(0.002)
+                        first = False
+                    elif data:
+                        s.sendall(data)
+                    got = s.recv(65536)
+                    if not got:
+                        return b""
+                    inc.write(got)
+            if outg.pending:
+                s.sendall(outg.read())
+            obj.write(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+            s.sendall(outg.read())
+            resp = b""
+            while True:
+                try:
+                    chunk_in = obj.read(65536)
+                    if not chunk_in:
+                        break  # close_notify: the answer is complete
+                    resp += chunk_in
+                except ssl.SSLWantReadError:
+                    got = s.recv(65536)
+                    if not got:
+                        break
+                    inc.write(got)
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    break
+            return resp
+        except (OSError, ssl.SSLError) as e:
+            print(f"    (split ClientHello to port {port}: {e})")
+            return b""
+        finally:
+            s.close()
+    resp = split_hello(https_port, "foo.example.com", "/a/split-hello")
+    check(status_of(resp) == 200 and b"echo-a-pod" in resp,
+          "a ClientHello split over ~80 TCP segments: terminated, routed by its SNI")
+    resp = split_hello(tls_port, "a.pass.example.com", "/t")
+    check(status_of(resp) == 200 and b"echo-tls-pod" in resp,
+          "the same on the passthrough listener: the SNI peeker reassembles it")
+    rn = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{https_port}", "-servername",
+                         "foo.example.com", "-tls1_2", "-CAfile", crt, "-msg"],
+                        input="R\n", capture_output=True, text=True, timeout=10)
+    rtext = (rn.stdout + rn.stderr).lower()
+    # -msg traces every record: a refused renegotiation shows the server's no_renegotiation
+    # alert; an accepted one would carry on with a second handshake and no such alert.
+    refused = "renegotiating" in rtext and "no_renegotiation" in rtext
+    check(refused, "a TLS 1.2 renegotiation attempt is refused (no second handshake)")
+    if not refused:
+        print("    (s_client said: %r)" % (rn.stdout[-1500:] + rn.stderr[-600:]))
+    r = curl(["-i", "--cacert", crt, "--resolve", f"foo.example.com:{https_port}:127.0.0.1",
+              f"https://foo.example.com:{https_port}/"])
+    check(r.returncode == 0 and " 200 " in r.stdout.split("\r\n")[0], "HTTPS still served after the bad input")
+
     # A backend that resets in the middle of a response: the client sees a short response
     # and a closed connection; the engine keeps serving.
     out = raw(http_port, b"GET /bad/reset HTTP/1.1\r\nHost: web.example.com\r\n\r\n", timeout=5)
