@@ -23,6 +23,7 @@
 #include "admin.h"
 #include "ctl_server.h"
 #include "engine.h"
+#include "tls_ctx.h"
 
 namespace po = boost::program_options;
 using namespace sluice;
@@ -163,6 +164,8 @@ int main(int argc, char** argv) {
     std::string dp_socket = "/run/sluice/l7.sock";
     std::string stats_file = "/run/sluice/l7-stats.json";
     std::string admin;
+    std::string ticket_key_file;
+    uint32_t ticket_rotate_s = 3600;
     po::options_description desc(
         "sluice-l7: the HTTP/HTTPS engine. Serves the HTTP and HTTPS listeners of the IR that "
         "sluice-controlplane sends to --dp-socket.\n\nOptions");
@@ -190,6 +193,13 @@ int main(int argc, char** argv) {
         "eject-after", po::value(&eo.eject_after)->default_value(eo.eject_after),
         "consecutive failures that eject an endpoint")(
         "eject-ms", po::value(&eo.eject_ms)->default_value(eo.eject_ms), "ejection time")(
+        "tls-ticket-key-file", po::value(&ticket_key_file)->default_value(""),
+        "secret (>= 32 bytes, e.g. head -c 48 /dev/urandom) the TLS session-ticket keys derive "
+        "from: give every node behind a VIP the same file and tickets resume on any of them "
+        "('' = a random secret of this process)")(
+        "tls-ticket-rotate-s", po::value(&ticket_rotate_s)->default_value(ticket_rotate_s),
+        "ticket key rotation period in seconds (60 to 604800); a ticket resumes for at most "
+        "two periods")(
         "no-h2", po::bool_switch(),
         "serve HTTP/1.1 only to clients: no ALPN h2, no h2c (backends may still be h2c)");
     po::variables_map vm;
@@ -205,6 +215,17 @@ int main(int argc, char** argv) {
         return 0;
     }
     eo.offer_h2 = !vm["no-h2"].as<bool>();
+    {
+        auto keys = ticket_key_file.empty()
+                        ? l7::TicketKeys::create({}, ticket_rotate_s)
+                        : l7::TicketKeys::from_file(ticket_key_file, ticket_rotate_s);
+        if (!keys) {
+            std::cerr << "sluice-l7: --tls-ticket-key-file/--tls-ticket-rotate-s: "
+                      << keys.error().message << std::endl;
+            return 2;
+        }
+        l7::TlsPort::set_ticket_keys(std::move(*keys));
+    }
     std::signal(SIGPIPE, SIG_IGN);
     // Every client and backend connection is a descriptor: take the hard limit.
     rlimit nofile{};

@@ -960,6 +960,14 @@ def run(work, log):
     check(code(btls_get("/ok")) == 200, "backend TLS: a pooled connection before the change")
 
     # Configuration change: a keep-alive connection stays up and sees the new rule.
+    # A TLS session ticket taken before the config change (openssl s_client -sess_out).
+    sess = os.path.join(work, "tls.sess")
+
+    def s_client(*more):
+        return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{https_port}",
+                               "-servername", "foo.example.com", "-CAfile", crt, *more],
+                              input="", capture_output=True, text=True, timeout=10).stdout
+    s_client("-sess_out", sess)
     s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
     s.sendall(b"GET /a/before HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
     first = s.recv(65536)
@@ -988,6 +996,9 @@ def run(work, log):
     check(" 200 " in r.stdout.split("\r\n")[0] and hs == 0,
           f"config change without a policy change: the TLS context and its pooled backend "
           f"connection are reused ({hs} new handshake(s))")
+    out = s_client("-sess_in", sess) if os.path.exists(sess) else ""
+    check("Reused, TLSv1.3" in out,
+          "a TLS session ticket issued before the config change resumes after it (openssl s_client)")
 
     # Counters: stats file and Prometheus text.
     def l7_stats():

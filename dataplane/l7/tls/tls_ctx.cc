@@ -112,6 +112,17 @@ std::optional<std::string_view> option(const ir::Listener& l, std::string_view k
 
 TlsPort::~TlsPort() = default;
 
+namespace {
+std::shared_ptr<const TicketKeys>& ticket_keys_slot() {
+    static std::shared_ptr<const TicketKeys> keys;
+    return keys;
+}
+} // namespace
+
+void TlsPort::set_ticket_keys(std::shared_ptr<const TicketKeys> keys) {
+    ticket_keys_slot() = std::move(keys);
+}
+
 Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index, bool offer_h2) {
     Site site;
     site.listener = index;
@@ -130,6 +141,9 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     // Stateless tickets only: the server cache is per SSL_CTX behind a lock shared by cores.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    if (tickets_ && !tickets_->install(ctx)) {
+        return fail(Errc::Internal, "ticket keys: " + take_ossl_error());
+    }
     // A session resumes only on the listener that created it (sid_ctx is compared on
     // resumption), so it cannot bypass another listener's client-certificate check.
     const std::string id = label(l) + ":" + std::to_string(l.port);
@@ -261,6 +275,14 @@ TlsPort::build(const ir::Ir& ir, const std::vector<uint32_t>& listeners, bool of
         return fail(Errc::Invalid, "no listener");
     }
     std::unique_ptr<TlsPort> port(new TlsPort()); // private constructor: no make_unique
+    if (!ticket_keys_slot()) {
+        auto keys = TicketKeys::create({}, 3600);
+        if (!keys) {
+            return tl::unexpected(std::move(keys.error()));
+        }
+        ticket_keys_slot() = std::move(*keys);
+    }
+    port->tickets_ = ticket_keys_slot();
     const uint32_t first = listeners.front();
     for (uint32_t index : listeners) {
         if (index >= ir.listeners.size()) {

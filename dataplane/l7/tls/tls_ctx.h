@@ -9,9 +9,9 @@
 /// decisions are made.
 ///
 /// Session resumption uses stateless tickets only (the server session cache is off, so no
-/// lock is shared between cores). The ticket keys are OpenSSL's automatic ones: random per
-/// TlsPort, never written anywhere, and rotated by rebuilding the TlsPort (every config
-/// publish does), which turns older tickets into full handshakes. Each listener has its own
+/// lock is shared between cores). Ticket keys come from a TicketKeys ring shared by every
+/// TlsPort (set_ticket_keys(); by default a random secret rotated hourly), so tickets survive
+/// configuration publishes and rotate on the clock. Each listener has its own
 /// session-id context, so a session never resumes on another listener (which could skip
 /// that listener's client-certificate check). No 0-RTT early data.
 ///
@@ -29,6 +29,7 @@
 
 #include "ir.h"
 #include "result.h"
+#include "ticket_keys.h"
 
 namespace sluice::l7 {
 
@@ -93,6 +94,10 @@ public:
     /// why"); a listener named here with "left out" serves no traffic.
     [[nodiscard]] const std::vector<std::string>& errors() const noexcept { return errors_; }
 
+    /// The ticket-key ring of TlsPorts built from now on (null: a random secret, hourly
+    /// rotation, made on first use). Thread: dp-control, like build().
+    static void set_ticket_keys(std::shared_ptr<const TicketKeys> keys);
+
     /// Listeners that got a context, in build order (indices into ir.listeners).
     [[nodiscard]] std::vector<uint32_t> listeners() const;
 
@@ -119,6 +124,7 @@ private:
     [[nodiscard]] const Site* select(std::string_view sni, bool has_sni) const noexcept;
     static int on_client_hello(SSL* ssl, int* alert, void* arg);
 
+    std::shared_ptr<const TicketKeys> tickets_; ///< installed on every site's context
     std::vector<Site> sites_;
     size_t no_sni_site_ = 0; ///< catch-all, else the first site
     std::vector<std::string> errors_;

@@ -19,6 +19,7 @@ namespace {
 
 using sluice::Errc;
 using sluice::l7::TlsPort;
+using sluice::l7::TicketKeys;
 namespace ir = sluice::ir;
 
 struct X509Free {
@@ -773,14 +774,58 @@ TEST(TlsPort, SessionsResumeOnlyOnTheirListener) {
         EXPECT_FALSE(other.reused);
         EXPECT_EQ(other.listener, 1u);
 
-        // Another TlsPort (a rebuild) has other ticket keys.
+        // A rebuild (every configuration publish) keeps the ticket keys: still resumes.
         auto rebuilt = build_ok(ir, {1, 2, 3});
         ASSERT_NE(rebuilt, nullptr);
         c.sni = "foo.example.com";
         Outcome after = handshake(*rebuilt, c);
         ASSERT_TRUE(after.ok);
-        EXPECT_FALSE(after.reused);
+        EXPECT_TRUE(after.reused) << "a configuration publish must not void the tickets";
     }
+}
+
+int64_t g_now = 0;
+int64_t test_clock() { return g_now; }
+
+TEST(TlsPort, TicketKeysRotateOnTheClockAndAreShareable) {
+    const ir::Ir ir = three_listeners();
+    const std::vector<uint8_t> secret(48, 0x5a);
+    g_now = 100 * 3600 + 10; // period 100 of 1 h
+    TlsPort::set_ticket_keys(*TicketKeys::create(secret, 3600, &test_clock));
+    auto port = build_ok(ir, {1, 2, 3});
+    ASSERT_NE(port, nullptr);
+    for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+        SCOPED_TRACE(version);
+        g_now = 100 * 3600 + 10;
+        Client c;
+        c.sni = "foo.example.com";
+        c.max_version = version;
+        Outcome first = handshake(*port, c);
+        ASSERT_TRUE(first.ok);
+        ASSERT_NE(first.session, nullptr);
+        c.session = first.session.get();
+
+        // Another process with the same secret (another node behind the VIP) resumes it.
+        TlsPort::set_ticket_keys(*TicketKeys::create(secret, 3600, &test_clock));
+        auto other_node = build_ok(ir, {1, 2, 3});
+        EXPECT_TRUE(handshake(*other_node, c).reused);
+        // A different secret does not (and the handshake still succeeds, in full).
+        TlsPort::set_ticket_keys(*TicketKeys::create(std::vector<uint8_t>(48, 0x11), 3600, &test_clock));
+        auto stranger = build_ok(ir, {1, 2, 3});
+        Outcome full = handshake(*stranger, c);
+        EXPECT_TRUE(full.ok);
+        EXPECT_FALSE(full.reused);
+
+        g_now = 101 * 3600 + 5; // next period: the previous key still decrypts
+        EXPECT_TRUE(handshake(*port, c).reused);
+        g_now = 102 * 3600 + 5; // two periods later: expired, a full handshake
+        Outcome late = handshake(*port, c);
+        EXPECT_TRUE(late.ok);
+        EXPECT_FALSE(late.reused);
+    }
+    EXPECT_FALSE(TicketKeys::create(std::vector<uint8_t>(16, 1), 3600).has_value()) << "short secret";
+    EXPECT_FALSE(TicketKeys::create({}, 10).has_value()) << "period under 60 s";
+    TlsPort::set_ticket_keys(nullptr);
 }
 
 TEST(TlsPort, BuildRejectsBadInput) {
