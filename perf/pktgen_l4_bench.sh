@@ -150,10 +150,10 @@ profile() { # name dst_mac proto dport [extra YAML lines...] (DST: the VIP, defa
 proto: $proto
 src: 10.1.0.0/16
 dst: ${DST:-10.0.0.100}
-sport: 1024-1087
+sport: ${SPORT:-1024-1087}
 dport: $dport
 flows: $FLOWS
-size: $([ "$proto" = tcp ] && echo 74 || echo 64)
+size: $([ "$proto" != udp ] && echo 74 || echo 64)
 duration_s: $DURATION
 warmup_s: $WARMUP
 drain_s: 0.3
@@ -281,6 +281,7 @@ spec:
   listeners:
   - {name: udp, port: 53, protocol: UDP}
   - {name: gue, port: 54, protocol: UDP}
+  - {name: tcp, port: 80, protocol: TCP}
 ---
 apiVersion: v1
 kind: Service
@@ -306,6 +307,13 @@ kind: UDPRoute
 metadata: {name: dns-gue, namespace: default, annotations: {sluice.dev/forwarding-mode: dsr-gue}}
 spec:
   parentRefs: [{name: dsr, sectionName: gue}]
+  rules: [{backendRefs: [{name: be-dsr, port: 53}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: web-dsr, namespace: default}
+spec:
+  parentRefs: [{name: dsr, sectionName: tcp}]
   rules: [{backendRefs: [{name: be-dsr, port: 53}]}]
 YAML
 DP_SOCK=$W/dp.sock
@@ -376,6 +384,13 @@ fi
 DST=10.0.0.101 profile sluice-gue-max arp udp 54 "rate_pps: $MAX_RATE"
 echo "(b''') sluice-dataplane DSR (GUE, outer UDP to 6080), UDP VIP 10.0.0.101:54"
 sluice_run sluice-gue-max --profile "$W/sluice-gue-max.yaml"
+# New flows: every packet a SYN from a random source port (a SYN flood), through the DSR TCP
+# VIP: past the half-open budget DSR still forwards by the Maglev pick (stateless), so this
+# is the rate at which the worker takes new flows (lookup miss, insert or budget refusal,
+# Maglev, encapsulation), not a count of what the budget lets in.
+DST=10.0.0.101 SPORT=1024-65535 profile sluice-syn-max arp syn 80 "rate_pps: $MAX_RATE"
+echo "(b'''') sluice-dataplane new flows: SYN flood (random source ports) to the DSR TCP VIP 10.0.0.101:80"
+sluice_run sluice-syn-max --profile "$W/sluice-syn-max.yaml"
 sleep 1.2 # the stats file is rewritten every second
 cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
 stop_pid "$DP_PID"
@@ -516,6 +531,11 @@ for dut in ("testpmd", "sluice"):
                 errors.append("sluice dsr: not every packet arrived IP-in-IP encapsulated")
         else:
             errors.append("sluice: no DSR result")
+        syn = load("sluice-syn-max")
+        if syn and "run" in syn:
+            entry["syn_dsr_max"] = brief(syn["run"])
+        else:
+            errors.append("sluice: no SYN-flood result")
         gue = load("sluice-gue-max")
         if gue and "run" in gue:
             entry["dsr_gue_max"] = brief(gue["run"])
@@ -616,6 +636,10 @@ if "sluice" in res and "dsr_gue_max" in res["sluice"]:
     m = res["sluice"]["dsr_gue_max"]
     print(f"pktgen_l4_bench: sluice DSR (GUE) max rx {m['rx_mpps']:.3f} Mpps, loss "
           f"{100 * m['loss_ratio']:.4f}%")
+if "sluice" in res and "syn_dsr_max" in res["sluice"]:
+    m = res["sluice"]["syn_dsr_max"]
+    print(f"pktgen_l4_bench: sluice new flows (SYN flood, DSR) max rx {m['rx_mpps']:.3f} Mpps, "
+          f"loss {100 * m['loss_ratio']:.4f}%")
 if "sluice" in res and "tcp_max" in res["sluice"]:
     m = res["sluice"]["tcp_max"]
     print(f"pktgen_l4_bench: sluice full-NAT TCP max rx {m['rx_mpps']:.3f} Mpps, loss "
