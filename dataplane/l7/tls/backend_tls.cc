@@ -126,20 +126,7 @@ Result<void> load_client_cert(SSL_CTX* ctx, const BackendTlsConfig& cfg) {
         ERR_clear_error();
         return fail(Errc::Invalid, "client certificate: the private key does not match it");
     }
-    pem::X509StackPtr chain(sk_X509_new_null());
-    if (!chain) {
-        return fail(Errc::Internal, "sk_X509_new_null: " + take_ossl_error());
-    }
-    for (size_t i = 1; i < certs->size(); ++i) {
-        if (sk_X509_push(chain.get(), (*certs)[i].get()) <= 0) {
-            return fail(Errc::Internal, "sk_X509_push: " + take_ossl_error());
-        }
-        (*certs)[i].release(); // owned by `chain` now
-    }
-    if (SSL_CTX_use_cert_and_key(ctx, leaf, key->get(), chain.get(), 1) != 1) {
-        return fail(Errc::Invalid, "client certificate: " + take_ossl_error());
-    }
-    return {};
+    return pem::use_cert_chain(ctx, *certs, key->get(), "client certificate: ");
 }
 
 struct NamesFree {

@@ -77,4 +77,22 @@ Result<PkeyPtr> read_key(std::string_view pem) {
     return key;
 }
 
+Result<void> use_cert_chain(SSL_CTX* ctx, std::vector<X509Ptr>& certs, EVP_PKEY* key,
+                            const std::string& what) {
+    X509StackPtr chain(sk_X509_new_null());
+    if (!chain) {
+        return fail(Errc::Internal, "sk_X509_new_null: " + take_ossl_error());
+    }
+    for (size_t i = 1; i < certs.size(); ++i) {
+        if (sk_X509_push(chain.get(), certs[i].get()) <= 0) {
+            return fail(Errc::Internal, "sk_X509_push: " + take_ossl_error());
+        }
+        certs[i].release(); // owned by `chain` now
+    }
+    if (SSL_CTX_use_cert_and_key(ctx, certs.front().get(), key, chain.get(), 1) != 1) {
+        return fail(Errc::Invalid, what + take_ossl_error());
+    }
+    return {};
+}
+
 } // namespace sluice::l7::pem

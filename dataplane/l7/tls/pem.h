@@ -54,4 +54,10 @@ using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
 /// The first private key of a PEM text (an encrypted key fails: no passphrase prompt).
 [[nodiscard]] Result<PkeyPtr> read_key(std::string_view pem);
 
+/// Installs `certs` (leaf first, then its chain, as read_certs returns a bundle) with `key`
+/// on `ctx`; the chain certificates move into the context. Errc::Invalid (message prefixed
+/// by `what`) when OpenSSL refuses the pair, Errc::Internal when it cannot allocate.
+[[nodiscard]] Result<void> use_cert_chain(SSL_CTX* ctx, std::vector<X509Ptr>& certs, EVP_PKEY* key,
+                                          const std::string& what);
+
 } // namespace sluice::l7::pem

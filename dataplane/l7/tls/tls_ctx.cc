@@ -209,18 +209,8 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
             continue;
         }
         key_types.push_back(type);
-        X509StackPtr chain(sk_X509_new_null());
-        if (!chain) {
-            return fail(Errc::Internal, "sk_X509_new_null: " + take_ossl_error());
-        }
-        for (size_t i = 1; i < certs->size(); ++i) {
-            if (sk_X509_push(chain.get(), (*certs)[i].get()) <= 0) {
-                return fail(Errc::Internal, "sk_X509_push: " + take_ossl_error());
-            }
-            (*certs)[i].release(); // owned by `chain` now
-        }
-        if (SSL_CTX_use_cert_and_key(ctx, leaf, key->get(), chain.get(), 1) != 1) {
-            return fail(Errc::Invalid, what + take_ossl_error());
+        if (auto used = use_cert_chain(ctx, *certs, key->get(), what); !used) {
+            return tl::unexpected(std::move(used.error()));
         }
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
