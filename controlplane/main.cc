@@ -5,6 +5,8 @@
 #include <csignal>
 #include <iostream>
 
+#include <malloc.h>
+
 #include <boost/program_options.hpp>
 
 #include "controller.h"
@@ -101,6 +103,11 @@ int main(int argc, char** argv) {
             return 2;
         }
         opts.strict = false; // one bad object must not freeze the cluster's other changes
+        // Big list pages and Secrets pass through the watch threads' malloc arenas. glibc
+        // raises its mmap threshold to the largest block freed, after which such buffers
+        // come from an arena and may stay resident once freed; a fixed threshold keeps
+        // buffers of 4 MiB and more in their own mappings, given back when freed.
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
         sluice::cp::K8sSourceOptions ko;
         ko.controller_name = opts.compile.controller_name;
         ko.leader_election = !vm.count("no-leader-election");

@@ -232,11 +232,15 @@ ReconcileResult Controller::reconcile() {
 
 ReconcileResult Controller::reconcile_documents(const std::vector<Document>& docs,
                                                 Diagnostics diags) {
-    ReconcileResult r;
     Store store;
     LoadOptions lo;
     lo.controller_name = opts_.compile.controller_name;
     load_documents(docs, lo, store, diags);
+    return reconcile_store(store, std::move(diags));
+}
+
+ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags) {
+    ReconcileResult r;
     auto generations = assign_generations(store);
     r.errors = diags.errors();
     r.warnings = diags.size() - r.errors;

@@ -65,6 +65,10 @@ public:
     /// `diags` carries what was found while producing `docs`.
     ReconcileResult reconcile_documents(const std::vector<Document>& docs, Diagnostics diags);
 
+    /// The same pass for objects already loaded (the Kubernetes source keeps each object's
+    /// model). `store` is read (generations may be assigned) and left to the caller.
+    ReconcileResult reconcile_store(Store& store, Diagnostics diags);
+
     /// Re-sends the IR in force to a dataplane that did not answer (no recompile).
     [[nodiscard]] bool needs_retry() const noexcept {
         return !links_.empty() && current_ && !all_acked() && nack_reason().empty();

@@ -89,7 +89,8 @@ struct WatchState {
     const std::function<bool(std::string_view)>* on_line = nullptr;
     const std::atomic<bool>* stop = nullptr;
     std::string pending; ///< bytes after the last newline (a partial event)
-    std::string body;    ///< non-200 response body
+    std::string body;    ///< non-200 (or non-JSON) response body
+    int json_stream = -1; ///< 200 answer: 1 = a JSON stream, 0 = something else, -1 = unknown
     bool stopped_by_callback = false;
 };
 
@@ -102,7 +103,14 @@ size_t watch_write(char* p, size_t sz, size_t n, void* ud) {
     auto* w = static_cast<WatchState*>(ud);
     long code = 0;
     curl_easy_getinfo(w->h, CURLINFO_RESPONSE_CODE, &code);
-    if (code != 200) {
+    if (code == 200 && w->json_stream < 0) {
+        // A proxy in front of the API server may answer 200 with an HTML page: that is not
+        // a watch stream, and its lines must not be fed to the event parser.
+        char* ct = nullptr;
+        curl_easy_getinfo(w->h, CURLINFO_CONTENT_TYPE, &ct);
+        w->json_stream = ct && std::string_view(ct).find("json") != std::string_view::npos ? 1 : 0;
+    }
+    if (code != 200 || w->json_stream == 0) {
         if (w->body.size() < (1u << 20)) {
             w->body.append(p, sz * n);
         }
@@ -417,6 +425,7 @@ std::string KubeClient::bearer() {
                 token_ = t->first;
                 token_expiry_ = t->second;
                 token_stale_ = false;
+                refused_ = false;
             }
         }
         return token_;
@@ -424,15 +433,50 @@ std::string KubeClient::bearer() {
     if (cfg_.token_file.empty()) {
         return token_;
     }
-    // Projected service-account tokens rotate: re-read the file every minute.
+    // Projected service-account tokens rotate: re-read the file every minute, and at once
+    // after a 401 (token_read_ reset by token_refused()).
     const auto now = std::chrono::steady_clock::now();
     if (token_.empty() || now - token_read_ > std::chrono::seconds(60)) {
         if (auto t = read_file(cfg_.token_file)) {
-            token_ = trim(*t);
+            std::string fresh = trim(*t);
+            if (!token_.empty() && fresh != token_) {
+                std::cerr << "sluice-controlplane: k8s: token file " << cfg_.token_file
+                          << " changed: using the new token" << std::endl;
+            } else if (refused_ && fresh == token_ &&
+                       now - refused_log_ > std::chrono::seconds(30)) {
+                refused_log_ = now;
+                std::cerr << "sluice-controlplane: k8s: token file " << cfg_.token_file
+                          << " still holds the refused token; retrying with backoff" << std::endl;
+            }
+            token_ = std::move(fresh);
             token_read_ = now;
+            refused_ = false;
+        } else if (token_read_ == std::chrono::steady_clock::time_point{} || refused_) {
+            std::cerr << "sluice-controlplane: k8s: " << t.error().message
+                      << " (service-account token)" << std::endl;
+            token_read_ = now - std::chrono::seconds(50); // try again in 10 s
         }
     }
     return token_;
+}
+
+void KubeClient::token_refused() {
+    if (cfg_.token_file.empty() && !cfg_.exec) {
+        return; // a fixed token or a client certificate: nothing to reload
+    }
+    std::lock_guard<std::mutex> g(token_mu_);
+    const auto now = std::chrono::steady_clock::now();
+    if (!refused_ && now - refused_log_ > std::chrono::seconds(30)) {
+        refused_log_ = now;
+        std::cerr << "sluice-controlplane: k8s: HTTP 401 Unauthorized: the API server refuses "
+                     "the token (expired?); "
+                  << (cfg_.exec ? "running the exec credential plugin again"
+                                : "re-reading " + cfg_.token_file)
+                  << std::endl;
+    }
+    refused_ = true;
+    token_read_ = {};    // an expired projected token: re-read it on the next call
+    token_stale_ = true; // an exec plugin's token: run the plugin again
 }
 
 namespace {
@@ -521,10 +565,8 @@ Result<HttpResponse> KubeClient::request(std::string_view method, const std::str
     }
     curl_easy_getinfo(c.h, CURLINFO_RESPONSE_CODE, &resp.status);
     resp.content_type = content_type_of(c.h);
-    if (resp.status == 401 && (!cfg_.token_file.empty() || cfg_.exec)) {
-        std::lock_guard<std::mutex> g(token_mu_);
-        token_read_ = {}; // an expired projected token: re-read it on the next call
-        token_stale_ = true; // an exec plugin's token: run the plugin again
+    if (resp.status == 401) {
+        token_refused();
     }
     return resp;
 }
@@ -567,10 +609,8 @@ Result<HttpResponse> KubeClient::watch(const std::string& path,
         return fail(Errc::Io, "watch " + path + ": " + curl_easy_strerror(rc) +
                                   (w.pending.empty() ? "" : " (stream cut mid-event)"));
     }
-    if (resp.status == 401 && (!cfg_.token_file.empty() || cfg_.exec)) {
-        std::lock_guard<std::mutex> g(token_mu_);
-        token_read_ = {};
-        token_stale_ = true;
+    if (resp.status == 401) {
+        token_refused();
     }
     return resp;
 }

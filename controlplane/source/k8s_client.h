@@ -4,9 +4,10 @@
 /// A small Kubernetes API client over libcurl: request/response calls (GET, PATCH, PUT,
 /// POST) and streaming watches, with TLS verified against the cluster CA and a bearer token
 /// or a client certificate. Configuration comes from the in-cluster service account or from
-/// a kubeconfig (current-context). Exec credential plugins and auth-provider entries are not
-/// supported yet (a clear error names them). Thread: a KubeClient may be used from several
-/// threads at once (each call uses its own curl handle); calls block, bounded by timeouts.
+/// a kubeconfig (current-context), with exec credential plugins; auth-provider entries are
+/// refused with a clear error. A token file is re-read every minute and after a 401.
+/// Thread: a KubeClient may be used from several threads at once (each call uses its own curl
+/// handle); calls block, bounded by timeouts.
 
 #include <atomic>
 #include <chrono>
@@ -95,6 +96,8 @@ public:
 
 private:
     std::string bearer();
+    /// A 401: reload the credential (token file or exec plugin) before the next request.
+    void token_refused();
 
     KubeConfig cfg_;
     std::mutex token_mu_;
@@ -102,6 +105,8 @@ private:
     std::chrono::steady_clock::time_point token_read_{};
     int64_t token_expiry_ = 0;  ///< exec plugin: epoch seconds, 0 = unknown
     bool token_stale_ = false;  ///< exec plugin: a 401 was seen; run it again
+    bool refused_ = false;      ///< a 401 was seen since the credential was last loaded
+    std::chrono::steady_clock::time_point refused_log_{}; ///< rate limit of the 401 log lines
 };
 
 /// Decodes standard base64 (kubeconfig *-data fields); whitespace is ignored.

@@ -1,5 +1,6 @@
 #include "k8s_source.h"
 
+#include <cctype>
 #include <chrono>
 #include <ctime>
 #include <iostream>
@@ -7,23 +8,48 @@
 #include <set>
 #include <thread>
 
+#include <malloc.h>
 #include <unistd.h>
+
+#include "loader.h"
 
 namespace sluice::cp {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+/// One object as the source keeps it.
+struct K8sSource::Entry {
+    /// The object as the server sent it (kinds with status), or only its metadata name,
+    /// namespace and resourceVersion (slim kinds: Services, EndpointSlices... whose content
+    /// lives on in `model` alone).
+    json obj;
+    uint64_t spec = 0; ///< hash of the content without status/resourceVersion/managedFields
+    /// The object loaded alone (validated, typed), until reconcile() moves it into the Store
+    /// it compiles (K8sSource::store_); empty from then on. So an event converts and loads
+    /// one object, not all of them.
+    Store model;
+};
+
 struct K8sSource::Resource {
     std::string kind, group, plural;
     std::vector<std::string> versions; ///< tried in order; the first one served is used
     bool namespaced = true;
+    bool slim = false; ///< keep only the metadata of the JSON object (no status written)
     // Guarded by K8sSource::mu_:
     std::string version; ///< "" = not discovered yet
     std::string rv;      ///< "" = (re)list needed
     bool synced = false; ///< listed once (or known missing)
     bool missing = false;
-    std::map<std::string, json> objects; ///< "ns/name" -> object
+    std::map<std::string, Entry> objects; ///< "ns/name" -> the last valid version
+    /// Objects whose latest version failed validation: "ns/name" -> its errors. The
+    /// version in `objects` (if any) stays in force, as the API server would have refused
+    /// the edit.
+    std::map<std::string, std::vector<Diagnostic>> rejected;
+    /// Secret, ConfigMap: only the objects something references are kept (in `objects`);
+    /// of the others only the key is (here), so a cluster's other Secrets are not held.
+    bool referenced_only = false;
+    std::set<std::string> unreferenced;
 
     [[nodiscard]] std::string base(const std::string& ns = "") const {
         std::string p = group.empty() ? "/api/" + version : "/apis/" + group + "/" + version;
@@ -41,6 +67,44 @@ namespace {
 
 void log(const std::string& msg) {
     std::cerr << "sluice-controlplane: k8s: " << msg << std::endl;
+}
+
+/// One line for a log: whitespace runs collapsed, control bytes escaped, at most `max` bytes
+/// (an HTML error page or a broken JSON body stays readable on one line).
+std::string excerpt(std::string_view body, size_t max = 200) {
+    std::string o;
+    bool space = false;
+    for (unsigned char c : body) {
+        if (o.size() >= max) {
+            o += "...";
+            break;
+        }
+        if (std::isspace(c)) {
+            space = !o.empty();
+            continue;
+        }
+        if (space) {
+            o += ' ';
+            space = false;
+        }
+        if (c < 0x20 || c == 0x7f) {
+            char b[8];
+            snprintf(b, sizeof b, "\\x%02x", c);
+            o += b;
+        } else {
+            o += static_cast<char>(c);
+        }
+    }
+    return o;
+}
+
+/// Why an HTTP answer is not a JSON document: "" when it is one.
+std::string not_json(const HttpResponse& r) {
+    if (r.content_type.find("json") == std::string::npos) {
+        return "unexpected Content-Type '" + r.content_type + "' (a proxy's error page?): '" +
+               excerpt(r.body) + "'";
+    }
+    return "";
 }
 
 std::string now_rfc3339(bool micro) {
@@ -88,19 +152,70 @@ std::string obj_key(const json& obj) {
     return str_at(obj, "metadata", "namespace") + "/" + str_at(obj, "metadata", "name");
 }
 
-/// The object without status and bookkeeping: equal means a recompile is not needed.
-json spec_part(const json& obj) {
-    json j = obj;
-    if (j.is_object()) {
-        j.erase("status");
-        if (j.contains("metadata") && j["metadata"].is_object()) {
-            for (const char* f : {"resourceVersion", "managedFields"}) {
-                j["metadata"].erase(f);
-            }
-        }
+void fnv(uint64_t& h, const void* p, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+        h = (h ^ b[i]) * 0x100000001b3ULL;
     }
-    return j;
 }
+
+void hash_json(const json& j, uint64_t& h, int depth) {
+    const auto t = static_cast<unsigned char>(j.type());
+    fnv(h, &t, 1);
+    switch (j.type()) {
+    case json::value_t::object:
+        for (auto it = j.begin(); it != j.end(); ++it) {
+            // Not content: status, and the bookkeeping of metadata.
+            if ((depth == 0 && it.key() == "status") ||
+                (depth == 1 && (it.key() == "resourceVersion" || it.key() == "managedFields"))) {
+                continue;
+            }
+            fnv(h, it.key().data(), it.key().size() + 1);
+            hash_json(it.value(), h, depth == 0 && it.key() == "metadata" ? 1 : 2);
+        }
+        break;
+    case json::value_t::array:
+        for (const json& e : j) {
+            hash_json(e, h, 2);
+        }
+        break;
+    case json::value_t::string: {
+        const std::string& v = j.get_ref<const std::string&>();
+        fnv(h, v.data(), v.size() + 1);
+        break;
+    }
+    default: {
+        const std::string v = j.dump();
+        fnv(h, v.data(), v.size() + 1);
+        break;
+    }
+    }
+}
+
+/// Hash of the object without status and bookkeeping: equal means a recompile is not needed.
+uint64_t spec_hash(const json& obj) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    hash_json(obj, h, 0);
+    return h;
+}
+
+/// Calls f(dst_vector, src_vector, slot) for each vector of the two Stores, in one order.
+template <class F>
+void each_vector(Store& a, Store& b, F&& f) {
+    f(a.classes, b.classes, 0);
+    f(a.gateways, b.gateways, 1);
+    f(a.listener_sets, b.listener_sets, 2);
+    f(a.routes, b.routes, 3);
+    f(a.grants, b.grants, 4);
+    f(a.tls_policies, b.tls_policies, 5);
+    f(a.namespaces, b.namespaces, 6);
+    f(a.services, b.services, 7);
+    f(a.slices, b.slices, 8);
+    f(a.secrets, b.secrets, 9);
+    f(a.config_maps, b.config_maps, 10);
+    f(a.deployments, b.deployments, 11);
+}
+constexpr int kStoreVectors = 12;
 
 std::string url_escape(const std::string& s) {
     std::string o;
@@ -148,6 +263,62 @@ void to_node(const json& j, Node& n) {
     }
 }
 
+// ------------------------------------------------------------------ referenced objects
+
+/// Adds the Secrets/ConfigMaps named by the reference fields under `j` (any depth) to
+/// `refs` ("Secret" / "ConfigMap" -> {"ns/name"}). `ns` is the referring object's namespace.
+void collect_refs(const json& j, const std::string& ns,
+                  std::map<std::string, std::set<std::string>>& refs) {
+    if (j.is_array()) {
+        for (const json& e : j) {
+            collect_refs(e, ns, refs);
+        }
+        return;
+    }
+    if (!j.is_object()) {
+        return;
+    }
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        const std::string& field = it.key();
+        // certificateRefs (listeners), certificateRef (v1alpha1 listeners),
+        // clientCertificateRef (spec.tls.backend): Secret by default; caCertificateRefs
+        // (frontend validation, BackendTLSPolicy): ConfigMap by default; parametersRef
+        // (GatewayClass, Gateway infrastructure): the kind it names.
+        const char* dflt = field == "certificateRefs" || field == "certificateRef" ||
+                                   field == "clientCertificateRef"
+                               ? "Secret"
+                           : field == "caCertificateRefs" ? "ConfigMap"
+                           : field == "parametersRef"     ? ""
+                                                          : nullptr;
+        if (!dflt) {
+            collect_refs(it.value(), ns, refs);
+            continue;
+        }
+        auto one = [&](const json& ref) {
+            if (!ref.is_object()) {
+                return;
+            }
+            std::string kind = str_at(ref, "kind");
+            if (kind.empty()) {
+                kind = dflt;
+            }
+            const std::string name = str_at(ref, "name");
+            if ((kind != "Secret" && kind != "ConfigMap") || name.empty()) {
+                return;
+            }
+            const std::string rns = str_at(ref, "namespace");
+            refs[kind].insert((rns.empty() ? ns : rns) + "/" + name);
+        };
+        if (it.value().is_array()) {
+            for (const json& ref : it.value()) {
+                one(ref);
+            }
+        } else {
+            one(it.value());
+        }
+    }
+}
+
 // ------------------------------------------------------------------ status rendering
 
 json conditions_json(const std::vector<Condition>& cs, const json& existing) {
@@ -182,6 +353,76 @@ json ref_json(const ParentRef& r) {
         j["port"] = *r.port;
     }
     return j;
+}
+
+void fnv_str(uint64_t& h, const std::string& v) {
+    fnv(h, v.data(), v.size() + 1);
+}
+
+void fnv_int(uint64_t& h, int64_t v) {
+    fnv(h, &v, sizeof v);
+}
+
+void fnv_conditions(uint64_t& h, const std::vector<Condition>& cs) {
+    fnv_int(h, static_cast<int64_t>(cs.size()));
+    for (const Condition& c : cs) {
+        fnv_str(h, c.type);
+        fnv_str(h, c.status);
+        fnv_str(h, c.reason);
+        fnv_str(h, c.message);
+        fnv_int(h, c.observed_generation);
+    }
+}
+
+/// Identifies an object by kind and "ns/name" (the same bytes as kind + ns + "/" + name).
+uint64_t key_hash(std::string_view kind, std::string_view ns, std::string_view name) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    fnv(h, kind.data(), kind.size());
+    fnv(h, "", 1);
+    fnv(h, ns.data(), ns.size());
+    fnv(h, "/", 1);
+    fnv(h, name.data(), name.size());
+    return h;
+}
+
+uint64_t key_hash(std::string_view kind, std::string_view ns_name) {
+    const size_t slash = ns_name.find('/');
+    return key_hash(kind, ns_name.substr(0, slash), ns_name.substr(slash + 1));
+}
+
+/// Everything of `st` that its status JSON is made of (write_statuses' skip test).
+uint64_t status_fingerprint(const ObjectStatus& st) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    fnv_int(h, st.generation);
+    fnv_conditions(h, st.conditions);
+    for (const ListenerStatus& l : st.listeners) {
+        fnv_str(h, l.name);
+        fnv_int(h, l.attached_routes);
+        for (const RouteGroupKind& k : l.supported_kinds) {
+            fnv_str(h, k.group);
+            fnv_str(h, k.kind);
+        }
+        fnv_conditions(h, l.conditions);
+    }
+    for (const GatewayAddress& a : st.addresses) {
+        fnv_str(h, a.type);
+        fnv_str(h, a.value);
+    }
+    fnv_int(h, st.attached_listener_sets);
+    for (const ParentStatus& p : st.parents) {
+        fnv_str(h, p.ref.group);
+        fnv_str(h, p.ref.kind);
+        fnv_str(h, p.ref.name);
+        fnv_str(h, p.ref.ns.value_or("\x01"));
+        fnv_str(h, p.ref.section_name.value_or("\x01"));
+        fnv_int(h, p.ref.port.value_or(-1));
+        fnv_str(h, p.controller_name);
+        fnv_conditions(h, p.conditions);
+    }
+    for (const std::string& f : st.supported_features) {
+        fnv_str(h, f);
+    }
+    return h;
 }
 
 /// Finds the element of `arr` whose `field` equals `value` (for carrying lastTransitionTime).
@@ -255,6 +496,89 @@ Document json_to_document(const json& obj, const std::string& file) {
     return d;
 }
 
+namespace {
+
+/// Loads `obj` alone into `model`, as the full load before a compile would: the error
+/// diagnostics (empty when the object is valid). Per-object checks only; references are
+/// the compiler's.
+std::vector<Diagnostic> validate(const json& obj, const std::string& file,
+                                 const std::string& controller_name, Store& model) {
+    std::vector<Document> one;
+    one.push_back(json_to_document(obj, file));
+    Diagnostics diags;
+    LoadOptions lo;
+    lo.controller_name = controller_name;
+    load_documents(one, lo, model, diags);
+    std::vector<Diagnostic> errors;
+    for (const Diagnostic& d : diags.items()) {
+        if (d.severity == Severity::Error) {
+            errors.push_back(d);
+        }
+    }
+    return errors;
+}
+
+K8sSource::Entry make_entry(json obj, Store model, bool slim) {
+    K8sSource::Entry e;
+    e.spec = spec_hash(obj);
+    if (slim) {
+        json md = json::object();
+        if (obj.is_object() && obj.contains("metadata") && obj["metadata"].is_object()) {
+            for (const char* f : {"name", "namespace", "resourceVersion"}) {
+                if (obj["metadata"].contains(f)) {
+                    md[f] = std::move(obj["metadata"][f]);
+                }
+            }
+        }
+        e.obj = json{{"metadata", std::move(md)}};
+    } else {
+        e.obj = std::move(obj);
+    }
+    e.model = std::move(model);
+    return e;
+}
+
+} // namespace
+
+std::vector<Diagnostic> K8sSource::admit(Resource& r, const std::string& key, const json& obj,
+                                         Store& model) {
+    std::vector<Diagnostic> errors =
+        validate(obj, r.plural + "/" + key, opts_.controller_name, model);
+    if (errors.empty() && model.size() == 1) {
+        return errors;
+    }
+    if (errors.empty()) {
+        // Not one object of a kind sluice compiles (the loader ignored it): refuse it with
+        // a reason rather than keep an entry without a model.
+        Diagnostic d;
+        d.file = r.plural + "/" + key;
+        d.object = r.kind + " " + key;
+        d.message = "not loaded as one " + r.kind + " (unexpected kind or apiVersion '" +
+                    str_at(obj, "apiVersion") + "/" + str_at(obj, "kind") + "')";
+        errors.push_back(std::move(d));
+    }
+    const std::string rv = str_at(obj, "metadata", "resourceVersion");
+    const std::string first =
+        errors.front().field + ": " + errors.front().message +
+        (errors.size() > 1 ? " (+" + std::to_string(errors.size() - 1) + " more)" : "");
+    std::string kept;
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        auto it = r.objects.find(key);
+        kept = it == r.objects.end()
+                   ? "not used until it is fixed (no earlier valid version)"
+                   : "its last valid version (resourceVersion " +
+                         str_at(it->second.obj, "metadata", "resourceVersion") + ") stays in force";
+        for (Diagnostic& d : errors) {
+            d.message += " [resourceVersion " + rv + " refused; " + kept + "]";
+        }
+        r.rejected[key] = errors;
+    }
+    log(r.kind + " " + key + " (resourceVersion " + rv + ") fails validation: " + first + "; " +
+        kept);
+    return errors;
+}
+
 // ------------------------------------------------------------------ construction
 
 K8sSource::K8sSource(KubeClient& client, Controller& controller, K8sSourceOptions opts)
@@ -291,8 +615,8 @@ K8sSource::K8sSource(KubeClient& client, Controller& controller, K8sSourceOption
         {"Namespace", "", "namespaces", {"v1"}, false},
         {"Service", "", "services", {"v1"}, true},
         {"EndpointSlice", "discovery.k8s.io", "endpointslices", {"v1"}, true},
-        // First version: Secrets and ConfigMaps are listed wholesale, not only the
-        // referenced ones (RBAC therefore needs cluster-wide list/watch on them).
+        // Listed and watched cluster-wide, but only the referenced ones are kept
+        // (referenced_only; docs/adr/0007-referenced-secrets-only.md).
         {"Secret", "", "secrets", {"v1"}, true},
         {"ConfigMap", "", "configmaps", {"v1"}, true},
     };
@@ -303,16 +627,153 @@ K8sSource::K8sSource(KubeClient& client, Controller& controller, K8sSourceOption
         r->plural = d.plural;
         r->versions = d.versions;
         r->namespaced = d.namespaced;
+        r->referenced_only = r->kind == "Secret" || r->kind == "ConfigMap";
+        // Kinds without a status of ours and read by nothing but the compiler: their JSON
+        // is not kept (the model holds what the compiler needs).
+        r->slim = r->referenced_only || r->kind == "Namespace" || r->kind == "Service" ||
+                  r->kind == "EndpointSlice" || r->kind == "ReferenceGrant";
         resources_.push_back(std::move(r));
     }
 }
 
 K8sSource::~K8sSource() = default;
 
+K8sSource::Resource* K8sSource::resource(const std::string& kind) const {
+    for (const auto& r : resources_) {
+        if (r->kind == kind) {
+            return r.get();
+        }
+    }
+    return nullptr;
+}
+
+// ------------------------------------------------------------------ referenced Secrets/ConfigMaps
+
+void K8sSource::collect_refs_locked() {
+    std::map<std::string, std::set<std::string>> refs;
+    std::set<std::string> classes, gateways;
+    for (const auto& [k, e] : resource("GatewayClass")->objects) {
+        const json& obj = e.obj;
+        if (str_at(obj, "spec", "controllerName") == opts_.controller_name) {
+            classes.insert(str_at(obj, "metadata", "name"));
+            if (obj.contains("spec")) {
+                collect_refs(obj["spec"], "", refs);
+            }
+        }
+    }
+    for (const auto& [k, e] : resource("Gateway")->objects) {
+        const json& obj = e.obj;
+        if (classes.count(str_at(obj, "spec", "gatewayClassName")) && obj.contains("spec")) {
+            gateways.insert(k);
+            collect_refs(obj["spec"], str_at(obj, "metadata", "namespace"), refs);
+        }
+    }
+    // ListenerSets and BackendTLSPolicies: all of them (a few; their attachment is the
+    // compiler's business).
+    for (const char* kind : {"ListenerSet", "BackendTLSPolicy"}) {
+        for (const auto& [k, e] : resource(kind)->objects) {
+            if (e.obj.contains("spec")) {
+                collect_refs(e.obj["spec"], str_at(e.obj, "metadata", "namespace"), refs);
+            }
+        }
+    }
+    refs_ = std::move(refs);
+}
+
+bool K8sSource::referenced_locked(const Resource& r, const std::string& key) const {
+    auto it = refs_.find(r.kind);
+    return it != refs_.end() && it->second.count(key);
+}
+
+void K8sSource::sync_referenced() {
+    struct Fetch {
+        Resource* r;
+        std::string key;
+    };
+    std::vector<Fetch> fetch;
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        collect_refs_locked();
+        for (const auto& r : resources_) {
+            if (!r->referenced_only || r->version.empty()) {
+                continue;
+            }
+            // No longer referenced: drop the data, keep the key.
+            for (auto it = r->objects.begin(); it != r->objects.end();) {
+                if (referenced_locked(*r, it->first)) {
+                    ++it;
+                    continue;
+                }
+                log(r->kind + " " + it->first + " is no longer referenced: its data is dropped (" +
+                    std::to_string(r->objects.size() - 1) + " referenced of " +
+                    std::to_string(r->objects.size() + r->unreferenced.size()) + " kept)");
+                r->unreferenced.insert(it->first);
+                r->rejected.erase(it->first);
+                it = r->objects.erase(it);
+            }
+            // Newly referenced and known to exist: read it (the watch dropped its data).
+            auto refs = refs_.find(r->kind);
+            if (refs != refs_.end()) {
+                for (const std::string& key : refs->second) {
+                    if (r->unreferenced.count(key)) {
+                        fetch.push_back({r.get(), key});
+                    }
+                }
+            }
+        }
+    }
+    for (const Fetch& f : fetch) {
+        const size_t slash = f.key.find('/');
+        const std::string path =
+            f.r->base(f.key.substr(0, slash)) + "/" + url_escape(f.key.substr(slash + 1));
+        auto resp = client_.request("GET", path);
+        if (!resp || (resp->status != 200 && resp->status != 404)) {
+            log(f.r->kind + " " + f.key + " is now referenced but could not be read (" +
+                (resp ? "HTTP " + std::to_string(resp->status) + ": " + excerpt(resp->body)
+                      : resp.error().message) +
+                "); retried on the next change");
+            continue;
+        }
+        std::optional<json> obj;
+        Store model;
+        if (resp->status == 200) {
+            if (std::string why = not_json(*resp); !why.empty()) {
+                log(f.r->kind + " " + f.key + ": " + why);
+                continue;
+            }
+            obj = parse_json(resp->body);
+            if (!obj || !obj->is_object()) {
+                log(f.r->kind + " " + f.key + ": invalid JSON (" + excerpt(resp->body, 80) + ")");
+                continue;
+            }
+            if (!obj->contains("kind")) {
+                (*obj)["kind"] = f.r->kind;
+            }
+            if (!obj->contains("apiVersion")) {
+                (*obj)["apiVersion"] = f.r->api_version();
+            }
+            if (!admit(*f.r, f.key, *obj, model).empty()) {
+                obj.reset(); // refused: as if absent (the rejection is reported)
+            }
+        }
+        std::lock_guard<std::mutex> g(mu_);
+        if (!f.r->unreferenced.erase(f.key)) {
+            continue; // the watch delivered it (kept: referenced now) or deleted it meanwhile
+        }
+        if (obj) {
+            f.r->objects[f.key] = make_entry(std::move(*obj), std::move(model), f.r->slim);
+            log(f.r->kind + " " + f.key + " is now referenced: read it (" +
+                std::to_string(f.r->objects.size()) + " referenced of " +
+                std::to_string(f.r->objects.size() + f.r->unreferenced.size()) + " kept)");
+        }
+        // 404 or refused: nothing kept; the watch brings its next version.
+    }
+}
+
 void K8sSource::mark(bool compile) {
     {
         std::lock_guard<std::mutex> g(mu_);
-        (compile ? compile_dirty_ : status_dirty_) = true;
+        dirty_locked(compile, !compile);
     }
     cv_.notify_all();
 }
@@ -406,9 +867,30 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
             }
         }
         if (rv.empty()) {
+            std::set<std::string> refs; ///< referenced_only: the keys to keep
+            if (r.referenced_only) {
+                // List after the kinds that reference Secrets/ConfigMaps, so that the first
+                // list keeps the right ones (no GET per referenced object afterwards).
+                std::unique_lock<std::mutex> lk(mu_);
+                while (!stop.load(std::memory_order_relaxed)) {
+                    bool ready = true;
+                    for (const char* k :
+                         {"GatewayClass", "Gateway", "ListenerSet", "BackendTLSPolicy"}) {
+                        ready &= resource(k)->synced;
+                    }
+                    if (ready) {
+                        break;
+                    }
+                    cv_.wait_for(lk, std::chrono::milliseconds(100));
+                }
+                collect_refs_locked();
+                refs = refs_[r.kind];
+            }
             // Chunked list (limit/continue) into a fresh map, swapped in whole: a relist
             // after 410 replaces the objects in one step, so status does not flap.
-            std::map<std::string, json> fresh;
+            std::map<std::string, Entry> fresh;
+            std::set<std::string> fresh_rejected; ///< invalid in this list
+            std::set<std::string> fresh_unref;    ///< referenced_only: seen, data dropped
             std::string cont, list_rv;
             bool ok = true, restart = false;
             do {
@@ -434,24 +916,30 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                     break;
                 }
                 if (resp->status != 200) {
-                    log(r.kind + ": list: HTTP " + std::to_string(resp->status) + ": " +
-                        resp->body.substr(0, 300));
+                    log(r.kind + ": list: HTTP " + std::to_string(resp->status) + " (" +
+                        resp->content_type + "): " + excerpt(resp->body) + "; retrying");
                     ok = false;
                     break;
                 }
-                if (resp->content_type.find("json") == std::string::npos) {
-                    log(r.kind + ": list: unexpected Content-Type '" + resp->content_type + "'");
+                if (std::string why = not_json(*resp); !why.empty()) {
+                    log(r.kind + ": list: " + why + "; retrying, the last good objects stay");
                     ok = false;
                     break;
                 }
                 auto j = parse_json(resp->body);
                 if (!j || !j->is_object() || !(*j)["items"].is_array()) {
-                    log(r.kind + ": list: the answer is not a JSON list");
+                    log(r.kind + ": list: " +
+                        (j ? std::string("the answer is not a list (no items array)")
+                           : "invalid JSON (" + std::to_string(resp->body.size()) +
+                                 " bytes, starting '" + excerpt(resp->body, 80) + "')") +
+                        "; retrying, the last good objects stay");
                     ok = false;
                     break;
                 }
                 for (json& item : (*j)["items"]) {
                     if (!item.is_object()) {
+                        log(r.kind + ": list: an item is not an object, ignored: " +
+                            excerpt(item.dump(), 80));
                         continue;
                     }
                     if (!item.contains("kind")) {
@@ -461,7 +949,16 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                         item["apiVersion"] = r.api_version();
                     }
                     std::string key = obj_key(item); // before the move below
-                    fresh[std::move(key)] = std::move(item);
+                    if (r.referenced_only && !refs.count(key)) {
+                        fresh_unref.insert(std::move(key)); // its data goes with this page
+                        continue;
+                    }
+                    Store model;
+                    if (!admit(r, key, item, model).empty()) {
+                        fresh_rejected.insert(key); // the version in force (if any) stays
+                        continue;
+                    }
+                    fresh[std::move(key)] = make_entry(std::move(item), std::move(model), r.slim);
                 }
                 cont = str_at(*j, "metadata", "continue");
                 list_rv = str_at(*j, "metadata", "resourceVersion");
@@ -476,59 +973,137 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                 continue;
             }
             bool changed = false;
-            const size_t count = fresh.size();
+            const size_t count = fresh.size(), unref = fresh_unref.size();
             {
                 std::lock_guard<std::mutex> g(mu_);
-                if (fresh.size() != r.objects.size()) {
-                    changed = true;
-                } else {
-                    for (auto& [k, v] : fresh) {
-                        auto it = r.objects.find(k);
-                        if (it == r.objects.end() || spec_part(it->second) != spec_part(v)) {
-                            changed = true;
-                            break;
-                        }
+                for (const std::string& k : fresh_rejected) {
+                    // Moved, never copied: reconcile() may hold its model (it finds the entry
+                    // again by key and spec).
+                    if (auto it = r.objects.find(k); it != r.objects.end()) {
+                        fresh[k] = std::move(it->second);
+                    }
+                }
+                changed = fresh.size() != r.objects.size();
+                for (auto& [k, v] : fresh) {
+                    auto it = r.objects.find(k);
+                    if (it == r.objects.end() || it->second.spec != v.spec) {
+                        changed = true;
+                    } else if (!fresh_rejected.count(k)) { // (those were moved in whole)
+                        // Unchanged: keep the model in force (possibly in store_ already).
+                        v.model = std::move(it->second.model);
                     }
                 }
                 r.objects = std::move(fresh);
+                r.unreferenced = std::move(fresh_unref);
+                status_all_touched_ |= !r.slim;
+                std::set<std::string> before;
+                for (const auto& [k, v] : r.rejected) {
+                    before.insert(k);
+                }
+                changed |= before != fresh_rejected; // the diagnostics change
+                for (auto it = r.rejected.begin(); it != r.rejected.end();) {
+                    // Rejections of objects this list found valid (or gone) are over.
+                    it = fresh_rejected.count(it->first) ? std::next(it) : r.rejected.erase(it);
+                }
                 r.rv = list_rv;
                 rv = list_rv;
                 r.synced = true;
-                compile_dirty_ |= changed;
-                status_dirty_ = true;
+                dirty_locked(changed, true);
             }
             cv_.notify_all();
-            log(r.kind + ": listed " + std::to_string(count) + " object(s) at " +
-                "resourceVersion " + list_rv);
+            // The pages (and the unreferenced Secrets in them) are gone: give the freed heap
+            // back to the system, or a big list leaves the RSS at its peak for good.
+            malloc_trim(0);
+            log(r.kind + ": listed " + std::to_string(count + unref) + " object(s) at " +
+                "resourceVersion " + list_rv +
+                (r.referenced_only ? "; " + std::to_string(count) + " referenced of " +
+                                         std::to_string(count + unref) +
+                                         " kept (the data of the others is dropped)"
+                                   : ""));
         }
         // Watch from rv.
         bool gone = false;
         bool bad_event = false;
+        bool healthy =
+            false; ///< this watch delivered a good event: its failure starts a new backoff
+        auto r_rv = [&]() {
+            std::lock_guard<std::mutex> g(mu_);
+            return r.rv;
+        };
         auto on_line = [&](std::string_view line) -> bool {
             auto ev = parse_json(line);
             if (!ev || !ev->is_object()) {
-                log(r.kind + ": watch: invalid JSON event; reconnecting");
+                log(r.kind + ": watch: invalid JSON event (" + std::to_string(line.size()) +
+                    " bytes, starting '" + excerpt(line, 80) +
+                    "'); resuming the watch from resourceVersion " + r_rv() + " after a backoff");
                 bad_event = true;
                 return false;
             }
             const std::string type = str_at(*ev, "type");
             json& obj = (*ev)["object"];
+            healthy |=
+                type == "BOOKMARK" || type == "ADDED" || type == "MODIFIED" || type == "DELETED";
             if (type == "ERROR") {
                 const int code = obj.is_object() && obj["code"].is_number() ? obj["code"].get<int>()
                                                                             : 0;
                 if (code == 410) {
                     gone = true;
                 } else {
-                    log(r.kind + ": watch error event: " + obj.dump().substr(0, 300));
+                    log(r.kind + ": watch error event: " + excerpt(obj.dump(), 300) +
+                        "; resuming the watch after a backoff");
                     bad_event = true;
                 }
                 return false;
             }
             if (!obj.is_object()) {
+                log(r.kind + ": watch: a " + type + " event without an object: " +
+                    excerpt(line, 80) + "; resuming the watch after a backoff");
                 bad_event = true;
                 return false;
             }
             const std::string new_rv = str_at(obj, "metadata", "resourceVersion");
+            if (!obj.contains("kind")) {
+                obj["kind"] = r.kind;
+            }
+            if (!obj.contains("apiVersion")) {
+                obj["apiVersion"] = r.api_version();
+            }
+            const std::string k = obj_key(obj);
+            const bool upsert = type == "ADDED" || type == "MODIFIED";
+            bool same_spec = false; // a status-only change (often our own write): no validation
+            uint64_t spec = 0;
+            if (upsert) {
+                std::lock_guard<std::mutex> g(mu_);
+                if (r.referenced_only && !referenced_locked(r, k)) {
+                    // Not referenced: keep the key only (drop the data, skip validation).
+                    if (!new_rv.empty()) {
+                        r.rv = new_rv;
+                    }
+                    bool dropped = r.objects.erase(k) > 0;
+                    dropped |= r.rejected.erase(k) > 0;
+                    r.unreferenced.insert(k);
+                    if (dropped) {
+                        dirty_locked(true, false);
+                        cv_.notify_all();
+                    }
+                    return true;
+                }
+                r.unreferenced.erase(k);
+                auto it = r.objects.find(k);
+                if (it != r.objects.end() && !new_rv.empty() &&
+                    str_at(it->second.obj, "metadata", "resourceVersion") == new_rv) {
+                    // The echo of our own status write (patch_status kept the answer).
+                    r.rv = new_rv;
+                    return true;
+                }
+                spec = spec_hash(obj);
+                same_spec =
+                    it != r.objects.end() && !r.rejected.count(k) && it->second.spec == spec;
+            }
+            // Validated outside the lock: an invalid version is refused, the one in force stays.
+            // (Only this thread writes r.objects[k] with a new spec; see patch_status.)
+            Store model;
+            const bool refused = upsert && !same_spec && !admit(r, k, obj, model).empty();
             bool compile = false, status = false;
             {
                 std::lock_guard<std::mutex> g(mu_);
@@ -538,29 +1113,37 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                 if (type == "BOOKMARK") {
                     return true;
                 }
-                if (!obj.contains("kind")) {
-                    obj["kind"] = r.kind;
-                }
-                if (!obj.contains("apiVersion")) {
-                    obj["apiVersion"] = r.api_version();
-                }
-                const std::string k = obj_key(obj);
-                if (type == "ADDED" || type == "MODIFIED") {
+                if (refused) {
+                    compile = true; // the diagnostics changed (the IR does not)
+                } else if (upsert) {
+                    compile |= r.rejected.erase(k) > 0;
                     auto it = r.objects.find(k);
-                    if (it != r.objects.end() && spec_part(it->second) == spec_part(obj)) {
-                        status = true; // status-only (often our own write)
+                    if (same_spec && it != r.objects.end() && it->second.spec == spec) {
+                        // Status-only (often another controller's write): the model stays.
+                        status = true;
+                        if (!r.slim) {
+                            it->second.obj = std::move(obj);
+                        } else if (it->second.obj.contains("metadata")) {
+                            it->second.obj["metadata"]["resourceVersion"] = new_rv;
+                        }
+                    } else if (same_spec) {
+                        return true; // replaced meanwhile (relist): the watch resumes after it
                     } else {
                         compile = true;
+                        r.objects[k] = make_entry(std::move(obj), std::move(model), r.slim);
                     }
-                    r.objects[k] = std::move(obj);
                 } else if (type == "DELETED") {
                     compile = r.objects.erase(k) > 0;
+                    compile |= r.rejected.erase(k) > 0;
+                    r.unreferenced.erase(k);
                 } else {
                     log(r.kind + ": watch: unknown event type '" + type + "'");
                     return true;
                 }
-                compile_dirty_ |= compile;
-                status_dirty_ |= status;
+                if (!r.slim) {
+                    status_touched_.insert(key_hash(r.kind, k)); // write_statuses looks again
+                }
+                dirty_locked(compile, status);
             }
             if (compile || status) {
                 cv_.notify_all();
@@ -576,6 +1159,9 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
         if (stop.load(std::memory_order_relaxed)) {
             return;
         }
+        if (healthy) {
+            backoff = opts_.backoff_min_ms; // it worked for a while: start the backoff again
+        }
         if (gone || (resp && resp->status == 410)) {
             log(r.kind + ": watch expired (410 Gone); relisting");
             std::lock_guard<std::mutex> g(mu_);
@@ -590,9 +1176,16 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
             }
             continue;
         }
+        if (resp->status == 200 && !not_json(*resp).empty()) {
+            log(r.kind + ": watch: " + not_json(*resp) + "; retrying after a backoff");
+            if (!wait_backoff()) {
+                return;
+            }
+            continue;
+        }
         if (resp->status != 200) {
-            log(r.kind + ": watch: HTTP " + std::to_string(resp->status) + ": " +
-                resp->body.substr(0, 300));
+            log(r.kind + ": watch: HTTP " + std::to_string(resp->status) + " (" +
+                resp->content_type + "): " + excerpt(resp->body) + "; retrying after a backoff");
             if (resp->status == 404) {
                 std::lock_guard<std::mutex> g(mu_);
                 r.version.clear();
@@ -700,7 +1293,7 @@ void K8sSource::lease_loop(const std::atomic<bool>& stop) {
         } else if (!resp) {
             log("lease: " + resp.error().message);
         } else {
-            log("lease: HTTP " + std::to_string(resp->status) + ": " + resp->body.substr(0, 200));
+            log("lease: HTTP " + std::to_string(resp->status) + ": " + excerpt(resp->body));
         }
         if (leader_.load(std::memory_order_relaxed) &&
             Clock::now() - last_renew > std::chrono::milliseconds(renew_deadline_ms)) {
@@ -734,21 +1327,111 @@ void K8sSource::release_lease() {
 // ------------------------------------------------------------------ reconcile + status
 
 void K8sSource::reconcile() {
-    std::vector<Document> docs;
+    sync_referenced();
+    Diagnostics diags; // refused objects: in the log and diagnostics.txt while they last
     {
+        // The objects' models (loaded alone when they arrived) make up store_, which stays
+        // assembled between compiles: a changed object's new model replaces the old one in
+        // place; only a change of the set of objects re-assembles it (by moves). So an
+        // event costs one object's conversion and load, not all of them.
         std::lock_guard<std::mutex> g(mu_);
+        struct Item {
+            Resource* r;
+            const std::string* key;
+            Entry* e;
+        };
+        std::vector<Item> now;
+        now.reserve(assembled_.size() + 16);
         for (const auto& r : resources_) {
-            for (const auto& [k, obj] : r->objects) {
+            for (const auto& [k, errors] : r->rejected) {
+                for (const Diagnostic& d : errors) {
+                    diags.add(d);
+                }
+            }
+            for (auto& [k, e] : r->objects) {
                 // Only GatewayClasses whose controllerName is ours are handled.
                 if (r->kind == "GatewayClass" &&
-                    str_at(obj, "spec", "controllerName") != opts_.controller_name) {
+                    str_at(e.obj, "spec", "controllerName") != opts_.controller_name) {
                     continue;
                 }
-                docs.push_back(json_to_document(obj, r->plural + "/" + k));
+                now.push_back({r.get(), &k, &e});
             }
         }
+        auto slot_of = [](Store& one) {
+            int slot = -1;
+            each_vector(one, one, [&](auto& v, auto&, int n) { slot = v.empty() ? slot : n; });
+            return slot;
+        };
+        bool same = now.size() == assembled_.size();
+        for (size_t i = 0; same && i < now.size(); ++i) {
+            same = now[i].r == assembled_[i].r && *now[i].key == assembled_[i].key &&
+                   (now[i].e->model.size() == 0 || slot_of(now[i].e->model) == assembled_[i].slot);
+        }
+        if (same) {
+            size_t cursor[kStoreVectors] = {};
+            for (size_t i = 0; i < now.size(); ++i) {
+                const int slot = assembled_[i].slot;
+                const size_t pos = cursor[slot]++;
+                Store& one = now[i].e->model;
+                if (one.size() == 0) {
+                    continue; // unchanged: its model is in store_
+                }
+                each_vector(store_, one, [&](auto& all, auto& v, int n) {
+                    if (n == slot) {
+                        const uint64_t seq = all[pos].meta.sequence;
+                        all[pos] = std::move(v.front());
+                        all[pos].meta.sequence = seq;
+                        v.clear();
+                    }
+                });
+            }
+        } else {
+            // Re-assemble: each model comes from its entry (new) or from store_ (unchanged).
+            std::unordered_map<std::string, std::pair<int, size_t>> old_pos;
+            {
+                size_t cursor[kStoreVectors] = {};
+                for (const Assembled& a : assembled_) {
+                    old_pos[a.r->kind + "/" + a.key] = {a.slot, cursor[a.slot]++};
+                }
+            }
+            Store fresh;
+            each_vector(fresh, store_, [](auto& all, auto& v, int) { all.reserve(v.size() + 64); });
+            std::vector<Assembled> order;
+            order.reserve(now.size());
+            uint64_t seq = 0;
+            for (const Item& it : now) {
+                Store& one = it.e->model;
+                int slot = -1;
+                if (one.size() == 1) {
+                    slot = slot_of(one);
+                    each_vector(fresh, one, [&](auto& all, auto& v, int n) {
+                        if (n == slot) {
+                            all.push_back(std::move(v.front()));
+                            all.back().meta.sequence = seq; // the order files would have
+                            v.clear();
+                        }
+                    });
+                } else if (auto o = old_pos.find(it.r->kind + "/" + *it.key); o != old_pos.end()) {
+                    slot = o->second.first;
+                    const size_t pos = o->second.second;
+                    each_vector(fresh, store_, [&](auto& all, auto& v, int n) {
+                        if (n == slot) {
+                            all.push_back(std::move(v[pos]));
+                            all.back().meta.sequence = seq;
+                        }
+                    });
+                } else {
+                    log("internal: no model for " + it.r->kind + " " + *it.key + "; skipped");
+                    continue;
+                }
+                ++seq;
+                order.push_back({it.r, *it.key, slot});
+            }
+            store_ = std::move(fresh);
+            assembled_ = std::move(order);
+        }
     }
-    ctl_.reconcile_documents(docs, Diagnostics{});
+    ctl_.reconcile_store(store_, std::move(diags));
 }
 
 bool K8sSource::patch_status(Resource& r, const std::string& key, const json& patch,
@@ -764,12 +1447,17 @@ bool K8sSource::patch_status(Resource& r, const std::string& key, const json& pa
         if (auto obj = parse_json(resp->body); obj && obj->is_object()) {
             std::lock_guard<std::mutex> g(mu_);
             auto it = r.objects.find(key);
-            // Keep the answer unless the watch already delivered something newer.
-            if (it != r.objects.end() && str_at(it->second, "metadata", "resourceVersion") == rv) {
+            // Keep the answer unless the watch already delivered something newer (its spec
+            // is the one we read: the patch carried its resourceVersion).
+            if (it != r.objects.end() &&
+                str_at(it->second.obj, "metadata", "resourceVersion") == rv) {
                 if (!obj->contains("kind")) {
                     (*obj)["kind"] = r.kind;
                 }
-                it->second = std::move(*obj);
+                if (!obj->contains("apiVersion")) {
+                    (*obj)["apiVersion"] = r.api_version();
+                }
+                it->second.obj = std::move(*obj);
             }
         }
         return true;
@@ -778,13 +1466,21 @@ bool K8sSource::patch_status(Resource& r, const std::string& key, const json& pa
         // Somebody wrote the object since we read it: read it again, retry on the next pass.
         log("status " + r.kind + " " + key + ": conflict (409); re-reading and retrying");
         auto cur = client_.request("GET", obj_path);
-        if (cur && cur->status == 200) {
+        if (cur && cur->status == 200 && not_json(*cur).empty()) {
             if (auto obj = parse_json(cur->body); obj && obj->is_object()) {
                 std::lock_guard<std::mutex> g(mu_);
                 if (!obj->contains("kind")) {
                     (*obj)["kind"] = r.kind;
                 }
-                r.objects[key] = std::move(*obj);
+                if (!obj->contains("apiVersion")) {
+                    (*obj)["apiVersion"] = r.api_version();
+                }
+                auto it = r.objects.find(key);
+                // Only the newer resourceVersion of the same spec is taken here: a spec change
+                // goes through the watch (validation, recompile).
+                if (it != r.objects.end() && it->second.spec == spec_hash(*obj)) {
+                    it->second.obj = std::move(*obj);
+                }
             }
         }
         mark(false);
@@ -792,7 +1488,7 @@ bool K8sSource::patch_status(Resource& r, const std::string& key, const json& pa
     }
     if (resp->status != 404) {
         log("status " + r.kind + " " + key + ": HTTP " + std::to_string(resp->status) + ": " +
-            resp->body.substr(0, 300));
+            excerpt(resp->body));
     }
     return false;
 }
@@ -817,19 +1513,46 @@ void K8sSource::write_statuses() {
         }
         // Our GatewayClasses and the Gateways that use them: only their statuses are ours.
         std::set<std::string> our_classes;
-        for (const auto& [k, obj] : by_kind["GatewayClass"]->objects) {
-            if (str_at(obj, "spec", "controllerName") == opts_.controller_name) {
-                our_classes.insert(str_at(obj, "metadata", "name"));
+        for (const auto& [k, e] : by_kind["GatewayClass"]->objects) {
+            if (str_at(e.obj, "spec", "controllerName") == opts_.controller_name) {
+                our_classes.insert(str_at(e.obj, "metadata", "name"));
             }
         }
         std::set<std::string> our_gateways; // "ns/name"
-        for (const auto& [k, obj] : by_kind["Gateway"]->objects) {
-            if (our_classes.count(str_at(obj, "spec", "gatewayClassName"))) {
+        for (const auto& [k, e] : by_kind["Gateway"]->objects) {
+            if (our_classes.count(str_at(e.obj, "spec", "gatewayClassName"))) {
                 our_gateways.insert(k);
             }
         }
-        std::set<std::pair<std::string, std::string>> seen; // (kind, key) with our status
+        // What decides which parent entries are ours: part of every fingerprint.
+        uint64_t context = 0xcbf29ce484222325ULL;
+        for (const std::string& c : our_classes) {
+            fnv_str(context, c);
+        }
+        for (const std::string& g : our_gateways) {
+            fnv_str(context, g);
+        }
+        if (status_fp_.size() > 2 * out->statuses.size() + 1024) {
+            status_fp_.clear(); // forget deleted objects now and then
+        }
+        const bool all_touched = status_all_touched_;
+        status_all_touched_ = false;
+        const std::unordered_set<uint64_t> touched = std::move(status_touched_);
+        status_touched_.clear();
+        std::unordered_set<uint64_t> seen; // key hashes of the objects with a status in `out`
+        seen.reserve(out->statuses.size());
         for (const ObjectStatus& st : out->statuses) {
+            // Skip what was found in place last time: the same computed status and set of
+            // our classes and gateways, and the object not changed since (by the watch).
+            // No lookup of the object: with thousands of routes this loop runs per change.
+            const uint64_t kh = key_hash(st.key.kind, st.key.ns, st.key.name);
+            const uint64_t fp = status_fingerprint(st) ^ context;
+            seen.insert(kh);
+            if (auto f = status_fp_.find(kh);
+                f != status_fp_.end() && f->second == fp && !all_touched && !touched.count(kh)) {
+                continue;
+            }
+            status_fp_.erase(kh);
             auto rit = by_kind.find(st.key.kind);
             if (rit == by_kind.end()) {
                 continue;
@@ -840,9 +1563,10 @@ void K8sSource::write_statuses() {
             if (oit == r.objects.end()) {
                 continue;
             }
-            const json& obj = oit->second;
-            const json cur = obj.contains("status") && obj["status"].is_object() ? obj["status"]
-                                                                                 : json::object();
+            const json& obj = oit->second.obj;
+            static const json kNoStatus = json::object();
+            const json& cur =
+                obj.contains("status") && obj["status"].is_object() ? obj["status"] : kNoStatus;
             json patch;
             if (st.key.kind == "GatewayClass") {
                 if (!our_classes.count(st.key.name)) {
@@ -897,12 +1621,13 @@ void K8sSource::write_statuses() {
                 }
                 patch = {{list, entries}};
             }
-            seen.insert({st.key.kind, key});
             json merged = cur;
             merged.merge_patch(patch);
             if (merged != cur) {
                 todo.push_back({&r, key, str_at(obj, "metadata", "resourceVersion"), patch,
                                 r.base(st.key.ns) + "/" + st.key.name});
+            } else {
+                status_fp_[kh] = fp; // in place: nothing to do while this holds
             }
         }
         // Routes that still carry our parent entries but no longer have any: remove ours.
@@ -910,8 +1635,9 @@ void K8sSource::write_statuses() {
                                  "BackendTLSPolicy"}) {
             Resource& r = *by_kind[kind];
             const char* list = std::string(kind) == "BackendTLSPolicy" ? "ancestors" : "parents";
-            for (const auto& [k, obj] : r.objects) {
-                if (seen.count({kind, k}) || !obj.contains("status") ||
+            for (const auto& [k, e] : r.objects) {
+                const json& obj = e.obj;
+                if (seen.count(key_hash(kind, k)) || !obj.contains("status") ||
                     !obj["status"].is_object() || !obj["status"].contains(list) ||
                     !obj["status"][list].is_array()) {
                     continue;
@@ -934,13 +1660,27 @@ void K8sSource::write_statuses() {
             }
         }
     }
-    size_t written = 0;
-    for (const Todo& t : todo) {
-        written += patch_status(*t.r, t.key, t.patch, t.rv, t.path) ? 1 : 0;
+    // A few requests in flight at once: after the first sync of a big cluster every route's
+    // status is new, and one PATCH at a time spends most of its time waiting for answers.
+    std::atomic<size_t> next{0}, written{0};
+    auto worker = [&] {
+        for (size_t i = next++; i < todo.size(); i = next++) {
+            const Todo& t = todo[i];
+            written += patch_status(*t.r, t.key, t.patch, t.rv, t.path) ? 1 : 0;
+        }
+    };
+    std::vector<std::thread> pool;
+    const size_t extra = std::min<size_t>(opts_.status_writers, todo.size() / 8);
+    for (size_t i = 1; i < extra; ++i) {
+        pool.emplace_back(worker);
+    }
+    worker();
+    for (std::thread& t : pool) {
+        t.join();
     }
     if (!todo.empty()) {
-        log("status: wrote " + std::to_string(written) + " of " + std::to_string(todo.size()) +
-            " changed object status(es)");
+        log("status: wrote " + std::to_string(written.load()) + " of " +
+            std::to_string(todo.size()) + " changed object status(es)");
     }
 }
 
@@ -964,7 +1704,10 @@ int K8sSource::run(const std::atomic<bool>& stop) {
         bool do_compile = false, do_status = false;
         {
             std::unique_lock<std::mutex> lk(mu_);
-            cv_.wait_for(lk, std::chrono::milliseconds(200));
+            // The predicate: a change flagged while we were compiling is seen at once.
+            cv_.wait_for(lk, std::chrono::milliseconds(200), [&] {
+                return compile_dirty_ || status_dirty_ || stop.load(std::memory_order_relaxed);
+            });
             if (!synced) {
                 synced = true;
                 for (const auto& r : resources_) {
@@ -985,8 +1728,31 @@ int K8sSource::run(const std::atomic<bool>& stop) {
                 continue;
             }
         }
-        // Debounce: let a burst of events land before compiling.
-        sleep_for(opts_.debounce_ms, stop);
+        // Debounce: compile once the events have stopped for quiet_ms (a lone change waits
+        // that long), or debounce_ms after the first one (a burst: a relist, a rollout).
+        {
+            const auto first = Clock::now();
+            uint64_t seen = 0;
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                seen = dirty_seq_;
+            }
+            for (;;) {
+                const auto left =
+                    std::chrono::milliseconds(opts_.debounce_ms) - (Clock::now() - first);
+                const int ms = static_cast<int>(std::min<int64_t>(
+                    opts_.quiet_ms,
+                    std::chrono::duration_cast<std::chrono::milliseconds>(left).count()));
+                if (ms <= 0 || !sleep_for(ms, stop)) {
+                    break;
+                }
+                std::lock_guard<std::mutex> g(mu_);
+                if (dirty_seq_ == seen) {
+                    break;
+                }
+                seen = dirty_seq_;
+            }
+        }
         {
             std::lock_guard<std::mutex> g(mu_);
             do_compile = compile_dirty_;

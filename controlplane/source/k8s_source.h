@@ -18,7 +18,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -40,7 +43,9 @@ struct K8sSourceOptions {
     int idle_timeout_s = 120;    ///< no byte for this long: the watch connection is dead
     int backoff_min_ms = 250, backoff_max_ms = 30000;
     int missing_retry_s = 60; ///< re-check a kind whose CRD is not installed
-    int debounce_ms = 100;
+    int debounce_ms = 100;    ///< at most this long from the first change to the compile
+    int quiet_ms = 10;        ///< compile once no change came for this long
+    int status_writers = 4;   ///< status PATCH requests in flight at once (many to write)
 };
 
 class K8sSource {
@@ -58,6 +63,7 @@ public:
     }
 
     struct Resource; ///< one watched kind (k8s_source.cc)
+    struct Entry;    ///< one object of a kind (k8s_source.cc)
 
 private:
     void watch_loop(Resource& r, const std::atomic<bool>& stop);
@@ -68,6 +74,20 @@ private:
     bool patch_status(Resource& r, const std::string& key, const nlohmann::json& patch,
                       const std::string& rv, const std::string& obj_path);
     void mark(bool compile);
+    [[nodiscard]] Resource* resource(const std::string& kind) const;
+    /// Secrets/ConfigMaps named by our GatewayClasses' and Gateways' and by all
+    /// ListenerSets' and BackendTLSPolicies' reference fields -> refs_. Caller holds mu_.
+    void collect_refs_locked();
+    [[nodiscard]] bool referenced_locked(const Resource& r, const std::string& key) const;
+    /// Brings the kept Secrets/ConfigMaps in line with refs_: drops the data of those no
+    /// longer referenced, reads (GET) those newly referenced. Thread: the run() thread.
+    void sync_referenced();
+    /// Validates an object the server sent (alone, as the loader would, into `model`). On
+    /// errors: logs
+    /// them, records them in r.rejected and returns them; the caller keeps the previous
+    /// version. Thread: a watch thread; takes mu_.
+    std::vector<Diagnostic> admit(Resource& r, const std::string& key, const nlohmann::json& obj,
+                                  Store& model);
     bool sleep_for(int ms, const std::atomic<bool>& stop);
 
     KubeClient& client_;
@@ -79,7 +99,29 @@ private:
     std::condition_variable cv_;
     bool compile_dirty_ = false; ///< an object's spec/data changed: recompile
     bool status_dirty_ = false;  ///< only status changed, or leadership: re-check status
+    uint64_t dirty_seq_ = 0;     ///< counts the changes flagged (the debounce's quiet test)
+    void dirty_locked(bool compile, bool status) {
+        compile_dirty_ |= compile;
+        status_dirty_ |= status;
+        dirty_seq_ += compile || status ? 1 : 0;
+    }
     std::atomic<bool> leader_{false};
+    /// The Store compiled by reconcile(), kept assembled between compiles (run thread), and
+    /// which entry each of its objects came from, in order.
+    Store store_;
+    struct Assembled {
+        Resource* r;
+        std::string key;
+        int slot; ///< which vector of the Store
+    };
+    std::vector<Assembled> assembled_;
+    /// Object (key hash) -> fingerprint of our status found in place (write_statuses; run
+    /// thread), and the objects the watch changed since the last write_statuses (mu_).
+    std::unordered_map<uint64_t, uint64_t> status_fp_;
+    std::unordered_set<uint64_t> status_touched_;
+    bool status_all_touched_ = false; ///< a relist: check every status again (mu_)
+    /// "Secret"/"ConfigMap" -> {"ns/name"} referenced (collect_refs_locked). Guarded by mu_.
+    std::map<std::string, std::set<std::string>> refs_;
     std::string lease_rv_;
 };
 

@@ -12,11 +12,21 @@ Speaks the parts of the wire protocol the controlplane uses, on plain HTTP at 12
     with a metadata.resourceVersion precondition (409 when stale); every write recorded;
   - Leases (coordination.k8s.io/v1): GET, POST (409 if it exists), PUT (409 on a stale
     resourceVersion).
-Test hooks (Python API, used by k8s_source_test.py): apply(), delete(), compact(),
-drop_watches(), status_writes, and `hide` (resources answered with 404).
+Test hooks (Python API, used by k8s_source_test.py, k8s_faults_test.py and
+perf/k8s_sync_bench.py): apply(), bulk_load() (many objects, no watch history), delete(),
+compact(), drop_watches(), status_writes, `hide` (resources answered with 404),
+`valid_tokens` (bearer tokens accepted; others get 401), and one-shot faults:
+  list_faults[plural]  = [mode, ...]  the next list requests (not the limit=1 discovery) get
+                                      "badjson" (200, application/json, broken JSON), "html"
+                                      (200, text/html: a proxy's page), "html502" (502,
+                                      text/html) or "cut" (the body stops half-way);
+  watch_faults[plural] = [mode, ...]  the next watch requests get "badjson" (an event line
+                                      that is not JSON), "html" (200, text/html) or "cut"
+                                      (half an event, then the connection closes).
 Run alone: fake_apiserver.py --port 0 examples/seed/*.yaml (prints the port).
 """
 
+import bisect
 import json
 import re
 import sys
@@ -194,12 +204,21 @@ def merge_patch(target, patch):
     return target
 
 
+HTML_PAGE = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
+
+
 class State:
     def __init__(self):
         self.lock = threading.Condition()
         self.rv = 100
         self.objects = {}   # plural -> {(ns, name): obj}
-        self.events = []    # (rv, plural, type, obj)
+        self.events = {}    # plural -> [(rv, type, obj)], rv ascending
+        self.event_rvs = {}  # plural -> [rv] (bisect)
+        self.sorted_keys = {}  # plural -> sorted keys of objects[plural] (list cache)
+        self.list_faults = {}   # plural -> [mode] consumed one per list request
+        self.watch_faults = {}  # plural -> [mode] consumed one per watch request
         self.compacted = 0  # watches from an rv below this get 410
         self.hide = set()   # plurals answered with 404 (CRD not installed)
         self.status_writes = []  # (plural, ns, name, patch body, identity hint)
@@ -215,6 +234,38 @@ class State:
         self.rv += 1
         return str(self.rv)
 
+    def _event(self, rv, plural, typ, obj):
+        self.events.setdefault(plural, []).append((rv, typ, json.loads(json.dumps(obj))))
+        self.event_rvs.setdefault(plural, []).append(rv)
+
+    def events_after(self, plural, rv, ns=""):
+        """The events of `plural` newer than rv (caller holds the lock)."""
+        i = bisect.bisect_right(self.event_rvs.get(plural, []), rv)
+        evs = self.events.get(plural, [])[i:]
+        return [e for e in evs if not ns or e[2]["metadata"].get("namespace") == ns]
+
+    def take_fault(self, table, plural):
+        with self.lock:
+            modes = table.get(plural)
+            return modes.pop(0) if modes else None
+
+    def bulk_load(self, objs):
+        """Stores many objects at once without watch history (clients list them), as if
+        they had been created before the watch cache's window."""
+        with self.lock:
+            for obj in objs:
+                plural, namespaced = RESOURCES[obj["kind"]]
+                md = obj.setdefault("metadata", {})
+                if namespaced:
+                    md.setdefault("namespace", "default")
+                md.setdefault("generation", 1)
+                md.setdefault("uid", "uid-%d" % self.rv)
+                md["resourceVersion"] = self._next_rv()
+                self.objects.setdefault(plural, {})[(md.get("namespace", ""), md["name"])] = obj
+                self.sorted_keys.pop(plural, None)
+            self.compacted = self.rv + 1
+            self._next_rv()
+            self.lock.notify_all()
     def apply(self, obj):
         """Creates or replaces an object (spec change: generation + 1)."""
         with self.lock:
@@ -236,7 +287,9 @@ class State:
                 typ = "ADDED"
             md["resourceVersion"] = self._next_rv()
             self.objects[plural][key] = obj
-            self.events.append((int(md["resourceVersion"]), plural, typ, json.loads(json.dumps(obj))))
+            if old is None:
+                self.sorted_keys.pop(plural, None)
+            self._event(int(md["resourceVersion"]), plural, typ, obj)
             self.lock.notify_all()
             return obj
 
@@ -246,9 +299,10 @@ class State:
             obj = self.objects.get(plural, {}).pop((ns, name), None)
             if obj is None:
                 return False
+            self.sorted_keys.pop(plural, None)
             obj = json.loads(json.dumps(obj))
             obj["metadata"]["resourceVersion"] = self._next_rv()
-            self.events.append((self.rv, plural, "DELETED", obj))
+            self._event(self.rv, plural, "DELETED", obj)
             self.lock.notify_all()
             return True
 
@@ -263,7 +317,8 @@ class State:
         with self.lock:
             self.compacted = self.rv + 1
             self._next_rv()
-            self.events = []
+            self.events = {}
+            self.event_rvs = {}
             self.drop_gen += 1
             self.lock.notify_all()
 
@@ -283,7 +338,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code, obj, ctype="application/json"):
-        body = json.dumps(obj).encode()
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -345,36 +400,62 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, o) if o else self._status(404, "NotFound", name)
         if q.get("watch") in ("1", "true"):
             return self._watch(plural, ns, q)
+        limit = int(q.get("limit", "0") or 0)
+        fault = STATE.take_fault(STATE.list_faults, plural) if limit != 1 else None
+        if fault == "badjson":
+            return self._send(200, b'{"kind":"List","apiVersion":"v1","metadata":{},"items":[{"me'
+                                   b'tadata":{"name":"x",}}]}')
+        if fault == "html":
+            return self._send(200, HTML_PAGE, "text/html")
+        if fault == "html502":
+            return self._send(502, HTML_PAGE, "text/html")
         with STATE.lock:
-            items = sorted(STATE.objects.get(plural, {}).items())
-            items = [json.loads(json.dumps(o)) for (k, o) in items if not ns or k[0] == ns]
+            objs = STATE.objects.get(plural, {})
+            keys = STATE.sorted_keys.get(plural)
+            if keys is None:
+                keys = STATE.sorted_keys[plural] = sorted(objs)
+            if ns:
+                keys = [k for k in keys if k[0] == ns]
             rv = str(STATE.rv)
+            start = 0
+            cont = q.get("continue")
+            if cont:
+                crv, _, off = cont.partition(":")
+                if int(crv) < STATE.compacted:
+                    return self._status(410, "Expired", "continue token expired")
+                start, rv = int(off), crv
+            md = {"resourceVersion": rv}
+            end = len(keys)
+            if limit and start + limit < len(keys):
+                md["continue"] = "%s:%d" % (rv, start + limit)
+                end = start + limit
+            items = [json.loads(json.dumps(objs[k])) for k in keys[start:end] if k in objs]
         for o in items:  # as the real server: list items carry no kind/apiVersion
             if "x-k8s.io" not in o.get("apiVersion", ""):  # (the seed's v1alpha1 keeps its own)
                 o.pop("kind", None)
                 o.pop("apiVersion", None)
-        start = 0
-        cont = q.get("continue")
-        if cont:
-            crv, _, off = cont.partition(":")
-            if int(crv) < STATE.compacted:
-                return self._status(410, "Expired", "continue token expired")
-            start, rv = int(off), crv
-        limit = int(q.get("limit", "0") or 0)
-        md = {"resourceVersion": rv}
-        if limit and start + limit < len(items):
-            md["continue"] = "%s:%d" % (rv, start + limit)
-            items = items[start:start + limit]
-        else:
-            items = items[start:]
-        self._send(200, {"kind": PLURALS[plural] + "List", "apiVersion": "v1", "metadata": md,
-                         "items": items})
+        body = json.dumps({"kind": PLURALS[plural] + "List", "apiVersion": "v1", "metadata": md,
+                           "items": items}).encode()
+        if fault == "cut":
+            # Promise the whole body, send half of it, hang up.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._send(200, body)
 
     def _watch(self, plural, ns, q):
         rv = int(q.get("resourceVersion") or STATE.rv)
         timeout = float(q.get("timeoutSeconds", "300"))
         if rv < STATE.compacted and STATE.gone_http:
             return self._status(410, "Expired", "too old resource version")
+        fault = STATE.take_fault(STATE.watch_faults, plural)
+        if fault == "html":
+            return self._send(200, HTML_PAGE, "text/html")
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -386,6 +467,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         try:
+            if fault == "badjson":
+                bad = b'{"type":"MODIFIED","object":{"metadata":{"name":"x"}} oops\n'
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(bad), bad))
+                self.wfile.flush()
             if rv < STATE.compacted:
                 chunk({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
                                                    "status": "Failure", "code": 410,
@@ -398,14 +483,12 @@ class Handler(BaseHTTPRequestHandler):
             last_bm = time.time()
             while time.time() < deadline:
                 with STATE.lock:
-                    evs = [e for e in STATE.events if e[0] > rv and e[1] == plural and
-                           (not ns or e[3]["metadata"].get("namespace") == ns)]
-                    if not evs and STATE.drop_gen == gen:
+                    evs = STATE.events_after(plural, rv, ns)
+                    if not evs and STATE.drop_gen == gen and fault != "cut":
                         STATE.lock.wait(0.1)
-                        evs = [e for e in STATE.events if e[0] > rv and e[1] == plural and
-                               (not ns or e[3]["metadata"].get("namespace") == ns)]
+                        evs = STATE.events_after(plural, rv, ns)
                     cur = STATE.rv
-                    dropped = STATE.drop_gen != gen
+                    dropped = STATE.drop_gen != gen or fault == "cut"
                 if dropped:
                     # Cut mid-event: half an object, then close without the final chunk.
                     data = b'{"type":"MODIFIED","object":{"kind":'
@@ -414,7 +497,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 for e in evs:
-                    chunk({"type": e[2], "object": e[3]})
+                    chunk({"type": e[1], "object": e[2]})
                 rv = max(rv, cur)  # every event of this resource up to cur was sent
                 if time.time() - last_bm > STATE.watch_bookmark_s:
                     last_bm = time.time()
@@ -453,7 +536,7 @@ class Handler(BaseHTTPRequestHandler):
             o["status"] = merge_patch(o.get("status") or {}, patch.get("status") or {})
             o["metadata"]["resourceVersion"] = STATE._next_rv()
             STATE.objects[plural][(ns, name)] = o
-            STATE.events.append((STATE.rv, plural, "MODIFIED", json.loads(json.dumps(o))))
+            STATE._event(STATE.rv, plural, "MODIFIED", o)
             STATE.status_writes.append((plural, ns, name, patch, self.headers.get("User-Agent")))
             STATE.lock.notify_all()
         self._send(200, o)

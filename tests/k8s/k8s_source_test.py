@@ -5,12 +5,16 @@ Covers: initial sync of examples/seed/*.yaml with chunked lists, status write-ba
 (Accepted/ResolvedRefs, observedGeneration), another controller's parent entry left alone,
 no rewrite when nothing changed, an update, a delete, a status patch conflict (409), a watch
 that expires (410 -> relist, no status flap), a server that cuts the watch mid-event, a
-missing CRD, and leader election with two replicas (kill the leader -> the standby takes over
-within the lease duration). Usage: k8s_source_test.py SLUICE_CONTROLPLANE SOURCE_ROOT
+missing CRD, Secrets and ConfigMaps kept only when referenced (big unreferenced ones are
+dropped; a Secret referenced later is read and used), and leader election with two replicas
+(kill the leader -> the standby takes over within the lease duration).
+Usage: k8s_source_test.py SLUICE_CONTROLPLANE SOURCE_ROOT
 """
 
+import base64
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +79,19 @@ fr = S.get("HTTPRoute", "foo", "foo-route")
 fr["status"] = {"parents": [other]}
 S.objects["httproutes"][("foo", "foo-route")] = fr
 S.hide.add("tlsroutes")  # an older cluster without the TLSRoute CRD
+# Secrets and ConfigMaps nothing references, with big payloads: not to be kept. late-cert
+# (the seed's certificate under another name) becomes referenced later.
+BIG = 8 << 20
+for i in range(3):
+    S.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "unused-%d" % i, "namespace": "default"},
+             "data": {"blob": base64.b64encode(os.urandom(BIG)).decode()}})
+S.apply({"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "unused-cm", "namespace": "default"},
+         "data": {"blob": "x" * BIG}})
+late = S.get("Secret", "default", "admin-controlled-cert")
+late["metadata"] = {"name": "late-cert", "namespace": "default"}
+S.apply(late)
 
 srv = fake.serve(0)
 port = srv.server_address[1]
@@ -127,6 +144,13 @@ def logtext(ident):
     return open(os.path.join(tmp, ident + ".log")).read()
 
 
+def rss_mb(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
 def holder():
     le = S.objects.get("leases", {}).get(("sluice-system", "sluice-controlplane"))
     return le and le["spec"].get("holderIdentity")
@@ -159,6 +183,14 @@ try:
     check(any("continue=" in p for m, p in S.requests if m == "GET"),
           "lists are chunked (limit/continue)")
     check("TLSRoute: not served" in logtext("a"), "a missing CRD (TLSRoute) is tolerated and reported")
+    check("Secret: listed 5 object(s) at resourceVersion" in logtext("a") and
+          "1 referenced of 5 kept (the data of the others is dropped)" in logtext("a"),
+          "Secrets: only the referenced one of 5 is kept (log)")
+    check("ConfigMap: listed 1 object(s)" in logtext("a") and "0 referenced of 1 kept" in logtext("a"),
+          "ConfigMaps: the unreferenced one is not kept (log)")
+    rss = rss_mb(procs["a"].pid)
+    check(rss < 3 * BIG / (1 << 20),
+          "RSS %d MB: less than the %d MB of unreferenced Secret data" % (rss, 3 * BIG >> 20))
     check(wait(lambda: holder() == "a"), "replica a holds the lease")
 
     check(S.unauthorized == 0, "exec credential plugin: its token is accepted from the start")
@@ -230,6 +262,43 @@ try:
         ours(S.get("HTTPRoute", "foo", "new-route"))))
     check(bool(e), "a watch cut mid-event resumes and delivers the next change")
 
+    # ------------------------------------------------------------ a Secret referenced later
+    def listener_cond(typ):
+        st = S.get("Gateway", "default", "prod-web").get("status") or {}
+        return cond((st.get("listeners") or [{}])[0], typ)
+
+    check(listener_cond("ResolvedRefs") and listener_cond("ResolvedRefs")["status"] == "True",
+          "the Gateway's listener resolves admin-controlled-cert")
+    gw = S.get("Gateway", "default", "prod-web")
+    gw.pop("status")
+    gw["spec"]["listeners"][0]["tls"]["certificateRef"]["name"] = "late-cert"
+    S.apply(gw)
+    check(wait(lambda: "Secret default/late-cert is now referenced: read it" in logtext("a")),
+          "a Secret that becomes referenced is read (log)")
+    check(wait(lambda: "Secret default/admin-controlled-cert is no longer referenced" in
+               logtext("a")), "the Secret no longer referenced is dropped (log)")
+    time.sleep(1.0)
+    c = wait(lambda: (lambda x: x if x and x["observedGeneration"] == 2 else None)(
+        listener_cond("ResolvedRefs")))
+    check(c and c["status"] == "True",
+          "the listener now uses late-cert: ResolvedRefs=True at generation 2 (%s)" %
+          (c and c.get("reason")))
+    gw = S.get("Gateway", "default", "prod-web")
+    gw.pop("status")
+    gw["spec"]["listeners"][0]["tls"]["certificateRef"]["name"] = "no-such-cert"
+    S.apply(gw)
+    c = wait(lambda: (lambda x: x if x and x["observedGeneration"] == 3 else None)(
+        listener_cond("ResolvedRefs")))
+    check(c and c["status"] == "False", "a missing Secret: ResolvedRefs=False (%s)" %
+          (c and c.get("reason")))
+    gw = S.get("Gateway", "default", "prod-web")
+    gw.pop("status")
+    gw["spec"]["listeners"][0]["tls"]["certificateRef"]["name"] = "admin-controlled-cert"
+    S.apply(gw)
+    c = wait(lambda: (lambda x: x if x and x["observedGeneration"] == 4 else None)(
+        listener_cond("ResolvedRefs")))
+    check(c and c["status"] == "True", "referenced again: read again and used")
+
     # ------------------------------------------------------------ leader election
     start("b")
     time.sleep(LEASE_S + 1)
@@ -268,4 +337,6 @@ finally:
             print(logtext(ident)[-4000:])
 
 print("%d failure(s)" % len(failures))
+if not failures:
+    shutil.rmtree(tmp, ignore_errors=True)
 sys.exit(1 if failures else 0)
