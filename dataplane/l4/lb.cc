@@ -89,6 +89,7 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
     }
     const uint32_t per_address = std::max<uint32_t>(kPortBatch, kPortProbes / of_family);
     uint32_t budget = std::max(kPortProbes, per_address);
+    size_t last = ctx.snat_next;
     for (size_t k = 0; k < n && budget > 0; ++k) {
         const size_t i = (ctx.snat_next + k) % n;
         if (ctx.snat[i].first != family) {
@@ -96,6 +97,7 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
         }
         const uint32_t probes = std::min(per_address, budget);
         budget -= probes;
+        last = i;
         const int port = alloc_port(ctx, static_cast<int>(i), now, probes);
         if (port >= 0) {
             ctx.snat_next = static_cast<uint8_t>((i + 1) % n);
@@ -103,6 +105,9 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
             return port;
         }
     }
+    // Nothing free in the addresses probed: the next new flow starts after them, so full
+    // addresses cannot hide the free ports of the others.
+    ctx.snat_next = static_cast<uint8_t>((last + 1) % n);
     return -1;
 }
 
