@@ -3,6 +3,8 @@
 // EAL arguments pass through unchanged, so real NICs, hugepages and lcore maps work the DPDK
 // way; the defaults here work with --no-huge and virtual devices.
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -19,6 +21,7 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_ring.h>
 
 #include "admin.h"
 #include "ctl_server.h"
@@ -44,7 +47,7 @@ struct Options {
     std::vector<std::string> snat;
     uint32_t ct_capacity = 1u << 20;
     uint32_t maglev_size = kMaglevDefaultSize;
-    uint16_t mbufs = 8191;
+    uint32_t mbufs = 0; ///< 0: sized for the workers' queues and rings
 };
 
 int die(const std::string& msg) {
@@ -52,26 +55,61 @@ int die(const std::string& msg) {
     return 1;
 }
 
-int port_init(uint16_t port, rte_mempool* pool) {
+/// Configures `port` for `workers` workers: one transmit queue each, and as many receive
+/// queues as the device offers up to `workers` (RSS with a symmetric key when it has more
+/// than one and the device hashes). Returns the receive queue count, or an error.
+Result<uint16_t> port_init(uint16_t port, rte_mempool* pool, uint16_t workers) {
     rte_eth_conf conf{};
     rte_eth_dev_info info{};
     if (rte_eth_dev_info_get(port, &info) != 0) {
-        return -1;
+        return fail(Errc::Io, "cannot read the device's information");
     }
-    if (rte_eth_dev_configure(port, 1, 1, &conf) != 0) {
-        return -1;
+    if (info.max_tx_queues < workers) {
+        return fail(Errc::Io, "the device offers " + std::to_string(info.max_tx_queues) +
+                    " transmit queues; each of the " + std::to_string(workers) +
+                    " worker lcores needs one (net_af_packet: qpairs=N; net_tap: up to 16)");
+    }
+    const uint16_t nrx = std::min<uint16_t>(workers, info.max_rx_queues);
+    // 0x6d5a repeated: a Toeplitz key for which a flow and its reverse hash alike.
+    static uint8_t symmetric_key[52];
+    for (size_t i = 0; i < sizeof symmetric_key; i += 2) {
+        symmetric_key[i] = 0x6d;
+        symmetric_key[i + 1] = 0x5a;
+    }
+    const uint64_t hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+    if (nrx > 1 && hf != 0) {
+        conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_key = symmetric_key;
+        conf.rx_adv_conf.rss_conf.rss_key_len =
+            info.hash_key_size ? std::min<uint8_t>(info.hash_key_size, sizeof symmetric_key) : 40;
+        conf.rx_adv_conf.rss_conf.rss_hf = hf;
+    }
+    if (rte_eth_dev_configure(port, nrx, workers, &conf) != 0) {
+        return fail(Errc::Io, "rte_eth_dev_configure(" + std::to_string(nrx) + " rx, " +
+                    std::to_string(workers) + " tx queues) failed");
     }
     uint16_t rxd = 1024, txd = 1024;
     rte_eth_dev_adjust_nb_rx_tx_desc(port, &rxd, &txd);
     const int socket = rte_eth_dev_socket_id(port);
-    if (rte_eth_rx_queue_setup(port, 0, rxd, socket < 0 ? 0 : socket, nullptr, pool) != 0 ||
-        rte_eth_tx_queue_setup(port, 0, txd, socket < 0 ? 0 : socket, nullptr) != 0) {
-        return -1;
+    for (uint16_t q = 0; q < nrx; ++q) {
+        if (rte_eth_rx_queue_setup(port, q, rxd, socket < 0 ? 0 : socket, nullptr, pool) != 0) {
+            return fail(Errc::Io, "receive queue " + std::to_string(q) + " setup failed");
+        }
+    }
+    for (uint16_t q = 0; q < workers; ++q) {
+        if (rte_eth_tx_queue_setup(port, q, txd, socket < 0 ? 0 : socket, nullptr) != 0) {
+            return fail(Errc::Io, "transmit queue " + std::to_string(q) + " setup failed");
+        }
     }
     if (rte_eth_dev_start(port) != 0) {
-        return -1;
+        return fail(Errc::Io, "cannot start the device");
     }
     rte_eth_promiscuous_enable(port);
+    return nrx;
+}
+
+int worker_main(void* arg) {
+    static_cast<Worker*>(arg)->run(g_stop);
     return 0;
 }
 
@@ -96,10 +134,11 @@ int main(int argc, char** argv) {
         "snat", po::value(&o.snat)->composing(),
         "full-NAT source address (repeatable, one per family at least; up to 16, each gives ~64k concurrent flows)")(
         "ct-capacity", po::value(&o.ct_capacity)->default_value(o.ct_capacity),
-        "connection-tracking entries per worker (64 bytes each)")(
+        "connection-tracking entries per worker lcore (64 bytes each)")(
         "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
         "Maglev table size per service (a prime)")(
-        "mbufs", po::value(&o.mbufs)->default_value(o.mbufs), "mbuf pool size")(
+        "mbufs", po::value(&o.mbufs)->default_value(o.mbufs),
+        "mbuf pool size (0: enough for every worker's queues and rings)")(
         "exception-tap", po::value(&o.exception_tap)->default_value(""),
         "name of a TAP interface (net_tap) made for the kernel: frames that are not L4 VIP "
         "traffic (management, ARP/ND of the kernel's addresses, HTTP/HTTPS/TLS listeners "
@@ -137,14 +176,30 @@ int main(int argc, char** argv) {
         return die("no ports: give the EAL a NIC or a --vdev");
     }
     const uint16_t port = 0;
-    rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", o.mbufs, 256, 0,
-                                                RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
-    if (!pool || port_init(port, pool) != 0) {
+    // Every lcore of the EAL's map is a worker (the main lcore is worker 0).
+    const unsigned nworkers = rte_lcore_count();
+    if (nworkers > kMaxWorkers) {
         rte_eal_cleanup();
-        return die("cannot set up port 0");
+        return die("at most " + std::to_string(kMaxWorkers) + " worker lcores, the EAL gave " +
+                   std::to_string(nworkers));
+    }
+    const auto workers = static_cast<uint16_t>(nworkers);
+    constexpr unsigned kRingSize = 1024;
+    const uint32_t mbufs = o.mbufs ? o.mbufs
+                                   : std::max<uint32_t>(8191, workers * (4 * 1024 + 512) +
+                                                                  workers * workers * kRingSize);
+    rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", mbufs, 256, 0,
+                                                RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    if (!pool) {
+        rte_eal_cleanup();
+        return die("cannot create the mbuf pool (" + std::to_string(mbufs) + " mbufs)");
+    }
+    auto rxq = port_init(port, pool, workers);
+    if (!rxq) {
+        rte_eal_cleanup();
+        return die("port 0: " + rxq.error().message);
     }
 
-    LbContext ctx;
     rte_ether_addr mac{};
     rte_eth_macaddr_get(port, &mac);
     int host_port = -1;
@@ -157,39 +212,74 @@ int main(int argc, char** argv) {
                       mac.addr_bytes[5]);
         const std::string args = "iface=" + o.exception_tap + ",mac=" + macs;
         uint16_t hp = 0;
-        if (rte_eal_hotplug_add("vdev", "net_tap_sluice", args.c_str()) != 0 ||
-            rte_eth_dev_get_port_by_name("net_tap_sluice", &hp) != 0 || port_init(hp, pool) != 0) {
+        Result<uint16_t> hq = fail(Errc::Io, "cannot create the device");
+        if (rte_eal_hotplug_add("vdev", "net_tap_sluice", args.c_str()) == 0 &&
+            rte_eth_dev_get_port_by_name("net_tap_sluice", &hp) == 0) {
+            hq = port_init(hp, pool, workers);
+        }
+        if (!hq || *hq != workers) {
             rte_eal_cleanup();
-            return die("cannot create the exception interface " + o.exception_tap);
+            return die("cannot create the exception interface " + o.exception_tap + ": " +
+                       (hq ? "too few queues" : hq.error().message));
         }
         host_port = hp;
-        ctx.exception = true;
         std::cerr << "sluice-dataplane: exception interface " << o.exception_tap
                   << " (give it the kernel's addresses: management, L7 VIPs)" << std::endl;
     }
-    std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx.our_mac.begin());
-    if (o.snat.empty() || o.snat.size() > ctx.snat.size()) {
+    if (o.snat.empty() || o.snat.size() > kMaxSnat) {
         rte_eal_cleanup();
         return die("give 1 to " + std::to_string(kMaxSnat) + " --snat addresses (full-NAT source addresses)");
     }
+    std::array<std::pair<uint8_t, Addr>, kMaxSnat> snat{};
     for (size_t i = 0; i < o.snat.size(); ++i) {
-        if (!parse_addr(o.snat[i], ctx.snat[i].first, ctx.snat[i].second)) {
+        if (!parse_addr(o.snat[i], snat[i].first, snat[i].second)) {
             rte_eal_cleanup();
             return die("--snat " + o.snat[i] + " is not an IP address");
         }
     }
-    ConnTrackConfig cc;
-    cc.capacity = o.ct_capacity;
-    auto ct = ConnTrack::create(cc);
-    if (!ct) {
-        rte_eal_cleanup();
-        return die("conntrack: " + ct.error().message);
-    }
-    ctx.ct = ct->get();
+    // Per worker: its LbContext, conntrack and SNAT port owners; the neighbour table is
+    // shared (lock-free, see NeighborTable).
     auto neighbors = std::make_unique<NeighborTable>();
-    auto ports = std::make_unique<SnatPorts>();
-    ctx.neighbors = neighbors.get();
-    ctx.ports = ports.get();
+    std::vector<std::unique_ptr<LbContext>> ctxs;
+    std::vector<std::unique_ptr<ConnTrack>> cts;
+    std::vector<std::unique_ptr<SnatPorts>> snat_ports;
+    for (uint16_t w = 0; w < workers; ++w) {
+        ConnTrackConfig cc;
+        cc.capacity = o.ct_capacity;
+        auto ct = ConnTrack::create(cc);
+        if (!ct) {
+            rte_eal_cleanup();
+            return die("conntrack: " + ct.error().message);
+        }
+        auto ctx = std::make_unique<LbContext>();
+        std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx->our_mac.begin());
+        ctx->snat = snat;
+        ctx->exception = host_port >= 0;
+        ctx->worker = w;
+        ctx->workers = workers;
+        ctx->ct = ct->get();
+        ctx->neighbors = neighbors.get();
+        snat_ports.push_back(std::make_unique<SnatPorts>());
+        ctx->ports = snat_ports.back().get();
+        cts.push_back(std::move(*ct));
+        ctxs.push_back(std::move(ctx));
+    }
+    // Rings between every pair of workers: rings[from][to].
+    std::vector<std::vector<rte_ring*>> rings(workers, std::vector<rte_ring*>(workers, nullptr));
+    for (uint16_t a = 0; workers > 1 && a < workers; ++a) {
+        for (uint16_t b = 0; b < workers; ++b) {
+            if (a == b) {
+                continue;
+            }
+            const std::string name = "sluice_w" + std::to_string(a) + "_" + std::to_string(b);
+            rings[a][b] = rte_ring_create(name.c_str(), kRingSize, rte_socket_id(),
+                                          RING_F_SP_ENQ | RING_F_SC_DEQ);
+            if (!rings[a][b]) {
+                rte_eal_cleanup();
+                return die("cannot create the ring " + name);
+            }
+        }
+    }
 
     const size_t qsz = rte_rcu_qsbr_get_memsize(RTE_MAX_LCORE);
     auto* qsbr = static_cast<rte_rcu_qsbr*>(rte_zmalloc("sluice_qsbr", qsz, RTE_CACHE_LINE_SIZE));
@@ -234,68 +324,100 @@ int main(int argc, char** argv) {
     std::thread ctl_thread([&] { ctl.run(); });
     std::cerr << "sluice-dataplane: port 0 up, listening on " << o.dp_socket << std::endl;
 
-    WorkerConfig wc;
-    wc.port = port;
-    wc.lcore = rte_lcore_id();
-    wc.host_port = host_port;
-    Worker w(wc, qsbr, services, ctx);
-    // The stats exporters: read what the worker publishes (relaxed atomics on their own
-    // cache lines) and the conntrack's atomics; never the worker's own state.
+    // Worker 0 runs on the main lcore, the others on the EAL's worker lcores in order.
+    std::vector<unsigned> lcores = {rte_lcore_id()};
+    unsigned lc = 0;
+    RTE_LCORE_FOREACH_WORKER(lc) {
+        lcores.push_back(lc);
+    }
+    std::vector<std::unique_ptr<Worker>> ws;
+    for (uint16_t w = 0; w < workers; ++w) {
+        WorkerConfig wc;
+        wc.port = port;
+        wc.rx_queue = w < *rxq ? w : -1; // a single-queue port: worker 0 receives for all
+        wc.tx_queue = w;
+        wc.lcore = lcores[w];
+        wc.host_port = host_port;
+        wc.host_queue = w;
+        if (workers > 1) {
+            for (uint16_t b = 0; b < workers; ++b) {
+                wc.to.push_back(rings[w][b]);
+                wc.from.push_back(rings[b][w]);
+            }
+        }
+        ws.push_back(std::make_unique<Worker>(wc, qsbr, services, *ctxs[w]));
+    }
+    std::cerr << "sluice-dataplane: " << workers << " worker lcore(s), " << *rxq
+              << " receive queue(s) on port 0" << std::endl;
+    // The stats exporters: read what the workers publish (relaxed atomics on their own
+    // cache lines) and the conntracks' atomics; never a worker's own state.
     auto stats_json = [&] {
-        const ConnTrackStats cs = ctx.ct->stats();
         std::string j = "{\"generation\":" + std::to_string(ctl.applied_generation()) +
-                        ",\"lcores\":[{\"lcore\":" + std::to_string(wc.lcore) +
-                        ",\"counters\":{";
-        for (size_t i = 0; i < kLbCounterCount; ++i) {
-            j += std::string(i ? "," : "") + "\"" + lb_counter_name(static_cast<LbCounter>(i)) +
-                 "\":" + std::to_string(w.counter(i));
+                        ",\"lcores\":[";
+        for (uint16_t w = 0; w < workers; ++w) {
+            const Worker& wk = *ws[w];
+            const ConnTrackStats cs = ctxs[w]->ct->stats();
+            j += std::string(w ? "," : "") + "{\"lcore\":" + std::to_string(lcores[w]) +
+                 ",\"worker\":" + std::to_string(w) + ",\"counters\":{";
+            for (size_t i = 0; i < kLbCounterCount; ++i) {
+                j += std::string(i ? "," : "") + "\"" + lb_counter_name(static_cast<LbCounter>(i)) +
+                     "\":" + std::to_string(wk.counter(i));
+            }
+            j += "},\"drops\":{";
+            bool first = true;
+            for (size_t i = 1; i < kDropReasonCount; ++i) {
+                j += std::string(first ? "" : ",") + "\"" +
+                     std::string(drop_reason_name(static_cast<DropReason>(i))) +
+                     "\":" + std::to_string(wk.drops(i));
+                first = false;
+            }
+            j += "},\"flows\":{\"entries\":" + std::to_string(cs.entries) +
+                 ",\"half_open\":" + std::to_string(cs.half_open) +
+                 ",\"inserts\":" + std::to_string(cs.inserts) +
+                 ",\"insert_full\":" + std::to_string(cs.insert_full) +
+                 ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
+                 ",\"expired\":" + std::to_string(cs.expired) +
+                 ",\"capacity\":" + std::to_string(ctxs[w]->ct->capacity()) + "}}";
         }
-        j += "},\"drops\":{";
-        bool first = true;
-        for (size_t i = 1; i < kDropReasonCount; ++i) {
-            j += std::string(first ? "" : ",") + "\"" +
-                 std::string(drop_reason_name(static_cast<DropReason>(i))) +
-                 "\":" + std::to_string(w.drops(i));
-            first = false;
-        }
-        j += "},\"flows\":{\"entries\":" + std::to_string(cs.entries) +
-             ",\"half_open\":" + std::to_string(cs.half_open) +
-             ",\"inserts\":" + std::to_string(cs.inserts) +
-             ",\"insert_full\":" + std::to_string(cs.insert_full) +
-             ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
-             ",\"expired\":" + std::to_string(cs.expired) +
-             ",\"capacity\":" + std::to_string(ctx.ct->capacity()) + "}}]}\n";
-        return j;
+        return j + "]}\n";
     };
     auto prometheus = [&] {
-        const std::string lc = "lcore=\"" + std::to_string(wc.lcore) + "\"";
         std::string t = "# HELP sluice_dp_packets_total worker events by kind (see docs/operations.md)\n"
                         "# TYPE sluice_dp_packets_total counter\n";
-        for (size_t i = 0; i < kLbCounterCount; ++i) {
-            t += "sluice_dp_packets_total{" + lc + ",kind=\"" +
-                 lb_counter_name(static_cast<LbCounter>(i)) + "\"} " + std::to_string(w.counter(i)) + "\n";
+        auto lcl = [&](uint16_t w) { return "lcore=\"" + std::to_string(lcores[w]) + "\""; };
+        for (uint16_t w = 0; w < workers; ++w) {
+            for (size_t i = 0; i < kLbCounterCount; ++i) {
+                t += "sluice_dp_packets_total{" + lcl(w) + ",kind=\"" +
+                     lb_counter_name(static_cast<LbCounter>(i)) + "\"} " +
+                     std::to_string(ws[w]->counter(i)) + "\n";
+            }
         }
         t += "# HELP sluice_dp_drops_total frames dropped by the parser, by reason\n"
              "# TYPE sluice_dp_drops_total counter\n";
-        for (size_t i = 1; i < kDropReasonCount; ++i) {
-            t += "sluice_dp_drops_total{" + lc + ",reason=\"" +
-                 std::string(drop_reason_name(static_cast<DropReason>(i))) + "\"} " +
-                 std::to_string(w.drops(i)) + "\n";
+        for (uint16_t w = 0; w < workers; ++w) {
+            for (size_t i = 1; i < kDropReasonCount; ++i) {
+                t += "sluice_dp_drops_total{" + lcl(w) + ",reason=\"" +
+                     std::string(drop_reason_name(static_cast<DropReason>(i))) + "\"} " +
+                     std::to_string(ws[w]->drops(i)) + "\n";
+            }
         }
-        const ConnTrackStats cs = ctx.ct->stats();
-        t += "# HELP sluice_dp_flows tracked flows\n# TYPE sluice_dp_flows gauge\n"
-             "sluice_dp_flows{" + lc + ",state=\"all\"} " + std::to_string(cs.entries) + "\n"
-             "sluice_dp_flows{" + lc + ",state=\"half_open\"} " + std::to_string(cs.half_open) + "\n"
-             "# HELP sluice_dp_flow_capacity conntrack slots\n# TYPE sluice_dp_flow_capacity gauge\n"
-             "sluice_dp_flow_capacity{" + lc + "} " + std::to_string(ctx.ct->capacity()) + "\n"
-             "# HELP sluice_dp_flow_refused_total new flows not tracked\n"
-             "# TYPE sluice_dp_flow_refused_total counter\n"
-             "sluice_dp_flow_refused_total{" + lc + ",why=\"full\"} " + std::to_string(cs.insert_full) + "\n"
-             "sluice_dp_flow_refused_total{" + lc + ",why=\"half_open_budget\"} " +
-             std::to_string(cs.insert_budget) + "\n"
-             "# HELP sluice_dp_generation IR generation in force\n# TYPE sluice_dp_generation gauge\n"
-             "sluice_dp_generation " + std::to_string(ctl.applied_generation()) + "\n";
-        return t;
+        std::string flows = "# HELP sluice_dp_flows tracked flows\n# TYPE sluice_dp_flows gauge\n";
+        std::string cap = "# HELP sluice_dp_flow_capacity conntrack slots\n# TYPE sluice_dp_flow_capacity gauge\n";
+        std::string refused = "# HELP sluice_dp_flow_refused_total new flows not tracked\n"
+                              "# TYPE sluice_dp_flow_refused_total counter\n";
+        for (uint16_t w = 0; w < workers; ++w) {
+            const ConnTrackStats cs = ctxs[w]->ct->stats();
+            flows += "sluice_dp_flows{" + lcl(w) + ",state=\"all\"} " + std::to_string(cs.entries) + "\n"
+                     "sluice_dp_flows{" + lcl(w) + ",state=\"half_open\"} " + std::to_string(cs.half_open) + "\n";
+            cap += "sluice_dp_flow_capacity{" + lcl(w) + "} " + std::to_string(ctxs[w]->ct->capacity()) + "\n";
+            refused += "sluice_dp_flow_refused_total{" + lcl(w) + ",why=\"full\"} " +
+                       std::to_string(cs.insert_full) + "\n"
+                       "sluice_dp_flow_refused_total{" + lcl(w) + ",why=\"half_open_budget\"} " +
+                       std::to_string(cs.insert_budget) + "\n";
+        }
+        return t + flows + cap + refused +
+               "# HELP sluice_dp_generation IR generation in force\n# TYPE sluice_dp_generation gauge\n"
+               "sluice_dp_generation " + std::to_string(ctl.applied_generation()) + "\n";
     };
     std::thread stats_thread([&] {
         if (o.stats_file.empty()) {
@@ -332,7 +454,11 @@ int main(int argc, char** argv) {
             return AdminAnswer{404, "text/plain", "try /metrics or /stats\n"};
         });
     });
-    w.run(g_stop); // the main lcore is the worker (one queue today)
+    for (uint16_t w = 1; w < workers; ++w) {
+        rte_eal_remote_launch(worker_main, ws[w].get(), lcores[w]);
+    }
+    ws[0]->run(g_stop); // the main lcore is worker 0
+    rte_eal_mp_wait_lcore();
 
     ctl.stop();
     ctl_thread.join();
@@ -340,13 +466,21 @@ int main(int argc, char** argv) {
     admin_thread.join();
     std::fprintf(stderr, "sluice-dataplane: counters:");
     for (size_t i = 0; i < kLbCounterCount; ++i) {
+        uint64_t v = 0;
+        for (const auto& c : ctxs) {
+            v += c->counters[i];
+        }
         std::fprintf(stderr, " %s=%lu", lb_counter_name(static_cast<LbCounter>(i)),
-                     static_cast<unsigned long>(ctx.counters[i]));
+                     static_cast<unsigned long>(v));
     }
     for (size_t i = 1; i < kDropReasonCount; ++i) {
-        if (ctx.drops[i]) {
+        uint64_t v = 0;
+        for (const auto& c : ctxs) {
+            v += c->drops[i];
+        }
+        if (v) {
             std::fprintf(stderr, " drop_%s=%lu", std::string(drop_reason_name(static_cast<DropReason>(i))).c_str(),
-                         static_cast<unsigned long>(ctx.drops[i]));
+                         static_cast<unsigned long>(v));
         }
     }
     std::fprintf(stderr, "\n");

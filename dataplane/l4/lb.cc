@@ -50,14 +50,20 @@ constexpr uint32_t kPortBatch = 8; ///< ports whose owners are prefetched togeth
 
 int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept {
     auto& owners = (*ctx.ports)[slot];
-    const uint32_t span = static_cast<uint32_t>(ctx.port_hi - ctx.port_lo) + 1;
+    // This worker's ports: those of [port_lo, port_hi] with port % workers == worker.
+    const uint32_t stride = ctx.workers ? ctx.workers : 1;
+    const uint32_t first = ctx.port_lo + (ctx.worker + stride - ctx.port_lo % stride) % stride;
+    if (first > ctx.port_hi) {
+        return -1;
+    }
+    const uint32_t span = (ctx.port_hi - first) / stride + 1;
     uint16_t& cur = ctx.port_cursor[slot];
     probes = probes < span ? probes : span;
     for (uint32_t done = 0; done < probes; done += kPortBatch) {
         const uint32_t n = probes - done < kPortBatch ? probes - done : kPortBatch;
         uint16_t port[kPortBatch];
         for (uint32_t i = 0; i < n; ++i) {
-            port[i] = static_cast<uint16_t>(ctx.port_lo + ((cur + i) % span));
+            port[i] = static_cast<uint16_t>(first + ((cur + i) % span) * stride);
             if (owners[port[i]] == nullptr) {
                 cur = static_cast<uint16_t>(cur + i + 1);
                 return port[i]; // never used (or released): no entry to read
@@ -150,35 +156,60 @@ uint32_t arp_request(std::span<uint8_t> buf, const Mac& our_mac, const Addr& src
 
 } // namespace
 
-const Mac* NeighborTable::find(uint8_t family, const Addr& a) const noexcept {
+namespace {
+
+constexpr uint64_t kMacMask = (uint64_t{1} << 48) - 1;
+
+uint64_t neighbor_word(uint8_t family, const Mac& mac) noexcept {
+    uint64_t w = 0;
+    std::memcpy(&w, mac.data(), 6); // bytes 0..5 (little-endian: bits 0..47)
+    return w | static_cast<uint64_t>(family) << 56;
+}
+
+} // namespace
+
+std::optional<Mac> NeighborTable::find(uint8_t family, const Addr& a) const noexcept {
     size_t i = addr_hash(family, a) & (kSlots - 1);
     for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
-        if (slots[i].family == 0) {
-            return nullptr;
+        const uint64_t w = slots[i].word.load(std::memory_order_acquire);
+        if (w == 0) {
+            return std::nullopt;
         }
-        if (slots[i].family == family && addr_eq(slots[i].addr, a)) {
-            return &slots[i].mac;
+        if ((w >> 56) == family && addr_eq(slots[i].addr, a)) {
+            Mac mac;
+            const uint64_t bits = w & kMacMask;
+            std::memcpy(mac.data(), &bits, 6);
+            return mac;
         }
     }
-    return nullptr;
+    return std::nullopt;
 }
 
 void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac) noexcept {
+    const uint64_t want = neighbor_word(family, mac);
     size_t i = addr_hash(family, a) & (kSlots - 1);
     // Bounded probing: a full neighbourhood costs kProbe compares, never a table scan, and
     // a neighbour storm cannot evict the next hops in use (it just is not learned).
     for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
         Slot& sl = slots[i];
-        if (sl.family == family && addr_eq(sl.addr, a)) {
-            if (sl.mac != mac) {
-                sl.mac = mac; // write only on change: the line stays clean for readers
+        uint64_t w = sl.word.load(std::memory_order_acquire);
+        if (w == 0) {
+            const uint64_t claim = static_cast<uint64_t>(kClaimed) << 56;
+            if (sl.word.compare_exchange_strong(w, claim, std::memory_order_acq_rel)) {
+                sl.addr = a;
+                sl.word.store(want, std::memory_order_release);
+                return;
+            }
+            // Another worker claimed it first: w now holds its word; look at it below.
+        }
+        if ((w >> 56) == family && addr_eq(sl.addr, a)) {
+            if (w != want) {
+                sl.word.store(want, std::memory_order_release); // only on change: lines stay clean
             }
             return;
         }
-        if (sl.family == 0) {
-            sl = {family, a, mac};
-            return;
-        }
+        // kClaimed: another worker is filling this slot (perhaps with the same address,
+        // learned twice then; lookups find the first). Probe on.
     }
 }
 
@@ -316,7 +347,7 @@ LbAction on_icmp_error(LbContext& ctx, const ServiceTable& table, std::span<uint
     const Addr odst = to_table_addr(fam, outer_dst);
     const Addr kdst = to_table_addr(fam, m.key.dst);
     IcmpErrorNat t;
-    const Mac* mac = nullptr;
+    std::optional<Mac> mac;
     LbCounter done = LbCounter::IcmpErrorsToClient;
     if (const int slot = snat_slot(ctx, fam, kdst); slot >= 0 && odst == kdst) {
         // Embedded SNAT:sport -> backend:port; the key is its reverse.
@@ -405,7 +436,7 @@ LbAction on_fragment(LbContext& ctx, std::span<uint8_t> frame, PacketMeta& m,
     if (!s) {
         return dropped(ctx, LbCounter::FragNoState);
     }
-    const Mac* mac = ctx.neighbors->find(m.family, to_table_addr(m.family, s->new_dst));
+    const std::optional<Mac> mac = ctx.neighbors->find(m.family, to_table_addr(m.family, s->new_dst));
     if (!mac) {
         return dropped(ctx, LbCounter::NoNeighbor);
     }
@@ -492,6 +523,74 @@ void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) 
         ctx.ct->prefetch_entry(hash);
     } else if (ConnEntry* const* p = snat_port_slot(ctx, m); p != nullptr && *p != nullptr) {
         prefetch_write(*p);
+    }
+}
+
+namespace {
+
+/// Owner of a flow by its client -> VIP hash: bits 16..47 scaled to [0, workers) (the
+/// conntrack uses the high 16 bits as signature and a multiply of all bits for buckets).
+uint16_t owner_of_hash(uint64_t h, uint16_t workers) noexcept {
+    return static_cast<uint16_t>(((h >> 16) & 0xFFFFFFFFULL) * workers >> 32);
+}
+
+/// Owner from a key (TCP/UDP ports present): SNAT return traffic by its port, else by the
+/// flow's hash (`hash` when the caller has it, 0 = compute).
+uint16_t owner_of_key(const LbContext& ctx, const PacketKey& k, uint64_t hash) noexcept {
+    if (snat_slot(ctx, k.family, to_table_addr(k.family, k.dst)) >= 0) {
+        return static_cast<uint16_t>(k.dst_port % ctx.workers);
+    }
+    if (hash == 0) {
+        FlowKey f;
+        f.family = k.family;
+        f.proto = k.proto;
+        f.src = to_table_addr(k.family, k.src);
+        f.dst = to_table_addr(k.family, k.dst);
+        f.src_port = k.src_port;
+        f.dst_port = k.dst_port;
+        hash = flow_hash(f);
+    }
+    return owner_of_hash(hash, ctx.workers);
+}
+
+FragOwners::Slot& frag_owner_slot(LbContext& ctx, const PacketMeta& m) noexcept {
+    return ctx.frag_owners.slots[frag_hash(m, m.key) & (FragOwners::kSlots - 1)];
+}
+
+} // namespace
+
+uint16_t lb_owner(LbContext& ctx, const PacketMeta& m, uint64_t hash, uint32_t now) noexcept {
+    if (ctx.workers <= 1) {
+        return 0;
+    }
+    const uint8_t proto = m.verdict == Verdict::IcmpError ? m.key.proto : m.proto;
+    const bool tcp_udp = proto == kProtoTcp || proto == kProtoUdp;
+    switch (m.verdict) {
+    case Verdict::Forward:
+        return owner_of_key(ctx, m.key, hash);
+    case Verdict::IcmpError:
+        // The key is the flow the error is about, as the client -> VIP or the backend ->
+        // SNAT direction: the owner of that flow.
+        return tcp_udp ? owner_of_key(ctx, m.key, 0) : ctx.worker;
+    case Verdict::Fragment: {
+        if (!tcp_udp) {
+            return ctx.worker;
+        }
+        FragOwners::Slot& s = frag_owner_slot(ctx, m);
+        if (m.frag_first) {
+            const uint16_t owner = owner_of_key(ctx, m.key, 0);
+            s = {m.frag_id, now + FragTable::kTimeoutMs, m.family, m.proto, owner, m.key.src,
+                 m.key.dst};
+            return owner;
+        }
+        if (s.family == m.family && s.proto == m.proto && s.id == m.frag_id &&
+            s.src == m.key.src && s.dst == m.key.dst && !tick_before(s.expires, now)) {
+            return s.owner;
+        }
+        return ctx.worker; // no first fragment seen here: counted as FragNoState there
+    }
+    default:
+        return ctx.worker;
     }
 }
 
@@ -582,7 +681,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         } else {
             ctx.ct->touch(*e, now);
         }
-        const Mac* mac = ctx.neighbors->find(client.family, client.src);
+        const std::optional<Mac> mac = ctx.neighbors->find(client.family, client.src);
         if (!mac) {
             return drop(LbCounter::NoNeighbor);
         }
@@ -688,7 +787,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
             return drop(LbCounter::StatelessFallback);
         }
     }
-    const Mac* mac = ctx.neighbors->find(ep->family, ep->addr);
+    const std::optional<Mac> mac = ctx.neighbors->find(ep->family, ep->addr);
     if (!mac) {
         if (ep->family == 4 && slot >= 0 && buf.size() >= 60) {
             len = arp_request(buf, ctx.our_mac, ctx.snat[slot].second, ep->addr);

@@ -17,6 +17,8 @@
 /// Thread: worker (the lcore that owns the LbContext); no allocation, lock or syscall.
 
 #include <array>
+#include <atomic>
+#include <optional>
 #include <cstdint>
 #include <span>
 
@@ -64,6 +66,9 @@ enum class LbCounter : uint8_t {
     FragUnsupported,     ///< fragments of other protocols than TCP/UDP (ICMP, ...): dropped
     ToHost,              ///< frames handed to the kernel (exception interface)
     FromHost,            ///< frames the kernel sent out through the exception interface
+    Redirected,          ///< frames passed to the worker that owns their flow (lb_owner)
+    RedirectDrops,       ///< frames dropped because that worker's ring was full
+    FromWorkers,         ///< frames other workers passed to this one
     Count,
 };
 inline constexpr size_t kLbCounterCount = static_cast<size_t>(LbCounter::Count);
@@ -79,6 +84,7 @@ inline constexpr size_t kLbCounterCount = static_cast<size_t>(LbCounter::Count);
         "nd_learned",  "icmp_errors_to_client", "icmp_errors_to_backend", "icmp_error_no_flow",
         "time_exceeded", "ttl_drop",   "frag_first",    "frag_translated",
         "frag_no_state", "frag_unsupported", "to_host", "from_host",
+        "redirected",  "redirect_drops", "from_workers",
     };
     static_assert(std::size(kNames) == kLbCounterCount, "one name per LbCounter");
     const auto i = static_cast<size_t>(c);
@@ -116,19 +122,42 @@ struct FragTable {
                   uint32_t now) noexcept;
 };
 
-/// Fixed-size neighbour table (IP -> MAC), learned from ARP. Open addressing, no removal.
+/// Fixed-size neighbour table (IP -> MAC), learned from ARP, ND and new flows' sources.
+/// Open addressing, no removal. One table serves every worker: any worker may learn, any
+/// may read, without a lock. Each slot's MAC and family share one 64-bit atomic word (MAC in
+/// bits 0..47, family in 56..63), so a reader never sees a torn MAC; a writer claims an
+/// empty slot with a compare-and-swap (family kClaimed), writes the address, then publishes
+/// the word with release order. Addresses never change once published.
 struct NeighborTable {
-    static constexpr size_t kSlots = 65536; ///< 1.5 MiB per lcore
+    static constexpr size_t kSlots = 65536; ///< 1.5 MiB, shared by the workers
     static constexpr size_t kProbe = 16;     ///< bounded linear probing
+    static constexpr uint8_t kClaimed = 0xFF; ///< family of a slot being filled
     struct Slot {
-        uint8_t family = 0; ///< 0 = empty
+        std::atomic<uint64_t> word{0}; ///< 0 = empty; else family << 56 | MAC
         Addr addr{};
-        Mac mac{};
     };
     std::array<Slot, kSlots> slots{};
 
-    [[nodiscard]] const Mac* find(uint8_t family, const Addr& a) const noexcept;
+    [[nodiscard]] std::optional<Mac> find(uint8_t family, const Addr& a) const noexcept;
     void learn(uint8_t family, const Addr& a, const Mac& mac) noexcept;
+};
+
+/// Per-worker memory of which worker owns the flow of a fragmented datagram: its first
+/// fragment carries the ports that decide the owner (lb_owner); later fragments carry none
+/// and go where their first fragment went. Only the receiving worker reads and writes it.
+/// Direct-mapped, fixed size; an entry lives FragTable::kTimeoutMs.
+struct FragOwners {
+    static constexpr size_t kSlots = 256;
+    struct Slot {
+        uint32_t id = 0;
+        uint32_t expires = 0;
+        uint8_t family = 0; ///< 0 = empty
+        uint8_t proto = 0;
+        uint16_t owner = 0;
+        Addr16 src{};
+        Addr16 dst{};
+    };
+    std::array<Slot, kSlots> slots{};
 };
 
 /// SNAT source addresses per worker: each gives ~64k concurrent full-NAT flows per
@@ -141,7 +170,11 @@ using SnatPorts = std::array<std::array<ConnEntry*, 65536>, kMaxSnat>;
 struct LbContext {
     Mac our_mac{};
     std::array<std::pair<uint8_t, Addr>, kMaxSnat> snat{}; ///< SNAT addresses (family 0 = unused)
-    uint16_t port_lo = 1024, port_hi = 65535;        ///< this lcore's SNAT port range
+    uint16_t port_lo = 1024, port_hi = 65535;        ///< SNAT port range (all workers)
+    /// This worker's index and the number of workers: its SNAT ports are those of the range
+    /// with port % workers == worker, so the owner of return traffic is its destination
+    /// port % workers (lb_owner) whatever queue it arrives on.
+    uint16_t worker = 0, workers = 1;
     ConnTrack* ct = nullptr;
     NeighborTable* neighbors = nullptr;
     /// SNAT slot x port -> the flow using it (nullptr = free). 4 x 64 Ki pointers.
@@ -151,6 +184,7 @@ struct LbContext {
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};
     FragTable frags; ///< fragments' NAT decisions (~76 KiB, in place)
+    FragOwners frag_owners; ///< fragments' owning workers (lb_owner, ~11 KiB)
     /// An exception interface exists: frames for the host (not a VIP's L4 listener, not an
     /// answer sluice gives itself) go to the kernel instead of being dropped: management
     /// traffic, ARP/ND of the kernel's addresses, and the L7 listeners' traffic, which
@@ -180,6 +214,17 @@ struct LbContext {
     }
     return out;
 }
+
+/// The worker that owns the flow of a frame parsed by lb_prefetch() (`hash` its result),
+/// among ctx.workers. Full-NAT return traffic to a SNAT address (and ICMP errors about it):
+/// its destination port % workers (lb_owner is why the SNAT ports are split that way).
+/// Other TCP/UDP traffic and ICMP errors about a client's flow: a function of the client ->
+/// VIP flow's hash (bits 16..47: independent of the conntrack bucket and signature bits).
+/// Later fragments: the owner of their first fragment as this worker saw it
+/// (ctx.frag_owners), else this worker. Everything else (ARP, ND, echo, frames for the
+/// host): this worker. Thread: worker; updates ctx.frag_owners only.
+[[nodiscard]] uint16_t lb_owner(LbContext& ctx, const PacketMeta& m, uint64_t hash,
+                                uint32_t now) noexcept;
 
 /// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches the first line its
 /// flow state is reached through (the conntrack buckets' signature lines, or for return

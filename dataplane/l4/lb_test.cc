@@ -5,7 +5,9 @@
 #include "lb_fp.h"
 
 #include <map>
+#include <atomic>
 #include <memory>
+#include <thread>
 #include <tuple>
 
 #include <gtest/gtest.h>
@@ -567,8 +569,8 @@ TEST(LbV6, NeighbourSolicitationsForOurAddressesAreAnswered) {
                        .ipv6("fd00::2", sn, 255).icmp(135, 0, 0).payload(body).build();
         uint32_t len = static_cast<uint32_t>(ns.size());
         const LbAction a = fx.run(ns, len);
-        const Mac* learned = fx.nb->find(6, to_table_addr(6, test::addr("fd00::2")));
-        ASSERT_NE(learned, nullptr) << "the solicitor is learned from its option";
+        const std::optional<Mac> learned = fx.nb->find(6, to_table_addr(6, test::addr("fd00::2")));
+        ASSERT_TRUE(learned.has_value()) << "the solicitor is learned from its option";
         EXPECT_EQ(*learned, kClient);
         if (!c.answered) {
             EXPECT_EQ(a, LbAction::Drop) << c.target;
@@ -870,6 +872,150 @@ TEST(LbTtl, HopLimitOneIsAnsweredWithTimeExceeded) {
         len = static_cast<uint32_t>(err.size());
         EXPECT_EQ(fx.run(err, len), LbAction::Drop);
         EXPECT_EQ(fx.counter(LbCounter::TtlDrop), 1u);
+    }
+}
+
+// ---- Several workers: flow ownership (lb_owner) ----------------------------------------
+
+uint16_t owner_of(Fixture& fx, const Bytes& f) {
+    PacketMeta m;
+    const uint64_t h = lb_prefetch(fx.ctx, f, m);
+    const uint16_t o = lb_owner(fx.ctx, m, h, fx.now);
+    PacketMeta m2;
+    (void)parse_packet(f, m2);
+    EXPECT_EQ(o, lb_owner(fx.ctx, m2, 0, fx.now)) << "with or without the burst's hash";
+    return o;
+}
+
+TEST(LbWorkers, EveryPacketOfAFlowBothWaysHasOneOwner) {
+    for (const Fam& f : kFams) {
+        SCOPED_TRACE(f.client);
+        for (const bool udp : {false, true}) {
+            auto fxp = dual_fixture(udp ? ir::Protocol::UDP : ir::Protocol::TCP, f);
+            Fixture& fx = *fxp;
+            learn_nb(fx, f, f.backend, kBackendA);
+            learn_nb(fx, f, f.client, kClient);
+            fx.ctx.workers = 3;
+            std::array<int, 3> per_owner{};
+            for (uint16_t cport = 20000; cport < 20300; ++cport) {
+                PacketBuilder b = from_client(f);
+                Bytes out = (udp ? b.udp(cport, 80) : b.tcp(cport, 80, 0x02)).payload(20).build();
+                const uint16_t owner = owner_of(fx, out);
+                ASSERT_LT(owner, 3);
+                ++per_owner[owner];
+                fx.ctx.worker = owner; // the owner handles it
+                uint32_t len = static_cast<uint32_t>(out.size());
+                ASSERT_EQ(fx.run(out, len), LbAction::Tx);
+                out.resize(len);
+                const IpView v = view(out, 14);
+                const uint16_t snat_port = test::get16(out, v.l4);
+                EXPECT_EQ(snat_port % 3, owner) << "the owner takes SNAT ports of its own class";
+                // The backend's answer to the SNAT address belongs to the same worker.
+                PacketBuilder rb = ip_of(f, PacketBuilder().eth(kBackendA, kOurs), f.backend, f.snat);
+                Bytes back = (udp ? rb.udp(8080, snat_port) : rb.tcp(8080, snat_port, 0x12)).build();
+                fx.ctx.worker = 0;
+                EXPECT_EQ(owner_of(fx, back), owner) << "return traffic of port " << snat_port;
+                // ICMP errors about the flow, from either side, too.
+                Bytes quote(out.begin() + 14, out.begin() + static_cast<long>(v.l4 + 8));
+                Bytes err_be = ip_of(f, PacketBuilder().eth(kBackendA, kOurs), f.backend, f.snat)
+                                   .icmp(f.family == 4 ? 3 : 1, f.family == 4 ? 3 : 4, 0)
+                                   .payload(quote).build();
+                EXPECT_EQ(owner_of(fx, err_be), owner) << "error from the backend";
+                PacketBuilder ab = ip_of(f, PacketBuilder(), f.vip, f.client);
+                Bytes answer = (udp ? ab.udp(80, cport) : ab.tcp(80, cport, 0x12)).payload(12).build_l3();
+                Bytes err_cl = from_client(f).icmp(f.family == 4 ? 3 : 1, f.family == 4 ? 3 : 4, 0)
+                                   .payload(answer).build();
+                EXPECT_EQ(owner_of(fx, err_cl), owner) << "error from the client";
+            }
+            for (int n : per_owner) {
+                EXPECT_GT(n, 60) << "300 flows spread over 3 workers";
+            }
+        }
+    }
+}
+
+TEST(LbWorkers, LaterFragmentsGoWhereTheirFirstFragmentWent) {
+    for (const Fam& f : kFams) {
+        SCOPED_TRACE(f.client);
+        auto fxp = dual_fixture(ir::Protocol::UDP, f);
+        Fixture& fx = *fxp;
+        fx.ctx.workers = 4;
+        fx.ctx.worker = 1; // the receiving worker
+        std::array<int, 4> per_owner{};
+        for (uint32_t id = 1; id <= 100; ++id) {
+            const auto cport = static_cast<uint16_t>(30000 + id);
+            const uint16_t whole = owner_of(fx, from_client(f).udp(cport, 80).payload(100).build());
+            Bytes first = from_client(f).udp(cport, 80).payload(100).fragment(0, true, 48, id).build();
+            Bytes later = from_client(f).udp(cport, 80).payload(100).fragment(48, false, 60, id).build();
+            EXPECT_EQ(owner_of(fx, first), whole) << "a first fragment goes with its flow";
+            EXPECT_EQ(owner_of(fx, later), whole) << "a later fragment follows its first";
+            ++per_owner[whole];
+        }
+        for (int n : per_owner) {
+            EXPECT_GT(n, 5);
+        }
+        Bytes stray = from_client(f).udp(1, 80).payload(100).fragment(48, false, 60, 999).build();
+        EXPECT_EQ(owner_of(fx, stray), 1) << "no first fragment seen: stays (FragNoState there)";
+        Bytes arp = PacketBuilder().eth(kClient, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+                        .arp(1, kClient, "10.0.0.2", {}, "10.0.0.99").pad_to(60).build();
+        EXPECT_EQ(owner_of(fx, arp), 1) << "ARP is answered where it arrives";
+    }
+}
+
+TEST(LbWorkers, OneWorkerOwnsEverything) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}));
+    for (uint16_t p = 1000; p < 1100; ++p) {
+        EXPECT_EQ(owner_of(fx, syn(p)), 0);
+    }
+}
+
+TEST(NeighborTableTest, ConcurrentLearnersAndReadersNeverSeeATornMac) {
+    auto nb = std::make_unique<NeighborTable>();
+    Addr shared{};
+    shared[0] = 10;
+    shared[3] = 1;
+    const Mac a = {0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa};
+    const Mac b = {0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb};
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> torn{0}, found{0};
+    // Two learners flip the shared address's MAC and learn addresses of their own.
+    auto learner = [&](uint8_t base, const Mac& mine) {
+        for (uint32_t i = 0; i < 200000; ++i) {
+            nb->learn(4, shared, (i & 1) ? a : b);
+            Addr own{};
+            own[0] = base;
+            own[2] = static_cast<uint8_t>(i >> 8);
+            own[3] = static_cast<uint8_t>(i);
+            if (i < 2000) {
+                nb->learn(4, own, mine);
+            }
+        }
+    };
+    std::thread reader([&] {
+        while (!stop.load()) {
+            if (const auto m = nb->find(4, shared)) {
+                ++found;
+                torn += (*m != a && *m != b) ? 1 : 0;
+            }
+        }
+    });
+    std::thread l1(learner, 20, a), l2(learner, 30, b);
+    l1.join();
+    l2.join();
+    stop = true;
+    reader.join();
+    EXPECT_EQ(torn.load(), 0u);
+    EXPECT_GT(found.load(), 0u);
+    for (uint32_t i = 0; i < 2000; ++i) {
+        for (const auto& [base, mac] : {std::pair<uint8_t, Mac>{20, a}, {30, b}}) {
+            Addr own{};
+            own[0] = base;
+            own[2] = static_cast<uint8_t>(i >> 8);
+            own[3] = static_cast<uint8_t>(i);
+            const auto got = nb->find(4, own);
+            ASSERT_TRUE(got.has_value()) << int(base) << "." << i;
+            EXPECT_EQ(*got, mac);
+        }
     }
 }
 

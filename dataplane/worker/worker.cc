@@ -3,6 +3,7 @@
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
+#include <rte_ring.h>
 
 namespace sluice::dp {
 
@@ -15,29 +16,87 @@ void Worker::publish_counters() noexcept {
     }
 }
 
+uint16_t Worker::dispatch(rte_mbuf** pkts, uint16_t n, PacketMeta* metas, uint64_t* hashes,
+                          uint32_t now) noexcept {
+    const uint16_t self = ctx_.worker;
+    const size_t workers = cfg_.to.size();
+    // Frames per destination worker, in arrival order (their order within a flow is kept:
+    // one ring per pair of workers, drained in order).
+    rte_mbuf* out[kMaxWorkers][kBurst];
+    uint16_t nout[kMaxWorkers] = {};
+    uint16_t keep = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        const uint64_t h = lb_prefetch(
+            ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
+            metas[keep]);
+        const uint16_t owner = lb_owner(ctx_, metas[keep], h, now);
+        if (owner != self && owner < workers) {
+            out[owner][nout[owner]++] = pkts[i];
+            continue;
+        }
+        hashes[keep] = h;
+        pkts[keep++] = pkts[i];
+    }
+    for (size_t w = 0; w < workers; ++w) {
+        if (nout[w] == 0) {
+            continue;
+        }
+        const unsigned sent = rte_ring_sp_enqueue_burst(cfg_.to[w], reinterpret_cast<void**>(out[w]),
+                                                        nout[w], nullptr);
+        ctx_.counters[static_cast<size_t>(LbCounter::Redirected)] += sent;
+        for (unsigned i = sent; i < nout[w]; ++i) {
+            rte_pktmbuf_free(out[w][i]); // the owner is behind: drop, as a full rx queue would
+            ctx_.count(LbCounter::RedirectDrops);
+        }
+    }
+    return keep;
+}
+
 void Worker::run(const std::atomic<bool>& stop) noexcept {
     rte_rcu_qsbr_thread_register(qsbr_, cfg_.lcore);
     rte_rcu_qsbr_thread_online(qsbr_, cfg_.lcore);
     const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    const bool several = cfg_.to.size() > 1;
     uint32_t last_publish = 0;
     rte_mbuf* tx[kBurst];
     rte_mbuf* host[kBurst];
     while (!stop.load(std::memory_order_relaxed)) {
         rte_mbuf* pkts[kBurst];
-        const uint16_t n = rte_eth_rx_burst(cfg_.port, cfg_.queue, pkts, kBurst);
+        PacketMeta metas[kBurst];
+        uint64_t hashes[kBurst];
         const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
-        if (n > 0) {
-            const ServiceTable* table = services_.read(); // one snapshot per burst
-            // Stage 1: parse and hash every flow of the burst and prefetch its conntrack
-            // buckets' signature lines; stage 1b: prefetch the matching entries. Stage 2's
-            // lookups then hit: the burst's misses overlap (STYLE H3).
-            PacketMeta metas[kBurst];
-            uint64_t hashes[kBurst];
+        uint16_t n = cfg_.rx_queue >= 0
+                         ? rte_eth_rx_burst(cfg_.port, static_cast<uint16_t>(cfg_.rx_queue), pkts, kBurst)
+                         : 0;
+        // Stage 1: parse and hash every flow of the burst and prefetch its conntrack
+        // buckets' signature lines (with several workers, frames of other workers' flows
+        // leave for their rings here); stage 1b: prefetch the matching entries. Stage 2's
+        // lookups then hit: the burst's misses overlap (STYLE H3).
+        if (several) {
+            n = dispatch(pkts, n, metas, hashes, now);
+            for (size_t w = 0; w < cfg_.from.size() && n < kBurst; ++w) {
+                if (cfg_.from[w] == nullptr) {
+                    continue;
+                }
+                const uint16_t got = static_cast<uint16_t>(rte_ring_sc_dequeue_burst(
+                    cfg_.from[w], reinterpret_cast<void**>(pkts + n), kBurst - n, nullptr));
+                ctx_.counters[static_cast<size_t>(LbCounter::FromWorkers)] += got;
+                for (uint16_t i = n; i < n + got; ++i) {
+                    hashes[i] = lb_prefetch(
+                        ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
+                        metas[i]);
+                }
+                n = static_cast<uint16_t>(n + got);
+            }
+        } else {
             for (uint16_t i = 0; i < n; ++i) {
                 hashes[i] = lb_prefetch(
                     ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
                     metas[i]);
             }
+        }
+        if (n > 0) {
+            const ServiceTable* table = services_.read(); // one snapshot per burst
             for (uint16_t i = 0; i < n; ++i) {
                 lb_prefetch_flow(ctx_, metas[i], hashes[i]);
             }
@@ -66,12 +125,13 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                     rte_pktmbuf_free(m);
                 }
             }
-            const uint16_t sent = ntx ? rte_eth_tx_burst(cfg_.port, cfg_.queue, tx, ntx) : 0;
+            const uint16_t sent = ntx ? rte_eth_tx_burst(cfg_.port, cfg_.tx_queue, tx, ntx) : 0;
             for (uint16_t i = sent; i < ntx; ++i) {
                 rte_pktmbuf_free(tx[i]);
             }
             if (nhost) {
-                const uint16_t hs = rte_eth_tx_burst(static_cast<uint16_t>(cfg_.host_port), 0, host, nhost);
+                const uint16_t hs = rte_eth_tx_burst(static_cast<uint16_t>(cfg_.host_port),
+                                                     cfg_.host_queue, host, nhost);
                 for (uint16_t i = hs; i < nhost; ++i) {
                     rte_pktmbuf_free(host[i]);
                 }
@@ -80,10 +140,11 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
         if (cfg_.host_port >= 0) {
             // What the kernel sends (sluice-l7's answers and backend connections, management
             // traffic, its ARP/ND) leaves through the port as it is.
-            const uint16_t hn = rte_eth_rx_burst(static_cast<uint16_t>(cfg_.host_port), 0, host, kBurst);
+            const uint16_t hn = rte_eth_rx_burst(static_cast<uint16_t>(cfg_.host_port),
+                                                 cfg_.host_queue, host, kBurst);
             if (hn) {
                 ctx_.counters[static_cast<size_t>(LbCounter::FromHost)] += hn;
-                const uint16_t hs = rte_eth_tx_burst(cfg_.port, cfg_.queue, host, hn);
+                const uint16_t hs = rte_eth_tx_burst(cfg_.port, cfg_.tx_queue, host, hn);
                 for (uint16_t i = hs; i < hn; ++i) {
                     rte_pktmbuf_free(host[i]);
                 }

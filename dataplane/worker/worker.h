@@ -1,17 +1,29 @@
 #pragma once
 
 /// @file
-/// A worker lcore: the run-to-completion burst loop over one port queue. Reads the service
+/// A worker lcore: the run-to-completion burst loop over its port queues. Reads the service
 /// table snapshot once per burst (H4), hands each frame to lb_process(), transmits in
 /// bursts, reports a QSBR quiescent state once per iteration (H5) and sweeps expired flows
 /// a few buckets at a time. Thread: worker (one lcore per Worker).
+///
+/// Flow affinity with several workers: every frame of a flow, both directions, is handled
+/// by the worker that owns it (lb_owner: the client -> VIP flow's hash; full-NAT return
+/// traffic by its SNAT port, which the owner chose with port % workers == its index). A
+/// worker polls its own receive queue (RSS or the kernel's fan-out spread frames over the
+/// queues; a single-queue port is polled by worker 0 alone), hands frames it does not own
+/// to their owner through a single-producer single-consumer ring, and takes what the
+/// others hand it from its rings. Each worker transmits on its own queue of every port.
 
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include <rte_rcu_qsbr.h>
+
+struct rte_mbuf;
+struct rte_ring;
 
 #include "lb_fp.h"
 #include "snapshot.h"
@@ -20,12 +32,20 @@ namespace sluice::dp {
 
 inline constexpr uint16_t kBurst = 32;
 static_assert(kBurst <= 64, "hit masks are uint64_t");
+/// Worker lcores per dataplane (rings between every pair: kMaxWorkers^2 at most).
+inline constexpr size_t kMaxWorkers = 16;
 
 struct WorkerConfig {
     uint16_t port = 0;
-    uint16_t queue = 0;
+    int rx_queue = 0;   ///< the port's receive queue this worker polls, or -1 (none)
+    uint16_t tx_queue = 0;
     unsigned lcore = 0; ///< QSBR thread id
     int host_port = -1; ///< exception interface (a net_tap port) or -1: frames for the host
+    uint16_t host_queue = 0; ///< this worker's queue pair on the exception interface
+    /// Rings to the other workers (index = worker; own index unused) and from them; empty
+    /// with one worker. Single producer, single consumer each.
+    std::vector<rte_ring*> to;
+    std::vector<rte_ring*> from;
 };
 
 class Worker {
@@ -51,6 +71,10 @@ public:
 
 private:
     void publish_counters() noexcept;
+    /// Stage 0 (several workers): frames of pkts[0, n) owned by another worker go to its
+    /// ring; the rest stay, compacted, with their parse in metas/hashes. Returns how many stay.
+    uint16_t dispatch(rte_mbuf** pkts, uint16_t n, PacketMeta* metas, uint64_t* hashes,
+                      uint32_t now) noexcept;
 
     WorkerConfig cfg_;
     rte_rcu_qsbr* qsbr_;

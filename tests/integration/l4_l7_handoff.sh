@@ -102,10 +102,14 @@ spec:
 YAML
 
 SOCK=$work/dp.sock
-ip netns exec "$P-lan" taskset -c 1 "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --ct-capacity 65536 \
+# SLUICE_L4_WORKERS=N: N worker lcores, N queue pairs on the port and on the exception TAP.
+WORKERS=${SLUICE_L4_WORKERS:-1}
+LCORES=1
+[ "$WORKERS" -gt 1 ] && LCORES=0-$((WORKERS - 1))
+ip netns exec "$P-lan" taskset -c "$LCORES" "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --ct-capacity 65536 \
   --stats-file "$work/dp-stats.json" --exception-tap sl-exc --admin 127.0.0.1:9911 \
-  -- -l 1 --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
-  --vdev=net_af_packet0,iface=dp0,framecnt=2048,qdisc_bypass=1 >"$work/dp.log" 2>&1 &
+  -- -l "$LCORES" --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \
+  --vdev=net_af_packet0,iface=dp0,framecnt=2048,qdisc_bypass=1,qpairs=$WORKERS >"$work/dp.log" 2>&1 &
 dp_pid=$!
 pids+=($dp_pid)
 for _ in $(seq 100); do [ -S "$SOCK" ] && ip -n "$P-lan" link show sl-exc >/dev/null 2>&1 && break; sleep 0.1; done
@@ -172,7 +176,10 @@ echo "ok: 50 of 50 HTTP requests through DPDK -> TAP -> sluice-l7 -> DPDK -> bac
 sleep 1.2
 python3 - "$work/dp-stats.json" <<'PY' || fail "dataplane counters"
 import json, sys
-c = json.load(open(sys.argv[1]))["lcores"][0]["counters"]
+from collections import Counter
+c = Counter()
+for l in json.load(open(sys.argv[1]))["lcores"]:  # summed over the workers
+    c.update(l["counters"])
 print(f"ok: dataplane counters to_host {c['to_host']}, from_host {c['from_host']}, "
       f"new_flows {c['new_flows']}, l7_listener {c['l7_listener']}")
 # 50+ HTTP exchanges of ~10 frames each in both directions went through the worker.

@@ -1,5 +1,6 @@
 // sluicectl: validate manifests offline, explain a routing decision, show status.
 
+#include <map>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -452,6 +453,21 @@ int cmd_stats(const std::vector<std::string>& args) {
             std::cout << "  " << k << " " << v.get<uint64_t>() << "\n";
         }
         return 0;
+    }
+    if (j["lcores"].size() > 1) {
+        // The sums first (scripts read the first "new_flows" line), then each worker.
+        std::map<std::string, uint64_t> sum;
+        for (const auto& l : j["lcores"]) {
+            for (const auto& [k, v] : l["counters"].items()) {
+                sum[k] += v.get<uint64_t>();
+            }
+        }
+        std::cout << "all " << j["lcores"].size() << " workers\n";
+        for (const auto& [k, v] : sum) {
+            if (v != 0) {
+                std::cout << "  " << k << " " << v << "\n";
+            }
+        }
     }
     for (const auto& l : j["lcores"]) {
         std::cout << "lcore " << l.value("lcore", 0) << "\n";
