@@ -46,6 +46,7 @@ struct Options {
     std::string admin;
     std::vector<std::string> snat;
     uint32_t ct_capacity = 1u << 20;
+    uint32_t ct_half_open = 0; ///< 0: capacity / 8
     uint32_t maglev_size = kMaglevDefaultSize;
     uint32_t mbufs = 0; ///< 0: sized for the workers' queues and rings
 };
@@ -135,6 +136,9 @@ int main(int argc, char** argv) {
         "full-NAT source address (repeatable, one per family at least; up to 16, each gives ~64k concurrent flows)")(
         "ct-capacity", po::value(&o.ct_capacity)->default_value(o.ct_capacity),
         "connection-tracking entries per worker lcore (64 bytes each)")(
+        "ct-half-open", po::value(&o.ct_half_open)->default_value(o.ct_half_open),
+        "half-open (SYN seen) TCP entries per worker allowed at once, so a SYN flood cannot "
+        "fill the table (0: an eighth of --ct-capacity; at most --ct-capacity)")(
         "maglev-size", po::value(&o.maglev_size)->default_value(o.maglev_size),
         "Maglev table size per service (a prime)")(
         "mbufs", po::value(&o.mbufs)->default_value(o.mbufs),
@@ -246,6 +250,7 @@ int main(int argc, char** argv) {
     for (uint16_t w = 0; w < workers; ++w) {
         ConnTrackConfig cc;
         cc.capacity = o.ct_capacity;
+        cc.half_open_max = o.ct_half_open;
         auto ct = ConnTrack::create(cc);
         if (!ct) {
             rte_eal_cleanup();

@@ -30,6 +30,14 @@
 #
 # Equal work: every proxy adds X-Forwarded-For and X-Forwarded-Proto (sluice always does),
 # keeps upstream connections alive and logs nothing.
+#
+# TLS (issue 5), same invocation, same certificates for every proxy (self-signed, made here:
+# ECDSA P-256 and RSA-2048, one port each), TLS 1.3 negotiated by wrk's OpenSSL:
+#   tls-keepalive    HTTPS requests/s over kept-alive connections (ECDSA port);
+#   tls-close-ecdsa  a new connection per request: a full TLS 1.3 handshake each (wrk keeps
+#   tls-close-rsa    no sessions), i.e. full handshakes per second per core;
+#   h2               h2load -c1 -m100 over one TLS connection (ALPN h2): streams/s.
+# The direct row has no TLS (the backend speaks plain HTTP): it is skipped in these modes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
@@ -100,10 +108,23 @@ trap 'exit 143' TERM
 
 die() { echo "l7_bench: $*" >&2; exit 1; }
 
-# Four free loopback ports (bound and released at once; nothing else races for them here).
-read -r P_BACKEND P_SLUICE P_HAPROXY P_NGINX < <(python3 -c '
+# Certificates: the same files for every proxy.
+TLSD=$WORK/tls
+mkdir -p "$TLSD"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+  -keyout "$TLSD/ecdsa.key" -out "$TLSD/ecdsa.crt" 2>/dev/null || die "openssl: ECDSA certificate"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 \
+  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+  -keyout "$TLSD/rsa.key" -out "$TLSD/rsa.crt" 2>/dev/null || die "openssl: RSA certificate"
+for k in ecdsa rsa; do cat "$TLSD/$k.crt" "$TLSD/$k.key" > "$TLSD/$k.pem"; done  # HAProxy's form
+
+# Free loopback ports (bound and released at once; nothing else races for them here): plain
+# HTTP, then TLS with the ECDSA and the RSA certificate, per proxy.
+read -r P_BACKEND P_SLUICE P_HAPROXY P_NGINX P_SLUICE_E P_SLUICE_R P_HAPROXY_E P_HAPROXY_R \
+  P_NGINX_E P_NGINX_R < <(python3 -c '
 import socket
-ss=[socket.socket() for _ in range(4)]
+ss=[socket.socket() for _ in range(10)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(*[s.getsockname()[1] for s in ss])
 for s in ss: s.close()')
@@ -172,6 +193,32 @@ mkdir -p "$N"
       proxy_set_header X-Forwarded-Proto \$scheme;
     }
   }
+  server {
+    listen 127.0.0.1:$P_NGINX_E ssl http2 reuseport backlog=4096;
+    ssl_certificate $TLSD/ecdsa.crt;
+    ssl_certificate_key $TLSD/ecdsa.key;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX_R ssl http2 reuseport backlog=4096;
+    ssl_certificate $TLSD/rsa.crt;
+    ssl_certificate_key $TLSD/rsa.key;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
 }
 EOF
 } > "$N/nginx.conf"
@@ -197,6 +244,11 @@ defaults
 frontend fe
   bind 127.0.0.1:$P_HAPROXY
   http-request set-header X-Forwarded-Proto http
+  default_backend be
+frontend fe_tls
+  bind 127.0.0.1:$P_HAPROXY_E ssl crt $TLSD/ecdsa.pem alpn h2,http/1.1
+  bind 127.0.0.1:$P_HAPROXY_R ssl crt $TLSD/rsa.pem alpn h2,http/1.1
+  http-request set-header X-Forwarded-Proto https
   default_backend be
 backend be
   server s1 127.0.0.1:$P_BACKEND
@@ -225,6 +277,30 @@ spec:
   - name: http
     protocol: HTTP
     port: $P_SLUICE
+  - name: tls-ecdsa
+    protocol: HTTPS
+    port: $P_SLUICE_E
+    tls: {certificateRefs: [{name: bench-ecdsa}]}
+  - name: tls-rsa
+    protocol: HTTPS
+    port: $P_SLUICE_R
+    tls: {certificateRefs: [{name: bench-rsa}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-ecdsa, namespace: default}
+type: kubernetes.io/tls
+data:
+  tls.crt: $(base64 -w0 "$TLSD/ecdsa.crt")
+  tls.key: $(base64 -w0 "$TLSD/ecdsa.key")
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-rsa, namespace: default}
+type: kubernetes.io/tls
+data:
+  tls.crt: $(base64 -w0 "$TLSD/rsa.crt")
+  tls.key: $(base64 -w0 "$TLSD/rsa.key")
 ---
 apiVersion: v1
 kind: Service
@@ -248,7 +324,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: bench, namespace: default}
 spec:
-  parentRefs: [{name: bench, sectionName: http}]
+  parentRefs: [{name: bench}]
   rules:
   - matches: [{path: {type: PathPrefix, value: /}}]
     backendRefs: [{name: backend, port: 8080}]
@@ -281,11 +357,29 @@ wait_http "http://127.0.0.1:$P_SLUICE/" 10 || die "sluice does not answer 200"
 wait_http "http://127.0.0.1:$P_HAPROXY/" 10 || die "haproxy does not answer 200"
 wait_http "http://127.0.0.1:$P_NGINX/" 10 || die "nginx proxy does not answer 200"
 [ "$(curl -s "http://127.0.0.1:$P_SLUICE/")" = hello ] || die "sluice: unexpected body"
+for p in $P_SLUICE_E $P_SLUICE_R $P_HAPROXY_E $P_HAPROXY_R $P_NGINX_E $P_NGINX_R; do
+  for _ in $(seq 50); do
+    [ "$(curl -sk --max-time 1 "https://127.0.0.1:$p/")" = hello ] && break
+    sleep 0.1
+  done
+  [ "$(curl -sk --max-time 2 "https://127.0.0.1:$p/")" = hello ] || die "HTTPS on port $p does not answer hello"
+done
 
 declare -A URL=([direct]=http://127.0.0.1:$P_BACKEND/ [sluice]=http://127.0.0.1:$P_SLUICE/
                 [haproxy]=http://127.0.0.1:$P_HAPROXY/ [nginx]=http://127.0.0.1:$P_NGINX/)
+declare -A URL_E=([sluice]=https://127.0.0.1:$P_SLUICE_E/ [haproxy]=https://127.0.0.1:$P_HAPROXY_E/
+                  [nginx]=https://127.0.0.1:$P_NGINX_E/)
+declare -A URL_R=([sluice]=https://127.0.0.1:$P_SLUICE_R/ [haproxy]=https://127.0.0.1:$P_HAPROXY_R/
+                  [nginx]=https://127.0.0.1:$P_NGINX_R/)
 TARGETS=(direct sluice haproxy nginx)
-MODES=(keepalive close)
+MODES=(keepalive close tls-keepalive tls-close-ecdsa tls-close-rsa)
+url_of() {  # TARGET MODE: '' when the target has no such mode (direct: no TLS)
+  case $2 in
+    keepalive|close) echo "${URL[$1]}" ;;
+    tls-keepalive|tls-close-ecdsa) echo "${URL_E[$1]:-}" ;;
+    tls-close-rsa) echo "${URL_R[$1]:-}" ;;
+  esac
+}
 mkdir -p "$WORK/wrk"
 declare -A TPID=([direct]=$PID_BACKEND [sluice]=$PID_SLUICE [haproxy]=$PID_HAPROXY
                  [nginx]=$PID_NGINX)
@@ -316,13 +410,13 @@ PY
 }
 wrk_run() {  # TARGET MODE SECONDS OUTFILE
   local hdr=()
-  [ "$2" = close ] && hdr=(-H 'Connection: close')
+  case $2 in *close*) hdr=(-H 'Connection: close') ;; esac
   # Per-core /proc/stat before and after: did the proxy's core saturate (the proxy is the
   # bottleneck) or the load side's? And the proxy's and the backend's own CPU time.
   grep '^cpu[0-9]' /proc/stat > "$4.stat0" 2>/dev/null || true
   tree_ticks "${TPID[$1]}" "$PID_BACKEND" > "$4.cpu0"
   taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$3"s --timeout 5s --latency "${hdr[@]}" \
-    "${URL[$1]}" > "$4" 2>&1 || true
+    "$(url_of "$1" "$2")" > "$4" 2>&1 || true
   tree_ticks "${TPID[$1]}" "$PID_BACKEND" > "$4.cpu1"
   grep '^cpu[0-9]' /proc/stat > "$4.stat1" 2>/dev/null || true
 }
@@ -375,6 +469,7 @@ fi
 for r in $(seq "$RUNS"); do
   for m in "${MODES[@]}"; do
     for t in "${TARGETS[@]}"; do
+      [ -n "$(url_of "$t" "$m")" ] || continue
       # A run during which other processes took the proxy's core is repeated (RETRIES times
       # at most); the least disturbed try is kept.
       base=$WORK/wrk/$t.$m.$r.txt
@@ -385,7 +480,7 @@ for r in $(seq "$RUNS"); do
         echo "  round $r $m $t: $(grep -h 'Requests/sec' "$base.try$try" || echo 'no result')," \
              "core $PROXY_CPU taken by others: ${skew}%" >&2
         # Connection-close runs leave TIME_WAIT sockets; give the kernel a breath between runs.
-        [ "$m" = close ] && sleep 1
+        case $m in *close*) sleep 1 ;; esac
         if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $skew < $best_skew else 1)"; then
           best=$try; best_skew=$skew
         fi
@@ -400,6 +495,19 @@ for r in $(seq "$RUNS"); do
     done
   done
 done
+# HTTP/2: h2load, one TLS connection (ALPN h2), 100 concurrent streams, DURATION seconds.
+mkdir -p "$WORK/h2"
+if command -v h2load >/dev/null; then
+  for t in sluice haproxy nginx; do
+    grep '^cpu[0-9]' /proc/stat > "$WORK/h2/$t.txt.stat0" 2>/dev/null || true
+    tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$WORK/h2/$t.txt.cpu0"
+    taskset -c "$WRK_CPU" h2load -c1 -m100 -D "$DURATION" --warm-up-time=$((WARMUP)) \
+      "${URL_E[$t]}" > "$WORK/h2/$t.txt" 2>&1 || true
+    tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$WORK/h2/$t.txt.cpu1"
+    grep '^cpu[0-9]' /proc/stat > "$WORK/h2/$t.txt.stat1" 2>/dev/null || true
+    echo "  h2 $t: $(grep -h 'finished in' "$WORK/h2/$t.txt" || echo 'no result')" >&2
+  done
+fi
 # Every proxy still alive (a crash mid-run would otherwise show only as socket errors).
 for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || die "a server process (pid $p) died during the runs"; done
 
@@ -418,7 +526,10 @@ import json, os, platform, re, subprocess, sys, time
 wrkdir, out, smoke, duration, conns, runs, wrk_cpu, proxy_cpu, backend_cpu, root, busy = sys.argv[1:]
 smoke, runs = smoke == "1", int(runs)
 targets = ["direct", "sluice", "haproxy", "nginx"]
-modes = ["keepalive", "close"]
+modes = ["keepalive", "close", "tls-keepalive", "tls-close-ecdsa", "tls-close-rsa"]
+h2dir = os.path.join(os.path.dirname(wrkdir), "h2")
+def has(t, m):
+    return not (t == "direct" and m.startswith("tls"))
 
 def ms(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
@@ -498,6 +609,8 @@ res, problems = {}, []
 for t in targets:
     res[t] = {}
     for m in modes:
+        if not has(t, m):
+            continue
         rounds = []
         for r in range(1, runs + 1):
             p = os.path.join(wrkdir, f"{t}.{m}.{r}.txt")
@@ -535,16 +648,41 @@ for t in targets:
         if cell["requests"] and cell["non2xx"] > 0.01 * cell["requests"]:
             problems.append(f"{t}/{m}: {cell['non2xx']} of {cell['requests']} answers not 2xx/3xx")
 
+# HTTP/2 streams over one connection (h2load).
+def parse_h2(path):
+    try:
+        t = open(path, errors="replace").read()
+    except OSError:
+        return None
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", t)
+    ok = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", t)
+    st = re.search(r"status codes: (\d+) 2xx", t)
+    if not m or not ok:
+        return None
+    done = int(ok.group(3))
+    cp = cpu_per_req(path, done) if done else [None, None]
+    return {"streams_per_s": float(m.group(2)), "done": done, "failed": int(ok.group(5)),
+            "2xx": int(st.group(1)) if st else 0, "cpu_us_per_stream": cp[0]}
+h2 = {}
+for t in targets[1:]:
+    r = parse_h2(os.path.join(h2dir, t + ".txt"))
+    if os.path.isdir(h2dir):
+        if r is None:
+            problems.append(f"{t}/h2: h2load produced no figures")
+        elif r["done"] and r["2xx"] < 0.99 * r["done"]:
+            problems.append(f"{t}/h2: {r['done'] - r['2xx']} of {r['done']} streams not 2xx")
+    h2[t] = r
+
 # The direct runs leave the proxies' core idle: if it was busy then, something else ran there.
 warnings = []
-for m in modes:
+for m in ("keepalive", "close"):
     b = res["direct"][m].get("proxy_core_busy_pct")
     if b is not None and b > 10 and int(proxy_cpu) != int(wrk_cpu):
         warnings.append(f"core {proxy_cpu} was {b:.0f}% busy during the direct {m} run: "
                         "another process competes with the proxies; figures are skewed")
 for t in targets[1:]:
     for m in modes:
-        o = res[t][m].get("proxy_core_other_pct")
+        o = res[t].get(m, {}).get("proxy_core_other_pct")
         if o is not None and o > 15:
             warnings.append(f"{t}/{m}: {o:.0f}% of core {proxy_cpu} went to something other "
                             "than the proxy during its run: that figure is skewed")
@@ -556,7 +694,7 @@ def ratio(a, b):
 
 ratios = {}
 for m in modes:
-    s, h, n, d = (res[x][m].get("rps") for x in ("sluice", "haproxy", "nginx", "direct"))
+    s, h, n, d = (res[x].get(m, {}).get("rps") for x in ("sluice", "haproxy", "nginx", "direct"))
     ratios[m] = {"sluice_to_haproxy_rps": ratio(s, h), "sluice_to_nginx_rps": ratio(s, n),
                  "sluice_to_direct_rps": ratio(s, d), "haproxy_to_direct_rps": ratio(h, d),
                  "nginx_to_direct_rps": ratio(n, d),
@@ -593,6 +731,12 @@ doc = {
     "backend": "nginx 1 worker, return 200 \"hello\\n\"",
     "results": res,
     "ratios": ratios,
+    "h2": h2,
+    "h2_ratios": {"sluice_to_haproxy_streams": ratio((h2.get("sluice") or {}).get("streams_per_s"),
+                                                     (h2.get("haproxy") or {}).get("streams_per_s")),
+                  "sluice_to_nginx_streams": ratio((h2.get("sluice") or {}).get("streams_per_s"),
+                                                   (h2.get("nginx") or {}).get("streams_per_s"))},
+    "tls": "self-signed ECDSA P-256 / RSA-2048, TLS 1.3 (wrk, h2load: OpenSSL 3 clients)",
     "problems": problems,
     "warnings": warnings,
 }
@@ -605,11 +749,15 @@ json.load(open(out))  # well formed
 def f(v, fmt):
     return format(v, fmt) if v is not None else "-"
 
+def rk0(t, m):
+    return f(res[t].get(m, {}).get("rps"), ",.0f")
 names = {"direct": "direct (ceiling)", "sluice": "sluice-l7", "haproxy": "haproxy", "nginx": "nginx proxy"}
 print(f"{'target':<18} {'mode':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
       f"{'sock err':>8} {'core'+wrk_cpu+' %':>8} {'core'+proxy_cpu+' %':>8} {'cpu us/req':>10}")
 for m in modes:
     for t in targets:
+        if m not in res[t]:
+            continue
         c = res[t][m]
         se = sum(c["socket_errors"].values())
         print(f"{names[t]:<18} {m:<10} {f(c['rps'], ',.0f'):>10} {f(c['p50_ms'], '.3f'):>8} "
@@ -623,6 +771,15 @@ for m in modes:
           f"{f(r['sluice_to_haproxy_p99'], '.2f')}, sluice/nginx {f(r['sluice_to_nginx_p99'], '.2f')}; "
           f"CPU per request sluice/haproxy {f(r['sluice_to_haproxy_cpu_per_req'], '.2f')}, sluice/nginx "
           f"{f(r['sluice_to_nginx_cpu_per_req'], '.2f')}")
+for t in targets[1:]:
+    r = h2.get(t)
+    if r:
+        print(f"{names[t]:<18} {'h2 (1 conn, 100 streams)':<26} {r['streams_per_s']:>12,.0f} streams/s "
+              f"{f(r['cpu_us_per_stream'], '.1f'):>8} us CPU/stream")
+for m in ("tls-keepalive", "tls-close-ecdsa", "tls-close-rsa"):
+    print(f"l7_bench: {m}: sluice {rk0('sluice', m)} req/s, haproxy {rk0('haproxy', m)}, nginx "
+          f"{rk0('nginx', m)}; sluice/haproxy {f(ratios[m]['sluice_to_haproxy_rps'], '.2f')}, "
+          f"sluice/nginx {f(ratios[m]['sluice_to_nginx_rps'], '.2f')}")
 print(f"json: {out}")
 k, c = ratios["keepalive"], ratios["close"]
 rk = lambda t, m: f(res[t][m].get("rps"), ".0f")

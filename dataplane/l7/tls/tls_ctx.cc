@@ -137,8 +137,11 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
     // no-SNI site), not on the switch to the SNI's site: they must be the same on every site.
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
                                  SSL_OP_NO_COMPRESSION);
+    // NO_AUTO_CHAIN: the chain sent is the Secret's tls.crt as given (leaf + intermediates,
+    // the Kubernetes convention). Without it OpenSSL tries to build a chain from the
+    // context's store at every handshake (an X509_verify_cert per handshake).
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN);
     // Stateless tickets only: the server cache is per SSL_CTX behind a lock shared by cores.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (tickets_ && !tickets_->install(ctx)) {
