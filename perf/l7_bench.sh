@@ -33,10 +33,13 @@
 #
 # TLS (issue 5), same invocation, same certificates for every proxy (self-signed, made here:
 # ECDSA P-256 and RSA-2048, one port each), TLS 1.3 negotiated by wrk's OpenSSL:
-#   tls-keepalive    HTTPS requests/s over kept-alive connections (ECDSA port);
-#   tls-close-ecdsa  a new connection per request: a full TLS 1.3 handshake each (wrk keeps
-#   tls-close-rsa    no sessions), i.e. full handshakes per second per core;
-#   h2               h2load -c1 -m100 over one TLS connection (ALPN h2): streams/s.
+#   tls-keepalive    HTTPS requests/s over kept-alive connections (ECDSA port), wrk;
+#   h2               h2load -c1 -m100 over one TLS connection (ALPN h2): streams/s;
+#   handshakes       openssl s_time (TLS 1.3, one connection at a time, a GET each): full
+#                    handshakes with the ECDSA and the RSA certificate (-new) and resumed ones
+#                    (-reuse, tickets). s_time is the limit of the rate, so the figure is the
+#                    proxy's CPU per handshake and what it gives: handshakes/s per core.
+#                    (wrk is no handshake client: it speaks TLS 1.2 and resumes sessions.)
 # The direct row has no TLS (the backend speaks plain HTTP): it is skipped in these modes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -372,12 +375,11 @@ declare -A URL_E=([sluice]=https://127.0.0.1:$P_SLUICE_E/ [haproxy]=https://127.
 declare -A URL_R=([sluice]=https://127.0.0.1:$P_SLUICE_R/ [haproxy]=https://127.0.0.1:$P_HAPROXY_R/
                   [nginx]=https://127.0.0.1:$P_NGINX_R/)
 TARGETS=(direct sluice haproxy nginx)
-MODES=(keepalive close tls-keepalive tls-close-ecdsa tls-close-rsa)
+MODES=(keepalive close tls-keepalive)
 url_of() {  # TARGET MODE: '' when the target has no such mode (direct: no TLS)
   case $2 in
     keepalive|close) echo "${URL[$1]}" ;;
-    tls-keepalive|tls-close-ecdsa) echo "${URL_E[$1]:-}" ;;
-    tls-close-rsa) echo "${URL_R[$1]:-}" ;;
+    tls-keepalive) echo "${URL_E[$1]:-}" ;;
   esac
 }
 mkdir -p "$WORK/wrk"
@@ -508,6 +510,24 @@ if command -v h2load >/dev/null; then
     echo "  h2 $t: $(grep -h 'finished in' "$WORK/h2/$t.txt" || echo 'no result')" >&2
   done
 fi
+# TLS handshakes: openssl s_time, one connection at a time, each fetching / (TLS 1.3).
+mkdir -p "$WORK/hs"
+for t in sluice haproxy nginx; do
+  for hm in full-ecdsa full-rsa resumed; do
+    case $hm in
+      full-ecdsa) u=${URL_E[$t]}; how=-new ;;
+      full-rsa) u=${URL_R[$t]}; how=-new ;;
+      resumed) u=${URL_E[$t]}; how=-reuse ;;
+    esac
+    hp=${u#https://}; hp=${hp%/}
+    f=$WORK/hs/$t.$hm.txt
+    tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$f.cpu0"
+    taskset -c "$WRK_CPU" openssl s_time -connect "$hp" "$how" -time "$DURATION" -www / \
+      > "$f" 2>&1 || true
+    tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$f.cpu1"
+    echo "  handshakes $hm $t: $(grep -h 'real seconds' "$f" || echo 'no result')" >&2
+  done
+done
 # Every proxy still alive (a crash mid-run would otherwise show only as socket errors).
 for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || die "a server process (pid $p) died during the runs"; done
 
@@ -526,7 +546,7 @@ import json, os, platform, re, subprocess, sys, time
 wrkdir, out, smoke, duration, conns, runs, wrk_cpu, proxy_cpu, backend_cpu, root, busy = sys.argv[1:]
 smoke, runs = smoke == "1", int(runs)
 targets = ["direct", "sluice", "haproxy", "nginx"]
-modes = ["keepalive", "close", "tls-keepalive", "tls-close-ecdsa", "tls-close-rsa"]
+modes = ["keepalive", "close", "tls-keepalive"]
 h2dir = os.path.join(os.path.dirname(wrkdir), "h2")
 def has(t, m):
     return not (t == "direct" and m.startswith("tls"))
@@ -673,6 +693,26 @@ for t in targets[1:]:
             problems.append(f"{t}/h2: {r['done'] - r['2xx']} of {r['done']} streams not 2xx")
     h2[t] = r
 
+# TLS handshakes (openssl s_time): CPU per handshake -> handshakes/s per core.
+hsdir = os.path.join(os.path.dirname(wrkdir), "hs")
+hs = {}
+for t in targets[1:]:
+    hs[t] = {}
+    for hm in ("full-ecdsa", "full-rsa", "resumed"):
+        p = os.path.join(hsdir, f"{t}.{hm}.txt")
+        try:
+            txt = open(p, errors="replace").read()
+        except OSError:
+            continue
+        m = re.search(r"(\d+) connections in (\d+) real seconds", txt)
+        if not m or int(m.group(1)) == 0:
+            problems.append(f"{t}/handshakes {hm}: s_time produced no figures")
+            continue
+        n, secs = int(m.group(1)), int(m.group(2))
+        cpu = cpu_per_req(p, n)[0]
+        hs[t][hm] = {"handshakes": n, "seconds": secs, "cpu_us_per_handshake": cpu,
+                     "handshakes_per_core_s": round(1e6 / cpu) if cpu else None}
+
 # The direct runs leave the proxies' core idle: if it was busy then, something else ran there.
 warnings = []
 for m in ("keepalive", "close"):
@@ -732,6 +772,12 @@ doc = {
     "results": res,
     "ratios": ratios,
     "h2": h2,
+    "handshakes": hs,
+    "handshake_ratios": {hm: {"sluice_to_haproxy_per_core": ratio((hs.get("sluice", {}).get(hm) or {}).get("handshakes_per_core_s"),
+                                                                  (hs.get("haproxy", {}).get(hm) or {}).get("handshakes_per_core_s")),
+                              "sluice_to_nginx_per_core": ratio((hs.get("sluice", {}).get(hm) or {}).get("handshakes_per_core_s"),
+                                                                (hs.get("nginx", {}).get(hm) or {}).get("handshakes_per_core_s"))}
+                         for hm in ("full-ecdsa", "full-rsa", "resumed")},
     "h2_ratios": {"sluice_to_haproxy_streams": ratio((h2.get("sluice") or {}).get("streams_per_s"),
                                                      (h2.get("haproxy") or {}).get("streams_per_s")),
                   "sluice_to_nginx_streams": ratio((h2.get("sluice") or {}).get("streams_per_s"),
@@ -776,10 +822,18 @@ for t in targets[1:]:
     if r:
         print(f"{names[t]:<18} {'h2 (1 conn, 100 streams)':<26} {r['streams_per_s']:>12,.0f} streams/s "
               f"{f(r['cpu_us_per_stream'], '.1f'):>8} us CPU/stream")
-for m in ("tls-keepalive", "tls-close-ecdsa", "tls-close-rsa"):
-    print(f"l7_bench: {m}: sluice {rk0('sluice', m)} req/s, haproxy {rk0('haproxy', m)}, nginx "
-          f"{rk0('nginx', m)}; sluice/haproxy {f(ratios[m]['sluice_to_haproxy_rps'], '.2f')}, "
-          f"sluice/nginx {f(ratios[m]['sluice_to_nginx_rps'], '.2f')}")
+for t in targets[1:]:
+    for hm, r in hs.get(t, {}).items():
+        print(f"{names[t]:<18} {'TLS 1.3 ' + hm:<26} {f(r['cpu_us_per_handshake'], '.0f'):>8} us CPU/handshake "
+              f"-> {f(r['handshakes_per_core_s'], ',.0f')} handshakes/s per core ({r['handshakes']} in {r['seconds']} s)")
+m = "tls-keepalive"
+print(f"l7_bench: {m}: sluice {rk0('sluice', m)} req/s, haproxy {rk0('haproxy', m)}, nginx "
+      f"{rk0('nginx', m)}; sluice/haproxy {f(ratios[m]['sluice_to_haproxy_rps'], '.2f')}, "
+      f"sluice/nginx {f(ratios[m]['sluice_to_nginx_rps'], '.2f')}")
+for hm in ("full-ecdsa", "full-rsa", "resumed"):
+    r = doc["handshake_ratios"][hm]
+    print(f"l7_bench: handshakes {hm} per core: sluice/haproxy {f(r['sluice_to_haproxy_per_core'], '.2f')}, "
+          f"sluice/nginx {f(r['sluice_to_nginx_per_core'], '.2f')}")
 print(f"json: {out}")
 k, c = ratios["keepalive"], ratios["close"]
 rk = lambda t, m: f(res[t][m].get("rps"), ".0f")

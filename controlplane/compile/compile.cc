@@ -102,6 +102,9 @@ bool older(const T& a, const T& b) {
            std::tie(b.meta.creation, b.meta.sequence, b.meta.ns, b.meta.name);
 }
 
+/// Optional data key of a kubernetes.io/tls Secret: a DER OCSP response for its tls.crt.
+constexpr const char* kOcspStapleKey = "tls.ocsp-staple";
+
 bool pem_cert_ok(const std::string& pem) {
     BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
     if (!bio) {
@@ -331,10 +334,14 @@ private:
         return {};
     }
 
-    /// Resolves a certificate / CA reference from `from_kind` in `from_ns`.
+    /// Resolves a certificate / CA reference from `from_kind` in `from_ns`. A serving
+    /// certificate (`with_staple`) also carries the Secret's tls.ocsp-staple, passed on as
+    /// bytes: whether it is usable depends on the clock, so the L7 engine judges it and a bad
+    /// one never makes the reference invalid.
     /// Returns "" when fine, else the reason.
     std::string resolve_secret_ref(const SecretObjectRef& r, const std::string& from_kind,
-                                   const std::string& from_ns, ir::CertRef* cert_out) {
+                                   const std::string& from_ns, ir::CertRef* cert_out,
+                                   bool with_staple = false) {
         if (!r.group.empty() || r.kind != "Secret") {
             return "InvalidCertificateRef";
         }
@@ -353,7 +360,11 @@ private:
             return "InvalidCertificateRef";
         }
         if (cert_out) {
-            *cert_out = ir::CertRef{ns, r.name, crt->second, key->second};
+            std::string staple;
+            if (auto st = s.data.find(kOcspStapleKey); with_staple && st != s.data.end()) {
+                staple = st->second;
+            }
+            *cert_out = ir::CertRef{ns, r.name, crt->second, key->second, std::move(staple)};
         }
         return "";
     }
@@ -615,7 +626,7 @@ private:
         if ((l.protocol == "HTTPS" || l.protocol == "TLS") && l.tls_mode == "Terminate") {
             for (const SecretObjectRef& r : l.certificate_refs) {
                 ir::CertRef c;
-                const std::string why = resolve_secret_ref(r, owner_kind, owner_ns, &c);
+                const std::string why = resolve_secret_ref(r, owner_kind, owner_ns, &c, true);
                 if (!why.empty()) {
                     if (s.resolved || s.not_resolved_reason == "InvalidRouteKinds") {
                         s.not_resolved_reason = why;

@@ -303,6 +303,47 @@ TEST(Compile, SeedScenarioRoutesAsTheTextSays) {
     }
 }
 
+TEST(Compile, OcspStapleOfTheSecretTravelsWithItsCertificate) {
+    Store store;
+    Diagnostics diags;
+    const std::string root = SLUICE_SOURCE_ROOT;
+    load_documents(load_path(root + "/examples/seed", {}, diags), {}, store, diags);
+    ASSERT_EQ(diags.errors(), 0u);
+    auto certs_of_443 = [](const CompileOutput& out) {
+        for (const ir::Listener& l : out.ir.listeners) {
+            if (l.port == 443) {
+                return l.certs;
+            }
+        }
+        return std::vector<ir::CertRef>{};
+    };
+    const std::vector<ir::CertRef> before = certs_of_443(compile(store, {}));
+    ASSERT_EQ(before.size(), 1u);
+    EXPECT_EQ(before[0].ocsp_der, "");
+    bool found = false;
+    for (Secret& s : store.secrets) {
+        if (s.meta.ns == before[0].ns && s.meta.name == before[0].name) {
+            // Not a valid OCSP response: the controlplane passes the bytes on unjudged (the
+            // L7 engine checks them against its clock), and the reference stays resolved.
+            s.data["tls.ocsp-staple"] = std::string("\x30\x03\x0a\x01\x00", 5);
+            found = true;
+        }
+    }
+    ASSERT_TRUE(found);
+    CompileOutput out = compile(store, {});
+    const std::vector<ir::CertRef> after = certs_of_443(out);
+    ASSERT_EQ(after.size(), 1u);
+    EXPECT_EQ(after[0].ocsp_der, std::string("\x30\x03\x0a\x01\x00", 5));
+    EXPECT_EQ(after[0].cert_pem, before[0].cert_pem);
+    const ObjectStatus* g = out.find({"Gateway", "default", "prod-web"});
+    ASSERT_NE(g, nullptr);
+    for (const Condition& c : g->listeners[0].conditions) {
+        if (c.type == "ResolvedRefs") {
+            EXPECT_EQ(c.status, "True");
+        }
+    }
+}
+
 } // namespace
 } // namespace sluice::cp
 

@@ -16,7 +16,7 @@
 
 namespace sluice::ir {
 
-inline constexpr uint32_t kIrVersion = 4;
+inline constexpr uint32_t kIrVersion = 5;
 inline constexpr uint32_t kNone = 0xFFFFFFFFu;
 
 enum class Protocol : uint8_t { HTTP = 0, HTTPS = 1, TLS = 2, TCP = 3, UDP = 4 };
@@ -219,9 +219,12 @@ struct SniRoute {
 struct CertRef {
     std::string ns, name; ///< kubernetes.io/tls Secret
     std::string cert_pem, key_pem;
+    /// The Secret's tls.ocsp-staple: a DER OCSP response for cert_pem's leaf, stapled by the
+    /// L7 engine when valid (checked there: it needs the clock). "" = none. Since IR v5.
+    std::string ocsp_der;
     template <class A>
     void io(A& a) {
-        a(ns, name, cert_pem, key_pem);
+        a(ns, name, cert_pem, key_pem, ocsp_der);
     }
 };
 

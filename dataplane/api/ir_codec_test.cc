@@ -30,6 +30,9 @@ Ir sample() {
     m.headers.push_back({MatchType::Exact, "env", "canary"});
     l.http_matches.push_back(m);
     l.host_groups.push_back({"bar.example.com", {0}, {}});
+    l.tls_mode = TlsMode::Terminate;
+    l.certs.push_back({"infra", "rsa", "cert", "key", ""});
+    l.certs.push_back({"infra", "ecdsa", "cert2", "key2", std::string("\x30\x82\x00\x05", 4)});
     ir.listeners.push_back(l);
     ir.gateways.push_back({"default", "prod-web", {"192.0.2.1"}, {0}, {}});
     return ir;
@@ -42,6 +45,30 @@ TEST(IrCodec, RoundTripIsByteIdentical) {
     EXPECT_EQ(encode(*back), a);
     EXPECT_EQ(back->rules[0].backends[1].status, 500);
     EXPECT_EQ(back->listeners[0].http_matches[0].headers[0].value, "canary");
+}
+
+TEST(IrCodec, OcspStapleStaysWithItsCertificate) {
+    auto back = decode(encode(sample()));
+    ASSERT_TRUE(back) << back.error().message;
+    const auto& certs = back->listeners[0].certs;
+    ASSERT_EQ(certs.size(), 2u);
+    EXPECT_EQ(certs[0].ocsp_der, "");
+    EXPECT_EQ(certs[1].name, "ecdsa");
+    EXPECT_EQ(certs[1].ocsp_der, std::string("\x30\x82\x00\x05", 4)); // binary, with a NUL
+    Ir other = sample();
+    other.listeners[0].certs[1].ocsp_der[3] = 6; // a new staple is a new IR
+    EXPECT_NE(hash_of(encode(other)), hash_of(encode(sample())));
+}
+
+TEST(IrCodec, RefusesTheVersionBeforeOcspStaples) {
+    // v4 had no CertRef::ocsp_der: its bytes would decode shifted, so the header refuses it.
+    std::string a = encode(sample());
+    a[4] = 4;
+    auto r = decode(a);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::Version);
+    EXPECT_NE(r.error().message.find("version 4"), std::string::npos) << r.error().message;
+    EXPECT_EQ(kIrVersion, 5u);
 }
 
 TEST(IrCodec, EqualInputEqualBytesAndHash) {

@@ -49,6 +49,7 @@ std::string stats_json(const l7::EngineStats& s) {
     f("active_connections", s.active_connections);
     f("tls_handshakes", s.tls_handshakes);
     f("tls_failures", s.tls_failures);
+    f("tls_resumed", s.tls_resumed);
     f("requests", s.requests);
     f("status_1xx", s.status_1xx);
     f("status_2xx", s.status_2xx);
@@ -70,6 +71,8 @@ std::string stats_json(const l7::EngineStats& s) {
     f("h2_abuse", s.h2_abuse);
     f("backend_tls_handshakes", s.backend_tls_handshakes);
     f("backend_tls_failures", s.backend_tls_failures);
+    f("ocsp_staples", s.ocsp_staples);
+    f("ocsp_staples_refused", s.ocsp_staples_refused);
     f("bytes_in", s.bytes_in);
     f("bytes_out", s.bytes_out, true);
     return j + "}}\n";
@@ -124,6 +127,7 @@ std::string prometheus(const l7::EngineStats& s) {
          std::to_string(s.active_connections) + "\n";
     counter("tls_handshakes_total", "TLS handshakes completed", s.tls_handshakes);
     counter("tls_failures_total", "TLS handshakes failed", s.tls_failures);
+    counter("tls_resumed_total", "TLS handshakes that resumed a session (ticket)", s.tls_resumed);
     t += "# HELP sluice_l7_responses_total responses by status class\n"
          "# TYPE sluice_l7_responses_total counter\n";
     const uint64_t cls[] = {s.status_1xx, s.status_2xx, s.status_3xx, s.status_4xx, s.status_5xx};
@@ -150,6 +154,11 @@ std::string prometheus(const l7::EngineStats& s) {
     counter("backend_tls_failures_total",
             "TLS handshakes with backends failed (verification, alert, close)",
             s.backend_tls_failures);
+    t += "# HELP sluice_l7_ocsp_staples OCSP staples (tls.ocsp-staple) of the configuration in "
+         "force: stapled, or refused (invalid, expired)\n# TYPE sluice_l7_ocsp_staples gauge\n"
+         "sluice_l7_ocsp_staples{state=\"stapled\"} " +
+         std::to_string(s.ocsp_staples) + "\nsluice_l7_ocsp_staples{state=\"refused\"} " +
+         std::to_string(s.ocsp_staples_refused) + "\n";
     counter("bytes_in_total", "bytes read from clients", s.bytes_in);
     counter("bytes_out_total", "bytes written to clients", s.bytes_out);
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"
@@ -271,15 +280,19 @@ int main(int argc, char** argv) {
             return dp::AdminAnswer{404, "text/plain", "try /metrics or /stats\n"};
         });
     });
+    // Housekeeping, once a second: OCSP staples whose nextUpdate passed stop being stapled
+    // (and are logged), and the stats file is rewritten.
     std::thread stats_thread([&] {
-        if (stats_file.empty()) {
-            return;
-        }
         std::error_code ec;
-        std::filesystem::create_directories(std::filesystem::path(stats_file).parent_path(), ec);
+        if (!stats_file.empty()) {
+            std::filesystem::create_directories(std::filesystem::path(stats_file).parent_path(),
+                                                ec);
+        }
         const std::string tmp = stats_file + ".tmp";
         while (!g_stop.load(std::memory_order_relaxed)) {
-            if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+            engine.expire_staples();
+            FILE* f = stats_file.empty() ? nullptr : std::fopen(tmp.c_str(), "w");
+            if (f != nullptr) {
                 std::fputs(stats_json(engine.stats()).c_str(), f);
                 std::fclose(f);
                 std::rename(tmp.c_str(), stats_file.c_str());

@@ -9,7 +9,8 @@ chunked bodies, smuggling attempts (400), slowloris (408), a dead backend (503),
 (Programmed=True only after sluice-l7's ACK), a configuration change that keeps an
 established keep-alive connection, gateway-to-backend TLS (BackendTLSPolicy: trust roots,
 host name and subjectAltName verification, the Gateway's client certificate, h2 over TLS,
-pooled TLS connections kept across a configuration change), and the counters.
+pooled TLS connections kept across a configuration change), OCSP stapling from the
+certificate Secret's tls.ocsp-staple (openssl s_client -status), and the counters.
 
 usage: l7_http_test.py BUILD_DIR
 """
@@ -188,6 +189,68 @@ def make_backend_pki(work):
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "btls-ca.crt", "-CAkey", "btls-ca.key",
             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
     return {n: os.path.join(work, n) for n in ("btls-ca", "other-ca", "btls-srv", "btls-client")}
+
+
+def make_ocsp_pki(work):
+    """A CA, a server certificate it signed (ocsp.example.com), and the CA's OCSP answer
+    for it ("good", valid one day) as `openssl ocsp` writes it: the DER a tls.ocsp-staple
+    Secret key holds."""
+    d = os.path.join(work, "ocsp")
+    os.makedirs(d)
+
+    def run(*args):
+        return subprocess.run(["openssl"] + list(args), check=True, capture_output=True,
+                              cwd=d, text=True).stdout
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=ocsp-test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    with open(os.path.join(d, "srv.ext"), "w") as f:
+        f.write("subjectAltName=DNS:ocsp.example.com\nbasicConstraints=CA:FALSE\n")
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=ocsp.example.com")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "srv.ext")
+    serial = run("x509", "-in", "srv.crt", "-noout", "-serial").strip().split("=", 1)[1]
+    expiry = time.strftime("%y%m%d%H%M%SZ", time.gmtime(time.time() + 2 * 86400))
+    with open(os.path.join(d, "index.txt"), "w") as f:
+        f.write(f"V\t{expiry}\t\t{serial}\tunknown\t/CN=ocsp.example.com\n")
+    run("ocsp", "-issuer", "ca.crt", "-cert", "srv.crt", "-no_nonce", "-reqout", "req.der")
+    run("ocsp", "-index", "index.txt", "-rsigner", "ca.crt", "-rkey", "ca.key", "-CA", "ca.crt",
+        "-reqin", "req.der", "-respout", "resp.der", "-ndays", "1")
+    # tls.crt carries the chain: the staple's CertID is checked against leaf and issuer.
+    with open(os.path.join(d, "chain.crt"), "w") as f:
+        f.write(open(os.path.join(d, "srv.crt")).read() + open(os.path.join(d, "ca.crt")).read())
+    return {n: os.path.join(d, n) for n in ("ca.crt", "chain.crt", "srv.key", "resp.der")}
+
+
+def ocsp_config(pki, port, staple):
+    """A Gateway with one HTTPS listener whose Secret carries `staple` (a path, raw bytes,
+    or None for no tls.ocsp-staple key)."""
+    import base64
+    if isinstance(staple, str):
+        staple = open(staple, "rb").read()
+    key = "" if staple is None else f"\n  tls.ocsp-staple: {base64.b64encode(staple).decode()}"
+    return f"""apiVersion: v1
+kind: Secret
+metadata: {{name: ocsp-cert, namespace: default}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {b64(pki["chain.crt"])}
+  tls.key: {b64(pki["srv.key"])}{key}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw-ocsp, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: https
+    protocol: HTTPS
+    port: {port}
+    hostname: ocsp.example.com
+    tls: {{certificateRefs: [{{name: ocsp-cert}}]}}
+"""
 
 
 def btls_config(pki, echo_port, big_port, cc_port, need_port):
@@ -569,6 +632,9 @@ def run(work, log):
     os.makedirs(cfg)
     with open(os.path.join(cfg, "gw.yaml"), "w") as f:
         f.write(config(http_port, https_port, ports, crt, key, tls_port=tls_port, more=btls))
+    ocsp_pki, ocsp_port = make_ocsp_pki(work), free_port()
+    with open(os.path.join(cfg, "ocsp.yaml"), "w") as f:
+        f.write(ocsp_config(ocsp_pki, ocsp_port, ocsp_pki["resp.der"]))
     sock = os.path.join(work, "l7.sock")
     status = os.path.join(work, "status")
     named["l7"] = start([L7, "--dp-socket", sock, "--stats-file", os.path.join(work, "l7-stats.json"),
@@ -831,6 +897,59 @@ def run(work, log):
     r = curl(["-i", "--cacert", crt, "--resolve", f"foo.example.com:{https_port}:127.0.0.1",
               f"https://foo.example.com:{https_port}/"])
     check(r.returncode == 0 and " 200 " in r.stdout.split("\r\n")[0], "HTTPS still served after the bad input")
+
+    # OCSP stapling (issue 5): the Secret's tls.ocsp-staple is stapled when the client asks;
+    # a changed Secret (staple removed, then an invalid one) takes effect for new handshakes.
+    def ocsp_status():
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{ocsp_port}",
+                            "-servername", "ocsp.example.com", "-status",
+                            "-CAfile", ocsp_pki["ca.crt"]],
+                           input="", capture_output=True, text=True, timeout=10)
+        return r.stdout + r.stderr
+
+    def l7_now():
+        return json.loads(curl([f"http://127.0.0.1:{admin_port}/stats"]).stdout)["l7"]
+
+    def set_ocsp(staple):
+        tmp = os.path.join(cfg, "ocsp.yaml.tmp")
+        with open(tmp, "w") as f:
+            f.write(ocsp_config(ocsp_pki, ocsp_port, staple))
+        os.rename(tmp, os.path.join(cfg, "ocsp.yaml"))
+
+    stapled = lambda out: ("OCSP Response Status: successful" in out and
+                           "Cert Status: good" in out and "Verify return code: 0 (ok)" in out)
+    out = ""
+    ok = wait_for(lambda: stapled(ocsp_status()), timeout=10)
+    out = ocsp_status()
+    check(ok and l7_now().get("ocsp_staples") == 1 and l7_now().get("ocsp_staples_refused") == 0,
+          "OCSP staple from the Secret: openssl s_client -status shows 'OCSP Response Status: "
+          "successful' and 'Cert Status: good' (ocsp_staples 1)")
+    if not ok:
+        print("    (s_client said: %r)" % out[-1500:])
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{ocsp_port}",
+                        "-servername", "ocsp.example.com", "-CAfile", ocsp_pki["ca.crt"]],
+                       input="", capture_output=True, text=True, timeout=10)
+    check("OCSP response" not in r.stdout and "Verify return code: 0 (ok)" in r.stdout,
+          "a client that does not ask (no -status) gets no OCSP response")
+    set_ocsp(None)
+    nothing = lambda out: "OCSP response: no response sent" in out
+    ok = wait_for(lambda: nothing(ocsp_status()), timeout=10)
+    check(ok and l7_now().get("ocsp_staples") == 0,
+          "Secret changed, tls.ocsp-staple removed: 'OCSP response: no response sent'")
+    set_ocsp(b"not an OCSP response")
+    said = "certificate default/ocsp-cert: OCSP staple (tls.ocsp-staple) not stapled: "
+    ok = wait_for(lambda: said in open(os.path.join(work, "procs.log"), errors="replace").read() and
+                  l7_now().get("ocsp_staples_refused") == 1, timeout=10)
+    out = ocsp_status()
+    line = next((x for x in open(os.path.join(work, "procs.log"), errors="replace").read().splitlines()
+                 if said in x), "")
+    check(ok and nothing(out) and "Verify return code: 0 (ok)" in out,
+          f"an invalid staple: not stapled, the listener still serves, logged and counted ({line})")
+    set_ocsp(ocsp_pki["resp.der"])
+    ok = wait_for(lambda: stapled(ocsp_status()), timeout=10)
+    check(ok and 'sluice_l7_ocsp_staples{state="stapled"} 1' in
+          curl([f"http://127.0.0.1:{admin_port}/metrics"]).stdout,
+          "the valid staple back: stapled again, sluice_l7_ocsp_staples{state=\"stapled\"} 1")
 
     # A backend that resets in the middle of a response: the client sees a short response
     # and a closed connection; the engine keeps serving.

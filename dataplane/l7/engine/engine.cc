@@ -265,6 +265,7 @@ struct alignas(64) Counters {
         tunnels{0}, tunnel_refused{0}, h2_connections{0}, h2_streams{0}, h2_abuse{0},
         bytes_in{0}, bytes_out{0};
     std::atomic<uint64_t> backend_tls_handshakes{0}, backend_tls_failures{0};
+    std::atomic<uint64_t> tls_resumed{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
@@ -960,6 +961,7 @@ EngineStats Engine::stats() const {
         s.active_connections += ld(c.active);
         s.tls_handshakes += ld(c.tls_handshakes);
         s.tls_failures += ld(c.tls_failures);
+        s.tls_resumed += ld(c.tls_resumed);
         s.requests += ld(c.requests);
         s.status_1xx += ld(c.s1);
         s.status_2xx += ld(c.s2);
@@ -986,7 +988,36 @@ EngineStats Engine::stats() const {
     }
     std::lock_guard<std::mutex> lock(impl_->mu);
     s.generation = impl_->tables ? impl_->tables->generation : 0;
+    if (impl_->tables) {
+        for (const Port& p : impl_->tables->ports) {
+            if (p.tls_port) {
+                s.ocsp_staples += p.tls_port->staples();
+                s.ocsp_staples_refused += p.tls_port->staples_refused();
+            }
+        }
+    }
     return s;
+}
+
+void Engine::expire_staples() const {
+    std::shared_ptr<const Tables> t;
+    {
+        std::lock_guard<std::mutex> lock(impl_->mu);
+        t = impl_->tables;
+    }
+    if (!t) {
+        return;
+    }
+    const time_t now = std::time(nullptr);
+    for (const Port& p : t->ports) {
+        if (!p.tls_port) {
+            continue;
+        }
+        for (const std::string& line : p.tls_port->expire_staples(now)) {
+            std::fprintf(stderr, "sluice-l7: TLS %s:%u: %s\n", p.address.c_str(), p.port,
+                         line.c_str());
+        }
+    }
 }
 
 // ---------------------------------------------------------------- worker loop
@@ -1386,6 +1417,9 @@ void Worker::on_client(Conn& c, uint32_t ev) {
             c.ssl_want_write = false;
             c.sni = std::string(TlsPort::sni(c.ssl));
             Counters::inc(this->c.tls_handshakes);
+            if (SSL_session_reused(c.ssl) == 1) {
+                Counters::inc(this->c.tls_resumed);
+            }
             const uint32_t li = TlsPort::chosen_listener(c.ssl);
             if (c.accept_t && li < c.accept_t->ir.listeners.size() &&
                 c.accept_t->ir.listeners[li].protocol == ir::Protocol::TLS) {

@@ -51,6 +51,7 @@ struct EngineOptions {
 /// Counters summed over workers (relaxed: statistics).
 struct EngineStats {
     uint64_t connections = 0, active_connections = 0, tls_handshakes = 0, tls_failures = 0;
+    uint64_t tls_resumed = 0; ///< of tls_handshakes: resumed sessions (tickets)
     uint64_t requests = 0, status_1xx = 0, status_2xx = 0, status_3xx = 0, status_4xx = 0,
              status_5xx = 0;
     uint64_t upstream_connects = 0, upstream_failures = 0, upstream_reused = 0, retries = 0,
@@ -61,6 +62,9 @@ struct EngineStats {
     /// Gateway-to-backend TLS (BackendTLSPolicy): handshakes completed / failed (the chain,
     /// the host name or subjectAltNames did not verify, an alert, or the backend closed).
     uint64_t backend_tls_handshakes = 0, backend_tls_failures = 0;
+    /// OCSP staples (tls.ocsp-staple) of the tables in force: being stapled / not stapled
+    /// (refused when the tables were built, or expired since). Gauges.
+    uint64_t ocsp_staples = 0, ocsp_staples_refused = 0;
     uint64_t bytes_in = 0, bytes_out = 0;
     uint64_t generation = 0;
 };
@@ -93,6 +97,13 @@ public:
     void stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
 
     [[nodiscard]] EngineStats stats() const;
+
+    /// Stops stapling the OCSP staples of the tables in force whose nextUpdate has passed,
+    /// logging one line to stderr for each (TlsPort::expire_staples). Call about once a
+    /// second; apply() checks every staple again anyway.
+    /// Thread: one housekeeping thread (not a worker).
+    void expire_staples() const;
+
     /// Summed over workers; key "route<TAB>rule<TAB>backend" (published by each worker
     /// about once a second). Thread: any.
     [[nodiscard]] std::vector<std::pair<std::string, RouteStats>> route_stats() const;

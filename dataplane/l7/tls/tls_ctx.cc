@@ -3,16 +3,19 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <optional>
 #include <utility>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "hostnames.h"
+#include "ocsp.h"
 #include "pem.h"
 
 namespace sluice::l7 {
@@ -189,6 +192,8 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
         return fail(Errc::Invalid, "no certificate");
     }
     std::vector<int> key_types;
+    bool stapling = false;
+    const time_t now = std::time(nullptr);
     for (const ir::CertRef& c : l.certs) {
         const std::string what = "certificate " + c.ns + "/" + c.name + ": ";
         auto certs = read_certs(c.cert_pem);
@@ -212,9 +217,43 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
             continue;
         }
         key_types.push_back(type);
+        // The staple is checked against the whole bundle (the issuer may be in it), before
+        // use_cert_chain moves the chain into the context.
+        std::unique_ptr<Staple> staple;
+        if (!c.ocsp_der.empty()) {
+            const std::string where = label(l) + ": certificate " + c.ns + "/" + c.name;
+            auto info = ocsp::check_staple(c.ocsp_der, *certs, now);
+            if (!info) {
+                errors_.push_back(
+                    where + ": OCSP staple (tls.ocsp-staple) not stapled: " + info.error().message);
+                ++staples_refused_;
+            } else {
+                if (info->cert_status != V_OCSP_CERTSTATUS_GOOD) {
+                    errors_.push_back(where + ": OCSP staple says the certificate is " +
+                                      ocsp::cert_status_name(info->cert_status) +
+                                      " (stapled as is)");
+                }
+                staple = std::make_unique<Staple>();
+                staple->der = c.ocsp_der;
+                staple->next_update = info->next_update;
+                staple->what = where;
+                // The context takes its own reference to the leaf in use_cert_chain; this
+                // one keeps the pointer on_status_request compares with valid and unique.
+                X509_up_ref(certs->front().get());
+                staple->leaf.reset(certs->front().get());
+            }
+        }
         if (auto used = use_cert_chain(ctx, *certs, key->get(), what); !used) {
             return tl::unexpected(std::move(used.error()));
         }
+        if (staple) {
+            staples_.push_back(std::move(staple));
+            stapling = true;
+        }
+    }
+    if (stapling) {
+        SSL_CTX_set_tlsext_status_cb(ctx, on_status_request);
+        SSL_CTX_set_tlsext_status_arg(ctx, this);
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
         return fail(Errc::Invalid, "private key check: " + take_ossl_error());
@@ -293,8 +332,12 @@ TlsPort::build(const ir::Ir& ir, const std::vector<uint32_t>& listeners, bool of
             port->errors_.push_back(label(l) + ": not a TLS Terminate listener; left out");
             continue;
         }
+        const size_t n_staples = port->staples_.size(), n_refused = port->staples_refused_;
         auto site = port->build_site(l, index, offer_h2);
         if (!site) {
+            // A left-out listener serves nothing: its staples count neither way.
+            port->staples_.resize(n_staples);
+            port->staples_refused_ = n_refused;
             if (site.error().code == Errc::Internal) {
                 return tl::unexpected(std::move(site.error()));
             }
@@ -324,6 +367,32 @@ std::vector<uint32_t> TlsPort::listeners() const {
     out.reserve(sites_.size());
     for (const Site& s : sites_) {
         out.push_back(s.listener);
+    }
+    return out;
+}
+
+size_t TlsPort::staples() const noexcept {
+    size_t n = 0;
+    for (const auto& s : staples_) {
+        n += s->stale.load(std::memory_order_relaxed) ? 0 : 1;
+    }
+    return n;
+}
+
+size_t TlsPort::staples_refused() const noexcept {
+    return staples_refused_ + (staples_.size() - staples());
+}
+
+std::vector<std::string> TlsPort::expire_staples(time_t now) const {
+    std::vector<std::string> out;
+    for (const auto& s : staples_) {
+        if (s->next_update <= now && !s->stale.load(std::memory_order_relaxed)) {
+            // Relaxed: a lone flag; nothing else is published with it (the staple's bytes
+            // were built before the port was published).
+            s->stale.store(true, std::memory_order_relaxed);
+            out.push_back(s->what + ": OCSP staple (tls.ocsp-staple) no longer stapled: " +
+                          "expired (nextUpdate " + ocsp::format_time(s->next_update) + ")");
+        }
     }
     return out;
 }
@@ -390,6 +459,38 @@ int TlsPort::on_client_hello(SSL* ssl, int* alert, void* arg) {
         return SSL_CLIENT_HELLO_ERROR;
     }
     return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+int TlsPort::on_status_request(SSL* ssl, void* arg) {
+    const auto* port = static_cast<const TlsPort*>(arg);
+    // OpenSSL has made the certificate it chose (by key type) current before calling us:
+    // the one whose staple, if any, is sent. Contexts share their X509 objects with the SSLs
+    // (SSL_new, SSL_set_SSL_CTX), so the pointer identifies the loaded certificate.
+    const X509* cert = SSL_get_certificate(ssl);
+    if (cert == nullptr) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    for (const auto& s : port->staples_) {
+        if (s->leaf.get() != cert) {
+            continue;
+        }
+        if (s->stale.load(std::memory_order_relaxed)) {
+            return SSL_TLSEXT_ERR_NOACK;
+        }
+        // The SSL takes ownership of the response buffer and frees it with OPENSSL_free.
+        auto* copy = static_cast<unsigned char*>(OPENSSL_memdup(s->der.data(), s->der.size()));
+        if (copy == nullptr) {
+            ERR_clear_error();
+            return SSL_TLSEXT_ERR_NOACK;
+        }
+        if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, static_cast<long>(s->der.size())) != 1) {
+            OPENSSL_free(copy);
+            ERR_clear_error();
+            return SSL_TLSEXT_ERR_NOACK;
+        }
+        return SSL_TLSEXT_ERR_OK;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
 }
 
 SSL* TlsPort::new_ssl() const noexcept {

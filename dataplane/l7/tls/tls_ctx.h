@@ -15,11 +15,20 @@
 /// session-id context, so a session never resumes on another listener (which could skip
 /// that listener's client-certificate check). No 0-RTT early data.
 ///
+/// OCSP stapling: a certificate whose ir::CertRef::ocsp_der passes ocsp::check_staple at
+/// build() has that response stapled when a client asks (status_request), for that
+/// certificate only (an RSA and an ECDSA certificate of one listener each have their own).
+/// A staple that fails the check is not stapled and is reported in errors(); the listener
+/// serves as without one. A loaded staple whose nextUpdate passes is no longer stapled once
+/// expire_staples() has seen it (dp-control calls it periodically); build() checks again.
+///
 /// Thread: build() on dp-control; the built TlsPort is immutable and new_ssl() and the
 /// static accessors may be called from any L7 thread concurrently. A TlsPort must outlive
 /// every SSL it created (the ClientHello callback points at it).
 
+#include <atomic>
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -28,6 +37,7 @@
 #include <openssl/ssl.h>
 
 #include "ir.h"
+#include "pem.h"
 #include "result.h"
 #include "ticket_keys.h"
 
@@ -56,6 +66,10 @@ public:
     ///   them; a missing or failing certificate aborts the handshake, unless
     ///   client_cert_optional (AllowInsecureFallback), where the connection proceeds and
     ///   client_cert_verified() tells the outcome.
+    /// - a certificate's OCSP staple (ocsp_der) that passes ocsp::check_staple at the current
+    ///   time is stapled for that certificate; one that fails is reported in errors() (the
+    ///   listener still serves, without a staple), as is a valid one saying "revoked" (still
+    ///   stapled: it is the CA's word).
     /// A listener with invalid PEM, a key that does not match its certificate, no
     /// certificate, or an invalid option value is left out and reported in errors().
     /// @return the port; Errc::Invalid if an index is out of range, the listeners do not
@@ -101,6 +115,21 @@ public:
     /// Listeners that got a context, in build order (indices into ir.listeners).
     [[nodiscard]] std::vector<uint32_t> listeners() const;
 
+    /// OCSP staples being stapled now (passed the build-time check, not expired since).
+    /// Thread: any.
+    [[nodiscard]] size_t staples() const noexcept;
+
+    /// OCSP staples not stapled: refused at build time, or expired since (expire_staples).
+    /// Thread: any.
+    [[nodiscard]] size_t staples_refused() const noexcept;
+
+    /// Stops stapling the staples whose nextUpdate is at or before `now`; returns one line
+    /// per staple newly stopped ("ns/gateway/listener: certificate ns/name: ..."), nothing
+    /// for those stopped before. Handshakes only read a flag this sets: the clock is not read
+    /// per handshake, so a staple can outlive its nextUpdate by one call period.
+    /// Thread: dp-control (one thread at a time); concurrent with new_ssl() and handshakes.
+    std::vector<std::string> expire_staples(time_t now) const;
+
 private:
     struct CtxFree {
         void operator()(SSL_CTX* ctx) const noexcept { SSL_CTX_free(ctx); }
@@ -117,17 +146,31 @@ private:
         SSL_verify_cb verify_cb = nullptr;
     };
 
+    /// A valid OCSP staple of one loaded certificate.
+    struct Staple {
+        pem::X509Ptr leaf; ///< the certificate, as loaded in its site's context
+        std::string der;   ///< the OCSP response
+        time_t next_update = 0;
+        std::string what; ///< "ns/gateway/listener: certificate ns/name" for log lines
+        /// Set once by expire_staples() (dp-control), read by handshakes on any L7 thread.
+        mutable std::atomic<bool> stale{false};
+    };
+
     TlsPort() = default;
     /// One listener's context; Errc::Invalid for a configuration problem (message without
     /// the listener's name), Errc::Internal when OpenSSL cannot allocate.
     [[nodiscard]] Result<Site> build_site(const ir::Listener& l, uint32_t index, bool offer_h2);
     [[nodiscard]] const Site* select(std::string_view sni, bool has_sni) const noexcept;
     static int on_client_hello(SSL* ssl, int* alert, void* arg);
+    static int on_status_request(SSL* ssl, void* arg);
 
     std::shared_ptr<const TicketKeys> tickets_; ///< installed on every site's context
     std::vector<Site> sites_;
     size_t no_sni_site_ = 0; ///< catch-all, else the first site
     std::vector<std::string> errors_;
+    /// Of every site, found by certificate in on_status_request (a few per port).
+    std::vector<std::unique_ptr<Staple>> staples_;
+    size_t staples_refused_ = 0;
 };
 
 } // namespace sluice::l7

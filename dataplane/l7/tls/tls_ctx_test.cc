@@ -3,7 +3,9 @@
 
 #include "tls_ctx.h"
 
+#include <climits>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,9 +13,12 @@
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+
+#include "ocsp.h"
 
 namespace {
 
@@ -152,7 +157,7 @@ ir::Listener listener(const std::string& name, const std::string& host,
     l.hostname = host;
     l.tls_mode = ir::TlsMode::Terminate;
     for (const Cert* c : certs) {
-        l.certs.push_back({"infra", name + "-cert", c->cert_pem, c->key_pem});
+        l.certs.push_back({"infra", name + "-cert", c->cert_pem, c->key_pem, ""});
     }
     return l;
 }
@@ -199,6 +204,7 @@ struct Client {
     std::vector<std::string> alpn;
     const Cert* cert = nullptr;
     SSL_SESSION* session = nullptr;
+    bool status_request = false; ///< ask for an OCSP staple
 };
 
 struct Outcome {
@@ -214,6 +220,7 @@ struct Outcome {
     bool reused = false;
     bool client_verified = false;
     SessionPtr session;
+    std::string staple; ///< the OCSP response the client got ("" = none)
 };
 
 void on_client_info(const SSL* ssl, int where, int ret) {
@@ -289,6 +296,9 @@ Outcome handshake(const TlsPort& port, const Client& o) {
     if (o.session != nullptr) {
         SSL_set_session(client.get(), o.session);
     }
+    if (o.status_request) {
+        EXPECT_EQ(SSL_set_tlsext_status_type(client.get(), TLSEXT_STATUSTYPE_ocsp), 1);
+    }
 
     bool c_done = false, s_done = false, c_alive = true, s_alive = true;
     for (int i = 0; i < 64 && (c_alive || s_alive) && !(c_done && s_done); ++i) {
@@ -328,6 +338,11 @@ Outcome handshake(const TlsPort& port, const Client& o) {
         out.cipher = SSL_CIPHER_get_name(c);
     }
     out.reused = SSL_session_reused(client.get()) == 1;
+    const unsigned char* staple = nullptr;
+    const long staple_len = SSL_get_tlsext_status_ocsp_resp(client.get(), &staple);
+    if (staple != nullptr && staple_len > 0) {
+        out.staple.assign(reinterpret_cast<const char*>(staple), static_cast<size_t>(staple_len));
+    }
     out.client_verified = TlsPort::client_cert_verified(server.get());
     out.session.reset(SSL_get1_session(client.get()));
     if (out.ok) {
@@ -586,17 +601,18 @@ TEST(TlsPort, EcdsaOnlyClientGetsTheEcCertificate) {
 TEST(TlsPort, InvalidPemIsReportedAndTheOthersStillWork) {
     const Pki& p = pki();
     ir::Listener garbage = listener("garbage", "garbage.example.com", {});
-    garbage.certs.push_back({"infra", "bad", "not a certificate", p.wild.key_pem});
+    garbage.certs.push_back({"infra", "bad", "not a certificate", p.wild.key_pem, ""});
     ir::Listener mismatch = listener("mismatch", "mismatch.example.com", {});
-    mismatch.certs.push_back({"infra", "mm", p.foo_ec.cert_pem, p.fallback.key_pem});
+    mismatch.certs.push_back({"infra", "mm", p.foo_ec.cert_pem, p.fallback.key_pem, ""});
     std::string damaged = p.wild.cert_pem;
     damaged[damaged.size() / 2] = '!';
     ir::Listener broken = listener("broken", "broken.example.com", {});
-    broken.certs.push_back({"infra", "dmg", damaged, p.wild.key_pem});
+    broken.certs.push_back({"infra", "dmg", damaged, p.wild.key_pem, ""});
     ir::Listener badkey = listener("badkey", "badkey.example.com", {});
     badkey.certs.push_back({"infra", "bk", p.wild.cert_pem,
                             "-----BEGIN PRIVATE KEY-----\nAAAA\n"
-                            "-----END PRIVATE KEY-----\n"});
+                            "-----END PRIVATE KEY-----\n",
+                            ""});
     ir::Listener none = listener("none", "none.example.com", {});
     const ir::Ir ir =
         make_ir({garbage, mismatch, broken, badkey, none, listener("any", "", {&p.fallback})});
@@ -642,7 +658,7 @@ TEST(TlsPort, CertificateChainIsSent) {
     const Pki& p = pki();
     const Cert leaf = make_cert(p.ec.get(), "leaf", "DNS:chain.example.com", &p.ca);
     ir::Listener l = listener("chain", "", {});
-    l.certs.push_back({"infra", "chain", leaf.cert_pem + p.ca.cert_pem, leaf.key_pem});
+    l.certs.push_back({"infra", "chain", leaf.cert_pem + p.ca.cert_pem, leaf.key_pem, ""});
     const ir::Ir ir = make_ir({l});
     auto port = build_ok(ir, {1});
     ASSERT_NE(port, nullptr);
@@ -851,6 +867,304 @@ TEST(TlsPort, BuildRejectsBadInput) {
     ASSERT_EQ(port->errors().size(), 1u);
     EXPECT_NE(port->errors()[0].find("infra/gw/foo"), std::string::npos);
     EXPECT_EQ(port->listeners(), (std::vector<uint32_t>{1, 3}));
+}
+
+// ---------------------------------------------------------------- OCSP stapling
+
+namespace ocsp = sluice::l7::ocsp;
+using OcspInfo = ocsp::StapleInfo;
+
+constexpr long kDay = 86400;
+constexpr long kNoNext = LONG_MIN;
+
+struct OcspSpec {
+    long this_update = -3600; ///< seconds from now
+    long next_update = kDay;  ///< seconds from now; kNoNext = no nextUpdate
+    int cert_status = V_OCSP_CERTSTATUS_GOOD;
+    int response_status = OCSP_RESPONSE_STATUS_SUCCESSFUL;
+    const Cert* also = nullptr; ///< a second SingleResponse, for this certificate
+};
+
+/// A DER OCSP response about `leaf` issued by `ca` (which also signs it), as a CA's
+/// responder would answer (what `openssl ocsp -respout` writes).
+std::string ocsp_response(const Cert& leaf, const Cert& ca, const OcspSpec& spec = {}) {
+    std::unique_ptr<OCSP_RESPONSE, decltype(&OCSP_RESPONSE_free)> resp(nullptr, OCSP_RESPONSE_free);
+    if (spec.response_status != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        resp.reset(OCSP_response_create(spec.response_status, nullptr));
+    } else {
+        std::unique_ptr<OCSP_BASICRESP, decltype(&OCSP_BASICRESP_free)> basic(OCSP_BASICRESP_new(),
+                                                                              OCSP_BASICRESP_free);
+        std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> this_update(
+            X509_gmtime_adj(nullptr, spec.this_update), ASN1_TIME_free);
+        std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> next_update(
+            spec.next_update == kNoNext ? nullptr : X509_gmtime_adj(nullptr, spec.next_update),
+            ASN1_TIME_free);
+        std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> revoked_at(
+            X509_gmtime_adj(nullptr, -kDay), ASN1_TIME_free);
+        for (const Cert* c : {&leaf, spec.also}) {
+            if (c == nullptr) {
+                continue;
+            }
+            std::unique_ptr<OCSP_CERTID, decltype(&OCSP_CERTID_free)> id(
+                OCSP_cert_to_id(EVP_sha1(), c->x509.get(), ca.x509.get()), OCSP_CERTID_free);
+            const bool revoked = spec.cert_status == V_OCSP_CERTSTATUS_REVOKED;
+            EXPECT_NE(OCSP_basic_add1_status(basic.get(), id.get(), spec.cert_status,
+                                             revoked ? OCSP_REVOKED_STATUS_KEYCOMPROMISE : 0,
+                                             revoked ? revoked_at.get() : nullptr,
+                                             this_update.get(), next_update.get()),
+                      nullptr);
+        }
+        EXPECT_EQ(
+            OCSP_basic_sign(basic.get(), ca.x509.get(), ca.key.get(), EVP_sha256(), nullptr, 0), 1);
+        resp.reset(OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, basic.get()));
+    }
+    EXPECT_NE(resp, nullptr);
+    const int n = i2d_OCSP_RESPONSE(resp.get(), nullptr);
+    EXPECT_GT(n, 0);
+    std::string der(static_cast<size_t>(n), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    EXPECT_EQ(i2d_OCSP_RESPONSE(resp.get(), &p), n);
+    return der;
+}
+
+/// Leaves issued by pki().ca (RSA and ECDSA) and an unrelated self-signed one.
+struct OcspPki {
+    Cert rsa = make_cert(pki().rsa.get(), "ocsp-rsa", "DNS:ocsp.example.com", &pki().ca);
+    Cert ec = make_cert(pki().ec.get(), "ocsp-ec", "DNS:ocsp.example.com", &pki().ca);
+    Cert other = make_cert(pki().ec.get(), "ocsp-other", "DNS:ocsp.example.com", &pki().ca);
+};
+
+const OcspPki& ocsp_pki() {
+    static const OcspPki p;
+    return p;
+}
+
+/// The certificates of `c`'s tls.crt: the leaf, then the CA when `with_issuer`.
+std::vector<sluice::l7::pem::X509Ptr> bundle(const Cert& c, bool with_issuer) {
+    auto certs = sluice::l7::pem::read_certs(c.cert_pem + (with_issuer ? pki().ca.cert_pem : ""));
+    EXPECT_TRUE(certs.has_value());
+    return certs ? std::move(*certs) : std::vector<sluice::l7::pem::X509Ptr>{};
+}
+
+TEST(Ocsp, CheckStapleAcceptsAValidResponseForTheCertificate) {
+    const OcspPki& o = ocsp_pki();
+    const time_t now = std::time(nullptr);
+    const std::string der = ocsp_response(o.ec, pki().ca);
+    for (bool with_issuer : {true, false}) {
+        SCOPED_TRACE(with_issuer);
+        auto info = ocsp::check_staple(der, bundle(o.ec, with_issuer), now);
+        ASSERT_TRUE(info.has_value()) << info.error().message;
+        EXPECT_EQ(info->cert_status, V_OCSP_CERTSTATUS_GOOD);
+        EXPECT_GE(info->next_update, now + kDay - 5);
+        EXPECT_LE(info->next_update, now + kDay + 5);
+        EXPECT_EQ(ERR_peek_error(), 0u);
+    }
+    // No nextUpdate: never stale by the clock.
+    auto info = ocsp::check_staple(ocsp_response(o.ec, pki().ca, {.next_update = kNoNext}),
+                                   bundle(o.ec, true), now);
+    ASSERT_TRUE(info.has_value()) << info.error().message;
+    EXPECT_EQ(info->next_update, ocsp::kNoNextUpdate);
+    // "revoked" is the CA's word: returned, not judged.
+    info = ocsp::check_staple(
+        ocsp_response(o.ec, pki().ca, {.cert_status = V_OCSP_CERTSTATUS_REVOKED}),
+        bundle(o.ec, true), now);
+    ASSERT_TRUE(info.has_value()) << info.error().message;
+    EXPECT_EQ(info->cert_status, V_OCSP_CERTSTATUS_REVOKED);
+}
+
+TEST(Ocsp, CheckStapleRefuses) {
+    const OcspPki& o = ocsp_pki();
+    const time_t now = std::time(nullptr);
+    const std::string good = ocsp_response(o.ec, pki().ca);
+    struct Case {
+        const char* what;
+        std::string der;
+        bool with_issuer;
+        time_t now;
+        const char* reason;
+    };
+    const std::vector<Case> cases = {
+        {"garbage", "this is not DER", true, now, "not a DER OCSP response"},
+        {"empty", "", true, now, "empty"},
+        {"cut", good.substr(0, good.size() - 10), true, now, "not a DER OCSP response"},
+        {"trailing bytes", good + "x", true, now, "trailing bytes"},
+        {"too large", std::string(ocsp::kMaxStapleBytes + 1, '\x30'), true, now, "more than"},
+        {"another certificate", ocsp_response(o.other, pki().ca), true, now, "another certificate"},
+        {"another certificate, issuer unknown", ocsp_response(o.other, pki().ca), false, now,
+         "another certificate"},
+        {"expired", ocsp_response(o.ec, pki().ca, {.this_update = -2 * kDay, .next_update = -60}),
+         true, now, "expired"},
+        {"valid now, expired later", good, true, now + 2 * kDay, "expired"},
+        {"thisUpdate ahead", ocsp_response(o.ec, pki().ca, {.this_update = 3600}), true, now,
+         "in the future"},
+        {"tryLater",
+         ocsp_response(o.ec, pki().ca, {.response_status = OCSP_RESPONSE_STATUS_TRYLATER}), true,
+         now, "not successful"},
+        {"two statuses", ocsp_response(o.ec, pki().ca, {.also = &o.rsa}), true, now,
+         "2 certificate statuses"},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.what);
+        auto info = ocsp::check_staple(c.der, bundle(o.ec, c.with_issuer), c.now);
+        ASSERT_FALSE(info.has_value());
+        EXPECT_EQ(info.error().code, Errc::Invalid);
+        EXPECT_NE(info.error().message.find(c.reason), std::string::npos) << info.error().message;
+        EXPECT_EQ(ERR_peek_error(), 0u);
+    }
+}
+
+/// A listener "ocsp" (no hostname) with the RSA and the ECDSA leaf, each bundled with the CA
+/// and carrying `rsa_staple` / `ec_staple`.
+ir::Ir ocsp_ir(const std::string& rsa_staple, const std::string& ec_staple) {
+    const OcspPki& o = ocsp_pki();
+    ir::Listener l = listener("ocsp", "", {});
+    l.certs.push_back(
+        {"infra", "rsa-cert", o.rsa.cert_pem + pki().ca.cert_pem, o.rsa.key_pem, rsa_staple});
+    l.certs.push_back(
+        {"infra", "ec-cert", o.ec.cert_pem + pki().ca.cert_pem, o.ec.key_pem, ec_staple});
+    return make_ir({l});
+}
+
+Client ocsp_client(const char* sigalgs, int max_version, bool status_request = true) {
+    Client c;
+    c.sni = "ocsp.example.com";
+    c.sigalgs = sigalgs;
+    c.max_version = max_version;
+    c.status_request = status_request;
+    return c;
+}
+
+TEST(TlsPort, EachCertificateGetsItsOwnOcspStaple) {
+    const OcspPki& o = ocsp_pki();
+    const std::string rsa_staple = ocsp_response(o.rsa, pki().ca);
+    const std::string ec_staple = ocsp_response(o.ec, pki().ca);
+    ASSERT_NE(rsa_staple, ec_staple);
+    const ir::Ir ir = ocsp_ir(rsa_staple, ec_staple);
+    auto port = build_ok(ir, {1});
+    ASSERT_NE(port, nullptr);
+    EXPECT_TRUE(port->errors().empty()) << port->errors().front();
+    EXPECT_EQ(port->staples(), 2u);
+    EXPECT_EQ(port->staples_refused(), 0u);
+
+    for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+        SCOPED_TRACE(version);
+        Outcome r = handshake(*port, ocsp_client("ECDSA+SHA256", version));
+        ASSERT_TRUE(r.ok);
+        EXPECT_EQ(r.peer_cn, "ocsp-ec");
+        EXPECT_EQ(r.staple, ec_staple);
+        r = handshake(*port, ocsp_client("rsa_pss_rsae_sha256:RSA+SHA256", version));
+        ASSERT_TRUE(r.ok);
+        EXPECT_EQ(r.peer_cn, "ocsp-rsa");
+        EXPECT_EQ(r.staple, rsa_staple);
+        // A client that does not ask gets none.
+        r = handshake(*port, ocsp_client("ECDSA+SHA256", version, /*status_request=*/false));
+        ASSERT_TRUE(r.ok);
+        EXPECT_EQ(r.staple, "");
+    }
+
+    // Only the ECDSA certificate has one: an RSA handshake gets no staple.
+    const ir::Ir ec_only = ocsp_ir("", ec_staple);
+    port = build_ok(ec_only, {1});
+    ASSERT_NE(port, nullptr);
+    EXPECT_EQ(port->staples(), 1u);
+    Outcome r = handshake(*port, ocsp_client("rsa_pss_rsae_sha256:RSA+SHA256", TLS1_3_VERSION));
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.peer_cn, "ocsp-rsa");
+    EXPECT_EQ(r.staple, "");
+    r = handshake(*port, ocsp_client("ECDSA+SHA256", TLS1_3_VERSION));
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.staple, ec_staple);
+}
+
+TEST(TlsPort, InvalidOcspStaplesAreReportedNotStapledAndTheListenerServes) {
+    const OcspPki& o = ocsp_pki();
+    const struct {
+        const char* name;
+        std::string staple;
+        const char* reason;
+    } bad[] = {
+        {"garbage", "not an OCSP response", "not a DER OCSP response"},
+        // The RSA leaf's staple on the ECDSA certificate: a swapped Secret key.
+        {"swapped", ocsp_response(o.rsa, pki().ca), "another certificate"},
+        {"expired", ocsp_response(o.ec, pki().ca, {.this_update = -2 * kDay, .next_update = -60}),
+         "expired"},
+    };
+    for (const auto& b : bad) {
+        SCOPED_TRACE(b.name);
+        const ir::Ir ir = ocsp_ir("", b.staple);
+        auto port = build_ok(ir, {1});
+        ASSERT_NE(port, nullptr);
+        EXPECT_EQ(port->listeners(), std::vector<uint32_t>{1});
+        ASSERT_EQ(port->errors().size(), 1u);
+        const std::string& e = port->errors()[0];
+        EXPECT_NE(e.find("infra/gw/ocsp: certificate infra/ec-cert: OCSP staple (tls.ocsp-staple) "
+                         "not stapled: "),
+                  std::string::npos)
+            << e;
+        EXPECT_NE(e.find(b.reason), std::string::npos) << e;
+        EXPECT_EQ(e.find("left out"), std::string::npos) << e;
+        EXPECT_EQ(port->staples(), 0u);
+        EXPECT_EQ(port->staples_refused(), 1u);
+        const Outcome r = handshake(*port, ocsp_client("ECDSA+SHA256", TLS1_3_VERSION));
+        ASSERT_TRUE(r.ok);
+        EXPECT_EQ(r.peer_cn, "ocsp-ec");
+        EXPECT_EQ(r.staple, "");
+    }
+
+    // A revoked status is stapled (the client decides), and said once.
+    const std::string revoked =
+        ocsp_response(o.ec, pki().ca, {.cert_status = V_OCSP_CERTSTATUS_REVOKED});
+    const ir::Ir ir = ocsp_ir("", revoked);
+    auto port = build_ok(ir, {1});
+    ASSERT_NE(port, nullptr);
+    ASSERT_EQ(port->errors().size(), 1u);
+    EXPECT_NE(port->errors()[0].find("revoked (stapled as is)"), std::string::npos);
+    EXPECT_EQ(port->staples(), 1u);
+    EXPECT_EQ(handshake(*port, ocsp_client("ECDSA+SHA256", TLS1_2_VERSION)).staple, revoked);
+}
+
+TEST(TlsPort, OcspStapleStopsWhenItsNextUpdatePasses) {
+    const OcspPki& o = ocsp_pki();
+    const std::string staple = ocsp_response(o.ec, pki().ca); // nextUpdate: in a day
+    const ir::Ir ir = ocsp_ir("", staple);
+    auto port = build_ok(ir, {1});
+    ASSERT_NE(port, nullptr);
+    const time_t now = std::time(nullptr);
+    EXPECT_TRUE(port->expire_staples(now).empty());
+    EXPECT_EQ(handshake(*port, ocsp_client("ECDSA+SHA256", TLS1_3_VERSION)).staple, staple);
+
+    const std::vector<std::string> lines = port->expire_staples(now + 2 * kDay);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_NE(lines[0].find("infra/gw/ocsp: certificate infra/ec-cert: OCSP staple "
+                            "(tls.ocsp-staple) no longer stapled: expired (nextUpdate "),
+              std::string::npos)
+        << lines[0];
+    EXPECT_EQ(port->staples(), 0u);
+    EXPECT_EQ(port->staples_refused(), 1u);
+    const Outcome r = handshake(*port, ocsp_client("ECDSA+SHA256", TLS1_3_VERSION));
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.staple, "");
+    EXPECT_TRUE(port->expire_staples(now + 3 * kDay).empty()) << "said once";
+}
+
+TEST(TlsPort, OcspStaplesOfALeftOutListenerAreNotCounted) {
+    const OcspPki& o = ocsp_pki();
+    // The certificates and their staples are loaded (one valid, one refused), then the
+    // listener fails (its client CA).
+    ir::Listener bad = listener("bad", "bad.example.com", {});
+    bad.certs.push_back({"infra", "bad-cert", o.ec.cert_pem + pki().ca.cert_pem, o.ec.key_pem,
+                         ocsp_response(o.ec, pki().ca)});
+    bad.certs.push_back({"infra", "bad-rsa", o.rsa.cert_pem, o.rsa.key_pem, "garbage"});
+    bad.client_ca_pems = {"not a CA"};
+    const ir::Ir ir = make_ir({bad, listener("any", "", {&pki().fallback})});
+    auto port = build_ok(ir, {1, 2});
+    ASSERT_NE(port, nullptr);
+    EXPECT_EQ(port->listeners(), std::vector<uint32_t>{2});
+    ASSERT_EQ(port->errors().size(), 2u);
+    EXPECT_NE(port->errors()[0].find("not stapled"), std::string::npos) << port->errors()[0];
+    EXPECT_NE(port->errors()[1].find("client CA"), std::string::npos) << port->errors()[1];
+    EXPECT_EQ(port->staples(), 0u);
+    EXPECT_EQ(port->staples_refused(), 0u);
 }
 
 } // namespace
