@@ -185,7 +185,7 @@ std::optional<Mac> NeighborTable::find(uint8_t family, const Addr& a) const noex
     return std::nullopt;
 }
 
-void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac) noexcept {
+void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac, bool overwrite) noexcept {
     const uint64_t want = neighbor_word(family, mac);
     size_t i = addr_hash(family, a) & (kSlots - 1);
     // Bounded probing: a full neighbourhood costs kProbe compares, never a table scan, and
@@ -203,7 +203,7 @@ void NeighborTable::learn(uint8_t family, const Addr& a, const Mac& mac) noexcep
             // Another worker claimed it first: w now holds its word; look at it below.
         }
         if ((w >> 56) == family && addr_eq(sl.addr, a)) {
-            if (w != want) {
+            if (w != want && overwrite) {
                 sl.word.store(want, std::memory_order_release); // only on change: lines stay clean
             }
             return;
@@ -710,13 +710,6 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
     }
     const uint64_t h = flow_hash(key);
     ConnEntry* e = ctx.ct->lookup(key, h, now);
-    if (!e) {
-        // A new flow: learn the client's MAC for the way back (clients are on-link or
-        // behind a router whose MAC this is). Established flows skip this write.
-        Mac smac{};
-        std::memcpy(smac.data(), frame.data() + 6, 6);
-        ctx.neighbors->learn(key.family, key.src, smac);
-    }
     // DSR: new flows follow the service's mode, established ones the kind of their entry.
     bool dsr = svc->mode == FwdMode::DsrIpip || svc->mode == FwdMode::DsrGue;
     const FwdMode dsr_mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
@@ -776,6 +769,13 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         if (ins.status == InsertStatus::Inserted) {
             if (!dsr) {
                 (*ctx.ports)[slot][sport] = ins.entry;
+                // The client's MAC for the way back (clients are on-link or behind a
+                // router whose MAC this is), learned only for a tracked flow and never over
+                // a known neighbour: a spoofed SYN carrying a backend's address must not
+                // redirect that backend's traffic, and a flood must not fill the table.
+                Mac smac{};
+                std::memcpy(smac.data(), frame.data() + 6, 6);
+                ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
             }
             ctx.count(LbCounter::NewFlows);
         } else if (dsr) {

@@ -139,7 +139,9 @@ struct NeighborTable {
     std::array<Slot, kSlots> slots{};
 
     [[nodiscard]] std::optional<Mac> find(uint8_t family, const Addr& a) const noexcept;
-    void learn(uint8_t family, const Addr& a, const Mac& mac) noexcept;
+    /// Adds or (overwrite) updates a neighbour. ARP and ND update; the source of a new
+    /// flow only adds (never replaces a known neighbour's MAC).
+    void learn(uint8_t family, const Addr& a, const Mac& mac, bool overwrite = true) noexcept;
 };
 
 /// Per-worker memory of which worker owns the flow of a fragmented datagram: its first

@@ -170,6 +170,36 @@ TEST(Lb, FullNatBothWaysWithValidChecksums) {
     EXPECT_EQ(fx.run(f, len), LbAction::Drop);
 }
 
+TEST(Lb, ASpoofedSynCannotRedirectABackendsTraffic) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}));
+    fx.learn("10.0.1.1", kBackendA);
+    // An attacker's SYN to the VIP with the backend's address as source, from its own MAC.
+    constexpr Mac kAttacker = {0x02, 0, 0, 0, 0, 0x66};
+    Bytes spoof = PacketBuilder().eth(kAttacker, kOurs).ipv4("10.0.1.1", "10.0.0.100")
+                      .tcp(4242, 80, 0x02).build();
+    uint32_t len = static_cast<uint32_t>(spoof.size());
+    EXPECT_EQ(fx.run(spoof, len), LbAction::Tx) << "a new flow like any other";
+    const auto mac = fx.nb->find(4, to_table_addr(4, test::addr("10.0.1.1")));
+    ASSERT_TRUE(mac.has_value());
+    EXPECT_EQ(*mac, kBackendA) << "the backend's MAC is not replaced by a flow's source";
+    // A SYN refused by the half-open budget leaves nothing behind in the neighbour table.
+    fx.ctx.ct = nullptr;
+    ConnTrackConfig c;
+    c.capacity = 1 << 10;
+    c.half_open_max = 1;
+    auto small = std::move(*ConnTrack::create(c));
+    fx.ctx.ct = small.get();
+    Bytes first = syn(5000);
+    len = static_cast<uint32_t>(first.size());
+    EXPECT_EQ(fx.run(first, len), LbAction::Tx);
+    Bytes refused = PacketBuilder().eth(kAttacker, kOurs).ipv4("10.0.0.77", "10.0.0.100")
+                        .tcp(5001, 80, 0x02).build();
+    len = static_cast<uint32_t>(refused.size());
+    EXPECT_EQ(fx.run(refused, len), LbAction::Drop) << "half-open budget spent";
+    EXPECT_FALSE(fx.nb->find(4, to_table_addr(4, test::addr("10.0.0.77"))).has_value());
+    fx.ctx.ct = fx.ct.get();
+}
+
 std::string backend_of(Fixture& fx, uint16_t sport, uint8_t flags = 0x02) {
     Bytes f = syn(sport, flags);
     uint32_t len = static_cast<uint32_t>(f.size());
