@@ -175,7 +175,26 @@ taskset -c "$BACKEND_CPU" nginx -p "$B" -c "$B/nginx.conf" -e "$B/error.log" -g 
   > "$WORK/nginx-backend.log" 2>&1 &
 PIDS+=($!); PID_BACKEND=$!
 
-# ---- nginx as a reverse proxy: 1 worker, upstream keepalive pool
+# ---- nginx as a reverse proxy: 1 worker, upstream keepalive pool; plain HTTP and TLS
+nginx_proxy_server() {  # LISTEN [CERT: ecdsa|rsa]
+  echo "  server {"
+  echo "    listen 127.0.0.1:$1 reuseport backlog=4096;"
+  if [ -n "${2:-}" ]; then
+    echo "    ssl_certificate $TLSD/$2.crt;"
+    echo "    ssl_certificate_key $TLSD/$2.key;"
+  fi
+  cat <<'EOF'
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }
+  }
+EOF
+}
 N=$WORK/nginx-proxy
 mkdir -p "$N"
 { nginx_common "$N"
@@ -185,45 +204,11 @@ mkdir -p "$N"
     keepalive 64;
     keepalive_requests 1000000;
   }
-  server {
-    listen 127.0.0.1:$P_NGINX reuseport backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-  server {
-    listen 127.0.0.1:$P_NGINX_E ssl http2 reuseport backlog=4096;
-    ssl_certificate $TLSD/ecdsa.crt;
-    ssl_certificate_key $TLSD/ecdsa.key;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-  server {
-    listen 127.0.0.1:$P_NGINX_R ssl http2 reuseport backlog=4096;
-    ssl_certificate $TLSD/rsa.crt;
-    ssl_certificate_key $TLSD/rsa.key;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
 EOF
+  nginx_proxy_server "$P_NGINX"
+  nginx_proxy_server "$P_NGINX_E ssl http2" ecdsa
+  nginx_proxy_server "$P_NGINX_R ssl http2" rsa
+  echo "}"
 } > "$N/nginx.conf"
 taskset -c "$PROXY_CPU" nginx -p "$N" -c "$N/nginx.conf" -e "$N/error.log" -g 'daemon off;' \
   > "$WORK/nginx-proxy.log" 2>&1 &
