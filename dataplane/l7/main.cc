@@ -23,6 +23,7 @@
 #include "admin.h"
 #include "ctl_server.h"
 #include "engine.h"
+#include "imb_provider.h"
 #include "tls_ctx.h"
 
 namespace po = boost::program_options;
@@ -32,6 +33,7 @@ namespace {
 
 l7::Engine* g_engine = nullptr;
 std::atomic<bool> g_stop{false};
+bool g_imb_on = false; ///< --tls-ipsec-mb took effect (set before any thread starts)
 
 void on_signal(int) {
     g_stop.store(true, std::memory_order_relaxed);
@@ -74,7 +76,13 @@ std::string stats_json(const l7::EngineStats& s) {
     f("ocsp_staples", s.ocsp_staples);
     f("ocsp_staples_refused", s.ocsp_staples_refused);
     f("bytes_in", s.bytes_in);
-    f("bytes_out", s.bytes_out, true);
+    f("bytes_out", s.bytes_out);
+    // TLS records sealed/opened by the "sluice-imb" provider (--tls-ipsec-mb).
+    const l7::ImbCounters imb = l7::imb_provider_counters();
+    f("tls_ipsec_mb", g_imb_on ? 1 : 0);
+    f("tls_imb_records_sealed", imb.sealed);
+    f("tls_imb_records_opened", imb.opened);
+    f("tls_imb_open_failures", imb.open_failures, true);
     return j + "}}\n";
 }
 
@@ -161,6 +169,13 @@ std::string prometheus(const l7::EngineStats& s) {
          std::to_string(s.ocsp_staples_refused) + "\n";
     counter("bytes_in_total", "bytes read from clients", s.bytes_in);
     counter("bytes_out_total", "bytes written to clients", s.bytes_out);
+    const l7::ImbCounters imb = l7::imb_provider_counters();
+    counter("tls_imb_records_sealed_total",
+            "TLS records encrypted with Intel ipsec-mb (--tls-ipsec-mb)", imb.sealed);
+    counter("tls_imb_records_opened_total",
+            "TLS records decrypted and verified with Intel ipsec-mb (--tls-ipsec-mb)", imb.opened);
+    counter("tls_imb_open_failures_total",
+            "TLS records whose tag did not verify (ipsec-mb)", imb.open_failures);
     t += "# HELP sluice_l7_generation IR generation in force\n# TYPE sluice_l7_generation gauge\n"
          "sluice_l7_generation " + std::to_string(s.generation) + "\n";
     return t;
@@ -209,6 +224,11 @@ int main(int argc, char** argv) {
         "tls-ticket-rotate-s", po::value(&ticket_rotate_s)->default_value(ticket_rotate_s),
         "ticket key rotation period in seconds (60 to 604800); a ticket resumes for at most "
         "two periods")(
+        "tls-ipsec-mb", po::bool_switch(),
+        "encrypt and decrypt TLS records (AES-128-GCM, AES-256-GCM; TLS 1.2 and 1.3, clients "
+        "and backends) with Intel ipsec-mb through sluice's OpenSSL provider \"sluice-imb\"; "
+        "OpenSSL keeps handshakes, KeyUpdate and alerts. If ipsec-mb cannot start, OpenSSL "
+        "does it all (one log line says why)")(
         "no-h2", po::bool_switch(),
         "serve HTTP/1.1 only to clients: no ALPN h2, no h2c (backends may still be h2c)");
     po::variables_map vm;
@@ -234,6 +254,19 @@ int main(int argc, char** argv) {
             return 2;
         }
         l7::TlsPort::set_ticket_keys(std::move(*keys));
+    }
+    if (vm["tls-ipsec-mb"].as<bool>()) {
+        // Before any SSL_CTX exists: libssl fetches its ciphers when a context is made.
+        auto imb = l7::install_imb_provider(nullptr, true);
+        if (imb) {
+            g_imb_on = true;
+            std::cerr << "sluice-l7: TLS records (AES-GCM) on Intel ipsec-mb " << imb->version
+                      << ", " << imb->arch << " code path (OpenSSL provider "
+                      << l7::kImbProviderName << ")" << std::endl;
+        } else {
+            std::cerr << "sluice-l7: --tls-ipsec-mb: " << imb.error().message
+                      << "; TLS records stay with OpenSSL" << std::endl;
+        }
     }
     std::signal(SIGPIPE, SIG_IGN);
     // Every client and backend connection is a descriptor: take the hard limit.
