@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
 #include <map>
+#include <memory>
 #include <unordered_map>
 #include <set>
 #include <tuple>
@@ -889,13 +891,40 @@ private:
         const auto key = std::make_tuple(svc.meta.ns, svc.meta.name, port);
         auto it = group_index_.find(key);
         if (it != group_index_.end()) {
+            if (trace_) {
+                trace_->push_back(it->second);
+            }
             return it->second;
+        }
+        if (frozen_) {
+            missing_group_ = true; // a patch may not add groups (indices would move)
+            return ir::kNone;
         }
         ir::BackendGroup g;
         g.ns = svc.meta.ns;
         g.name = svc.meta.name;
         g.port = static_cast<uint16_t>(port);
         g.app_protocol = sp ? sp->app_protocol : "";
+        g.endpoints = group_endpoints(svc, sp);
+        const std::string broken = apply_backend_tls(g, sp);
+        const auto idx = static_cast<uint32_t>(groups_.size());
+        groups_.push_back(std::move(g));
+        group_index_[key] = idx;
+        group_sp_.push_back(sp);
+        group_first_.push_back(lowering_order_);
+        if (trace_) {
+            trace_->push_back(idx);
+        }
+        if (!broken.empty()) {
+            group_broken_[idx] = broken;
+        }
+        return idx;
+    }
+
+    /// The endpoints of a Service port, from the Service's EndpointSlices in Store order,
+    /// sorted by address and port.
+    std::vector<ir::Endpoint> group_endpoints(const Service& svc, const ServicePort* sp) const {
+        std::vector<ir::Endpoint> eps;
         auto sl = slices_.find({svc.meta.ns, svc.meta.name});
         if (sl != slices_.end()) {
             for (const EndpointSlice* es : sl->second) {
@@ -913,25 +942,16 @@ private:
                 }
                 for (const EndpointSlice::Endpoint& e : es->endpoints) {
                     for (const std::string& a : e.addresses) {
-                        g.endpoints.push_back(ir::Endpoint{a, static_cast<uint16_t>(target),
-                                                           e.ready, e.serving, e.terminating,
-                                                           e.hostname});
+                        eps.push_back(ir::Endpoint{a, static_cast<uint16_t>(target), e.ready,
+                                                   e.serving, e.terminating, e.hostname});
                     }
                 }
             }
-            std::sort(g.endpoints.begin(), g.endpoints.end(),
-                      [](const ir::Endpoint& a, const ir::Endpoint& b) {
-                          return std::tie(a.address, a.port) < std::tie(b.address, b.port);
-                      });
+            std::sort(eps.begin(), eps.end(), [](const ir::Endpoint& a, const ir::Endpoint& b) {
+                return std::tie(a.address, a.port) < std::tie(b.address, b.port);
+            });
         }
-        const std::string broken = apply_backend_tls(g, sp);
-        const auto idx = static_cast<uint32_t>(groups_.size());
-        groups_.push_back(std::move(g));
-        group_index_[key] = idx;
-        if (!broken.empty()) {
-            group_broken_[idx] = broken;
-        }
-        return idx;
+        return eps;
     }
 
     /// Applies the BackendTLSPolicy in force for this Service port; returns why the backend
@@ -963,9 +983,10 @@ private:
         return "";
     }
 
-    /// Lowers a filter list into Ir::filters; returns its index, or kNone when empty.
+    /// Lowers a filter list into `into` (the route's own filters, placed in Ir::filters
+    /// later); returns its index there, or kNone when empty.
     uint32_t lower_filters(const Route& route, const std::vector<HttpFilter>& fs,
-                           std::string& resolved_reason) {
+                           std::string& resolved_reason, std::vector<ir::Filters>& into) {
         if (fs.empty()) {
             return ir::kNone;
         }
@@ -1018,21 +1039,56 @@ private:
                 }
             }
         }
-        out_.ir.filters.push_back(std::move(f));
-        return static_cast<uint32_t>(out_.ir.filters.size() - 1);
+        into.push_back(std::move(f));
+        return static_cast<uint32_t>(into.size() - 1);
     }
+
+    /// Where a route's HTTP matches went in one IR listener (build_listener).
+    struct PlacedMatches {
+        size_t listener = 0;     ///< index into listeners_
+        uint32_t ir_listener = 0; ///< index into Ir::listeners
+        uint32_t first = 0;      ///< index of the first match in its http_matches
+        uint32_t count = 0;
+    };
 
     /// Lowers every rule of a route once (shared by every listener it attaches to).
     struct LoweredRoute {
-        std::vector<ir::Rule> rules;
+        std::vector<ir::Rule> rules; ///< filter indices relative to `filters` until placed
+        std::vector<ir::Filters> filters; ///< moved to Ir::filters[first_filter...] once placed
         uint32_t base = ir::kNone; ///< index of rules[0] in Ir::rules once placed
+        uint32_t first_filter = 0; ///< index of filters[0] in Ir::filters
+        uint32_t n_filters = 0;
         std::string bad_mode;      ///< invalid forwarding-mode annotation value
         std::string resolved_reason; ///< "" = ResolvedRefs True
         std::string resolved_message;
+        // What a patch compares (IncrementalCompiler): the shape of the route's output.
+        RouteKind kind = RouteKind::HTTP;
+        bool blocked = false; ///< bad_mode or an unsupported filter: attached nowhere
+        std::vector<uint32_t> match_counts; ///< HTTP: matches per rule
+        std::vector<std::pair<size_t, std::vector<std::string>>> attach; ///< listener, hosts
+        std::vector<PlacedMatches> placed;
+        std::vector<uint32_t> groups_used; ///< every group lookup while lowering, in order
     };
+
+    /// Moves lowered filters to Ir::filters[at...] and makes the rules' indices absolute.
+    static void relocate_filters(std::vector<ir::Rule>& rules, uint32_t at) {
+        for (ir::Rule& rule : rules) {
+            if (rule.filters != ir::kNone) {
+                rule.filters += at;
+            }
+            for (ir::Backend& b : rule.backends) {
+                if (b.filters != ir::kNone) {
+                    b.filters += at;
+                }
+            }
+        }
+    }
 
     LoweredRoute lower_route(const Route& r) {
         LoweredRoute lr;
+        lr.kind = r.kind;
+        trace_ = &lr.groups_used;
+        lowering_order_ = route_order_[&r];
         auto note = [&](const std::string& reason, const std::string& msg) {
             if (lr.resolved_reason.empty() && !reason.empty()) {
                 lr.resolved_reason = reason;
@@ -1044,7 +1100,7 @@ private:
                 BackendResolution res = resolve_backend(r, b.ref, b.weight);
                 note(res.reason, res.backend.reason);
                 std::string freason;
-                res.backend.filters = lower_filters(r, b.filters, freason);
+                res.backend.filters = lower_filters(r, b.filters, freason, lr.filters);
                 note(freason, "a backendRef filter cannot be resolved");
                 rule.backends.push_back(std::move(res.backend));
             }
@@ -1058,7 +1114,7 @@ private:
                 rule.index = static_cast<uint32_t>(i);
                 rule.name = hr.name;
                 std::string freason;
-                rule.filters = lower_filters(r, hr.filters, freason);
+                rule.filters = lower_filters(r, hr.filters, freason, lr.filters);
                 note(freason, "a filter cannot be resolved");
                 backends(hr.backends, rule);
                 if (hr.timeout_request) {
@@ -1080,6 +1136,7 @@ private:
                     }
                 }
                 lr.rules.push_back(std::move(rule));
+                lr.match_counts.push_back(static_cast<uint32_t>(hr.matches.size()));
             }
         } else if (r.kind == RouteKind::GRPC) {
             for (size_t i = 0; i < r.grpc_rules.size(); ++i) {
@@ -1090,7 +1147,7 @@ private:
                 rule.index = static_cast<uint32_t>(i);
                 rule.name = gr.name;
                 std::string freason;
-                rule.filters = lower_filters(r, gr.filters, freason);
+                rule.filters = lower_filters(r, gr.filters, freason, lr.filters);
                 note(freason, "a filter cannot be resolved");
                 backends(gr.backends, rule);
                 lr.rules.push_back(std::move(rule));
@@ -1112,6 +1169,7 @@ private:
                 lr.rules.push_back(std::move(rule));
             }
         }
+        trace_ = nullptr;
         return lr;
     }
 
@@ -1165,9 +1223,41 @@ private:
         for (const Route* r : rs) {
             route(*r);
         }
+        sorted_routes_ = std::move(rs);
     }
 
     void route(const Route& r) {
+        RouteOutcome o = compute_route(r);
+        if (!o.has_status) {
+            return;
+        }
+        out_.statuses.push_back(std::move(o.st));
+        LoweredRoute& lr = o.lr;
+        lr.first_filter = static_cast<uint32_t>(out_.ir.filters.size());
+        lr.n_filters = static_cast<uint32_t>(lr.filters.size());
+        relocate_filters(lr.rules, lr.first_filter);
+        for (ir::Filters& f : lr.filters) {
+            out_.ir.filters.push_back(std::move(f));
+        }
+        lr.filters.clear();
+        const size_t slot = lowered_.size();
+        for (const auto& [li, hosts] : lr.attach) {
+            listeners_[li].routes.push_back({&r, hosts, route_order_[&r], slot});
+        }
+        route_slot_[&r] = slot;
+        lowered_.push_back(std::move(lr));
+    }
+
+    /// One route's status, lowering and attachments, computed without changing the
+    /// compiler's state (but for interning backend groups, which a frozen_ patch forbids).
+    struct RouteOutcome {
+        bool has_status = false; ///< false: no parentRef of ours, nothing else is set
+        ObjectStatus st;
+        LoweredRoute lr;
+    };
+
+    RouteOutcome compute_route(const Route& r) {
+        RouteOutcome out;
         const int64_t gen = r.meta.generation;
         // Parent candidates: explicit parentRefs, or (v1alpha1) every listener selecting us.
         struct Parent {
@@ -1237,13 +1327,14 @@ private:
             }
         }
         if (parents.empty()) {
-            return;
+            return out;
         }
-        ObjectStatus& st = new_status(route_kind_name(r.kind), r.meta);
-        LoweredRoute lowered = lower_route(r);
-        const size_t slot = lowered_.size();
-        lowered_.push_back(std::move(lowered));
-        const LoweredRoute& lr = lowered_[slot];
+        out.has_status = true;
+        ObjectStatus& st = out.st;
+        st.key = {route_kind_name(r.kind), r.meta.ns, r.meta.name};
+        st.generation = r.meta.generation;
+        out.lr = lower_route(r);
+        LoweredRoute& lr = out.lr;
 
         bool unsupported = false;
         for (const HttpRule& hr : r.http_rules) {
@@ -1275,7 +1366,7 @@ private:
                 }
                 ++accepted;
                 if (lr.bad_mode.empty() && !unsupported) {
-                    ls.routes.push_back({&r, std::move(hosts), route_order_[&r], slot});
+                    lr.attach.emplace_back(li, std::move(hosts));
                 }
             }
             const int64_t g2 = gen;
@@ -1306,6 +1397,8 @@ private:
                     : cond("ResolvedRefs", false, lr.resolved_reason, lr.resolved_message, g2));
             st.parents.push_back(std::move(ps));
         }
+        lr.blocked = !lr.bad_mode.empty() || unsupported;
+        return out;
     }
 
     // ------------------------------------------------------------ BackendTLSPolicy
@@ -1471,8 +1564,10 @@ private:
                 if (!ls.accepted || ls.conflicted || !ls.resolved) {
                     continue; // an invalid listener serves nothing (no broken TLS)
                 }
-                g.listeners.push_back(static_cast<uint32_t>(out.listeners.size()));
-                out.listeners.push_back(build_listener(ls));
+                const auto at = static_cast<uint32_t>(out.listeners.size());
+                g.listeners.push_back(at);
+                match_keys_.emplace_back();
+                out.listeners.push_back(build_listener(ls, li, at));
             }
             out.gateways.push_back(std::move(g));
         }
@@ -1487,7 +1582,54 @@ private:
         return m;
     }
 
-    ir::Listener build_listener(ListenerState& ls) {
+    /// An HTTP match as the IR holds it (build_listener and patches).
+    static ir::HttpMatch lower_http_match(const HttpMatch& m, uint32_t rule) {
+        ir::HttpMatch im;
+        im.rule = rule;
+        im.path_type = m.path_type == PathType::Exact        ? ir::PathType::Exact
+                       : m.path_type == PathType::PathPrefix ? ir::PathType::Prefix
+                                                             : ir::PathType::Regex;
+        im.path = m.path;
+        im.method = m.method.value_or("");
+        for (const HeaderMatch& h : m.headers) {
+            im.headers.push_back(lower_match(h, true));
+        }
+        for (const HeaderMatch& q : m.query) {
+            im.query.push_back(lower_match(q, false));
+        }
+        return im;
+    }
+
+    /// Precedence of an HTTP match within its hostname (Gateway API rules; unique per
+    /// route, rule and match, so sorting by it gives one order whatever the input order).
+    struct Key {
+        int path_class; ///< 0 Exact, 1 Prefix, 2 Regex
+        int path_len;
+        int method;
+        int headers;
+        int query;
+        size_t route;
+        uint32_t rule;
+        size_t match;
+    };
+    static bool key_less(const Key& a, const Key& b) {
+        return std::tie(a.path_class, a.path_len, a.method, a.headers, a.query, a.route, a.rule,
+                        a.match) < std::tie(b.path_class, b.path_len, b.method, b.headers,
+                                            b.query, b.route, b.rule, b.match);
+    }
+    static Key http_key(const ir::HttpMatch& im, const HttpMatch& m, size_t order, size_t ri,
+                        size_t mi) {
+        return Key{static_cast<int>(im.path_type),
+                   -static_cast<int>(m.path.size()),
+                   m.method ? 0 : 1,
+                   -static_cast<int>(m.headers.size()),
+                   -static_cast<int>(m.query.size()),
+                   order,
+                   static_cast<uint32_t>(ri),
+                   mi};
+    }
+
+    ir::Listener build_listener(ListenerState& ls, size_t li, uint32_t at) {
         const Listener& l = *ls.l;
         const Gateway& g = *gateways_[ls.gateway].g;
         ir::Listener out;
@@ -1516,16 +1658,7 @@ private:
         std::sort(ls.routes.begin(), ls.routes.end(), [&](const auto& a, const auto& b) {
             return a.order < b.order;
         });
-        struct Key {
-            int path_class; ///< 0 Exact, 1 Prefix, 2 Regex
-            int path_len;
-            int method;
-            int headers;
-            int query;
-            size_t route;
-            uint32_t rule;
-            size_t match;
-        };
+        std::vector<Key>& keys = match_keys_[at];
         std::map<std::string, std::vector<std::pair<Key, uint32_t>>> http_groups;
         struct GKey {
             int service_len, method_len, headers;
@@ -1549,38 +1682,23 @@ private:
             }
             const uint32_t base = lr.base;
             if (r.kind == RouteKind::HTTP) {
+                PlacedMatches placed{li, at, static_cast<uint32_t>(out.http_matches.size()), 0};
                 for (size_t ri = 0; ri < r.http_rules.size(); ++ri) {
                     const HttpRule& hr = r.http_rules[ri];
                     for (size_t mi = 0; mi < hr.matches.size(); ++mi) {
                         const HttpMatch& m = hr.matches[mi];
-                        ir::HttpMatch im;
-                        im.rule = base + static_cast<uint32_t>(ri);
-                        im.path_type = m.path_type == PathType::Exact        ? ir::PathType::Exact
-                                       : m.path_type == PathType::PathPrefix ? ir::PathType::Prefix
-                                                                             : ir::PathType::Regex;
-                        im.path = m.path;
-                        im.method = m.method.value_or("");
-                        for (const HeaderMatch& h : m.headers) {
-                            im.headers.push_back(lower_match(h, true));
-                        }
-                        for (const HeaderMatch& q : m.query) {
-                            im.query.push_back(lower_match(q, false));
-                        }
+                        ir::HttpMatch im = lower_http_match(m, base + static_cast<uint32_t>(ri));
                         const auto idx = static_cast<uint32_t>(out.http_matches.size());
-                        Key k{static_cast<int>(im.path_type),
-                              -static_cast<int>(m.path.size()),
-                              m.method ? 0 : 1,
-                              -static_cast<int>(m.headers.size()),
-                              -static_cast<int>(m.query.size()),
-                              order,
-                              static_cast<uint32_t>(ri),
-                              mi};
+                        const Key k = http_key(im, m, order, ri, mi);
                         out.http_matches.push_back(std::move(im));
+                        keys.push_back(k);
                         for (const std::string& h : a.hostnames) {
                             http_groups[h].push_back({k, idx});
                         }
                     }
                 }
+                placed.count = static_cast<uint32_t>(out.http_matches.size()) - placed.first;
+                lr.placed.push_back(placed);
             } else if (r.kind == RouteKind::GRPC) {
                 for (size_t ri = 0; ri < r.grpc_rules.size(); ++ri) {
                     const GrpcRule& gr = r.grpc_rules[ri];
@@ -1619,11 +1737,6 @@ private:
                 out.l4_rule = base; // TCP/UDP: only the oldest route carries traffic
             }
         }
-        auto key_less = [](const Key& a, const Key& b) {
-            return std::tie(a.path_class, a.path_len, a.method, a.headers, a.query, a.route, a.rule,
-                            a.match) < std::tie(b.path_class, b.path_len, b.method, b.headers,
-                                                b.query, b.route, b.rule, b.match);
-        };
         auto gkey_less = [](const GKey& a, const GKey& b) {
             return std::tie(a.service_len, a.method_len, a.headers, a.route, a.rule, a.match) <
                    std::tie(b.service_len, b.method_len, b.headers, b.route, b.rule, b.match);
@@ -1673,6 +1786,195 @@ public:
     void prepare() {
         index();
         prepare_policies();
+    }
+
+    /// Brings `out` (this compiler's last output, possibly patched since, with Programmed
+    /// conditions as the caller set them) up to date with the HTTPRoutes (store indices
+    /// `routes`) and EndpointSlices (`slices`) replaced in place in the Store since, as a
+    /// full compile of the Store would produce it. Returns false and leaves `out` and the
+    /// compiler as they were when the change is not one a patch can make (ADR 0011): the
+    /// caller compiles in full. Nothing else in the Store may have changed.
+    bool patch(const std::vector<size_t>& routes, const std::vector<size_t>& slices,
+               CompileOutput& out) {
+        // ---- 1. compute and check; nothing changes yet.
+        // EndpointSlices: only the endpoints of their Service's groups depend on them.
+        std::set<NsName> services;
+        for (size_t i : slices) {
+            if (i >= s_.slices.size()) {
+                return false;
+            }
+            const EndpointSlice& es = s_.slices[i];
+            auto it = slices_.find({es.meta.ns, es.service});
+            if (it == slices_.end() ||
+                std::find(it->second.begin(), it->second.end(), &es) == it->second.end()) {
+                return false; // now labelled for another Service: re-index
+            }
+            services.insert(it->first);
+        }
+        std::vector<std::pair<uint32_t, std::vector<ir::Endpoint>>> group_updates;
+        for (const NsName& key : services) {
+            auto sv = services_.find(key);
+            if (sv == services_.end()) {
+                continue; // no group names a Service that does not exist
+            }
+            for (auto g = group_index_.lower_bound(
+                     std::make_tuple(key.first, key.second, std::numeric_limits<int>::min()));
+                 g != group_index_.end() && std::get<0>(g->first) == key.first &&
+                 std::get<1>(g->first) == key.second;
+                 ++g) {
+                if (g->second >= out.ir.groups.size() || g->second >= group_sp_.size()) {
+                    return false;
+                }
+                group_updates.emplace_back(g->second,
+                                           group_endpoints(*sv->second, group_sp_[g->second]));
+            }
+        }
+        // HTTPRoutes: patchable when the route keeps its place in creation order and the
+        // shape of its output (attachments and effective hostnames, rule, filter and match
+        // counts, backend groups already interned), so no index elsewhere moves. Routes feed
+        // BackendTLSPolicy ancestors: with any policy, compile in full.
+        if (!routes.empty() && !s_.tls_policies.empty()) {
+            return false;
+        }
+        std::vector<size_t> changed = routes;
+        std::sort(changed.begin(), changed.end());
+        changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
+        struct RoutePatch {
+            size_t slot;
+            const Route* r;
+            RouteOutcome o;
+            ObjectStatus* st;
+        };
+        std::vector<RoutePatch> todo;
+        frozen_ = true;
+        missing_group_ = false;
+        bool ok = true;
+        for (size_t i : changed) {
+            if (i >= s_.routes.size()) {
+                ok = false;
+                break;
+            }
+            const Route& r = s_.routes[i];
+            auto oi = route_order_.find(&r);
+            if (oi == route_order_.end() || oi->second >= sorted_routes_.size() ||
+                sorted_routes_[oi->second] != &r) {
+                ok = false;
+                break;
+            }
+            const size_t k = oi->second;
+            if ((k > 0 && !older(*sorted_routes_[k - 1], r)) ||
+                (k + 1 < sorted_routes_.size() && !older(r, *sorted_routes_[k + 1]))) {
+                ok = false; // its creation order changed: everything after it moves
+                break;
+            }
+            RouteOutcome o = compute_route(r);
+            auto si = route_slot_.find(&r);
+            if (si == route_slot_.end()) {
+                if (o.has_status) {
+                    ok = false; // it has a parent of ours now
+                    break;
+                }
+                continue; // not ours before, not ours now
+            }
+            const LoweredRoute& old = lowered_[si->second];
+            ObjectStatus* st = o.has_status ? out.find(o.st.key) : nullptr;
+            // Groups are numbered by first use in creation order: the groups this route is
+            // the first to use must be the same, in the same order (then no number moves).
+            auto firsts = [&](const std::vector<uint32_t>& used) {
+                std::vector<uint32_t> f;
+                for (uint32_t gi : used) {
+                    if (gi >= group_first_.size() || group_first_[gi] >= k) {
+                        if (std::find(f.begin(), f.end(), gi) == f.end()) {
+                            f.push_back(gi);
+                        }
+                    }
+                }
+                return f;
+            };
+            if (firsts(old.groups_used) != firsts(o.lr.groups_used)) {
+                ok = false;
+                break;
+            }
+            if (!st || r.v1alpha1 || old.kind != RouteKind::HTTP || o.lr.kind != RouteKind::HTTP ||
+                old.blocked != o.lr.blocked || old.attach != o.lr.attach ||
+                old.rules.size() != o.lr.rules.size() || old.n_filters != o.lr.filters.size() ||
+                old.match_counts != o.lr.match_counts ||
+                old.first_filter + old.n_filters > out.ir.filters.size() ||
+                (old.base != ir::kNone && old.base + old.rules.size() > out.ir.rules.size())) {
+                ok = false;
+                break;
+            }
+            for (const PlacedMatches& pm : old.placed) {
+                ok = ok && pm.ir_listener < out.ir.listeners.size() &&
+                     pm.first + pm.count <= out.ir.listeners[pm.ir_listener].http_matches.size() &&
+                     pm.ir_listener < match_keys_.size();
+            }
+            if (!ok) {
+                break;
+            }
+            todo.push_back({si->second, &r, std::move(o), st});
+        }
+        frozen_ = false;
+        if (!ok || missing_group_) {
+            return false;
+        }
+
+        // ---- 2. apply.
+        for (auto& [idx, eps] : group_updates) {
+            out.ir.groups[idx].endpoints = std::move(eps);
+        }
+        for (RoutePatch& p : todo) {
+            LoweredRoute& old = lowered_[p.slot];
+            LoweredRoute& lr = p.o.lr;
+            *p.st = std::move(p.o.st);
+            relocate_filters(lr.rules, old.first_filter);
+            for (size_t j = 0; j < lr.filters.size(); ++j) {
+                out.ir.filters[old.first_filter + j] = std::move(lr.filters[j]);
+            }
+            if (old.base != ir::kNone) {
+                for (size_t j = 0; j < lr.rules.size(); ++j) {
+                    out.ir.rules[old.base + j] = std::move(lr.rules[j]);
+                }
+            }
+            const Route& r = *p.r;
+            const size_t order = route_order_[&r];
+            for (const PlacedMatches& pm : old.placed) {
+                ir::Listener& l = out.ir.listeners[pm.ir_listener];
+                std::vector<Key>& keys = match_keys_[pm.ir_listener];
+                uint32_t at = pm.first;
+                for (size_t ri = 0; ri < r.http_rules.size(); ++ri) {
+                    const HttpRule& hr = r.http_rules[ri];
+                    for (size_t mi = 0; mi < hr.matches.size(); ++mi) {
+                        const HttpMatch& m = hr.matches[mi];
+                        ir::HttpMatch im =
+                            lower_http_match(m, old.base + static_cast<uint32_t>(ri));
+                        keys[at] = http_key(im, m, order, ri, mi);
+                        l.http_matches[at] = std::move(im);
+                        ++at;
+                    }
+                }
+                // The matches may sort elsewhere now in each hostname the route serves here.
+                for (const auto& [li, hosts] : old.attach) {
+                    if (li != pm.listener) {
+                        continue;
+                    }
+                    for (const std::string& h : hosts) {
+                        for (ir::HostGroup& hg : l.host_groups) {
+                            if (hg.hostname == h) {
+                                std::sort(hg.http.begin(), hg.http.end(),
+                                          [&](uint32_t a, uint32_t b) {
+                                              return key_less(keys[a], keys[b]);
+                                          });
+                            }
+                        }
+                    }
+                }
+            }
+            old.resolved_reason = lr.resolved_reason;
+            old.resolved_message = lr.resolved_message;
+            old.groups_used = std::move(lr.groups_used);
+        }
+        return true;
     }
 
 private:
@@ -1871,6 +2173,15 @@ private:
     std::vector<ListenerState> listeners_;
     std::unordered_map<const Route*, size_t> route_order_;
     std::vector<LoweredRoute> lowered_;
+    std::unordered_map<const Route*, size_t> route_slot_; ///< route -> lowered_ slot
+    std::vector<const Route*> sorted_routes_;             ///< creation order
+    std::vector<std::vector<Key>> match_keys_; ///< per IR listener, per HTTP match
+    std::vector<const ServicePort*> group_sp_; ///< per group: its Service port (or null)
+    std::vector<size_t> group_first_;          ///< per group: creation order of its first user
+    std::vector<uint32_t>* trace_ = nullptr;   ///< lowering: where group lookups are noted
+    size_t lowering_order_ = 0;                ///< lowering: the route's creation order
+    bool frozen_ = false;        ///< patching: intern_group may not add groups
+    bool missing_group_ = false; ///< a frozen intern_group was asked for a new group
     std::vector<ir::BackendGroup> groups_;
     std::map<std::tuple<std::string, std::string, int>, uint32_t> group_index_;
     std::map<uint32_t, std::string> group_broken_;
@@ -1885,6 +2196,67 @@ CompileOutput compile(const Store& store, const CompileOptions& opts) {
     c.prepare();
     return c.run();
 }
+
+struct IncrementalCompiler::State {
+    CompileOptions opts; ///< the compiler holds a reference
+    const Store* store = nullptr;
+    std::vector<std::pair<const void*, size_t>> layout; ///< each Store vector: data, size
+    std::unique_ptr<Compiler> c;
+};
+
+namespace {
+
+std::vector<std::pair<const void*, size_t>> layout_of(const Store& s) {
+    std::vector<std::pair<const void*, size_t>> l;
+    auto add = [&](const auto& v) { l.emplace_back(static_cast<const void*>(v.data()), v.size()); };
+    add(s.classes);
+    add(s.gateways);
+    add(s.listener_sets);
+    add(s.routes);
+    add(s.grants);
+    add(s.tls_policies);
+    add(s.namespaces);
+    add(s.services);
+    add(s.slices);
+    add(s.secrets);
+    add(s.config_maps);
+    add(s.deployments);
+    return l;
+}
+
+} // namespace
+
+IncrementalCompiler::IncrementalCompiler() = default;
+IncrementalCompiler::~IncrementalCompiler() = default;
+IncrementalCompiler::IncrementalCompiler(IncrementalCompiler&&) noexcept = default;
+IncrementalCompiler& IncrementalCompiler::operator=(IncrementalCompiler&&) noexcept = default;
+
+CompileOutput IncrementalCompiler::compile(const Store& store, const CompileOptions& opts) {
+    st_.reset(); // the old compiler refers to the old options
+    auto st = std::make_unique<State>();
+    st->opts = opts;
+    st->c = std::make_unique<Compiler>(store, st->opts);
+    st->c->prepare();
+    CompileOutput out = st->c->run();
+    st->store = &store;
+    st->layout = layout_of(store);
+    st_ = std::move(st);
+    ++full_;
+    return out;
+}
+
+bool IncrementalCompiler::patch(const Store& store, const StoreDelta& delta, CompileOutput& out) {
+    if (!st_ || delta.other || st_->store != &store || layout_of(store) != st_->layout) {
+        return false;
+    }
+    if (!st_->c->patch(delta.routes, delta.slices, out)) {
+        return false;
+    }
+    ++patched_;
+    return true;
+}
+
+void IncrementalCompiler::reset() noexcept { st_.reset(); }
 
 void set_programmed(CompileOutput& out, bool acked, const std::string& why) {
     for (ObjectStatus& st : out.statuses) {

@@ -6,6 +6,7 @@
 /// mistakes become status conditions; nothing here fails the whole compile.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,52 @@ struct CompileOutput {
 /// Compiles everything. Programmed conditions are written as pending (False, reason
 /// Pending) until set_programmed() records a dataplane's ACK. Thread: any.
 [[nodiscard]] CompileOutput compile(const Store& store, const CompileOptions& opts);
+
+/// What changed in a Store since it was last compiled, when the caller knows (the
+/// Kubernetes source does: its watches say which objects changed).
+struct StoreDelta {
+    bool other = false;         ///< anything else changed (another kind, objects added or
+                                ///< removed, vectors reallocated): compile in full
+    std::vector<size_t> routes; ///< Store::routes indices replaced in place (same key)
+    std::vector<size_t> slices; ///< Store::slices indices replaced in place (same key)
+};
+
+/// compile() that keeps what it worked out, so that a change to a few HTTPRoutes or
+/// EndpointSlices patches the last output instead of compiling everything again (ADR
+/// 0010). A patched output equals, byte for byte in its IR and field for field in its
+/// statuses, what compile() gives for the same Store. Thread: one owner.
+class IncrementalCompiler {
+public:
+    IncrementalCompiler();
+    ~IncrementalCompiler();
+    IncrementalCompiler(IncrementalCompiler&&) noexcept;
+    IncrementalCompiler& operator=(IncrementalCompiler&&) noexcept;
+
+    /// A full compile, as compile(); remembers `store` (which must stay alive, at the same
+    /// address, for patch()) and what it computed from it.
+    [[nodiscard]] CompileOutput compile(const Store& store, const CompileOptions& opts);
+
+    /// Updates `out`, the output of the last compile() (and of the patches since; its
+    /// Programmed conditions may have been set), for `delta`: the same Store object with
+    /// the routes/slices of `delta` replaced in place and nothing else changed. Returns
+    /// false, `out` untouched, when the change needs a full compile: anything but
+    /// HTTPRoutes and EndpointSlices, a route that moves in creation order, attaches to
+    /// other listeners or hostnames, changes its number of rules, matches or filters, names
+    /// a Service port no route named before, a slice that changes Service, BackendTLSPolicies
+    /// in the Store along with a route change, or no compile() before.
+    [[nodiscard]] bool patch(const Store& store, const StoreDelta& delta, CompileOutput& out);
+
+    /// Forgets the last compile (the next patch() fails).
+    void reset() noexcept;
+
+    [[nodiscard]] uint64_t full_compiles() const noexcept { return full_; }
+    [[nodiscard]] uint64_t patches() const noexcept { return patched_; }
+
+private:
+    struct State;
+    std::unique_ptr<State> st_;
+    uint64_t full_ = 0, patched_ = 0;
+};
 
 /// Records the dataplane's answer for this output: on ACK every Programmed condition that
 /// waits for the dataplane becomes True(Programmed); on NACK False(Invalid) with `why`.

@@ -1,5 +1,8 @@
 #include "compile.h"
 
+#include <algorithm>
+#include <iostream>
+#include <random>
 #include <set>
 #include <gtest/gtest.h>
 
@@ -569,6 +572,292 @@ spec:
         EXPECT_NE(c->condition("Accepted")->message.find(key), std::string::npos)
             << data << ": " << c->condition("Accepted")->message;
     }
+}
+
+
+// ---------------------------------------------------------------- IncrementalCompiler
+
+namespace inc {
+
+/// Random but valid HTTPRoutes and EndpointSlices for the incremental == full test.
+struct Gen {
+    std::mt19937 rnd;
+    explicit Gen(uint32_t seed)
+        : rnd(seed) {}
+    int pick(int n) { return static_cast<int>(rnd() % static_cast<uint32_t>(n)); }
+    bool coin(int percent) { return pick(100) < percent; }
+
+    std::string backend() {
+        static const char* kNames[] = {"s0", "s1", "s2", "s3", "nosvc"};
+        std::string b = std::string("{name: ") + kNames[pick(coin(90) ? 4 : 5)] +
+                        ", port: " + (coin(70) ? "8080" : "9090");
+        if (coin(30)) {
+            b += ", weight: " + std::to_string(pick(5));
+        }
+        if (coin(10)) {
+            b += ", filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: "
+                 "[{name: x-b, value: v" + std::to_string(pick(9)) + "}]}}]";
+        }
+        return b + "}";
+    }
+    std::string path() {
+        std::string p = "/p" + std::to_string(pick(6));
+        for (int i = pick(3); i > 0; --i) {
+            p += "/x" + std::to_string(pick(4));
+        }
+        return p;
+    }
+    std::string match() {
+        static const char* kTypes[] = {"PathPrefix", "Exact", "RegularExpression"};
+        const int t = pick(coin(80) ? 2 : 3);
+        std::string m = std::string("{path: {type: ") + kTypes[t] + ", value: \"" +
+                        (t == 2 ? "/r[0-9]+" + std::to_string(pick(5)) : path()) + "\"}";
+        if (coin(30)) {
+            m += ", method: " + std::string(coin(50) ? "GET" : "POST");
+        }
+        if (coin(30)) {
+            m += ", headers: [{name: X-H" + std::to_string(pick(3)) + ", value: \"" +
+                 std::to_string(pick(3)) + "\"}]";
+        }
+        if (coin(15)) {
+            m += ", queryParams: [{name: q, value: \"" + std::to_string(pick(3)) + "\"}]";
+        }
+        return m + "}";
+    }
+    /// One HTTPRoute. Most edits keep its shape (paths, headers, weights, backends change);
+    /// some change hostnames, parents or counts (a full compile).
+    std::string route(int i, int gen, bool same_shape, int rules_seed) {
+        std::mt19937 shape(static_cast<uint32_t>(rules_seed));
+        auto sp = [&](int n) { return static_cast<int>(shape() % static_cast<uint32_t>(n)); };
+        static const char* kHosts[] = {"a.example.com", "b.example.com", "*.example.com",
+                                       "c.other.org"};
+        const std::string ns = sp(3) == 0 ? "infra" : "apps";
+        std::string y = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+                        "metadata: {name: r" + std::to_string(i) + ", namespace: " + ns +
+                        ", generation: " + std::to_string(gen) + "}\nspec:\n";
+        const int parents = sp(4);
+        y += "  parentRefs: [{name: gw, namespace: infra";
+        y += parents == 0 ? ", sectionName: http}" : parents == 1 ? ", sectionName: sel}" : "}";
+        y += sp(5) == 0 ? ", {name: nogw}]\n" : "]\n";
+        if (sp(4) != 0) {
+            y += "  hostnames: [";
+            for (int h = 0, n = 1 + sp(2); h < n; ++h) {
+                y += std::string(h ? ", " : "") + "\"" + kHosts[sp(4)] + "\"";
+            }
+            y += "]\n";
+        }
+        if (!same_shape) {
+            shape.seed(static_cast<uint32_t>(rnd()));
+        }
+        y += "  rules:\n";
+        for (int r = 0, n = 1 + sp(3); r < n; ++r) {
+            y += "  - matches: [";
+            for (int m = 0, k = 1 + sp(3); m < k; ++m) {
+                y += std::string(m ? ", " : "") + match();
+            }
+            y += "]\n";
+            if (sp(3) == 0) {
+                y += "    timeouts: {request: " + std::to_string(1 + pick(9)) + "s}\n";
+            }
+            y += "    backendRefs: [" + backend();
+            if (sp(3) == 0) {
+                y += ", " + backend();
+            }
+            y += "]\n";
+            if (sp(4) == 0) {
+                // The filter count is part of the shape; its content is not.
+                switch (pick(3)) {
+                case 0:
+                    y += "    filters: [{type: RequestMirror, requestMirror: {backendRef: " +
+                         backend() + "}}]\n";
+                    break;
+                case 1:
+                    y += "    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: "
+                         "{add: [{name: x-r, value: \"" + std::to_string(pick(9)) + "\"}]}}]\n";
+                    break;
+                default:
+                    y += "    filters: [{type: RequestHeaderModifier, requestHeaderModifier: "
+                         "{set: [{name: x-f, value: \"" + std::to_string(pick(99)) + "\"}]}}]\n";
+                }
+            }
+        }
+        return y;
+    }
+    std::string slice(int svc, int k, bool move_service) {
+        const int target = move_service ? pick(4) : svc;
+        std::string y = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s" +
+                        std::to_string(svc) + "-" + std::to_string(k) +
+                        ", namespace: apps, labels: {kubernetes.io/service-name: s" +
+                        std::to_string(target) + "}}\naddressType: IPv4\n"
+                        "ports: [{name: http, port: 8080}, {name: alt, port: 9090}]\nendpoints:\n";
+        for (int e = 0, n = pick(4); e < n; ++e) {
+            y += "- {addresses: [\"10.0." + std::to_string(pick(4)) + "." +
+                 std::to_string(pick(250)) + "\"], conditions: {ready: " +
+                 (coin(80) ? "true" : "false") + "}}\n";
+        }
+        if (y.back() == '\n' && y.find("endpoints:\n-") == std::string::npos) {
+            y += "  []\n";
+            y.replace(y.find("endpoints:\n  []"), 15, "endpoints: []");
+        }
+        return y;
+    }
+};
+
+constexpr const char* kServices = R"(
+apiVersion: v1
+kind: Service
+metadata: {name: s0, namespace: apps}
+spec: {ports: [{name: http, port: 8080}, {name: alt, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s1, namespace: apps}
+spec: {ports: [{name: http, port: 8080}, {name: alt, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s2, namespace: apps}
+spec: {ports: [{name: http, port: 8080, targetPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s3, namespace: infra}
+spec: {ports: [{name: http, port: 8080}, {name: alt, port: 9090}]}
+)";
+
+/// Loads one object alone (as the Kubernetes source does) and moves it into `slot`,
+/// keeping its load order.
+template <class T>
+void replace(std::vector<T>& (*vec)(Store&), const std::string& yaml, T& slot) {
+    Store one;
+    Diagnostics d;
+    load_documents(parse_yaml(yaml, "edit.yaml", {}, d), {}, one, d);
+    ASSERT_EQ(d.errors(), 0u) << yaml;
+    std::vector<T>& v = vec(one);
+    ASSERT_EQ(v.size(), 1u) << yaml;
+    const uint64_t seq = slot.meta.sequence;
+    slot = std::move(v.front());
+    slot.meta.sequence = seq;
+}
+
+std::string statuses_text(const CompileOutput& out) {
+    std::string s;
+    for (const ObjectStatus& st : out.statuses) {
+        s += st.key.str() + "\n" + status_yaml(st);
+    }
+    return s;
+}
+
+} // namespace inc
+
+TEST(IncrementalCompile, PatchesEqualFullCompilesOnRandomEdits) {
+    constexpr int kRoutes = 24, kServicesN = 4, kSlicesPer = 2;
+    for (uint32_t seed : {1u, 2u, 3u}) {
+        inc::Gen g(seed);
+        std::string text = std::string(kBase) + "---\n" + inc::kServices;
+        std::vector<int> shape(kRoutes), gen(kRoutes, 1);
+        for (int i = 0; i < kRoutes; ++i) {
+            shape[i] = static_cast<int>(g.rnd());
+            text += "---\n" + g.route(i, 1, true, shape[i]);
+        }
+        for (int s = 0; s < kServicesN; ++s) {
+            for (int k = 0; k < kSlicesPer; ++k) {
+                std::string y = g.slice(s, k, false);
+                if (s == 3) { // s3 lives in infra
+                    y.replace(y.find("namespace: apps"), 15, "namespace: infra");
+                }
+                text += "---\n" + y;
+            }
+        }
+        Store store;
+        Diagnostics diags;
+        load_documents(parse_yaml(text, "t.yaml", {}, diags), {}, store, diags);
+        ASSERT_EQ(diags.errors(), 0u);
+        ASSERT_EQ(store.routes.size(), static_cast<size_t>(kRoutes));
+        IncrementalCompiler ic;
+        CompileOutput out = ic.compile(store, {});
+        set_programmed(out, true);
+        int patched = 0, steps = 300;
+        for (int step = 0; step < steps; ++step) {
+            StoreDelta delta;
+            for (int n = 1 + g.pick(3); n > 0; --n) {
+                if (g.coin(55)) {
+                    const int i = g.pick(kRoutes);
+                    const bool same = g.coin(85);
+                    if (!same) {
+                        shape[i] = static_cast<int>(g.rnd());
+                    }
+                    auto& slot = store.routes[static_cast<size_t>(
+                        std::find_if(store.routes.begin(), store.routes.end(),
+                                     [&](const Route& r) { return r.meta.name == "r" + std::to_string(i); }) -
+                        store.routes.begin())];
+                    const std::string y = g.route(i, ++gen[i], same, shape[i]);
+                    // the namespace is part of the key: keep it
+                    if (y.find("namespace: " + slot.meta.ns + ",") == std::string::npos) {
+                        continue;
+                    }
+                    inc::replace<Route>([](Store& s) -> std::vector<Route>& { return s.routes; },
+                                        y, slot);
+                    delta.routes.push_back(static_cast<size_t>(&slot - store.routes.data()));
+                } else {
+                    const size_t j = static_cast<size_t>(g.pick(static_cast<int>(store.slices.size())));
+                    EndpointSlice& slot = store.slices[j];
+                    const int svc = slot.meta.name[1] - '0', k = slot.meta.name[3] - '0';
+                    std::string y = g.slice(svc, k, g.coin(5) && svc != 3);
+                    if (svc == 3) {
+                        y.replace(y.find("namespace: apps"), 15, "namespace: infra");
+                    }
+                    inc::replace<EndpointSlice>(
+                        [](Store& s) -> std::vector<EndpointSlice>& { return s.slices; }, y, slot);
+                    delta.slices.push_back(j);
+                }
+            }
+            if (ic.patch(store, delta, out)) {
+                ++patched;
+            } else {
+                out = ic.compile(store, {});
+                set_programmed(out, true);
+            }
+            CompileOutput full = compile(store, {});
+            set_programmed(full, true);
+            ASSERT_EQ(ir::encode(out.ir), ir::encode(full.ir)) << "seed " << seed << " step " << step;
+            ASSERT_EQ(inc::statuses_text(out), inc::statuses_text(full))
+                << "seed " << seed << " step " << step;
+        }
+        std::cout << "seed " << seed << ": " << patched << " of " << steps
+                  << " steps patched, " << ic.full_compiles() << " full compiles\n";
+        // Most edits keep the shape: the patch path must have been taken often.
+        EXPECT_GT(patched, steps / 4) << "seed " << seed;
+        EXPECT_GT(ic.full_compiles(), 1u) << "seed " << seed;
+    }
+}
+
+TEST(IncrementalCompile, DeclinesWhatItCannotPatch) {
+    Env e = build(R"(
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /a}}], backendRefs: [{name: v1, port: 8080}]}]
+)");
+    IncrementalCompiler ic;
+    CompileOutput out = ic.compile(e.store, {});
+    StoreDelta other;
+    other.other = true;
+    EXPECT_FALSE(ic.patch(e.store, other, out));
+    Store copy = e.store; // another Store object
+    EXPECT_FALSE(ic.patch(copy, StoreDelta{}, out));
+    // A route now naming a Service port no route named: new group, indices would move.
+    e.store.routes[0].http_rules[0].backends[0].ref.name = "v2";
+    StoreDelta d;
+    d.routes = {0};
+    EXPECT_FALSE(ic.patch(e.store, d, out));
+    e.store.routes[0].http_rules[0].backends[0].ref.name = "v1";
+    e.store.routes[0].http_rules[0].matches[0].path = "/longer";
+    EXPECT_TRUE(ic.patch(e.store, d, out));
+    EXPECT_EQ(ir::encode(out.ir), ir::encode(compile(e.store, {}).ir));
+    EXPECT_EQ(ic.patches(), 1u);
 }
 
 } // namespace

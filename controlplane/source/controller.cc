@@ -80,8 +80,9 @@ void log(const std::string& msg) {
 } // namespace
 
 void Controller::publish(CompileOutput& out, ReconcileResult& r) {
-    const std::string bytes = ir::encode(out.ir);
-    r.hash = ir::hash_of(bytes);
+    ir::encode_into(out.ir, ir_bytes_);
+    const std::string& bytes = ir_bytes_;
+    r.hash = ir::body_hash(bytes); // (equal bodies, equal bytes: no second pass over them)
     r.changed = r.hash != pushed_hash_ || generation_ == 0;
     if (r.changed) {
         ++generation_;
@@ -112,6 +113,14 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
             l.nack_reason = res->reason.empty() ? "no reason given" : res->reason;
         }
     }
+    apply_answer(out, r);
+}
+
+bool Controller::clean_answer() const {
+    return all_acked() && nack_reason().empty() && unserved_by_all().empty();
+}
+
+void Controller::apply_answer(CompileOutput& out, ReconcileResult& r) {
     const std::string nack = nack_reason();
     if (!nack.empty()) {
         set_programmed(out, false, nack);
@@ -239,7 +248,8 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
     return reconcile_store(store, std::move(diags));
 }
 
-ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags) {
+ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
+                                            const StoreDelta* delta) {
     ReconcileResult r;
     auto generations = assign_generations(store);
     r.errors = diags.errors();
@@ -252,6 +262,8 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags) {
             r.hash = pushed_hash_;
             r.acked = all_acked();
         }
+        current_from_inc_ = false; // the next delta does not start from current_
+        inc_.reset();
         write_status(current_ ? *current_ : CompileOutput{}, diags, r.message);
         for (const Diagnostic& d : diags.items()) {
             log(d.str());
@@ -261,9 +273,32 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags) {
     }
     r.accepted_input = true;
     generations_ = std::move(generations); // the generations of the configuration in force
-    CompileOutput out = compile(store, opts_.compile);
-    publish(out, r);
-    current_ = std::move(out);
+    // A patch starts from the configuration in force, whose Programmed conditions were set
+    // by the last answer: only when that answer was a clean ACK are they what a compile
+    // plus set_programmed(true) gives (patches never touch a Programmed condition).
+    bool patched = false;
+    if (delta && current_ && current_from_inc_ && clean_answer()) {
+        patched = inc_.patch(store, *delta, *current_);
+    }
+    if (patched) {
+        publish(*current_, r);
+        if (!clean_answer()) {
+            // Programmed depends on this answer: take the statuses from a full compile.
+            CompileOutput out = inc_.compile(store, opts_.compile);
+            if (!links_.empty()) {
+                apply_answer(out, r);
+            }
+            current_ = std::move(out);
+        }
+    } else {
+        CompileOutput out = delta ? inc_.compile(store, opts_.compile) : compile(store, opts_.compile);
+        if (!delta) {
+            inc_.reset();
+        }
+        publish(out, r);
+        current_ = std::move(out);
+    }
+    current_from_inc_ = delta != nullptr;
     write_status(*current_, diags, r.message);
     for (const Diagnostic& d : diags.items()) {
         log(d.str());
@@ -273,6 +308,7 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags) {
       << current_->ir.gateways.size() << " gateway(s), " << current_->ir.listeners.size()
       << " listener(s), " << current_->statuses.size() << " object status(es)"
       << (r.acked ? ", programmed" : links_.empty() ? ", no dataplane configured" : "")
+      << (patched ? " (patched)" : "")
       << (r.message.empty() ? "" : "; " + r.message);
     log(m.str());
     return r;

@@ -67,7 +67,15 @@ public:
 
     /// The same pass for objects already loaded (the Kubernetes source keeps each object's
     /// model). `store` is read (generations may be assigned) and left to the caller.
-    ReconcileResult reconcile_store(Store& store, Diagnostics diags);
+    /// With `delta` (what changed in this same Store object since the last call, which
+    /// must have had a delta too), the compile may patch the configuration in force
+    /// instead of compiling everything (IncrementalCompiler, ADR 0011); the caller keeps
+    /// `store` alive and in place between calls.
+    ReconcileResult reconcile_store(Store& store, Diagnostics diags,
+                                    const StoreDelta* delta = nullptr);
+
+    /// Full compiles and patches done by reconcile_store with a delta (tests, logs).
+    [[nodiscard]] const IncrementalCompiler& incremental() const noexcept { return inc_; }
 
     /// Re-sends the IR in force to a dataplane that did not answer (no recompile).
     [[nodiscard]] bool needs_retry() const noexcept {
@@ -85,10 +93,18 @@ public:
 
 private:
     void publish(CompileOutput& out, ReconcileResult& r);
+    /// Sets the Programmed conditions of `out` from the dataplanes' last answers.
+    void apply_answer(CompileOutput& out, ReconcileResult& r);
+    /// Every dataplane ACKed the IR in force, serving every listener: the statuses in
+    /// force are the compiled ones with each Programmed condition True.
+    [[nodiscard]] bool clean_answer() const;
     void write_status(const CompileOutput& out, const Diagnostics& diags, const std::string& note);
 
     ControllerOptions opts_;
     std::optional<CompileOutput> current_;
+    IncrementalCompiler inc_;
+    std::string ir_bytes_; ///< the last IR encoded (its buffer is reused)
+    bool current_from_inc_ = false; ///< current_ is inc_'s last output (patch() may apply)
     uint64_t generation_ = 0;
     uint64_t pushed_hash_ = 0;
     struct Link {

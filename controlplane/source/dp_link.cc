@@ -1,6 +1,6 @@
 #include "dp_link.h"
 
-using sluice::msg::encode_frame;
+using sluice::msg::encode_frame_header;
 using sluice::msg::read_frame;
 using sluice::msg::write_all;
 
@@ -54,8 +54,14 @@ Result<PushResult> DpLink::push(uint64_t generation, std::string_view ir_bytes, 
         if (auto c = connect_once(); !c) {
             return tl::unexpected(c.error());
         }
-        Frame f{FrameType::Ir, generation, std::string(ir_bytes)};
-        if (auto w = write_all(fd_, encode_frame(f), timeout_ms); !w) {
+        // Header, then the IR from where it is (megabytes: no copy into a frame).
+        if (auto w = write_all(fd_, encode_frame_header(FrameType::Ir, generation, ir_bytes.size()),
+                               timeout_ms);
+            !w) {
+            close_fd();
+            continue;
+        }
+        if (auto w = write_all(fd_, ir_bytes, timeout_ms); !w) {
             close_fd();
             continue;
         }

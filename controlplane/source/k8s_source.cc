@@ -216,6 +216,7 @@ void each_vector(Store& a, Store& b, F&& f) {
     f(a.deployments, b.deployments, 11);
 }
 constexpr int kStoreVectors = 12;
+constexpr int kRoutesSlot = 3, kSlicesSlot = 8; ///< (each_vector)
 
 std::string url_escape(const std::string& s) {
     std::string o;
@@ -1329,6 +1330,7 @@ void K8sSource::release_lease() {
 void K8sSource::reconcile() {
     sync_referenced();
     Diagnostics diags; // refused objects: in the log and diagnostics.txt while they last
+    StoreDelta delta;  // what changed in store_ since the last compile (patches, ADR 0011)
     {
         // The objects' models (loaded alone when they arrived) make up store_, which stays
         // assembled between compiles: a changed object's new model replaces the old one in
@@ -1375,6 +1377,13 @@ void K8sSource::reconcile() {
                 Store& one = now[i].e->model;
                 if (one.size() == 0) {
                     continue; // unchanged: its model is in store_
+                }
+                if (slot == kRoutesSlot) {
+                    delta.routes.push_back(pos);
+                } else if (slot == kSlicesSlot) {
+                    delta.slices.push_back(pos);
+                } else {
+                    delta.other = true;
                 }
                 each_vector(store_, one, [&](auto& all, auto& v, int n) {
                     if (n == slot) {
@@ -1429,9 +1438,10 @@ void K8sSource::reconcile() {
             }
             store_ = std::move(fresh);
             assembled_ = std::move(order);
+            delta.other = true;
         }
     }
-    ctl_.reconcile_store(store_, std::move(diags));
+    ctl_.reconcile_store(store_, std::move(diags), &delta);
 }
 
 bool K8sSource::patch_status(Resource& r, const std::string& key, const json& patch,
@@ -1700,6 +1710,7 @@ int K8sSource::run(const std::atomic<bool>& stop) {
     }
     bool synced = false;
     auto last_dp_try = Clock::now();
+    auto last_compile_end = Clock::now();
     while (!stop.load(std::memory_order_relaxed)) {
         bool do_compile = false, do_status = false;
         {
@@ -1728,9 +1739,17 @@ int K8sSource::run(const std::atomic<bool>& stop) {
                 continue;
             }
         }
-        // Debounce: compile once the events have stopped for quiet_ms (a lone change waits
-        // that long), or debounce_ms after the first one (a burst: a relist, a rollout).
+        // Debounce: compile once the events have stopped for quiet_ms, or debounce_ms after
+        // the first one (a burst: a relist, a rollout). Not when idle: a spec change that
+        // comes debounce_ms or more after the last compile is compiled at once (a lone
+        // change does not wait; the events of a burst gather while that compile runs).
+        bool idle = false;
         {
+            std::lock_guard<std::mutex> g(mu_);
+            idle = compile_dirty_ && Clock::now() - last_compile_end >=
+                                         std::chrono::milliseconds(opts_.debounce_ms);
+        }
+        if (!idle) {
             const auto first = Clock::now();
             uint64_t seen = 0;
             {
@@ -1762,6 +1781,7 @@ int K8sSource::run(const std::atomic<bool>& stop) {
         if (do_compile) {
             last_dp_try = Clock::now();
             reconcile();
+            last_compile_end = Clock::now();
         }
         if (do_status && leader_.load(std::memory_order_acquire)) {
             write_statuses();

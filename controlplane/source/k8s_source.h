@@ -43,7 +43,8 @@ struct K8sSourceOptions {
     int idle_timeout_s = 120;    ///< no byte for this long: the watch connection is dead
     int backoff_min_ms = 250, backoff_max_ms = 30000;
     int missing_retry_s = 60; ///< re-check a kind whose CRD is not installed
-    int debounce_ms = 100;    ///< at most this long from the first change to the compile
+    int debounce_ms = 100;    ///< at most this long from the first change to the compile;
+                              ///< a change this long after the last compile: at once
     int quiet_ms = 10;        ///< compile once no change came for this long
     int status_writers = 4;   ///< status PATCH requests in flight at once (many to write)
 };

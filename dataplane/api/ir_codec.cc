@@ -52,34 +52,77 @@ struct IsPair : std::false_type {};
 template <class A, class B>
 struct IsPair<std::pair<A, B>> : std::true_type {};
 
-class Encoder {
+/// Walks the IR twice: a Sizer pass adds up the encoded size, then the Writer fills a
+/// buffer of exactly that size (no growth, no per-byte capacity checks; strings by memcpy).
+class Sizer {
 public:
-    explicit Encoder(std::string& out)
-        : out_(out) {}
     template <class... Ts>
     void operator()(const Ts&... vs) {
         (put(vs), ...);
     }
+    [[nodiscard]] size_t size() const noexcept { return n_; }
 
 private:
-    void raw(uint64_t v, size_t n) {
-        for (size_t i = 0; i < n; ++i) {
-            out_.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+    template <class T>
+    void put(const T& v) {
+        if constexpr (std::is_same_v<T, bool>) {
+            n_ += 1;
+        } else if constexpr (std::is_enum_v<T> || std::is_integral_v<T>) {
+            n_ += sizeof(T);
+        } else if constexpr (std::is_same_v<T, std::string>) {
+            n_ += 4 + v.size();
+        } else if constexpr (IsVector<T>::value) {
+            n_ += 4;
+            if constexpr (std::is_integral_v<typename T::value_type> &&
+                          !std::is_same_v<typename T::value_type, bool>) {
+                n_ += v.size() * sizeof(typename T::value_type);
+            } else {
+                for (const auto& e : v) {
+                    put(e);
+                }
+            }
+        } else if constexpr (IsPair<T>::value) {
+            put(v.first);
+            put(v.second);
+        } else {
+            const_cast<T&>(v).io(*this);
         }
+    }
+    size_t n_ = 0;
+};
+
+class Encoder {
+public:
+    explicit Encoder(char* out)
+        : p_(out) {}
+    template <class... Ts>
+    void operator()(const Ts&... vs) {
+        (put(vs), ...);
+    }
+    [[nodiscard]] const char* end() const noexcept { return p_; }
+
+private:
+    template <size_t N>
+    void raw(uint64_t v) {
+        for (size_t i = 0; i < N; ++i) {
+            p_[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+        }
+        p_ += N;
     }
     template <class T>
     void put(const T& v) {
         if constexpr (std::is_same_v<T, bool>) {
-            raw(v ? 1 : 0, 1);
-        } else if constexpr (std::is_enum_v<T>) {
-            raw(static_cast<uint64_t>(v), sizeof(T));
-        } else if constexpr (std::is_integral_v<T>) {
-            raw(static_cast<uint64_t>(v), sizeof(T));
+            raw<1>(v ? 1 : 0);
+        } else if constexpr (std::is_enum_v<T> || std::is_integral_v<T>) {
+            raw<sizeof(T)>(static_cast<uint64_t>(v));
         } else if constexpr (std::is_same_v<T, std::string>) {
-            raw(v.size(), 4);
-            out_.append(v);
+            raw<4>(v.size());
+            if (!v.empty()) {
+                std::memcpy(p_, v.data(), v.size());
+                p_ += v.size();
+            }
         } else if constexpr (IsVector<T>::value) {
-            raw(v.size(), 4);
+            raw<4>(v.size());
             for (const auto& e : v) {
                 put(e);
             }
@@ -90,7 +133,7 @@ private:
             const_cast<T&>(v).io(*this);
         }
     }
-    std::string& out_;
+    char* p_;
 };
 
 class Decoder {
@@ -207,15 +250,26 @@ uint64_t hash_of(std::string_view encoded) noexcept {
 }
 
 std::string encode(const Ir& ir) {
-    std::string out(kHeader, '\0');
+    std::string out;
+    encode_into(ir, out);
+    return out;
+}
+
+void encode_into(const Ir& ir, std::string& out) {
+    Sizer sizer;
+    const_cast<Ir&>(ir).io(sizer);
+    out.resize(kHeader + sizer.size()); // (only growth is zero-filled; all is overwritten)
     std::memcpy(out.data(), kMagic, 4);
-    Encoder enc(out);
+    Encoder enc(out.data() + kHeader);
     const_cast<Ir&>(ir).io(enc);
     const std::string_view body(out.data() + kHeader, out.size() - kHeader);
     put_le(out, 4, kIrVersion, 4);
     put_le(out, 8, hash_of(body), 8);
     put_le(out, 16, body.size(), 8);
-    return out;
+}
+
+uint64_t body_hash(std::string_view encoded) noexcept {
+    return encoded.size() < kHeader ? hash_of(encoded) : get_le(encoded, 8, 8);
 }
 
 Result<Ir> decode(std::string_view bytes) {

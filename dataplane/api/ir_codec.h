@@ -18,9 +18,15 @@
 namespace sluice::ir {
 
 [[nodiscard]] std::string encode(const Ir& ir);
+/// encode() into `out`, reusing its memory (a caller that encodes again and again keeps one
+/// buffer: no fresh pages to fault in for a multi-megabyte IR each time).
+void encode_into(const Ir& ir, std::string& out);
 [[nodiscard]] Result<Ir> decode(std::string_view bytes);
 /// FNV-1a 64 of the encoded body: the IR's identity (an unchanged IR is not republished).
 [[nodiscard]] uint64_t hash_of(std::string_view encoded) noexcept;
+/// The body hash an encode() output carries in its header (= hash_of(the body), without
+/// reading the body again); hash_of(encoded) when it is too short to have a header.
+[[nodiscard]] uint64_t body_hash(std::string_view encoded) noexcept;
 /// Human-readable, deterministic dump (golden files, `sluicectl ir`).
 [[nodiscard]] std::string to_text(const Ir& ir);
 

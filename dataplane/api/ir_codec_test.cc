@@ -78,6 +78,18 @@ TEST(IrCodec, EqualInputEqualBytesAndHash) {
     EXPECT_NE(hash_of(encode(other)), hash_of(encode(sample())));
 }
 
+TEST(IrCodec, EncodeIntoReusesAnyBufferAndHeaderCarriesTheBodyHash) {
+    const std::string a = encode(sample());
+    Ir big = sample();
+    big.listeners[0].hostname = std::string(5000, 'h');
+    for (const std::string& start : {std::string(), std::string(3, 'x'), encode(big)}) {
+        std::string buf = start; // empty, shorter and longer than the result
+        encode_into(sample(), buf);
+        EXPECT_EQ(buf, a);
+    }
+    EXPECT_EQ(body_hash(a), hash_of(std::string_view(a).substr(24)));
+}
+
 TEST(IrCodec, RejectsEveryTruncation) {
     const std::string a = encode(sample());
     for (size_t n = 0; n < a.size(); ++n) {

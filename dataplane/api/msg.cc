@@ -65,13 +65,19 @@ Result<void> read_exact(int fd, char* buf, size_t n, Clock::time_point deadline)
 
 } // namespace
 
-std::string encode_frame(const Frame& f) {
+std::string encode_frame_header(FrameType type, uint64_t generation, size_t payload_size) {
     std::string s;
-    s.reserve(kFrameHeader + f.payload.size());
+    s.reserve(kFrameHeader);
     put(s, kFrameMagic, 4);
-    put(s, static_cast<uint8_t>(f.type), 1);
-    put(s, f.generation, 8);
-    put(s, f.payload.size(), 4);
+    put(s, static_cast<uint8_t>(type), 1);
+    put(s, generation, 8);
+    put(s, payload_size, 4);
+    return s;
+}
+
+std::string encode_frame(const Frame& f) {
+    std::string s = encode_frame_header(f.type, f.generation, f.payload.size());
+    s.reserve(s.size() + f.payload.size());
     s += f.payload;
     return s;
 }

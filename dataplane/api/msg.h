@@ -34,6 +34,10 @@ inline constexpr size_t kMaxFramePayload = 256u << 20;
 
 /// Encodes one frame (header + payload).
 [[nodiscard]] std::string encode_frame(const Frame& f);
+/// The header encode_frame() puts before a payload of `payload_size` bytes (to send a big
+/// payload from where it is, without copying it into a frame).
+[[nodiscard]] std::string encode_frame_header(FrameType type, uint64_t generation,
+                                              size_t payload_size);
 /// Reads exactly one frame from a blocking fd within `timeout_ms`.
 [[nodiscard]] Result<Frame> read_frame(int fd, int timeout_ms);
 /// Writes all bytes within `timeout_ms`.
