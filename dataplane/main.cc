@@ -259,6 +259,7 @@ int main(int argc, char** argv) {
         auto ctx = std::make_unique<LbContext>();
         std::copy(std::begin(mac.addr_bytes), std::end(mac.addr_bytes), ctx->our_mac.begin());
         ctx->snat = snat;
+        ctx->index_snat();
         ctx->exception = host_port >= 0;
         ctx->worker = w;
         ctx->workers = workers;

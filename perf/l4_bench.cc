@@ -211,6 +211,7 @@ int main(int argc, char** argv) {
         ctx.snat[i].first = 4;
         ctx.snat[i].second = {10, 0, 0, static_cast<uint8_t>(64 + i)};
     }
+    ctx.index_snat();
     const ServiceTable table = std::move(*build_service_table(bench_ir(), {}));
     for (int i = 0; i < 8; ++i) {
         nb->learn(4, Addr{10, 0, 1, static_cast<uint8_t>(i + 1)}, Mac{0x02, 0, 0, 0, 1, static_cast<uint8_t>(i)});
@@ -234,9 +235,15 @@ int main(int argc, char** argv) {
         established += lb_process(ctx, table, p, len, now) == LbAction::Tx ? 1 : 0;
     }
 
-    const LoopResult io = run_loop(port, a.seconds, [](rte_mbuf*) { return true; });
+    // L4_BENCH_ONLY=est|syn runs just that loop at full length (the others for 10 ms), so
+    // a profiler attached to the whole run sees one path.
+    const char* only = std::getenv("L4_BENCH_ONLY");
+    auto secs = [&](const char* name) {
+        return only == nullptr || std::strcmp(only, name) == 0 ? a.seconds : 0.01;
+    };
+    const LoopResult io = run_loop(port, secs("io"), [](rte_mbuf*) { return true; });
     uint32_t cursor = 0;
-    const LoopResult tmpl = run_loop(port, a.seconds, [&](rte_mbuf* m) {
+    const LoopResult tmpl = run_loop(port, secs("io"), [&](rte_mbuf* m) {
         std::memcpy(rte_pktmbuf_mtod(m, uint8_t*), acks[cursor].data(), 64);
         cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
         return true;
@@ -244,16 +251,19 @@ int main(int argc, char** argv) {
     uint64_t tx_est = 0;
     uint32_t burst_now = 0;
     PacketMeta metas[kBurstSize];
+    uint64_t hashes[kBurstSize];
     uint16_t slot = 0;
     // As the worker does it: write the burst's frames (the generator's part), stage 1
     // (hash + prefetch for the whole burst), stage 1b (prefetch the entries), then stage 2.
     const LoopResult est = run_loop(
-        port, a.seconds,
+        port, secs("est"),
         [&](rte_mbuf* m) {
             auto* d = rte_pktmbuf_mtod(m, uint8_t*);
             uint32_t len = 64;
             const bool ok = lb_process_parsed(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
-                                              burst_now, metas[slot++]) == LbAction::Tx;
+                                              burst_now, metas[slot], nullptr,
+                                              hashes[slot]) == LbAction::Tx;
+            ++slot;
             tx_est += ok;
             return ok;
         },
@@ -264,7 +274,6 @@ int main(int argc, char** argv) {
                 cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
             }
             slot = 0;
-            uint64_t hashes[kBurstSize];
             for (uint16_t i = 0; i < n; ++i) {
                 hashes[i] = lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
             }
@@ -279,7 +288,7 @@ int main(int argc, char** argv) {
         fresh_syns.push_back(client_packet(0x400000 + f, 0x02));
     }
     uint32_t fresh = 0;
-    const LoopResult syn = run_loop(port, std::getenv("L4_BENCH_NO_SYN") ? 0.01 : a.seconds,
+    const LoopResult syn = run_loop(port, std::getenv("L4_BENCH_NO_SYN") ? 0.01 : secs("syn"),
                                     [&](rte_mbuf* m) {
         auto* d = rte_pktmbuf_mtod(m, uint8_t*);
         std::memcpy(d, fresh_syns[fresh++ & 0xFFFF].data(), 64);

@@ -196,18 +196,18 @@ public:
 
     /// Prefetches the signature line(s) of both candidate buckets of `hash`; call one stage
     /// ahead of lookup/lookup_bulk (STYLE H3). Thread: worker (owner).
-    void prefetch(uint64_t hash) const noexcept;
+    [[gnu::always_inline]] void prefetch(uint64_t hash) const noexcept;
 
     /// Second prefetch stage: reads the signature line(s) prefetch() brought in and
     /// prefetches the line of the first slot whose signature matches, so that the key
     /// compare of lookup() hits too. Call it for the whole burst between prefetch() and the
     /// lookups. Thread: worker (owner).
-    void prefetch_entry(uint64_t hash) const noexcept;
+    [[gnu::always_inline]] void prefetch_entry(uint64_t hash) const noexcept;
 
     /// The live entry for `key`, or nullptr when absent or expired (an expired entry met
     /// here is reclaimed). Does not refresh it: call on_tcp_flags() or touch() on a hit.
     /// @param hash flow_hash(key). Thread: worker (owner); no allocation, lock or syscall.
-    [[nodiscard]] ConnEntry* lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept;
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept;
 
     /// lookup() for a burst: out[i] = entry or nullptr. Looks up the first
     /// min(keys, hashes, out, 64) keys, matching signatures for all of them and
@@ -228,7 +228,7 @@ public:
     /// it: SYN_SEEN -> ESTABLISHED on an ACK without SYN; FIN or RST -> CLOSING from any
     /// state; a bare SYN on a CLOSING flow (port reuse) -> SYN_SEEN if budget allows.
     /// Non-TCP entries are only refreshed. Thread: worker (owner).
-    void on_tcp_flags(ConnEntry& e, uint8_t tcp_flags, uint32_t now) noexcept;
+    [[gnu::always_inline]] void on_tcp_flags(ConnEntry& e, uint8_t tcp_flags, uint32_t now) noexcept;
 
     /// Refreshes a flow's idle timer (UDP, ICMP, or TCP without flag changes).
     /// Thread: worker (owner).
@@ -240,7 +240,7 @@ public:
 
     /// True when `e` has been idle longer than its state's timeout at `now`.
     /// Thread: worker (owner).
-    [[nodiscard]] bool expired(const ConnEntry& e, uint32_t now) const noexcept;
+    [[gnu::always_inline]] [[nodiscard]] bool expired(const ConnEntry& e, uint32_t now) const noexcept;
 
     // ---- control-path and housekeeping (conntrack.cc) ----------------------------------
 
@@ -274,18 +274,18 @@ private:
 
     ConnTrack() = default;
 
-    Probe probe(uint64_t hash) const noexcept;
+    [[gnu::always_inline]] Probe probe(uint64_t hash) const noexcept;
     ConnEntry& slot(uint32_t bucket, uint32_t s) const noexcept {
         return entries_[static_cast<size_t>(bucket) * kConnBucketSlots + s];
     }
     uint16_t& sig(uint32_t bucket, uint32_t s) const noexcept {
         return slot(bucket, s / 4).bucket_sigs[s % 4];
     }
-    uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
-    ConnEntry* find(uint32_t bucket, uint32_t candidates, const FlowKey& key) const noexcept;
+    [[gnu::always_inline]] uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
+    [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates, const FlowKey& key) const noexcept;
     void reclaim(uint32_t bucket, uint32_t s) noexcept;
     uint32_t reclaim_expired(uint32_t bucket, uint32_t now) noexcept;
-    ConnEntry* live_or_reclaim(ConnEntry* e, uint32_t now) noexcept;
+    [[gnu::always_inline]] ConnEntry* live_or_reclaim(ConnEntry* e, uint32_t now) noexcept;
 
     // Hot, read-mostly fields first.
     ConnEntry* entries_ = nullptr;

@@ -16,7 +16,7 @@ namespace sluice::dp {
 
 namespace conntrack_detail {
 
-[[nodiscard]] inline uint64_t load64(const void* p) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint64_t load64(const void* p) noexcept {
     uint64_t v;
     std::memcpy(&v, p, sizeof(v));
     return v;
@@ -27,7 +27,7 @@ namespace conntrack_detail {
 __extension__ using U128 = unsigned __int128;
 
 /// 64x64 -> 128 multiply folded to 64 bits (the wyhash/mum mixer).
-[[nodiscard]] inline uint64_t mum(uint64_t a, uint64_t b) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint64_t mum(uint64_t a, uint64_t b) noexcept {
     const U128 r = static_cast<U128>(a) * b;
     return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
 }
@@ -37,13 +37,13 @@ struct KeyWords {
     uint64_t src_lo, src_hi, dst_lo, dst_hi, rest;
 };
 
-[[nodiscard]] inline KeyWords words(const FlowKey& k) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE KeyWords words(const FlowKey& k) noexcept {
     static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, pad) == 38);
     return {load64(k.src.data()), load64(k.src.data() + 8), load64(k.dst.data()),
             load64(k.dst.data() + 8), load64(&k.src_port)};
 }
 
-[[nodiscard]] inline uint64_t hash_words(const KeyWords& w) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint64_t hash_words(const KeyWords& w) noexcept {
     // Secrets (odd, ~half the bits set). Fixed forever: Maglev picks backends from this
     // hash, so every node of a fleet must compute the same value for the same flow.
     constexpr uint64_t kS0 = 0xa0761d6478bd642fULL;
@@ -56,7 +56,7 @@ struct KeyWords {
     return mum(a ^ w.rest ^ kS4, b ^ kS1);
 }
 
-[[nodiscard]] inline bool key_equal(const FlowKey& a, const FlowKey& b) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE bool key_equal(const FlowKey& a, const FlowKey& b) noexcept {
     const KeyWords x = words(a), y = words(b);
     return ((x.src_lo ^ y.src_lo) | (x.src_hi ^ y.src_hi) | (x.dst_lo ^ y.dst_lo) |
             (x.dst_hi ^ y.dst_hi) | (x.rest ^ y.rest)) == 0;
@@ -69,7 +69,7 @@ struct KeyWords {
 /// depend on -march, because Maglev uses it and every node must agree. Not
 /// adversary-proof; the table keys its bucket choice with a per-table seed.
 /// Thread: any.
-[[nodiscard]] inline uint64_t flow_hash(const FlowKey& k) noexcept {
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint64_t flow_hash(const FlowKey& k) noexcept {
     return conntrack_detail::hash_words(conntrack_detail::words(k));
 }
 
@@ -109,6 +109,19 @@ inline ConnTrack::Probe ConnTrack::probe(uint64_t hash) const noexcept {
 }
 
 inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexcept {
+    if constexpr (kConnBucketSlots == 4 && std::endian::native == std::endian::little) {
+        // SWAR over the bucket's four 16-bit signatures (one 8-byte load): lane i is 0 in
+        // x exactly when slot i's signature equals `sig`; the high bit of each zero lane is
+        // set in t (exact, no borrow between lanes), and one multiply gathers bits 15, 31,
+        // 47 and 63 into bits 48..51 (the other partial products land below bit 48 at
+        // distinct positions, so nothing carries into them).
+        uint64_t w;
+        std::memcpy(&w, slot(bucket, 0).bucket_sigs.data(), sizeof(w));
+        const uint64_t x = w ^ (uint64_t{sig} * 0x0001000100010001ULL);
+        constexpr uint64_t kLow15 = 0x7FFF7FFF7FFF7FFFULL;
+        const uint64_t t = ~(((x & kLow15) + kLow15) | x) & ~kLow15;
+        return static_cast<uint32_t>(((t >> 15) * 0x0001000200040008ULL) >> 48) & 0xFu;
+    }
     uint32_t m = 0;
     for (uint32_t i = 0; i < kConnBucketSlots; ++i) {
         m |= static_cast<uint32_t>(this->sig(bucket, i) == sig) << i;

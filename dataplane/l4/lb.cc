@@ -10,24 +10,39 @@ namespace sluice::dp {
 
 namespace {
 
-FlowKey flow_key(const PacketMeta& m) noexcept {
-    FlowKey k;
-    k.family = m.family;
-    k.proto = m.proto;
-    k.src = to_table_addr(m.family, m.key.src);
-    k.dst = to_table_addr(m.family, m.key.dst);
-    k.src_port = m.key.src_port;
-    k.dst_port = m.key.dst_port;
-    return k;
+/// The conntrack key of a parsed packet as its five words (FlowKey's memory layout: IPv4
+/// addresses in bytes 0..3, then ports, family, protocol), composed in registers. Building
+/// the FlowKey field by field and reading it back as words for the hash and the key
+/// compare stalled on store forwarding twice per packet.
+SLUICE_ALWAYS_INLINE conntrack_detail::KeyWords key_words(const PacketMeta& m) noexcept {
+    using conntrack_detail::load64;
+    static_assert(std::endian::native == std::endian::little, "rest: little-endian layout");
+    conntrack_detail::KeyWords w;
+    if (m.family == 4) {
+        uint32_t s, d;
+        std::memcpy(&s, m.key.src.data() + 12, 4);
+        std::memcpy(&d, m.key.dst.data() + 12, 4);
+        w.src_lo = s;
+        w.src_hi = 0;
+        w.dst_lo = d;
+        w.dst_hi = 0;
+    } else {
+        w.src_lo = load64(m.key.src.data());
+        w.src_hi = load64(m.key.src.data() + 8);
+        w.dst_lo = load64(m.key.dst.data());
+        w.dst_hi = load64(m.key.dst.data() + 8);
+    }
+    w.rest = uint64_t{m.key.src_port} | uint64_t{m.key.dst_port} << 16 |
+             uint64_t{m.family} << 32 | uint64_t{m.proto} << 40;
+    return w;
 }
 
-int snat_slot(const LbContext& ctx, uint8_t family, const Addr& a) noexcept {
-    for (size_t i = 0; i < ctx.snat.size(); ++i) {
-        if (ctx.snat[i].first == family && addr_eq(ctx.snat[i].second, a)) {
-            return static_cast<int>(i);
-        }
-    }
-    return -1;
+SLUICE_ALWAYS_INLINE FlowKey flow_key(const PacketMeta& m) noexcept {
+    static_assert(sizeof(conntrack_detail::KeyWords) == sizeof(FlowKey));
+    const conntrack_detail::KeyWords w = key_words(m);
+    FlowKey k;
+    std::memcpy(static_cast<void*>(&k), &w, sizeof(k)); // five 8-byte stores
+    return k;
 }
 
 int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
@@ -117,7 +132,7 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
     return -1;
 }
 
-const L4Endpoint* endpoint_of(const ServiceTable& t, const L4Service& s, const ConnValue& v,
+SLUICE_ALWAYS_INLINE const L4Endpoint* endpoint_of(const ServiceTable& t, const L4Service& s, const ConnValue& v,
                               uint16_t* hint_out) noexcept {
     const uint32_t hint = v.generation;
     if (hint < s.n_endpoints && t.endpoints[s.first_endpoint + hint].id == v.backend) {
@@ -492,7 +507,8 @@ void FragTable::remember(const PacketMeta& m, const PacketKey& from, const Packe
 namespace {
 
 /// The SNAT port slot of a packet to one of our SNAT addresses (return traffic), or null.
-ConnEntry* const* snat_port_slot(const LbContext& ctx, const PacketMeta& m) noexcept {
+SLUICE_ALWAYS_INLINE ConnEntry* const* snat_port_slot(const LbContext& ctx,
+                                                       const PacketMeta& m) noexcept {
     if (ctx.ports == nullptr) {
         return nullptr;
     }
@@ -510,7 +526,7 @@ uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, Packe
         prefetch_read(p);
         return 0;
     }
-    const uint64_t h = flow_hash(flow_key(m));
+    const uint64_t h = conntrack_detail::hash_words(key_words(m));
     ctx.ct->prefetch(h);
     return h; // (a flow whose hash is 0 only misses stage 1b's prefetch)
 }
@@ -602,8 +618,8 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
 }
 
 LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
-                           uint32_t& len, uint32_t now, PacketMeta& m,
-                           uint32_t* headroom) noexcept {
+                           uint32_t& len, uint32_t now, PacketMeta& m, uint32_t* headroom,
+                           uint64_t hash) noexcept {
     ctx.count(LbCounter::RxPackets);
     const std::span<uint8_t> frame = buf.subspan(0, len);
     const Verdict v = m.verdict;
@@ -708,7 +724,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
     if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) {
         return time_exceeded(ctx, buf, frame, m, len); // before any flow state is made
     }
-    const uint64_t h = flow_hash(key);
+    const uint64_t h = hash != 0 ? hash : flow_hash(key);
     ConnEntry* e = ctx.ct->lookup(key, h, now);
     // DSR: new flows follow the service's mode, established ones the kind of their entry.
     bool dsr = svc->mode == FwdMode::DsrIpip || svc->mode == FwdMode::DsrGue;
@@ -787,8 +803,8 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
             return drop(LbCounter::StatelessFallback);
         }
     }
-    const std::optional<Mac> mac = ctx.neighbors->find(ep->family, ep->addr);
-    if (!mac) {
+    const uint64_t mac = ctx.neighbors->find_word(ep->family, ep->addr, ep->nb_hash);
+    if (mac == 0) {
         if (ep->family == 4 && slot >= 0 && buf.size() >= 60) {
             len = arp_request(buf, ctx.our_mac, ctx.snat[slot].second, ep->addr);
             ctx.count(LbCounter::ArpRequests);
@@ -807,8 +823,10 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         return drop(LbCounter::NoNeighbor);
     }
     if (dsr) {
-        return dsr_forward(ctx, m, dsr_mode, *ep, *mac, buf, len, headroom) ? tx()
-                                                                              : LbAction::Drop;
+        Mac next_hop;
+        std::memcpy(next_hop.data(), &mac, 6); // as set_macs_word
+        return dsr_forward(ctx, m, dsr_mode, *ep, next_hop, buf, len, headroom) ? tx()
+                                                                                : LbAction::Drop;
     }
     if (!dnat_snat(m, frame, to_packet_addr(ep->family, ctx.snat[slot].second), sport,
                    to_packet_addr(ep->family, ep->addr), ep->port)) {
@@ -818,7 +836,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         ctx.frags.remember(m, rx_key, m.key, now);
         ctx.count(LbCounter::FragFirst);
     }
-    set_macs(frame, ctx.our_mac, *mac);
+    set_macs_word(frame.data(), mac, ctx.our_mac);
     return tx();
 }
 

@@ -18,6 +18,8 @@
 
 #include <array>
 #include <atomic>
+#include <bit>
+#include <cstring>
 #include <optional>
 #include <cstdint>
 #include <span>
@@ -139,6 +141,21 @@ struct NeighborTable {
     std::array<Slot, kSlots> slots{};
 
     [[nodiscard]] std::optional<Mac> find(uint8_t family, const Addr& a) const noexcept;
+    /// The slot word (family << 56 | MAC; 0 = unknown) of a neighbour whose addr_hash() the
+    /// caller already has (L4Endpoint::nb_hash): no hashing and no MAC copy on the hot path.
+    [[nodiscard]] uint64_t find_word(uint8_t family, const Addr& a, uint64_t hash) const noexcept {
+        size_t i = hash & (kSlots - 1);
+        for (size_t n = 0; n < kProbe; ++n, i = (i + 1) & (kSlots - 1)) {
+            const uint64_t w = slots[i].word.load(std::memory_order_acquire);
+            if (w == 0) {
+                return 0;
+            }
+            if ((w >> 56) == family && addr_eq(slots[i].addr, a)) {
+                return w;
+            }
+        }
+        return 0;
+    }
     /// Adds or (overwrite) updates a neighbour. ARP and ND update; the source of a new
     /// flow only adds (never replaces a known neighbour's MAC).
     void learn(uint8_t family, const Addr& a, const Mac& mac, bool overwrite = true) noexcept;
@@ -181,6 +198,10 @@ struct LbContext {
     NeighborTable* neighbors = nullptr;
     /// SNAT slot x port -> the flow using it (nullptr = free). 4 x 64 Ki pointers.
     SnatPorts* ports = nullptr;
+    /// ctx.snat slots by the last byte of their address (bit i = snat[i]), so "is this one of
+    /// our SNAT addresses?" costs one load per packet and a compare only on a candidate.
+    /// Rebuilt by index_snat(): call it after changing `snat`.
+    std::array<uint16_t, 256> snat_by_byte{};
     std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     std::array<uint64_t, kLbCounterCount> counters{};
@@ -194,7 +215,39 @@ struct LbContext {
     bool exception = false;
 
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
+    /// Rebuilds snat_by_byte from snat. Thread: the owner (before the worker starts).
+    void index_snat() noexcept {
+        snat_by_byte.fill(0);
+        static_assert(kMaxSnat <= 16, "snat_by_byte holds a 16-bit mask");
+        for (size_t i = 0; i < kMaxSnat; ++i) {
+            if (snat[i].first == 4 || snat[i].first == 6) {
+                snat_by_byte[snat[i].second[snat[i].first == 4 ? 3 : 15]] |=
+                    static_cast<uint16_t>(1u << i);
+            }
+        }
+    }
 };
+
+/// The ctx.snat slot holding (family, a), or -1. Thread: worker; no state change.
+[[nodiscard]] inline int snat_slot(const LbContext& ctx, uint8_t family, const Addr& a) noexcept {
+    uint32_t cand = ctx.snat_by_byte[a[family == 4 ? 3 : 15]];
+    while (cand != 0) {
+        const int i = std::countr_zero(cand);
+        cand &= cand - 1;
+        if (ctx.snat[i].first == family && addr_eq(ctx.snat[i].second, a)) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/// Writes the Ethernet header's MACs: destination from a NeighborTable slot word (the MAC
+/// is the word's first 6 bytes in memory, as NeighborTable::learn stores it), source ours.
+/// The frame holds >= 12 bytes.
+inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noexcept {
+    std::memcpy(frame, &dst_word, 6);
+    std::memcpy(frame + 6, src.data(), 6);
+}
 
 /// Converts between the packet layer's addresses (IPv4 in bytes 12..15) and the tables'
 /// (IPv4 in bytes 0..3).
@@ -253,10 +306,12 @@ void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) 
                                   uint32_t* headroom = nullptr) noexcept;
 
 /// Stage 2: lb_process() for a frame that lb_prefetch() already parsed into `m` (the frame
-/// must not have changed in between). Thread: worker; no allocation.
+/// must not have changed in between); `hash` is lb_prefetch()'s result for it (0: computed
+/// here when needed). Thread: worker; no allocation.
 [[nodiscard]] LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table,
                                          std::span<uint8_t> buf, uint32_t& len, uint32_t now,
-                                         PacketMeta& m, uint32_t* headroom = nullptr) noexcept;
+                                         PacketMeta& m, uint32_t* headroom = nullptr,
+                                         uint64_t hash = 0) noexcept;
 
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
 inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;

@@ -70,6 +70,7 @@ struct Fixture {
         uint8_t fam = 0;
         EXPECT_TRUE(parse_addr("10.0.0.99", fam, ctx.snat[0].second));
         ctx.snat[0].first = fam;
+        ctx.index_snat();
         table = std::move(*build_service_table(ir, {}));
     }
     LbAction run(Bytes& f, uint32_t& len) {
@@ -459,6 +460,7 @@ std::unique_ptr<Fixture> dual_fixture(ir::Protocol proto, const Fam& f) {
     uint8_t fam = 0;
     EXPECT_TRUE(parse_addr("fd00::99", fam, fx->ctx.snat[1].second));
     fx->ctx.snat[1].first = fam;
+    fx->ctx.index_snat();
     return fx;
 }
 

@@ -23,6 +23,9 @@
 #include <cstring>
 #include <span>
 #include <string_view>
+#include <type_traits>
+
+#include "prefetch.h" // SLUICE_ALWAYS_INLINE
 
 namespace sluice::dp {
 
@@ -399,7 +402,7 @@ inline uint32_t meta_pseudo(const PacketMeta& m, uint32_t l4_len) noexcept {
 
 /// Ports/flags of the L4 header at p[off..end). `whole` = the datagram is not a fragment,
 /// so lengths and checksums can be checked against it.
-inline DropReason parse_ports(const uint8_t* p, uint32_t off, uint32_t end, PacketMeta& m,
+SLUICE_ALWAYS_INLINE DropReason parse_ports(const uint8_t* p, uint32_t off, uint32_t end, PacketMeta& m,
                               bool whole, bool verify) noexcept {
     const uint32_t avail = end - off;
     const uint8_t* l4 = p + off;
@@ -545,7 +548,7 @@ inline Verdict parse_icmp(const uint8_t* p, uint32_t off, uint32_t end, PacketMe
 }
 
 /// L4 dispatch for an IP datagram whose L4 header starts at p[off], datagram end `end`.
-inline Verdict parse_l4(const uint8_t* p, uint32_t off, uint32_t end, PacketMeta& m,
+SLUICE_ALWAYS_INLINE Verdict parse_l4(const uint8_t* p, uint32_t off, uint32_t end, PacketMeta& m,
                         const ParseOptions& opt) noexcept {
     m.l4_off = static_cast<uint16_t>(off);
     m.payload_off = static_cast<uint16_t>(off);
@@ -590,7 +593,7 @@ inline Verdict parse_l4(const uint8_t* p, uint32_t off, uint32_t end, PacketMeta
     }
 }
 
-inline Verdict parse_ipv4(const uint8_t* p, uint32_t len, uint32_t off, PacketMeta& m,
+SLUICE_ALWAYS_INLINE Verdict parse_ipv4(const uint8_t* p, uint32_t len, uint32_t off, PacketMeta& m,
                           const ParseOptions& opt) noexcept {
     if (len - off < kIpv4HdrLen) {
         return drop(m, DropReason::Truncated);
@@ -621,8 +624,8 @@ inline Verdict parse_ipv4(const uint8_t* p, uint32_t len, uint32_t off, PacketMe
     m.ttl = ip[8];
     m.proto = ip[9];
     m.key.family = 4;
-    m.key.src = addr_from_v4(ip + 12);
-    m.key.dst = addr_from_v4(ip + 16);
+    std::memcpy(m.key.src.data() + 12, ip + 12, 4); // as addr_from_v4(); the rest is zero
+    std::memcpy(m.key.dst.data() + 12, ip + 16, 4);
     const uint16_t frag = load_be16(ip + 6);
     m.frag_id = load_be16(ip + 4);
     if ((frag & 0x3FFF) != 0) {
@@ -695,10 +698,15 @@ inline Verdict parse_arp(const uint8_t* p, uint32_t len, uint32_t off, PacketMet
 /// @param data frame start (Ethernet header)   @param len bytes available at data
 /// @return m.verdict (Drop with m.drop set for anything malformed or unsupported)
 /// Thread: worker (any); no allocation.
-inline Verdict parse_packet(const uint8_t* data, uint32_t len, PacketMeta& m,
+SLUICE_ALWAYS_INLINE Verdict parse_packet(const uint8_t* data, uint32_t len, PacketMeta& m,
                             const ParseOptions& opt = {}) noexcept {
     using namespace pkt_detail;
-    m = PacketMeta{};
+    // Zeroed with wide stores (assigning a PacketMeta{} temporary built it byte by byte on
+    // the stack and copied it with 16-byte loads: a store-forwarding stall per packet).
+    static_assert(std::is_trivially_copyable_v<PacketMeta>);
+    std::memset(static_cast<void*>(&m), 0, sizeof(m));
+    m.verdict = Verdict::Drop;
+    static_assert(static_cast<uint8_t>(DropReason::None) == 0);
     // Offsets are uint16_t: nothing past 64 KiB can be a valid IP datagram anyway.
     len = len > 0xFFFF ? 0xFFFF : len;
     if (len < kEthHdrLen) {
@@ -733,7 +741,7 @@ inline Verdict parse_packet(const uint8_t* data, uint32_t len, PacketMeta& m,
 }
 
 /// Span overload of parse_packet(). Thread: worker (any).
-inline Verdict parse_packet(std::span<const uint8_t> frame, PacketMeta& m,
+SLUICE_ALWAYS_INLINE Verdict parse_packet(std::span<const uint8_t> frame, PacketMeta& m,
                             const ParseOptions& opt = {}) noexcept {
     const auto len = frame.size() > 0xFFFF ? uint32_t{0xFFFF} : static_cast<uint32_t>(frame.size());
     return parse_packet(frame.data(), len, m, opt);
@@ -766,6 +774,71 @@ inline bool swap_macs(std::span<uint8_t> frame) noexcept {
     return true;
 }
 
+namespace pkt_detail {
+
+/// One's complement sum folded to 16 bits.
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint16_t fold64(uint64_t s) noexcept {
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    s = (s & 0xFFFFu) + (s >> 16);
+    s = (s & 0xFFFFu) + (s >> 16);
+    return static_cast<uint16_t>(s);
+}
+
+[[nodiscard]] inline uint32_t load_ne32(const uint8_t* p) noexcept {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+[[nodiscard]] inline uint16_t load_ne16(const uint8_t* p) noexcept {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+inline void store_ne16(uint8_t* p, uint16_t v) noexcept { std::memcpy(p, &v, 2); }
+
+/// dnat_snat() for IPv4, checked by the caller (header and, when l4 != nullptr, the TCP/UDP
+/// header are in the frame; TTL > 1). The RFC 1624 updates are summed in the machine's
+/// byte order (the one's complement sum is byte-order independent, RFC 1071 2(B)), 32 bits
+/// at a time, and folded once: no byte swaps but the new ports'.
+SLUICE_ALWAYS_INLINE void dnat_snat_v4(uint8_t* ip, uint8_t* l4, uint8_t proto, const uint8_t* ns,
+                         uint16_t new_src_port, const uint8_t* nd, uint16_t new_dst_port) noexcept {
+    const uint32_t os = load_ne32(ip + 12), od = load_ne32(ip + 16);
+    const uint32_t nsw = load_ne32(ns), ndw = load_ne32(nd);
+    const uint64_t addr = uint64_t{~os} + uint64_t{~od} + nsw + ndw;
+    if (l4 != nullptr) {
+        uint8_t* csum_p = l4 + (proto == kProtoTcp ? 16 : 6);
+        const uint16_t old_csum = load_ne16(csum_p);
+        uint8_t sp_be[2], dp_be[2]; // the new ports in network order
+        store_be16(sp_be, new_src_port);
+        store_be16(dp_be, new_dst_port);
+        const uint16_t nsp_ne = load_ne16(sp_be), ndp_ne = load_ne16(dp_be);
+        if (proto == kProtoTcp || old_csum != 0) {
+            const uint64_t d = addr + uint16_t(~load_ne16(l4)) + uint16_t(~load_ne16(l4 + 2)) +
+                               nsp_ne + ndp_ne;
+            uint16_t c = static_cast<uint16_t>(~fold64(uint64_t{uint16_t(~old_csum)} + d));
+            if (proto == kProtoUdp && c == 0) {
+                c = 0xFFFF; // 0 means "no checksum" for UDP
+            }
+            store_ne16(csum_p, c);
+        }
+        store_ne16(l4, nsp_ne);
+        store_ne16(l4 + 2, ndp_ne);
+    }
+    // TTL - 1: the new TTL/protocol word is built in registers (a byte store followed by a
+    // 16-bit load of the same bytes would stall on store forwarding).
+    const uint16_t old_w = load_ne16(ip + 8);
+    const uint8_t ttl_proto[2] = {static_cast<uint8_t>(ip[8] - 1), ip[9]};
+    const uint16_t new_w = load_ne16(ttl_proto);
+    const uint64_t d = addr + uint16_t(~old_w) + new_w;
+    store_ne16(ip + 10, static_cast<uint16_t>(~fold64(uint64_t{uint16_t(~load_ne16(ip + 10))} + d)));
+    store_ne16(ip + 8, new_w);
+    std::memcpy(ip + 12, ns, 4);
+    std::memcpy(ip + 16, nd, 4);
+}
+
+} // namespace pkt_detail
+
 /// Full NAT in place: sets source and destination address and port, decrements the TTL /
 /// hop limit and fixes the IPv4 header and TCP/UDP checksums incrementally (an IPv4 UDP
 /// checksum of 0 stays 0; a computed 0 is sent as 0xFFFF). Works on Forward TCP/UDP packets
@@ -777,7 +850,7 @@ inline bool swap_macs(std::span<uint8_t> frame) noexcept {
 ///         hop limit is <= 1 it also sets meta.verdict = TtlExceeded, meta.drop =
 ///         DropReason::TtlExceeded (answer with build_icmp_time_exceeded()).
 /// Thread: worker (any); no allocation.
-inline bool dnat_snat(PacketMeta& m, std::span<uint8_t> frame, const Addr16& new_src,
+SLUICE_ALWAYS_INLINE bool dnat_snat(PacketMeta& m, std::span<uint8_t> frame, const Addr16& new_src,
                       uint16_t new_src_port, const Addr16& new_dst,
                       uint16_t new_dst_port) noexcept {
     if (m.verdict != Verdict::Forward && m.verdict != Verdict::Fragment) {
@@ -800,6 +873,18 @@ inline bool dnat_snat(PacketMeta& m, std::span<uint8_t> frame, const Addr16& new
     }
     uint8_t* ip = frame.data() + m.l3_off;
     uint8_t* l4 = frame.data() + m.l4_off;
+    if (m.family == 4) {
+        pkt_detail::dnat_snat_v4(ip, has_l4 ? l4 : nullptr, m.proto, new_src.data() + 12,
+                                 new_src_port, new_dst.data() + 12, new_dst_port);
+        m.ttl = ip[8];
+        if (has_l4) {
+            m.key.src_port = new_src_port;
+            m.key.dst_port = new_dst_port;
+        }
+        m.key.src = new_src;
+        m.key.dst = new_dst;
+        return true;
+    }
     uint8_t* src_p = ip + (m.family == 4 ? 12 : 8);
     uint8_t* dst_p = ip + (m.family == 4 ? 16 : 24);
     const size_t alen = m.family == 4 ? 4 : 16;

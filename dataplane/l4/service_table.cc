@@ -10,12 +10,6 @@ namespace sluice::dp {
 
 namespace {
 
-uint64_t service_hash(uint8_t family, const Addr& a, uint8_t proto, uint16_t port) noexcept {
-    return mix_addr16(0x9e3779b97f4a7c15ULL ^ (uint64_t(family) << 56) ^ (uint64_t(proto) << 48) ^
-                          port,
-                      a.data());
-}
-
 } // namespace
 
 bool parse_addr(const std::string& s, uint8_t& family, Addr& out) noexcept {
@@ -29,26 +23,6 @@ bool parse_addr(const std::string& s, uint8_t& family, Addr& out) noexcept {
         return true;
     }
     return false;
-}
-
-const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uint8_t proto,
-                                    uint16_t port) const noexcept {
-    if (slots.empty()) {
-        return nullptr;
-    }
-    const size_t mask = slots.size() - 1;
-    for (size_t i = service_hash(family, addr, proto, port) & mask, n = 0; n < slots.size();
-         i = (i + 1) & mask, ++n) {
-        const uint32_t s = slots[i];
-        if (s == ir::kNone) {
-            return nullptr;
-        }
-        const L4Service& svc = services[s];
-        if (svc.port == port && svc.proto == proto && svc.family == family && addr_eq(svc.vip, addr)) {
-            return &svc;
-        }
-    }
-    return nullptr;
 }
 
 bool ServiceTable::is_vip(uint8_t family, const Addr& addr) const noexcept {
@@ -131,6 +105,7 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
                             }
                             gen = (gen ^ e.port ^ (uint64_t(e.weight) << 16)) * 1099511628211ULL;
                             e.id = endpoint_id(e);
+                            e.nb_hash = static_cast<uint32_t>(addr_hash(e.family, e.addr));
                             t.endpoints.push_back(e);
                         }
                     }

@@ -44,6 +44,7 @@ struct L4Endpoint {
     bool reject = false; ///< share of an invalid backendRef: refuse (TCP RST / ICMP)
     bool draining = false; ///< terminating: no new flows, established ones finish
     uint32_t id = 0;       ///< endpoint_id(*this), set by build_service_table()
+    uint32_t nb_hash = 0;  ///< low bits of addr_hash(family, addr): its NeighborTable home
 };
 
 /// Stable id of an endpoint (address + port), equal in every snapshot; conntrack entries
@@ -74,10 +75,40 @@ struct ServiceTable {
     std::vector<std::pair<uint8_t, Addr>> vips; ///< own addresses (ARP/ND, ICMP echo)
 
     /// Service for a destination, or nullptr. Thread: any; no allocation.
-    [[nodiscard]] const L4Service* find(uint8_t family, const Addr& addr, uint8_t proto,
-                                        uint16_t port) const noexcept;
+    [[nodiscard]] [[gnu::always_inline]] const L4Service* find(uint8_t family, const Addr& addr,
+                                                               uint8_t proto,
+                                                               uint16_t port) const noexcept;
     [[nodiscard]] bool is_vip(uint8_t family, const Addr& addr) const noexcept;
 };
+
+/// Hash of a service's key (VIP lookup). Thread: any.
+[[nodiscard]] inline uint64_t service_hash(uint8_t family, const Addr& a, uint8_t proto,
+                                           uint16_t port) noexcept {
+    return mix_addr16(0x9e3779b97f4a7c15ULL ^ (uint64_t(family) << 56) ^ (uint64_t(proto) << 48) ^
+                          port,
+                      a.data());
+}
+
+inline const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uint8_t proto,
+                                           uint16_t port) const noexcept {
+    if (slots.empty()) {
+        return nullptr;
+    }
+    const size_t mask = slots.size() - 1;
+    for (size_t i = service_hash(family, addr, proto, port) & mask, n = 0; n < slots.size();
+         i = (i + 1) & mask, ++n) {
+        const uint32_t s = slots[i];
+        if (s == ir::kNone) {
+            return nullptr;
+        }
+        const L4Service& svc = services[s];
+        if (svc.port == port && svc.proto == proto && svc.family == family &&
+            addr_eq(svc.vip, addr)) {
+            return &svc;
+        }
+    }
+    return nullptr;
+}
 
 struct ServiceTableOptions {
     uint32_t maglev_size = kMaglevDefaultSize;

@@ -113,7 +113,7 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 const uint32_t headroom = rte_pktmbuf_headroom(m);
                 uint32_t new_headroom = headroom; // lowered by DSR encapsulation
                 const LbAction a =
-                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom);
+                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom, hashes[i]);
                 if (a == LbAction::Tx) {
                     m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
                     m->data_len = static_cast<uint16_t>(len);
