@@ -252,6 +252,7 @@ int main(int argc, char** argv) {
     uint32_t burst_now = 0;
     PacketMeta metas[kBurstSize];
     uint64_t hashes[kBurstSize];
+    ConnEntry* hints[kBurstSize];
     uint16_t slot = 0;
     // As the worker does it: write the burst's frames (the generator's part), stage 1
     // (hash + prefetch for the whole burst), stage 1b (prefetch the entries), then stage 2.
@@ -262,7 +263,7 @@ int main(int argc, char** argv) {
             uint32_t len = 64;
             const bool ok = lb_process_parsed(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
                                               burst_now, metas[slot], nullptr,
-                                              hashes[slot]) == LbAction::Tx;
+                                              hashes[slot], hints[slot]) == LbAction::Tx;
             ++slot;
             tx_est += ok;
             return ok;
@@ -278,7 +279,7 @@ int main(int argc, char** argv) {
                 hashes[i] = lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
             }
             for (uint16_t i = 0; i < n; ++i) {
-                lb_prefetch_flow(ctx, metas[i], hashes[i]);
+                hints[i] = lb_prefetch_flow(ctx, metas[i], hashes[i]);
             }
         });
     // New flows: SYNs of flows never seen (fresh client addresses), refused once the

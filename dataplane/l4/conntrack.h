@@ -202,12 +202,21 @@ public:
     /// prefetches the line of the first slot whose signature matches, so that the key
     /// compare of lookup() hits too. Call it for the whole burst between prefetch() and the
     /// lookups. Thread: worker (owner).
-    [[gnu::always_inline]] void prefetch_entry(uint64_t hash) const noexcept;
+    /// Returns the slot it prefetched (the first whose signature matches), or nullptr: a
+    /// hint for lookup_hinted(), valid only as long as the table is not resized (never).
+    [[gnu::always_inline]] ConnEntry* prefetch_entry(uint64_t hash) const noexcept;
 
     /// The live entry for `key`, or nullptr when absent or expired (an expired entry met
     /// here is reclaimed). Does not refresh it: call on_tcp_flags() or touch() on a hit.
     /// @param hash flow_hash(key). Thread: worker (owner); no allocation, lock or syscall.
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept;
+    /// lookup() that first tries `hint` (prefetch_entry()'s result for this hash, or
+    /// nullptr): a hit there skips the probe and signature match. The hint may be stale
+    /// (entries inserted or freed since): it counts only if the slot is in use and holds
+    /// `key`, and a key lives in one slot at most, so the answer equals lookup()'s.
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup_hinted(const FlowKey& key, uint64_t hash,
+                                                                  uint32_t now,
+                                                                  ConnEntry* hint) noexcept;
 
     /// lookup() for a burst: out[i] = entry or nullptr. Looks up the first
     /// min(keys, hashes, out, 64) keys, matching signatures for all of them and

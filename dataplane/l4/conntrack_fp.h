@@ -192,13 +192,18 @@ inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
     }
 }
 
-inline void ConnTrack::prefetch_entry(uint64_t hash) const noexcept {
+inline ConnEntry* ConnTrack::prefetch_entry(uint64_t hash) const noexcept {
     const Probe p = probe(hash);
+    ConnEntry* e = nullptr;
     if (const uint32_t m1 = sig_match(p.b1, p.sig); m1 != 0) {
-        prefetch_write(&slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1))));
+        e = &slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1)));
     } else if (const uint32_t m2 = sig_match(p.b2, p.sig); m2 != 0) {
-        prefetch_write(&slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2))));
+        e = &slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2)));
     }
+    if (e != nullptr) {
+        prefetch_write(e);
+    }
+    return e;
 }
 
 inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept {
@@ -208,6 +213,15 @@ inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t 
         e = find(p.b2, sig_match(p.b2, p.sig), key);
     }
     return live_or_reclaim(e, now);
+}
+
+inline ConnEntry* ConnTrack::lookup_hinted(const FlowKey& key, uint64_t hash, uint32_t now,
+                                           ConnEntry* hint) noexcept {
+    if (hint != nullptr && hint->value.state != ConnState::Free &&
+        conntrack_detail::key_equal(hint->key, key)) {
+        return live_or_reclaim(hint, now);
+    }
+    return lookup(key, hash, now);
 }
 
 inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,

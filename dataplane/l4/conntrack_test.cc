@@ -405,6 +405,33 @@ TEST(ConnTrack, LookupBulk) {
     EXPECT_EQ(t->lookup_bulk(keys, hashes, 400'000, few), 0u);
 }
 
+TEST(ConnTrack, HintedLookupEqualsLookupEvenWhenStale) {
+    auto t = make(1024);
+    const FlowKey a = v4(0x0a010101, 1000), b = v4(0x0a010102, 2000);
+    ASSERT_EQ(put(*t, a, 10, 5), InsertStatus::Inserted);
+    ConnEntry* hint = t->prefetch_entry(flow_hash(a));
+    ASSERT_NE(hint, nullptr);
+    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 11, hint), get(*t, a, 11));
+    // A hint for another key, or none, falls back to the probe.
+    EXPECT_EQ(t->lookup_hinted(b, flow_hash(b), 11, hint), nullptr);
+    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 11, nullptr), hint);
+    // The slot freed (its key bytes are still there): the hint must not resurrect it.
+    t->erase(*hint);
+    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 12, hint), nullptr);
+    EXPECT_EQ(t->stats().entries, 0u);
+    // Reinserted: found again through the stale hint or the probe, counted once.
+    ASSERT_EQ(put(*t, a, 13, 6), InsertStatus::Inserted);
+    ConnEntry* e = t->lookup_hinted(a, flow_hash(a), 13, hint);
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->value.backend, 6u);
+    EXPECT_EQ(t->stats().entries, 1u);
+    // Expired behind the hint: reclaimed once, like lookup() does.
+    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 13 + 10'000'000, e), nullptr);
+    EXPECT_EQ(t->stats().entries, 0u);
+    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 13 + 10'000'001, e), nullptr);
+    EXPECT_EQ(t->stats().entries, 0u);
+}
+
 TEST(ConnTrack, TickWrapAround) {
     auto t = make(64);
     const FlowKey k = v4(1, 1, 2, 53, ct_wire::kUdp);

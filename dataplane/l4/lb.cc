@@ -531,15 +531,17 @@ uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, Packe
     return h; // (a flow whose hash is 0 only misses stage 1b's prefetch)
 }
 
-void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept {
+ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept {
     if (m.verdict != Verdict::Forward) {
-        return;
+        return nullptr;
     }
     if (hash != 0) {
-        ctx.ct->prefetch_entry(hash);
-    } else if (ConnEntry* const* p = snat_port_slot(ctx, m); p != nullptr && *p != nullptr) {
+        return ctx.ct->prefetch_entry(hash);
+    }
+    if (ConnEntry* const* p = snat_port_slot(ctx, m); p != nullptr && *p != nullptr) {
         prefetch_write(*p);
     }
+    return nullptr; // return traffic finds its entry through the SNAT port slot
 }
 
 namespace {
@@ -619,7 +621,7 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
 
 LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
                            uint32_t& len, uint32_t now, PacketMeta& m, uint32_t* headroom,
-                           uint64_t hash) noexcept {
+                           uint64_t hash, ConnEntry* hint) noexcept {
     ctx.count(LbCounter::RxPackets);
     const std::span<uint8_t> frame = buf.subspan(0, len);
     const Verdict v = m.verdict;
@@ -725,7 +727,7 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         return time_exceeded(ctx, buf, frame, m, len); // before any flow state is made
     }
     const uint64_t h = hash != 0 ? hash : flow_hash(key);
-    ConnEntry* e = ctx.ct->lookup(key, h, now);
+    ConnEntry* e = ctx.ct->lookup_hinted(key, h, now, hint);
     // DSR: new flows follow the service's mode, established ones the kind of their entry.
     bool dsr = svc->mode == FwdMode::DsrIpip || svc->mode == FwdMode::DsrGue;
     const FwdMode dsr_mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;

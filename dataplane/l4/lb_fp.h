@@ -292,7 +292,9 @@ uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, Packe
 /// Stage 1b: with the lines of stage 1 in cache, prefetches the flow's conntrack entry
 /// itself (the slot whose signature matches, or the entry the SNAT port slot points at).
 /// Two dependent misses per packet become two overlapped ones. Thread: worker; no state change.
-void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept;
+/// Returns the conntrack slot it prefetched (a hint for lb_process_parsed(), which checks
+/// it), or nullptr.
+ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept;
 
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
 /// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the
@@ -307,11 +309,12 @@ void lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) 
 
 /// Stage 2: lb_process() for a frame that lb_prefetch() already parsed into `m` (the frame
 /// must not have changed in between); `hash` is lb_prefetch()'s result for it (0: computed
-/// here when needed). Thread: worker; no allocation.
+/// here when needed) and `hint` lb_prefetch_flow()'s (nullptr: none).
+/// Thread: worker; no allocation.
 [[nodiscard]] LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table,
                                          std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                          PacketMeta& m, uint32_t* headroom = nullptr,
-                                         uint64_t hash = 0) noexcept;
+                                         uint64_t hash = 0, ConnEntry* hint = nullptr) noexcept;
 
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
 inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;

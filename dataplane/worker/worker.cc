@@ -97,8 +97,9 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
         }
         if (n > 0) {
             const ServiceTable* table = services_.read(); // one snapshot per burst
+            ConnEntry* hints[kBurst];
             for (uint16_t i = 0; i < n; ++i) {
-                lb_prefetch_flow(ctx_, metas[i], hashes[i]);
+                hints[i] = lb_prefetch_flow(ctx_, metas[i], hashes[i]);
             }
             uint16_t ntx = 0, nhost = 0;
             for (uint16_t i = 0; i < n; ++i) {
@@ -113,7 +114,8 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 const uint32_t headroom = rte_pktmbuf_headroom(m);
                 uint32_t new_headroom = headroom; // lowered by DSR encapsulation
                 const LbAction a =
-                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom, hashes[i]);
+                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom,
+                                      hashes[i], hints[i]);
                 if (a == LbAction::Tx) {
                     m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
                     m->data_len = static_cast<uint16_t>(len);
