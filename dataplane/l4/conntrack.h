@@ -75,6 +75,16 @@ struct FlowKey {
 };
 static_assert(sizeof(FlowKey) == 40);
 
+namespace conntrack_detail {
+/// A FlowKey as its five 8-byte words, in memory order (src, dst, then ports, family,
+/// protocol and padding in `rest`). The hot path hashes and compares keys as words held
+/// in registers: a FlowKey built field by field on the stack and read back 16 bytes at a
+/// time stalls on store forwarding.
+struct KeyWords {
+    uint64_t src_lo, src_hi, dst_lo, dst_hi, rest;
+};
+} // namespace conntrack_detail
+
 /// The key of the other direction of the same flow (addresses and ports swapped).
 [[nodiscard]] constexpr FlowKey reversed(const FlowKey& k) noexcept {
     FlowKey r = k;
@@ -214,9 +224,12 @@ public:
     /// nullptr): a hit there skips the probe and signature match. The hint may be stale
     /// (entries inserted or freed since): it counts only if the slot is in use and holds
     /// `key`, and a key lives in one slot at most, so the answer equals lookup()'s.
-    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup_hinted(const FlowKey& key, uint64_t hash,
-                                                                  uint32_t now,
-                                                                  ConnEntry* hint) noexcept;
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup_hinted(
+        const conntrack_detail::KeyWords& key, uint64_t hash, uint32_t now,
+        ConnEntry* hint) noexcept;
+    /// lookup() of a key given as words (conntrack_detail::words() of the FlowKey).
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
+                                                           uint64_t hash, uint32_t now) noexcept;
 
     /// lookup() for a burst: out[i] = entry or nullptr. Looks up the first
     /// min(keys, hashes, out, 64) keys, matching signatures for all of them and
@@ -291,7 +304,8 @@ private:
         return slot(bucket, s / 4).bucket_sigs[s % 4];
     }
     [[gnu::always_inline]] uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
-    [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates, const FlowKey& key) const noexcept;
+    [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates,
+                                           const conntrack_detail::KeyWords& key) const noexcept;
     void reclaim(uint32_t bucket, uint32_t s) noexcept;
     uint32_t reclaim_expired(uint32_t bucket, uint32_t now) noexcept;
     [[gnu::always_inline]] ConnEntry* live_or_reclaim(ConnEntry* e, uint32_t now) noexcept;

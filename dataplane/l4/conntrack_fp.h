@@ -33,10 +33,6 @@ __extension__ using U128 = unsigned __int128;
 }
 
 /// The five 8-byte words of a key, in a fixed order.
-struct KeyWords {
-    uint64_t src_lo, src_hi, dst_lo, dst_hi, rest;
-};
-
 [[nodiscard]] SLUICE_ALWAYS_INLINE KeyWords words(const FlowKey& k) noexcept {
     static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, pad) == 38);
     return {load64(k.src.data()), load64(k.src.data() + 8), load64(k.dst.data()),
@@ -56,8 +52,8 @@ struct KeyWords {
     return mum(a ^ w.rest ^ kS4, b ^ kS1);
 }
 
-[[nodiscard]] SLUICE_ALWAYS_INLINE bool key_equal(const FlowKey& a, const FlowKey& b) noexcept {
-    const KeyWords x = words(a), y = words(b);
+[[nodiscard]] SLUICE_ALWAYS_INLINE bool key_equal(const FlowKey& a, const KeyWords& y) noexcept {
+    const KeyWords x = words(a);
     return ((x.src_lo ^ y.src_lo) | (x.src_hi ^ y.src_hi) | (x.dst_lo ^ y.dst_lo) |
             (x.dst_hi ^ y.dst_hi) | (x.rest ^ y.rest)) == 0;
 }
@@ -130,7 +126,7 @@ inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexce
 }
 
 inline ConnEntry* ConnTrack::find(uint32_t bucket, uint32_t candidates,
-                                  const FlowKey& key) const noexcept {
+                                  const conntrack_detail::KeyWords& key) const noexcept {
     while (candidates != 0) {
         const uint32_t s = static_cast<uint32_t>(std::countr_zero(candidates));
         candidates &= candidates - 1;
@@ -207,6 +203,11 @@ inline ConnEntry* ConnTrack::prefetch_entry(uint64_t hash) const noexcept {
 }
 
 inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t now) noexcept {
+    return lookup(conntrack_detail::words(key), hash, now);
+}
+
+inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint64_t hash,
+                                    uint32_t now) noexcept {
     const Probe p = probe(hash);
     ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
     if (e == nullptr) {
@@ -215,8 +216,8 @@ inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t 
     return live_or_reclaim(e, now);
 }
 
-inline ConnEntry* ConnTrack::lookup_hinted(const FlowKey& key, uint64_t hash, uint32_t now,
-                                           ConnEntry* hint) noexcept {
+inline ConnEntry* ConnTrack::lookup_hinted(const conntrack_detail::KeyWords& key, uint64_t hash,
+                                           uint32_t now, ConnEntry* hint) noexcept {
     if (hint != nullptr && hint->value.state != ConnState::Free &&
         conntrack_detail::key_equal(hint->key, key)) {
         return live_or_reclaim(hint, now);
@@ -254,9 +255,10 @@ inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
         ConnEntry* e = nullptr;
         if (cand[i] != 0) {
             constexpr uint32_t kMask = (1u << kConnBucketSlots) - 1;
-            e = find(b1[i], cand[i] & kMask, keys[i]);
+            const conntrack_detail::KeyWords kw = conntrack_detail::words(keys[i]);
+            e = find(b1[i], cand[i] & kMask, kw);
             if (e == nullptr) {
-                e = find(b2[i], static_cast<uint32_t>(cand[i]) >> kConnBucketSlots, keys[i]);
+                e = find(b2[i], static_cast<uint32_t>(cand[i]) >> kConnBucketSlots, kw);
             }
             e = live_or_reclaim(e, now);
         }
@@ -272,7 +274,7 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, uint32_
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
     for (const uint32_t b : {p.b1, p.b2}) {
-        if (ConnEntry* e = find(b, sig_match(b, p.sig), key)) {
+        if (ConnEntry* e = find(b, sig_match(b, p.sig), conntrack_detail::words(key))) {
             if (live_or_reclaim(e, now) != nullptr) {
                 return {InsertStatus::Exists, e};
             }

@@ -411,24 +411,24 @@ TEST(ConnTrack, HintedLookupEqualsLookupEvenWhenStale) {
     ASSERT_EQ(put(*t, a, 10, 5), InsertStatus::Inserted);
     ConnEntry* hint = t->prefetch_entry(flow_hash(a));
     ASSERT_NE(hint, nullptr);
-    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 11, hint), get(*t, a, 11));
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 11, hint), get(*t, a, 11));
     // A hint for another key, or none, falls back to the probe.
-    EXPECT_EQ(t->lookup_hinted(b, flow_hash(b), 11, hint), nullptr);
-    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 11, nullptr), hint);
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(b), flow_hash(b), 11, hint), nullptr);
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 11, nullptr), hint);
     // The slot freed (its key bytes are still there): the hint must not resurrect it.
     t->erase(*hint);
-    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 12, hint), nullptr);
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 12, hint), nullptr);
     EXPECT_EQ(t->stats().entries, 0u);
     // Reinserted: found again through the stale hint or the probe, counted once.
     ASSERT_EQ(put(*t, a, 13, 6), InsertStatus::Inserted);
-    ConnEntry* e = t->lookup_hinted(a, flow_hash(a), 13, hint);
+    ConnEntry* e = t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 13, hint);
     ASSERT_NE(e, nullptr);
     EXPECT_EQ(e->value.backend, 6u);
     EXPECT_EQ(t->stats().entries, 1u);
     // Expired behind the hint: reclaimed once, like lookup() does.
-    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 13 + 10'000'000, e), nullptr);
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 13 + 10'000'000, e), nullptr);
     EXPECT_EQ(t->stats().entries, 0u);
-    EXPECT_EQ(t->lookup_hinted(a, flow_hash(a), 13 + 10'000'001, e), nullptr);
+    EXPECT_EQ(t->lookup_hinted(conntrack_detail::words(a), flow_hash(a), 13 + 10'000'001, e), nullptr);
     EXPECT_EQ(t->stats().entries, 0u);
 }
 

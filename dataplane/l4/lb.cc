@@ -37,13 +37,6 @@ SLUICE_ALWAYS_INLINE conntrack_detail::KeyWords key_words(const PacketMeta& m) n
     return w;
 }
 
-SLUICE_ALWAYS_INLINE FlowKey flow_key(const PacketMeta& m) noexcept {
-    static_assert(sizeof(conntrack_detail::KeyWords) == sizeof(FlowKey));
-    const conntrack_detail::KeyWords w = key_words(m);
-    FlowKey k;
-    std::memcpy(static_cast<void*>(&k), &w, sizeof(k)); // five 8-byte stores
-    return k;
-}
 
 int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
     for (size_t i = 0; i < ctx.snat.size(); ++i) {
@@ -619,27 +612,228 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
     return lb_process_parsed(ctx, table, buf, len, now, m, headroom);
 }
 
-LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
-                           uint32_t& len, uint32_t now, PacketMeta& m, uint32_t* headroom,
-                           uint64_t hash, ConnEntry* hint) noexcept {
-    ctx.count(LbCounter::RxPackets);
+namespace {
+
+// The flow path, split so that the established-flow case compiles to a short function of
+// its own: the other frame kinds, return traffic and new flows are out of line
+// ([[gnu::noinline]]), so their code and registers stay off the per-packet path.
+
+/// The last step for a flow with an endpoint (established or new): next-hop MAC, then DSR
+/// encapsulation or the full-NAT rewrite. `slot`/`sport`: the flow's SNAT address slot and
+/// port (DSR: the tunnel source's slot). First fragments remember their translation.
+SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf, uint32_t& len,
+                                          uint32_t now, PacketMeta& m, uint32_t* headroom,
+                                          const L4Endpoint& ep, int slot, uint16_t sport,
+                                          bool dsr, FwdMode dsr_mode, bool first_frag) noexcept {
     const std::span<uint8_t> frame = buf.subspan(0, len);
-    const Verdict v = m.verdict;
-    auto drop = [&](LbCounter c) {
-        ctx.count(c);
-        return LbAction::Drop;
-    };
-    auto tx = [&]() {
+    const uint64_t mac = ctx.neighbors->find_word(ep.family, ep.addr, ep.nb_hash);
+    if (mac == 0) [[unlikely]] {
+        if (ep.family == 4 && slot >= 0 && buf.size() >= 60) {
+            len = arp_request(buf, ctx.our_mac, ctx.snat[slot].second, ep.addr);
+            return sent(ctx, LbCounter::ArpRequests); // the client retransmits; by then the neighbour is known
+        }
+        if (ep.family == 6 && slot >= 0) {
+            if (const uint32_t n = build_neighbor_solicit(
+                    buf, ctx.our_mac, to_packet_addr(6, ctx.snat[slot].second),
+                    to_packet_addr(6, ep.addr));
+                n != 0) {
+                len = n;
+                return sent(ctx, LbCounter::NdSolicits); // as for ARP: the client retransmits
+            }
+        }
+        return dropped(ctx, LbCounter::NoNeighbor);
+    }
+    if (dsr) {
+        Mac next_hop;
+        std::memcpy(next_hop.data(), &mac, 6); // as set_macs_word
+        if (!dsr_forward(ctx, m, dsr_mode, ep, next_hop, buf, len, headroom)) {
+            return LbAction::Drop;
+        }
         ctx.count(LbCounter::TxPackets);
         return LbAction::Tx;
-    };
+    }
+    PacketKey rx_key;
+    if (first_frag) {
+        rx_key = m.key; // as received: later fragments are matched on it
+    }
+    if (!dnat_snat(m, frame, to_packet_addr(ep.family, ctx.snat[slot].second), sport,
+                   to_packet_addr(ep.family, ep.addr), ep.port)) {
+        return dropped(ctx, LbCounter::ParseDrop);
+    }
+    if (first_frag) {
+        ctx.frags.remember(m, rx_key, m.key, now);
+        ctx.count(LbCounter::FragFirst);
+    }
+    set_macs_word(frame.data(), mac, ctx.our_mac);
+    ctx.count(LbCounter::TxPackets);
+    return LbAction::Tx;
+}
+
+/// Return traffic: a backend answering one of our SNAT addresses (slot `slot`).
+[[gnu::noinline]] LbAction return_path(LbContext& ctx, std::span<uint8_t> buf, uint32_t& len,
+                                       uint32_t now, PacketMeta& m, int slot,
+                                       bool first_frag) noexcept {
+    const std::span<uint8_t> frame = buf.subspan(0, len);
+    ConnEntry* e = (*ctx.ports)[slot][m.key.dst_port];
+    if (!e || ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != m.key.dst_port ||
+        e->key.proto != m.proto) {
+        return dropped(ctx, LbCounter::BackendGone);
+    }
+    const FlowKey client = e->key;
+    if (m.ttl <= 1) {
+        return time_exceeded(ctx, buf, frame, m, len);
+    }
+    if (m.proto == kProtoTcp) {
+        ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
+    } else {
+        ctx.ct->touch(*e, now);
+    }
+    const std::optional<Mac> mac = ctx.neighbors->find(client.family, client.src);
+    if (!mac) {
+        return dropped(ctx, LbCounter::NoNeighbor);
+    }
+    const PacketKey rx_key = m.key;
+    if (!dnat_snat(m, frame, to_packet_addr(client.family, client.dst), client.dst_port,
+                   to_packet_addr(client.family, client.src), client.src_port)) {
+        return dropped(ctx, LbCounter::ParseDrop);
+    }
+    if (first_frag) {
+        ctx.frags.remember(m, rx_key, m.key, now);
+        ctx.count(LbCounter::FragFirst);
+    }
+    set_macs(frame, ctx.our_mac, *mac);
+    return sent(ctx, LbCounter::ReturnPackets);
+}
+
+/// A flow conntrack does not know: Maglev pick, SNAT port, conntrack insert (or, past the
+/// table's limits, DSR's stateless forwarding / full-NAT's refusal).
+[[gnu::noinline]] LbAction new_flow(LbContext& ctx, const ServiceTable& table,
+                                    std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                    PacketMeta& m, uint32_t* headroom, const L4Service& svc,
+                                    const conntrack_detail::KeyWords& kw, uint64_t h,
+                                    bool first_frag) noexcept {
+    const bool dsr = svc.mode == FwdMode::DsrIpip || svc.mode == FwdMode::DsrGue;
+    const FwdMode dsr_mode = svc.mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
+    if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
+        // A mid-flow packet of a flow we do not know (table change on another node,
+        // or our restart): full-NAT cannot resume it without its SNAT port.
+        return dropped(ctx, LbCounter::BackendGone);
+    }
+    const uint32_t pick = svc.maglev.pick(h);
+    if (pick == kMaglevNoBackend) {
+        return dropped(ctx, LbCounter::NoBackend);
+    }
+    const L4Endpoint& ep = table.endpoints[svc.first_endpoint + pick];
+    if (ep.reject || (!dsr && ep.family != m.family)) {
+        // The share of an invalid backendRef, or NAT between families (not supported).
+        return dropped(ctx, LbCounter::Rejected);
+    }
+    int slot = snat_for_family(ctx, ep.family);
+    const int port = dsr ? 0 : slot >= 0 ? alloc_snat(ctx, ep.family, now, slot) : -1;
+    if (port < 0) {
+        return dropped(ctx, LbCounter::NoSnatPort);
+    }
+    const auto sport = static_cast<uint16_t>(port);
+    ConnValue val;
+    val.service = dsr ? kDsrFlow : static_cast<uint32_t>(slot) << 16 | sport;
+    val.backend = ep.id;
+    val.generation = static_cast<uint16_t>(pick);
+    FlowKey key;
+    std::memcpy(static_cast<void*>(&key), &kw, sizeof(key));
+    const InsertResult ins = ctx.ct->insert(key, h, now, val,
+                                            m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn));
+    if (ins.status == InsertStatus::Inserted) {
+        if (!dsr) {
+            (*ctx.ports)[slot][sport] = ins.entry;
+            // The client's MAC for the way back (clients are on-link or behind a router
+            // whose MAC this is), learned only for a tracked flow and never over a known
+            // neighbour: a spoofed SYN carrying a backend's address must not redirect that
+            // backend's traffic, and a flood must not fill the table.
+            Mac smac{};
+            std::memcpy(smac.data(), buf.data() + 6, 6);
+            ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
+        }
+        ctx.count(LbCounter::NewFlows);
+    } else if (dsr) {
+        // DSR keeps no state for the way back: forward statelessly (Maglev pick).
+        ctx.count(LbCounter::StatelessFallback);
+    } else {
+        // Table full or half-open budget spent: full-NAT needs state for the way back, so
+        // the connection is refused rather than half served.
+        return dropped(ctx, LbCounter::StatelessFallback);
+    }
+    return to_endpoint(ctx, buf, len, now, m, headroom, ep, slot, sport, dsr, dsr_mode,
+                       first_frag);
+}
+
+/// A TCP/UDP datagram (or the first fragment of one) to forward.
+SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& table,
+                                        std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                        PacketMeta& m, uint32_t* headroom, uint64_t hash,
+                                        ConnEntry* hint, bool first_frag) noexcept {
+    const Addr dst = to_table_addr(m.family, m.key.dst);
+    if (const int slot = snat_slot(ctx, m.family, dst); slot >= 0) {
+        return return_path(ctx, buf, len, now, m, slot, first_frag);
+    }
+    const L4Service* svc = table.find(m.family, dst, m.proto, m.key.dst_port);
+    if (!svc) [[unlikely]] {
+        return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
+    }
+    if (svc->to_l7) {
+        return to_host(ctx, LbCounter::L7Listener); // sluice-l7, on the kernel's sockets
+    }
+    if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) [[unlikely]] {
+        return time_exceeded(ctx, buf, buf.subspan(0, len), m, len); // before any flow state
+    }
+    const conntrack_detail::KeyWords kw = key_words(m); // in registers, no FlowKey in memory
+    const uint64_t h = hash != 0 ? hash : conntrack_detail::hash_words(kw);
+    ConnEntry* e = ctx.ct->lookup_hinted(kw, h, now, hint);
+    if (e == nullptr) {
+        return new_flow(ctx, table, buf, len, now, m, headroom, *svc, kw, h, first_frag);
+    }
+    // Established: the flow keeps its endpoint while it is in the current snapshot.
+    uint16_t hint_index = e->value.generation;
+    const L4Endpoint* ep = endpoint_of(table, *svc, e->value, &hint_index);
+    if (!ep || ep->reject) [[unlikely]] {
+        ctx.ct->erase(*e);
+        return dropped(ctx, LbCounter::BackendGone);
+    }
+    e->value.generation = hint_index;
+    // DSR: new flows follow the service's mode, established ones the kind of their entry.
+    const bool dsr = e->value.service == kDsrFlow;
+    const FwdMode dsr_mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
+    const int slot = dsr ? snat_for_family(ctx, ep->family)
+                         : static_cast<int>((e->value.service >> 16) & 0xFF);
+    const auto sport = static_cast<uint16_t>(e->value.service & 0xFFFF);
+    bool reopened = false;
+    if (m.proto == kProtoTcp) {
+        const ConnState before = e->value.state;
+        ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
+        // A bare SYN reusing the 4-tuple of a closing flow (the client reused its port
+        // right away) is a new connection on the same backend: counted as a new flow.
+        reopened = before == ConnState::TcpClosing && e->value.state == ConnState::TcpSynSeen;
+    } else {
+        ctx.ct->touch(*e, now);
+    }
+    ctx.count(reopened ? LbCounter::NewFlows : LbCounter::Established);
+    return to_endpoint(ctx, buf, len, now, m, headroom, *ep, slot, sport, dsr, dsr_mode,
+                       first_frag);
+}
+
+/// Every frame that is not a whole TCP/UDP datagram: parse drops, ARP, ICMP echo, neighbour
+/// discovery, ICMP errors, fragments (a first TCP/UDP fragment takes the flow path).
+[[gnu::noinline]] LbAction process_other(LbContext& ctx, const ServiceTable& table,
+                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                         PacketMeta& m, uint32_t* headroom) noexcept {
+    const std::span<uint8_t> frame = buf.subspan(0, len);
+    const Verdict v = m.verdict;
     if (v == Verdict::Drop) {
         if (m.drop == DropReason::UnsupportedIcmp && on_neighbor_advert(ctx, frame, m)) {
             // learned (counted as NdLearned); the kernel may be waiting for it too
             return ctx.exception ? to_host(ctx, LbCounter::NdLearned) : LbAction::Drop;
         }
         ++ctx.drops[static_cast<size_t>(m.drop)];
-        return drop(LbCounter::ParseDrop);
+        return dropped(ctx, LbCounter::ParseDrop);
     }
     if (v == Verdict::Arp) {
         Mac sender{};
@@ -649,17 +843,15 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
         const Addr tpa = to_table_addr(4, m.key.dst);
         if (m.arp_op == 1 && (table.is_vip(4, tpa) || snat_slot(ctx, 4, tpa) >= 0) &&
             make_arp_reply(m, frame, ctx.our_mac)) {
-            ctx.count(LbCounter::ArpReplies);
-            return tx();
+            return sent(ctx, LbCounter::ArpReplies);
         }
         return to_host(ctx, LbCounter::NotForUs);
     }
-    const Addr dst = to_table_addr(m.family, m.key.dst);
     if (v == Verdict::IcmpEcho) {
+        const Addr dst = to_table_addr(m.family, m.key.dst);
         if (table.is_vip(m.family, dst) || snat_slot(ctx, m.family, dst) >= 0) {
             if (make_icmp_echo_reply(m, frame)) {
-                ctx.count(LbCounter::EchoReplies);
-                return tx();
+                return sent(ctx, LbCounter::EchoReplies);
             }
         }
         return to_host(ctx, LbCounter::NotForUs);
@@ -670,176 +862,27 @@ LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<
     if (v == Verdict::IcmpError) {
         return on_icmp_error(ctx, table, buf, frame, m, len, now, headroom);
     }
-    // A first fragment of a TCP/UDP datagram (it has the ports) takes the flow path below,
-    // which remembers its translation for the later fragments (FragTable).
-    const bool first_frag = v == Verdict::Fragment && m.frag_first &&
-                            (m.proto == kProtoTcp || m.proto == kProtoUdp);
-    if (v == Verdict::Fragment && !first_frag) {
+    // A first fragment of a TCP/UDP datagram (it has the ports) takes the flow path, which
+    // remembers its translation for the later fragments (FragTable).
+    if (v == Verdict::Fragment && m.frag_first && (m.proto == kProtoTcp || m.proto == kProtoUdp)) {
+        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, /*first_frag=*/true);
+    }
+    if (v == Verdict::Fragment) {
         return on_fragment(ctx, frame, m, now);
     }
-    if (v != Verdict::Forward && !first_frag) {
-        return to_host(ctx, LbCounter::NotForUs);
-    }
-    const PacketKey rx_key = m.key; // as received (fragments remember their translation)
-    FlowKey key = flow_key(m);
+    return to_host(ctx, LbCounter::NotForUs);
+}
 
-    // Return traffic: a backend answering one of our SNAT addresses.
-    if (const int slot = snat_slot(ctx, m.family, dst); slot >= 0) {
-        ConnEntry* e = (*ctx.ports)[slot][m.key.dst_port];
-        if (!e || ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != m.key.dst_port ||
-            e->key.proto != m.proto) {
-            return drop(LbCounter::BackendGone);
-        }
-        const FlowKey client = e->key;
-        if (m.ttl <= 1) {
-            return time_exceeded(ctx, buf, frame, m, len);
-        }
-        if (m.proto == kProtoTcp) {
-            ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
-        } else {
-            ctx.ct->touch(*e, now);
-        }
-        const std::optional<Mac> mac = ctx.neighbors->find(client.family, client.src);
-        if (!mac) {
-            return drop(LbCounter::NoNeighbor);
-        }
-        if (!dnat_snat(m, frame, to_packet_addr(client.family, client.dst), client.dst_port,
-                       to_packet_addr(client.family, client.src), client.src_port)) {
-            return drop(LbCounter::ParseDrop);
-        }
-        if (first_frag) {
-            ctx.frags.remember(m, rx_key, m.key, now);
-            ctx.count(LbCounter::FragFirst);
-        }
-        set_macs(frame, ctx.our_mac, *mac);
-        ctx.count(LbCounter::ReturnPackets);
-        return tx();
-    }
+} // namespace
 
-    const L4Service* svc = table.find(m.family, dst, m.proto, m.key.dst_port);
-    if (!svc) {
-        return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
+LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
+                           uint32_t& len, uint32_t now, PacketMeta& m, uint32_t* headroom,
+                           uint64_t hash, ConnEntry* hint) noexcept {
+    ctx.count(LbCounter::RxPackets);
+    if (m.verdict == Verdict::Forward) [[likely]] {
+        return flow_path(ctx, table, buf, len, now, m, headroom, hash, hint, /*first_frag=*/false);
     }
-    if (svc->to_l7) {
-        return to_host(ctx, LbCounter::L7Listener); // sluice-l7, on the kernel's sockets
-    }
-    if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) {
-        return time_exceeded(ctx, buf, frame, m, len); // before any flow state is made
-    }
-    const uint64_t h = hash != 0 ? hash : flow_hash(key);
-    ConnEntry* e = ctx.ct->lookup_hinted(key, h, now, hint);
-    // DSR: new flows follow the service's mode, established ones the kind of their entry.
-    bool dsr = svc->mode == FwdMode::DsrIpip || svc->mode == FwdMode::DsrGue;
-    const FwdMode dsr_mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
-    const L4Endpoint* ep = nullptr;
-    int slot = -1;
-    uint16_t sport = 0;
-    if (e) {
-        uint16_t hint = e->value.generation;
-        ep = endpoint_of(table, *svc, e->value, &hint);
-        if (!ep || ep->reject) {
-            ctx.ct->erase(*e);
-            return drop(LbCounter::BackendGone);
-        }
-        e->value.generation = hint;
-        dsr = e->value.service == kDsrFlow;
-        slot = dsr ? snat_for_family(ctx, ep->family)
-                   : static_cast<int>((e->value.service >> 16) & 0xFF);
-        sport = static_cast<uint16_t>(e->value.service & 0xFFFF);
-        bool reopened = false;
-        if (m.proto == kProtoTcp) {
-            const ConnState before = e->value.state;
-            ctx.ct->on_tcp_flags(*e, m.tcp_flags, now);
-            // A bare SYN reusing the 4-tuple of a closing flow (the client reused its port
-            // right away) is a new connection on the same backend: counted as a new flow.
-            reopened = before == ConnState::TcpClosing && e->value.state == ConnState::TcpSynSeen;
-        } else {
-            ctx.ct->touch(*e, now);
-        }
-        ctx.count(reopened ? LbCounter::NewFlows : LbCounter::Established);
-    } else {
-        if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
-            // A mid-flow packet of a flow we do not know (table change on another node,
-            // or our restart): full-NAT cannot resume it without its SNAT port.
-            return drop(LbCounter::BackendGone);
-        }
-        const uint32_t pick = svc->maglev.pick(h);
-        if (pick == kMaglevNoBackend) {
-            return drop(LbCounter::NoBackend);
-        }
-        ep = &table.endpoints[svc->first_endpoint + pick];
-        if (ep->reject || (!dsr && ep->family != m.family)) {
-            // The share of an invalid backendRef, or NAT between families (not supported).
-            return drop(LbCounter::Rejected);
-        }
-        slot = snat_for_family(ctx, ep->family);
-        const int port = dsr ? 0 : slot >= 0 ? alloc_snat(ctx, ep->family, now, slot) : -1;
-        if (port < 0) {
-            return drop(LbCounter::NoSnatPort);
-        }
-        sport = static_cast<uint16_t>(port);
-        ConnValue val;
-        val.service = dsr ? kDsrFlow : static_cast<uint32_t>(slot) << 16 | sport;
-        val.backend = ep->id;
-        val.generation = static_cast<uint16_t>(pick);
-        const InsertResult ins = ctx.ct->insert(key, h, now, val,
-                                                m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn));
-        if (ins.status == InsertStatus::Inserted) {
-            if (!dsr) {
-                (*ctx.ports)[slot][sport] = ins.entry;
-                // The client's MAC for the way back (clients are on-link or behind a
-                // router whose MAC this is), learned only for a tracked flow and never over
-                // a known neighbour: a spoofed SYN carrying a backend's address must not
-                // redirect that backend's traffic, and a flood must not fill the table.
-                Mac smac{};
-                std::memcpy(smac.data(), frame.data() + 6, 6);
-                ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
-            }
-            ctx.count(LbCounter::NewFlows);
-        } else if (dsr) {
-            // DSR keeps no state for the way back: forward statelessly (Maglev pick).
-            ctx.count(LbCounter::StatelessFallback);
-        } else {
-            // Table full or half-open budget spent: full-NAT needs state for the way back,
-            // so the connection is refused rather than half served.
-            return drop(LbCounter::StatelessFallback);
-        }
-    }
-    const uint64_t mac = ctx.neighbors->find_word(ep->family, ep->addr, ep->nb_hash);
-    if (mac == 0) {
-        if (ep->family == 4 && slot >= 0 && buf.size() >= 60) {
-            len = arp_request(buf, ctx.our_mac, ctx.snat[slot].second, ep->addr);
-            ctx.count(LbCounter::ArpRequests);
-            return tx(); // the client retransmits; by then the neighbour is known
-        }
-        if (ep->family == 6 && slot >= 0) {
-            if (const uint32_t n = build_neighbor_solicit(
-                    buf, ctx.our_mac, to_packet_addr(6, ctx.snat[slot].second),
-                    to_packet_addr(6, ep->addr));
-                n != 0) {
-                len = n;
-                ctx.count(LbCounter::NdSolicits);
-                return tx(); // as for ARP: the client retransmits
-            }
-        }
-        return drop(LbCounter::NoNeighbor);
-    }
-    if (dsr) {
-        Mac next_hop;
-        std::memcpy(next_hop.data(), &mac, 6); // as set_macs_word
-        return dsr_forward(ctx, m, dsr_mode, *ep, next_hop, buf, len, headroom) ? tx()
-                                                                                : LbAction::Drop;
-    }
-    if (!dnat_snat(m, frame, to_packet_addr(ep->family, ctx.snat[slot].second), sport,
-                   to_packet_addr(ep->family, ep->addr), ep->port)) {
-        return drop(LbCounter::ParseDrop);
-    }
-    if (first_frag) {
-        ctx.frags.remember(m, rx_key, m.key, now);
-        ctx.count(LbCounter::FragFirst);
-    }
-    set_macs_word(frame.data(), mac, ctx.our_mac);
-    return tx();
+    return process_other(ctx, table, buf, len, now, m, headroom);
 }
 
 } // namespace sluice::dp

@@ -252,12 +252,20 @@ inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noe
 /// Converts between the packet layer's addresses (IPv4 in bytes 12..15) and the tables'
 /// (IPv4 in bytes 0..3).
 [[nodiscard]] inline Addr to_table_addr(uint8_t family, const Addr16& a) noexcept {
-    Addr out{};
+    // Built as two 8-byte words: a 4-byte store into a zeroed array, read back 8 bytes at a
+    // time by addr_eq(), would stall on store forwarding.
+    uint64_t w[2];
     if (family == 4) {
-        std::memcpy(out.data(), a.data() + 12, 4);
+        uint32_t v;
+        std::memcpy(&v, a.data() + 12, 4);
+        w[0] = v; // IPv4 in bytes 0..3 (little-endian)
+        w[1] = 0;
     } else {
-        out = a;
+        std::memcpy(w, a.data(), 16);
     }
+    static_assert(std::endian::native == std::endian::little);
+    Addr out;
+    std::memcpy(out.data(), w, 16);
     return out;
 }
 [[nodiscard]] inline Addr16 to_packet_addr(uint8_t family, const Addr& a) noexcept {
