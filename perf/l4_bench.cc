@@ -89,7 +89,11 @@ ir::Ir bench_ir() {
     ir.rules.push_back(r);
     l.l4_rule = 0;
     ir.listeners.push_back(l);
-    ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0}, {}});
+    ir::Listener dsr = l; // :81, the same backends by DSR (IP-in-IP): the SYN run's second VIP
+    dsr.port = 81;
+    dsr.fwd_mode = ir::FwdMode::DsrIpip;
+    ir.listeners.push_back(dsr);
+    ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0, 1}, {}});
     return ir;
 }
 
@@ -106,14 +110,15 @@ LoopResult run_loop(uint16_t port, double seconds, F&& per_packet) {
 
 /// `pre_burst` sees the whole burst first (stage 1 of the worker), then `per_packet` runs.
 template <class F, class P>
-LoopResult run_loop(uint16_t port, double seconds, F&& per_packet, P&& pre_burst) {
+LoopResult run_loop(uint16_t port, double seconds, F&& per_packet, P&& pre_burst,
+                    uint64_t max_packets = UINT64_MAX) {
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t start = rte_get_tsc_cycles();
     const uint64_t end = start + static_cast<uint64_t>(seconds * static_cast<double>(hz));
     uint64_t pkts = 0;
     rte_mbuf* b[kBurstSize];
     uint64_t now = start;
-    while (now < end) {
+    while (now < end && pkts < max_packets) {
         for (int rep = 0; rep < 64; ++rep) {
             const uint16_t n = rte_eth_rx_burst(port, 0, b, kBurstSize);
             pre_burst(b, n);
@@ -282,21 +287,83 @@ int main(int argc, char** argv) {
                 hints[i] = lb_prefetch_flow(ctx, metas[i], hashes[i]);
             }
         });
-    // New flows: SYNs of flows never seen (fresh client addresses), refused once the
-    // half-open budget or the SNAT ports are used up — both are counted.
+    // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
+    // source ports), through the worker's stages like the established run, on a conntrack
+    // of the dataplane's 1M-flow size and default half-open budget (an eighth). "tracked":
+    // the first `budget` SYNs, each inserted (and for full-NAT given a SNAT port); "flood":
+    // the SYNs after that, which the budget refuses (full-NAT drops them, DSR forwards them
+    // by the Maglev pick without state), i.e. a SYN flood's cost per packet.
     std::vector<std::vector<uint8_t>> fresh_syns;
     for (uint32_t f = 0; f < 65536; ++f) {
         fresh_syns.push_back(client_packet(0x400000 + f, 0x02));
     }
-    uint32_t fresh = 0;
-    const LoopResult syn = run_loop(port, std::getenv("L4_BENCH_NO_SYN") ? 0.01 : secs("syn"),
-                                    [&](rte_mbuf* m) {
-        auto* d = rte_pktmbuf_mtod(m, uint8_t*);
-        std::memcpy(d, fresh_syns[fresh++ & 0xFFFF].data(), 64);
-        uint32_t len = 64;
-        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
-        return lb_process(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len, now) == LbAction::Tx;
-    });
+    struct SynResult {
+        LoopResult tracked, flood;
+        uint64_t new_flows = 0, refused = 0;
+        uint32_t budget = 0;
+    };
+    auto syn_run = [&](uint16_t dport, uint64_t seconds_scale) {
+        ConnTrackConfig sc;
+        sc.capacity = 1u << 21;
+        auto sct = std::move(*ConnTrack::create(sc));
+        auto sports = std::make_unique<SnatPorts>();
+        LbContext sctx;
+        sctx.our_mac = ctx.our_mac;
+        sctx.ct = sct.get();
+        sctx.neighbors = nb.get();
+        sctx.ports = sports.get();
+        sctx.snat = ctx.snat;
+        sctx.index_snat();
+        uint64_t seq = 0;
+        PacketMeta sm[kBurstSize];
+        uint64_t sh[kBurstSize];
+        ConnEntry* shint[kBurstSize];
+        uint16_t k = 0;
+        uint32_t snow = 0;
+        auto pre = [&](rte_mbuf** b, uint16_t n) {
+            snow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+            for (uint16_t i = 0; i < n; ++i) {
+                auto* d = rte_pktmbuf_mtod(b[i], uint8_t*);
+                std::memcpy(d, fresh_syns[seq & 0xFFFF].data(), 64);
+                const auto sp = static_cast<uint16_t>(1024 + (seq >> 16) % 64000);
+                d[34] = static_cast<uint8_t>(sp >> 8);
+                d[35] = static_cast<uint8_t>(sp);
+                d[37] = static_cast<uint8_t>(dport);
+                ++seq;
+                sh[i] = lb_prefetch(sctx, {d, 64u}, sm[i]);
+            }
+            for (uint16_t i = 0; i < n; ++i) {
+                shint[i] = lb_prefetch_flow(sctx, sm[i], sh[i]);
+            }
+            k = 0;
+        };
+        auto per = [&](rte_mbuf* m) {
+            auto* d = rte_pktmbuf_mtod(m, uint8_t*);
+            uint32_t len = 64;
+            const uint32_t head = rte_pktmbuf_headroom(m);
+            uint32_t new_head = head;
+            const bool ok = lb_process_parsed(sctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
+                                              snow, sm[k], &new_head, sh[k], shint[k]) ==
+                            LbAction::Tx;
+            ++k;
+            if (ok) {
+                m->data_off = static_cast<uint16_t>(m->data_off - (head - new_head));
+                m->data_len = static_cast<uint16_t>(len);
+                m->pkt_len = len;
+            }
+            return ok;
+        };
+        SynResult r;
+        r.budget = sct->half_open_max();
+        const double run_s = secs("syn") / static_cast<double>(seconds_scale);
+        r.tracked = run_loop(port, run_s, per, pre, sct->half_open_max());
+        r.new_flows = sctx.counters[static_cast<size_t>(LbCounter::NewFlows)];
+        r.flood = run_loop(port, run_s, per, pre);
+        r.refused = sctx.counters[static_cast<size_t>(LbCounter::StatelessFallback)];
+        return r;
+    };
+    const SynResult syn = syn_run(80, 2);
+    const SynResult syn_dsr = syn_run(81, 2);
     const double own = est.cycles_per_pkt - tmpl.cycles_per_pkt;
     std::printf("l4_bench: net_null, 64-byte frames, one lcore, %u established flows tracked "
                 "(%u/%u warm-up SYNs admitted)\n",
@@ -309,8 +376,21 @@ int main(int argc, char** argv) {
                 "(%.1f%% forwarded)\n",
                 est.mpps, est.cycles_per_pkt, est.mpps / io.mpps,
                 100.0 * static_cast<double>(tx_est) / static_cast<double>(est.packets));
-    std::printf("  sluice SYN (new)     %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n",
-                syn.mpps, syn.cycles_per_pkt, syn.mpps / io.mpps);
+    auto syn_line = [&](const char* what, const LoopResult& r) {
+        std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n", what, r.mpps,
+                    r.cycles_per_pkt, r.mpps / io.mpps);
+    };
+    syn_line("SYN full-NAT tracked", syn.tracked);
+    syn_line("SYN full-NAT flood", syn.flood);
+    syn_line("SYN DSR tracked", syn_dsr.tracked);
+    syn_line("SYN DSR flood", syn_dsr.flood);
+    std::printf("  (SYN runs: fresh 2^21-slot conntrack, half-open budget %u; new flows %llu / %llu, "
+                "refused %llu / %llu, full-NAT / DSR)\n",
+                syn.budget,
+                static_cast<unsigned long long>(syn.new_flows),
+                static_cast<unsigned long long>(syn_dsr.new_flows),
+                static_cast<unsigned long long>(syn.refused),
+                static_cast<unsigned long long>(syn_dsr.refused));
     std::printf("  own work per established packet: %.1f cycles (goal <= 100); "
                 "memory per flow: %zu bytes (goal <= 64)\n",
                 own, sizeof(ConnEntry));
@@ -321,10 +401,14 @@ int main(int argc, char** argv) {
                          "{\"benchmark\":\"l4\",\"flows\":%u,\"io_forward_mpps\":%.3f,"
                          "\"io_forward_cycles\":%.1f,\"template_mpps\":%.3f,"
                          "\"established_mpps\":%.3f,\"established_cycles\":%.1f,"
-                         "\"own_cycles\":%.1f,\"syn_mpps\":%.3f,\"bytes_per_flow\":%zu,"
+                         "\"own_cycles\":%.1f,\"syn_mpps\":%.3f,\"syn_flood_mpps\":%.3f,"
+                         "\"syn_dsr_mpps\":%.3f,\"syn_dsr_flood_mpps\":%.3f,"
+                         "\"syn_cycles\":%.1f,\"syn_dsr_cycles\":%.1f,\"bytes_per_flow\":%zu,"
                          "\"ratio_established_to_io\":%.3f}\n",
                          max_flows, io.mpps, io.cycles_per_pkt, tmpl.mpps, est.mpps,
-                         est.cycles_per_pkt, own, syn.mpps, sizeof(ConnEntry), est.mpps / io.mpps);
+                         est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
+                         syn_dsr.tracked.mpps, syn_dsr.flood.mpps, syn.tracked.cycles_per_pkt,
+                         syn_dsr.tracked.cycles_per_pkt, sizeof(ConnEntry), est.mpps / io.mpps);
             std::fclose(f);
         }
     }

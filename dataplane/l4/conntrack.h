@@ -243,8 +243,21 @@ public:
     /// TCP without it starts established (use half_open for mid-flow pickups too, so an
     /// ACK flood only gets the short timeout and the budget). `half_open` is ignored for
     /// other protocols. Thread: worker (owner); no allocation.
+    /// `known_absent`: the caller has just looked the key up and missed (no live entry, an
+    /// expired one reclaimed), so the existence check is skipped.
     InsertResult insert(const FlowKey& key, uint64_t hash, uint32_t now, const ConnValue& value,
-                        bool half_open) noexcept;
+                        bool half_open, bool known_absent = false) noexcept;
+
+    /// True when a new half-open TCP flow would be refused for budget now; the refusal is
+    /// counted as insert() would count it. Lets a SYN flood past the budget skip the work
+    /// of preparing an insert that cannot succeed. Thread: worker (owner).
+    [[nodiscard]] bool half_open_refused() noexcept {
+        if (half_open_n_.get() < half_open_max_) {
+            return false;
+        }
+        insert_budget_.add(1);
+        return true;
+    }
 
     /// Advances the TCP state for a packet of the flow (either direction) and refreshes
     /// it: SYN_SEEN -> ESTABLISHED on an ACK without SYN; FIN or RST -> CLOSING from any

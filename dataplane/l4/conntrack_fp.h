@@ -269,11 +269,15 @@ inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
 }
 
 inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, uint32_t now,
-                                      const ConnValue& value, bool half_open) noexcept {
+                                      const ConnValue& value, bool half_open,
+                                      bool known_absent) noexcept {
     const Probe p = probe(hash);
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
     for (const uint32_t b : {p.b1, p.b2}) {
+        if (known_absent) {
+            break;
+        }
         if (ConnEntry* e = find(b, sig_match(b, p.sig), conntrack_detail::words(key))) {
             if (live_or_reclaim(e, now) != nullptr) {
                 return {InsertStatus::Exists, e};

@@ -729,6 +729,17 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         return dropped(ctx, LbCounter::Rejected);
     }
     int slot = snat_for_family(ctx, ep.family);
+    const bool syn = m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn);
+    if (syn && ctx.ct->half_open_refused()) {
+        // Half-open budget spent (a SYN flood): nothing is tracked. DSR forwards by the
+        // Maglev pick; full-NAT needs state for the way back and refuses the connection.
+        if (!dsr) {
+            return dropped(ctx, LbCounter::StatelessFallback);
+        }
+        ctx.count(LbCounter::StatelessFallback);
+        return to_endpoint(ctx, buf, len, now, m, headroom, ep, slot, 0, dsr, dsr_mode,
+                           first_frag);
+    }
     const int port = dsr ? 0 : slot >= 0 ? alloc_snat(ctx, ep.family, now, slot) : -1;
     if (port < 0) {
         return dropped(ctx, LbCounter::NoSnatPort);
@@ -740,8 +751,7 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     val.generation = static_cast<uint16_t>(pick);
     FlowKey key;
     std::memcpy(static_cast<void*>(&key), &kw, sizeof(key));
-    const InsertResult ins = ctx.ct->insert(key, h, now, val,
-                                            m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn));
+    const InsertResult ins = ctx.ct->insert(key, h, now, val, syn, /*known_absent=*/true);
     if (ins.status == InsertStatus::Inserted) {
         if (!dsr) {
             (*ctx.ports)[slot][sport] = ins.entry;

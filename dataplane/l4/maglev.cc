@@ -39,6 +39,7 @@ MaglevTable MaglevTable::build(std::span<const MaglevBackend> backends, uint32_t
     }
     MaglevTable t;
     t.slots_.assign(size, kMaglevNoBackend);
+    t.m_ = fastmod_m(size);
     const size_t n = backends.size();
     uint32_t max_w = 0;
     for (const MaglevBackend& b : backends) {

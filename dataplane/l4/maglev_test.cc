@@ -25,6 +25,33 @@ std::vector<uint32_t> counts(const MaglevTable& t, size_t n) {
     return c;
 }
 
+TEST(Maglev, FastmodIsTheExactRemainder) {
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (const uint64_t d : std::initializer_list<uint64_t>{1, 2, 3, 251, 65537, 131071, 4294967291ULL,
+                             4294967311ULL, 0xFFFFFFFFFFFFFFC5ULL}) {
+        const auto m = MaglevTable::fastmod_m(d);
+        for (const uint64_t a : std::initializer_list<uint64_t>{0, 1, d - 1, d, d + 1, 0xFFFFFFFFFFFFFFFFULL,
+                                 0x8000000000000000ULL, 0xFFFFFFFFULL}) {
+            EXPECT_EQ(MaglevTable::fastmod(a, m, d), a % d) << a << " % " << d;
+        }
+        for (int i = 0; i < 100000; ++i) {
+            x ^= x << 13; // xorshift64
+            x ^= x >> 7;
+            x ^= x << 17;
+            ASSERT_EQ(MaglevTable::fastmod(x, m, d), x % d) << x << " % " << d;
+        }
+    }
+}
+
+TEST(Maglev, PickIsSlotOfHashModSize) {
+    const MaglevTable t = MaglevTable::build(backends(7), 65537);
+    uint64_t x = 12345;
+    for (int i = 0; i < 100000; ++i) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        ASSERT_EQ(t.pick(x), t.slots()[x % 65537]);
+    }
+}
+
 TEST(Maglev, FillsEveryslotAndBalances) {
     const auto b = backends(10);
     const MaglevTable t = MaglevTable::build(b);
