@@ -376,7 +376,12 @@ LbAction on_icmp_error(LbContext& ctx, const ServiceTable& table, std::span<uint
         t.inner_src_port = c.src_port;
         t.inner_dst = t.outer_src;
         t.inner_dst_port = c.dst_port;
-        mac = ctx.neighbors->find(fam, c.src);
+        if (const uint64_t w = ctx.peers.word(e->value.flags); w != 0) {
+            mac.emplace();
+            std::memcpy(mac->data(), &w, 6);
+        } else {
+            mac = ctx.neighbors->find(fam, c.src);
+        }
     } else if (table.is_vip(fam, odst) && odst == kdst) {
         // Embedded VIP:vport -> client:cport; the key is the client->VIP flow's.
         const L4Service* svc = table.find(fam, kdst, m.key.proto, m.key.dst_port);
@@ -688,9 +693,13 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     } else {
         ctx.ct->touch(*e, now);
     }
-    const std::optional<Mac> mac = ctx.neighbors->find(client.family, client.src);
-    if (!mac) {
-        return dropped(ctx, LbCounter::NoNeighbor);
+    uint64_t mac = ctx.peers.word(e->value.flags);
+    if (mac == 0) {
+        if (const std::optional<Mac> n = ctx.neighbors->find(client.family, client.src)) {
+            std::memcpy(&mac, n->data(), 6);
+        } else {
+            return dropped(ctx, LbCounter::NoNeighbor);
+        }
     }
     const PacketKey rx_key = m.key;
     if (!dnat_snat(m, frame, to_packet_addr(client.family, client.dst), client.dst_port,
@@ -701,7 +710,7 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         ctx.frags.remember(m, rx_key, m.key, now);
         ctx.count(LbCounter::FragFirst);
     }
-    set_macs(frame, ctx.our_mac, *mac);
+    set_macs_word(frame.data(), mac, ctx.our_mac);
     return sent(ctx, LbCounter::ReturnPackets);
 }
 
@@ -749,19 +758,23 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     val.service = dsr ? kDsrFlow : static_cast<uint32_t>(slot) << 16 | sport;
     val.backend = ep.id;
     val.generation = static_cast<uint16_t>(pick);
+    // The client's MAC for the way back (clients are on-link or behind a router whose MAC
+    // this is): the flow keeps it by index (PeerMacs), so answers need no neighbour lookup.
+    val.flags = dsr ? 0 : ctx.peers.intern(buf.data() + 6);
     FlowKey key;
     std::memcpy(static_cast<void*>(&key), &kw, sizeof(key));
     const InsertResult ins = ctx.ct->insert(key, h, now, val, syn, /*known_absent=*/true);
     if (ins.status == InsertStatus::Inserted) {
         if (!dsr) {
             (*ctx.ports)[slot][sport] = ins.entry;
-            // The client's MAC for the way back (clients are on-link or behind a router
-            // whose MAC this is), learned only for a tracked flow and never over a known
-            // neighbour: a spoofed SYN carrying a backend's address must not redirect that
-            // backend's traffic, and a flood must not fill the table.
-            Mac smac{};
-            std::memcpy(smac.data(), buf.data() + 6, 6);
-            ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
+            if (val.flags == 0) {
+                // PeerMacs full: the neighbour table serves instead, learned only for a
+                // tracked flow and never over a known neighbour (a spoofed SYN carrying a
+                // backend's address must not redirect that backend's traffic).
+                Mac smac{};
+                std::memcpy(smac.data(), buf.data() + 6, 6);
+                ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
+            }
         }
         ctx.count(LbCounter::NewFlows);
     } else if (dsr) {

@@ -179,6 +179,45 @@ struct FragOwners {
     std::array<Slot, kSlots> slots{};
 };
 
+/// The client-side next hops of one worker's full-NAT flows. A flow's ConnValue.flags is
+/// 1 + the index here of the source MAC of its first packet (0: none, the way back looks the
+/// client's address up in the NeighborTable). Clients behind a router all share the
+/// router's entry, so a million clients take no neighbour-table slots and their answers
+/// never miss a next hop; a spoofed source address only steers its own flow's answers.
+/// Entries are never removed (a flow may still name one); past kMax distinct MACs (a huge
+/// on-link segment) new flows fall back to the NeighborTable. Thread: the owning worker.
+struct PeerMacs {
+    static constexpr uint32_t kMax = 255;
+    std::array<uint64_t, kMax> words{}; ///< MAC in the first 6 bytes (as set_macs_word reads)
+    uint32_t count = 0;
+    uint32_t last = 0; ///< index of the last match: behind a router, the next one too
+
+    /// 1 + the index of `mac` (6 bytes), added if new and there is room; 0 when full.
+    [[nodiscard]] uint8_t intern(const uint8_t* mac) noexcept {
+        uint64_t w = 0;
+        std::memcpy(&w, mac, 6);
+        if (last < count && words[last] == w) {
+            return static_cast<uint8_t>(last + 1);
+        }
+        for (uint32_t i = 0; i < count; ++i) {
+            if (words[i] == w) {
+                last = i;
+                return static_cast<uint8_t>(i + 1);
+            }
+        }
+        if (count == kMax) {
+            return 0;
+        }
+        words[count] = w;
+        last = count++;
+        return static_cast<uint8_t>(last + 1);
+    }
+    /// The MAC word of a flow's peer index (ConnValue.flags), or 0 for none.
+    [[nodiscard]] uint64_t word(uint8_t index) const noexcept {
+        return index != 0 && index <= count ? words[index - 1u] : 0;
+    }
+};
+
 /// SNAT source addresses per worker: each gives ~64k concurrent full-NAT flows per
 /// backend-facing family, so 16 cover a million flows.
 inline constexpr size_t kMaxSnat = 16;
@@ -206,6 +245,7 @@ struct LbContext {
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};
+    PeerMacs peers;  ///< client-side next hops of full-NAT flows (~2 KiB)
     FragTable frags; ///< fragments' NAT decisions (~76 KiB, in place)
     FragOwners frag_owners; ///< fragments' owning workers (lb_owner, ~11 KiB)
     /// An exception interface exists: frames for the host (not a VIP's L4 listener, not an

@@ -201,6 +201,48 @@ TEST(Lb, ASpoofedSynCannotRedirectABackendsTraffic) {
     fx.ctx.ct = fx.ct.get();
 }
 
+// Full-NAT answers go back to the MAC each flow came from (PeerMacs), not to a per-client
+// neighbour entry: thousands of clients behind one router take one peer slot and no
+// neighbour slots, and past PeerMacs' capacity the neighbour table takes over.
+TEST(Lb, AnswersReachClientsBehindARouterWithoutNeighbourEntries) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}));
+    fx.learn("10.0.1.1", kBackendA);
+    constexpr Mac kRouter = {0x02, 0, 0, 0, 0, 0x42};
+    auto round_trip = [&](const std::string& client, const Mac& from) {
+        Bytes f = PacketBuilder().eth(from, kOurs).ipv4(client, "10.0.0.100").tcp(1234, 80, 0x02)
+                      .build();
+        uint32_t len = static_cast<uint32_t>(f.size());
+        if (fx.run(f, len) != LbAction::Tx || ip4(f, 30) != "10.0.1.1") {
+            return std::string("no forward");
+        }
+        Bytes back = PacketBuilder().eth(kBackendA, kOurs).ipv4("10.0.1.1", "10.0.0.99")
+                         .tcp(8080, test::get16(f, 34), 0x12).build();
+        len = static_cast<uint32_t>(back.size());
+        if (fx.run(back, len) != LbAction::Tx || ip4(back, 30) != client) {
+            return std::string("no answer");
+        }
+        return std::equal(from.begin(), from.end(), back.begin()) ? std::string("ok")
+                                                                  : std::string("wrong MAC");
+    };
+    for (int i = 0; i < 2000; ++i) {
+        const std::string client =
+            "10.8." + std::to_string(i / 250) + "." + std::to_string(1 + i % 250);
+        ASSERT_EQ(round_trip(client, kRouter), "ok") << client;
+    }
+    EXPECT_EQ(fx.ctx.peers.count, 1u);
+    EXPECT_FALSE(fx.nb->find(4, to_table_addr(4, test::addr("10.8.0.1"))).has_value())
+        << "clients take no neighbour slots";
+    // PeerMacs full (255 other next hops): the client is learned as a neighbour instead.
+    for (uint32_t i = fx.ctx.peers.count; i < PeerMacs::kMax; ++i) {
+        const uint8_t other[6] = {0x02, 0x77, 0, 0, static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i)};
+        ASSERT_NE(fx.ctx.peers.intern(other), 0);
+    }
+    constexpr Mac kOnLink = {0x02, 0, 0, 0, 0, 0x43};
+    EXPECT_EQ(round_trip("10.9.0.1", kOnLink), "ok");
+    EXPECT_TRUE(fx.nb->find(4, to_table_addr(4, test::addr("10.9.0.1"))).has_value());
+    EXPECT_EQ(round_trip("10.8.0.7", kRouter), "ok") << "known peers still match";
+}
+
 std::string backend_of(Fixture& fx, uint16_t sport, uint8_t flags = 0x02) {
     Bytes f = syn(sport, flags);
     uint32_t len = static_cast<uint32_t>(f.size());
