@@ -957,24 +957,32 @@ inline int32_t encap(std::span<uint8_t> buf, uint32_t data_off, const PacketMeta
     const uint8_t tos =
         m.family == 4 ? inner[1] : static_cast<uint8_t>((inner[0] << 4) | (inner[1] >> 4));
     const bool inner_df = m.family == 6 || (load_be16(inner + 6) & 0x4000) != 0;
-    const uint32_t h = packet_key_hash(m.key);
+    // The flow hash only feeds the IPv6 flow label and GUE's source port.
+    const uint32_t h = p.family == 6 || (gue && p.udp_src_port == 0) ? packet_key_hash(m.key) : 0;
 
     std::memmove(base + new_off, base + data_off, l2);
     store_be16(base + new_off + l2 - 2, p.family == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6);
     uint8_t* o = base + new_off + l2;
     if (p.family == 4) {
-        o[0] = 0x45;
-        o[1] = tos;
-        store_be16(o + 2, static_cast<uint16_t>(overhead + inner_len));
+        // The header's ten 16-bit words are known values: their checksum is summed in
+        // registers (summing the bytes just stored would stall on store forwarding).
+        const auto w0 = static_cast<uint16_t>(0x4500 | tos);
+        const auto tot = static_cast<uint16_t>(overhead + inner_len);
         // RFC 6864: the ID only matters without DF; reuse the inner one then.
-        store_be16(o + 4, inner_df ? 0 : load_be16(inner + 4));
-        store_be16(o + 6, inner_df ? 0x4000 : 0);
-        o[8] = p.ttl;
-        o[9] = gue ? kProtoUdp : ipproto;
-        store_be16(o + 10, 0);
+        const uint16_t id = inner_df ? 0 : load_be16(inner + 4);
+        const uint16_t frag = inner_df ? 0x4000 : 0;
+        const auto w4 = static_cast<uint16_t>(p.ttl << 8 | (gue ? kProtoUdp : ipproto));
+        const uint32_t src = load_be32(p.src.data() + 12), dst = load_be32(p.dst.data() + 12);
+        const uint32_t sum = uint32_t{w0} + tot + id + frag + w4 + (src >> 16) + (src & 0xFFFF) +
+                             (dst >> 16) + (dst & 0xFFFF);
+        store_be16(o, w0);
+        store_be16(o + 2, tot);
+        store_be16(o + 4, id);
+        store_be16(o + 6, frag);
+        store_be16(o + 8, w4);
+        store_be16(o + 10, static_cast<uint16_t>(~csum_fold(sum)));
         std::memcpy(o + 12, p.src.data() + 12, 4);
         std::memcpy(o + 16, p.dst.data() + 12, 4);
-        store_be16(o + 10, inet_checksum(o, kIpv4HdrLen));
     } else {
         const uint32_t flow = h & 0xFFFFF;
         store_be32(o, (6u << 28) | (uint32_t{tos} << 20) | flow);

@@ -788,6 +788,10 @@ TEST(PacketEncap, RoundTrip) {
                 const uint8_t in_tos = m.family == 4 ? ih[1] : uint8_t((ih[0] << 4) | (ih[1] >> 4));
                 const uint8_t out_tos = outer == 4 ? oh[1] : uint8_t((oh[0] << 4) | (oh[1] >> 4));
                 EXPECT_EQ(in_tos, out_tos);
+                if (outer == 4) {
+                    EXPECT_EQ(csum_fold(csum_add(0, oh, kIpv4HdrLen)), 0xFFFF)
+                        << "outer IPv4 header checksum";
+                }
                 // GUE over IPv6 must parse with its UDP checksum verified.
                 PacketMeta om;
                 const Bytes out(buf.begin() + off, buf.begin() + off + len);
