@@ -15,7 +15,11 @@
 #   (sluice only) tcp: the same "max" run through a TCP VIP (10.0.0.100:80, SYN first);
 #   dsr: max + search through a DSR (IP-in-IP) UDP VIP 10.0.0.101:53 (pktgen reads the
 #   stamp inside the tunnel; the destination counted is the outer one, the backend);
-#   dsr-gue: max through a DSR (GUE, outer UDP to port 6080) VIP 10.0.0.101:54.
+#   dsr-gue: max through a DSR (GUE, outer UDP to port 6080) VIP 10.0.0.101:54;
+#   syn-max: a SYN flood (random source ports) through the DSR TCP VIP 10.0.0.101:80;
+#   syn_with_established: one run of two streams mixed packet by packet at max rate (50/50
+#   by default): the FLOWS established full-NAT UDP flows of "max" and the SYN flood of
+#   syn-max; pktgen splits the result by stream: each one's forwarded Mpps and loss.
 # Then (c) the Linux kernel doing the same full-NAT job with nftables (DNAT to numgen inc
 # mod 4, SNAT to 10.0.0.99, conntrack) in a router namespace, fed by pktgen over a veth
 # pair (net_af_packet). The kernel is not a DPDK process, so its figure is its per-core
@@ -30,7 +34,8 @@
 # --hugepages run both sides on 2 MiB hugepages (mounted under the work directory here,
 #             nr_hugepages restored and unmounted on exit) instead of --no-huge.
 # --keep      keep the work directory (profiles, logs, raw pktgen JSON, charts).
-# Environment: DURATION (s per max run, default 5), FLOWS (default 10000; up to 1000000: full-NAT then gets one --snat address per 60k flows), PKTGEN_CPU /
+# Environment: DURATION (s per max run, default 5), FLOWS (default 10000; up to 1000000: full-NAT then gets one --snat address per 60k flows), MIX_SYN_SHARE (% of
+# the syn_with_established packets that are SYNs, default 50), PKTGEN_CPU /
 # DUT_CPU (default 0 / 1), SEARCH_MAX_PPS (default 10000000), RSIZE (log2 memif ring size,
 # default 14 = 16384 slots: absorbs a few ms of either process being descheduled, which on
 # a shared 2-vCPU machine otherwise shows up as loss at any rate).
@@ -54,7 +59,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --hugepages) HUGE=1 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "pktgen_l4_bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -80,6 +85,8 @@ PKTGEN_CPU=${PKTGEN_CPU:-0}
 DUT_CPU=${DUT_CPU:-1}
 SEARCH_MAX_PPS=${SEARCH_MAX_PPS:-10000000}
 RSIZE=${RSIZE:-14} # log2 of the memif ring size (DPDK's default is 10)
+MIX_SYN_SHARE=${MIX_SYN_SHARE:-50}
+((MIX_SYN_SHARE > 0 && MIX_SYN_SHARE < 100)) || { echo "pktgen_l4_bench: MIX_SYN_SHARE must be 1-99" >&2; exit 2; }
 WARMUP=1
 if [ "$SMOKE" = 1 ]; then DURATION=0.5; FLOWS=1000; WARMUP=0.3; fi
 if [ "$(nproc)" -lt 2 ]; then
@@ -196,6 +203,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TP_SOCK=$W/testpmd.memif
 start_testpmd() {
   rm -f "$TP_SOCK"
+  local started
+  started=$(cat "$W/testpmd.log" 2>/dev/null | grep -c "packet forwarding - ports" || true)
   taskset -c "$DUT_CPU" "$TESTPMD" --lcores="0@$DUT_CPU,1@$DUT_CPU" "${EAL_COMMON[@]}" \
     --file-prefix "tp$$" \
     --vdev="net_memif0,role=server,socket=$TP_SOCK,socket-abstract=no,rsize=$RSIZE,mac=02:00:00:00:00:02" \
@@ -205,6 +214,13 @@ start_testpmd() {
   PIDS+=("$TP_PID")
   for _ in $(seq 100); do [ -S "$TP_SOCK" ] && break; sleep 0.1; done
   [ -S "$TP_SOCK" ] || { tail "$W/testpmd.log" >&2; fail "testpmd did not create $TP_SOCK"; }
+  # The socket exists from the probe on, but until testpmd has started its port the memif
+  # server refuses a client ("ID 0 not found") and the client does not retry: wait for
+  # forwarding to start (slow --no-huge mempool set-up on a busy machine made this a race).
+  for _ in $(seq 100); do
+    (($(grep -c "packet forwarding - ports" "$W/testpmd.log" || true) > started)) && break
+    sleep 0.1
+  done
 }
 # dpdk-testpmd 22.11 as memif server once died (SIGSEGV) when pktgen, the client, went away
 # after a run: every pktgen run gets a fresh testpmd.
@@ -401,6 +417,51 @@ sluice_run sluice-gue-max --profile "$W/sluice-gue-max.yaml"
 DST=10.0.0.101 SPORT=1024-65535 PFLOWS=$((FLOWS < 65536 ? FLOWS : 65536)) profile sluice-syn-max arp syn 80 "rate_pps: $MAX_RATE"
 echo "(b'''') sluice-dataplane new flows: SYN flood (random source ports) to the DSR TCP VIP 10.0.0.101:80"
 sluice_run sluice-syn-max --profile "$W/sluice-syn-max.yaml"
+# SYN flood while established flows keep forwarding (issue 7): one pktgen run of two streams
+# interleaved packet by packet, as fast as the port takes them: the FLOWS full-NAT UDP flows
+# of the max run (established: the dataplane kept them, and the warm-up refreshes them) and
+# the SYN flood of the run above. pktgen attributes what comes back to its stream by the
+# stamp (the SYNs arrive IP-in-IP), so run.streams gives each one's forwarded rate and loss.
+MIX_WARMUP=$WARMUP
+if ((FLOWS > 500000)); then
+  # The TCP run's flows hold the SNAT ports: a fresh dataplane, and a warm-up long enough
+  # to establish FLOWS UDP flows before the window.
+  kill -TERM "$DP_PID" 2>/dev/null || true
+  wait "$DP_PID" 2>/dev/null || true
+  start_sluice
+  MIX_WARMUP=3
+fi
+cat > "$W/sluice-syn-with-established.yaml" <<YAML
+rate_pps: $MAX_RATE
+duration_s: $DURATION
+warmup_s: $MIX_WARMUP
+drain_s: 0.3
+dst_mac: arp
+arp_reply_for: [10.0.0.11-10.0.0.14]
+streams:
+  - name: established
+    proto: udp
+    src: 10.1.0.0/16
+    dst: 10.0.0.100
+    sport: 1024-1087
+    dport: 53
+    flows: $FLOWS
+    size: 64
+    src_mac: 02:00:00:00:01:01
+    share: $((100 - MIX_SYN_SHARE))
+  - name: syn
+    proto: syn
+    src: 10.1.0.0/16
+    dst: 10.0.0.101
+    sport: 1024-65535
+    dport: 80
+    flows: $((FLOWS < 65536 ? FLOWS : 65536))
+    size: 74
+    src_mac: 02:00:00:00:01:01
+    share: $MIX_SYN_SHARE
+YAML
+echo "(b''''') sluice-dataplane SYN flood (DSR TCP VIP 10.0.0.101:80) while established full-NAT UDP flows (10.0.0.100:53) forward: $MIX_SYN_SHARE% SYNs, one run"
+sluice_run sluice-syn-with-established --profile "$W/sluice-syn-with-established.yaml"
 sleep 1.2 # the stats file is rewritten every second
 cp "$W/dp-stats.json" "$W/dp-stats-final.json" 2>/dev/null || true
 stop_pid "$DP_PID"
@@ -546,6 +607,44 @@ for dut in ("testpmd", "sluice"):
             entry["syn_dsr_max"] = brief(syn["run"])
         else:
             errors.append("sluice: no SYN-flood result")
+        mix = load("sluice-syn-with-established")
+        streams = {s["name"]: s for s in mix["run"].get("streams", [])} if mix and "run" in mix else {}
+        if set(streams) == {"established", "syn"}:
+            est, sy = streams["established"], streams["syn"]
+            def stream_brief(s):
+                lat = s["latency_ns"]
+                return {"fraction": s["fraction"], "tx_mpps": round(s["tx"]["pps"] / 1e6, 4),
+                        "rx_mpps": round(s["rx"]["pps"] / 1e6, 4), "tx": s["tx"]["packets"],
+                        "rx": s["rx"]["packets"], "lost": s["lost"], "loss_ratio": s["loss_ratio"],
+                        "tunneled": s["rx"]["tunneled"], "p50_us": lat["p50"] / 1e3,
+                        "p99_us": lat["p99"] / 1e3, "reordered": s["reordered"],
+                        "flows_seen": s["flows"]["seen"],
+                        "destinations": {d["dst"]: d["packets"] for d in s["destinations"]["top"][:8]}}
+            entry["syn_with_established"] = {
+                "syn_forwarded_mpps": round(sy["rx"]["pps"] / 1e6, 4),
+                "established_forwarded_mpps": round(est["rx"]["pps"] / 1e6, 4),
+                "established_loss_ratio": est["loss_ratio"],
+                "syn_loss_ratio": sy["loss_ratio"],
+                "total": brief(mix["run"]),
+                "streams": {"established": stream_brief(est), "syn": stream_brief(sy)},
+                "note": ("one pktgen run, the two streams interleaved packet by packet by their "
+                         "shares, " + ("as fast as the port takes them" if mix["run"]["offered_pps"] == 0
+                                       else f"{mix['run']['offered_pps']:.0f} pps offered in all")
+                         + "; forwarded = received back by pktgen from the measured window")}
+            for name, s in (("established", est), ("syn", sy)):
+                if s["tx"]["packets"] == 0 or s["rx"]["packets"] == 0:
+                    errors.append(f"sluice syn_with_established: stream {name} has no figures "
+                                  f"(tx {s['tx']['packets']}, rx {s['rx']['packets']})")
+            if not set(stream_brief(est)["destinations"]) <= {f"10.0.0.{i}:5353" for i in range(11, 15)}:
+                errors.append("sluice syn_with_established: established destinations are not the backends")
+            if not set(stream_brief(sy)["destinations"]) <= {f"10.0.0.{i}:80" for i in range(11, 15)}:
+                errors.append("sluice syn_with_established: SYN destinations are not the backends")
+            if sy["rx"]["tunneled"] != sy["rx"]["packets"]:
+                errors.append("sluice syn_with_established: not every SYN arrived IP-in-IP encapsulated")
+            if est["rx"]["packets"] + sy["rx"]["packets"] != mix["run"]["rx"]["packets"]:
+                errors.append("sluice syn_with_established: the streams' rx do not add up to the total")
+        else:
+            errors.append(f"sluice: no syn_with_established result for both streams ({sorted(streams)})")
         gue = load("sluice-gue-max")
         if gue and "run" in gue:
             entry["dsr_gue_max"] = brief(gue["run"])
@@ -650,6 +749,13 @@ if "sluice" in res and "syn_dsr_max" in res["sluice"]:
     m = res["sluice"]["syn_dsr_max"]
     print(f"pktgen_l4_bench: sluice new flows (SYN flood, DSR) max rx {m['rx_mpps']:.3f} Mpps, "
           f"loss {100 * m['loss_ratio']:.4f}%")
+if "sluice" in res and "syn_with_established" in res["sluice"]:
+    m = res["sluice"]["syn_with_established"]
+    e, s = m["streams"]["established"], m["streams"]["syn"]
+    print(f"pktgen_l4_bench: sluice SYN flood with established flows ({100 * s['fraction']:.0f}% SYNs, one run): "
+          f"SYNs forwarded {m['syn_forwarded_mpps']:.3f} Mpps (loss {100 * m['syn_loss_ratio']:.4f}%), "
+          f"established forwarded {m['established_forwarded_mpps']:.3f} Mpps (loss "
+          f"{100 * m['established_loss_ratio']:.4f}%, p99 {e['p99_us']:.1f} us)")
 if "sluice" in res and "tcp_max" in res["sluice"]:
     m = res["sluice"]["tcp_max"]
     print(f"pktgen_l4_bench: sluice full-NAT TCP max rx {m['rx_mpps']:.3f} Mpps, loss "

@@ -7,6 +7,8 @@
 // lcore receives and the next one sends. Every generated packet carries a 16-byte stamp
 // (stamp_fp.h): the receive side measures rate, loss (sent - received, after a drain),
 // reordering, latency (TSC) and where packets went (destination address:port as received).
+// A profile with `streams:` sends several streams interleaved packet by packet by their
+// shares; each owns a range of the stamp's flow index, so results are also split by stream.
 
 #include <algorithm>
 #include <atomic>
@@ -161,18 +163,24 @@ public:
         , tx_lcore_(tx_lcore)
         , hz_(rte_get_tsc_hz())
         , ns_per_cycle_(1e9 / static_cast<double>(hz_))
-        , cursor_(p) {
+        , multi_(p.multi_stream)
+        , total_flows_(p.total_flows()) {
         src_mac_ = p.src_mac_set ? p.src_mac : tx.mac;
         arp_mac_ = p.arp_mac_set ? p.arp_mac : rx.mac;
         dst_mac_ = p.dst_mac;
-        flow_seq_.assign(p.flows, 0);
-        flow_tx_.assign(p.flows, 0);
-        rx_stats_.reset(p.flows);
+        flow_seq_.assign(total_flows_, 0);
+        flow_tx_.assign(total_flows_, 0);
+        rx_stats_.reset(total_flows_, multi_ ? p.streams.size() : 0);
+        streams_.reserve(p.streams.size());
+        for (const Stream& s : p.streams) {
+            streams_.emplace_back(s);
+        }
+        progress_stream_rx_.assign(p.streams.size(), 0);
         if (tx_lcore_ != LCORE_ID_ANY) {
             arp_ring_ = rte_ring_create("pktgen_arp", 256, static_cast<int>(rte_socket_id()),
                                         RING_F_SP_ENQ | RING_F_SC_DEQ);
         }
-        spec_ = make_frame_spec(p_, src_mac_, dst_mac_);
+        make_frame_specs();
     }
     ~Generator() {
         if (arp_ring_) {
@@ -223,7 +231,7 @@ public:
                     if (dp::parse_packet(f, rte_pktmbuf_data_len(pkts[i]), meta) == dp::Verdict::Arp &&
                         meta.arp_op == 2 && meta.key.src == target) {
                         std::memcpy(dst_mac_.data(), f + meta.l3_off + 8, 6);
-                        spec_ = make_frame_spec(p_, src_mac_, dst_mac_);
+                        make_frame_specs();
                         rte_pktmbuf_free_bulk(pkts + i, n - i);
                         return true;
                     }
@@ -237,8 +245,9 @@ public:
     TrialResult run_trial(const std::string& label, const TrialSpec& ts) {
         // Both sides know the window in advance: a packet belongs to the trial iff its stamp
         // (TX TSC) lies in [ws_, we_).
-        rx_stats_.reset(p_.flows);
+        rx_stats_.reset(total_flows_, multi_ ? p_.streams.size() : 0);
         std::fill(flow_tx_.begin(), flow_tx_.end(), 0);
+        std::fill(progress_stream_rx_.begin(), progress_stream_rx_.end(), 0);
         for (auto* c : {&tx_packets_, &tx_bytes_, &tx_all_}) {
             c->store(0, std::memory_order_relaxed);
         }
@@ -276,6 +285,9 @@ public:
         while (rte_get_tsc_cycles() < stop_at) {
             rx_poll(false); // the tx lcore is done: this thread may send ARP replies
         }
+        if (multi_) {
+            rx_stats_.fold_streams(); // the totals, from the per-stream counts
+        }
         TxTotals tx;
         tx.packets = tx_packets_.load(std::memory_order_relaxed);
         tx.bytes = tx_bytes_.load(std::memory_order_relaxed);
@@ -290,6 +302,34 @@ public:
     }
 
 private:
+    /// One stream's sending state (tx lcore). The stream's values build() reads per packet
+    /// are copied here, next to the cursor, rather than read through the Stream.
+    struct StreamTx {
+        explicit StreamTx(const Stream& st) noexcept
+            : s(&st)
+            , cursor(st)
+            , sizes(st.size_pattern.data())
+            , nsizes(static_cast<uint32_t>(st.size_pattern.size()))
+            , flow_base(st.flow_base)
+            , proto(st.proto) {}
+
+        const Stream* s;
+        FlowCursor cursor;
+        const uint16_t* sizes;
+        uint32_t nsizes;
+        uint32_t size_idx = 0;
+        uint32_t flow_base;
+        Proto proto;
+        FrameSpec frame{};
+    };
+
+    /// (Re)builds every stream's frame template (after the destination MAC is resolved).
+    void make_frame_specs() noexcept {
+        for (StreamTx& x : streams_) {
+            x.frame = make_frame_spec(*x.s, x.s->src_mac_set ? x.s->src_mac : tx_.mac, dst_mac_);
+        }
+    }
+
     std::vector<uint16_t> rx_ports() const {
         if (tx_.id == rx_.id) {
             return {rx_.id};
@@ -400,6 +440,13 @@ private:
             return false;
         }
         const bool in_window = now >= ws_;
+        // Locals, not members: the frame writes (uint8_t stores) would make the compiler
+        // reload members after each one.
+        const uint16_t* const order = p_.stream_pattern.data();
+        const size_t order_len = p_.stream_pattern.size();
+        StreamTx* const streams = streams_.data();
+        uint32_t* const flow_seq = flow_seq_.data();
+        size_t mix = mix_idx_;
         for (uint32_t i = 0; i < n; ++i) {
             rte_mbuf* m = ms[i];
             uint8_t* f = rte_pktmbuf_mtod(m, uint8_t*);
@@ -417,24 +464,29 @@ private:
                 pe.flow = 0;
                 continue;
             }
-            const uint16_t size = p_.size_pattern[size_idx_];
-            size_idx_ = size_idx_ + 1 == p_.size_pattern.size() ? 0 : size_idx_ + 1;
-            const uint32_t flow = cursor_.flow();
-            const uint32_t seq = flow_seq_[flow]++;
+            // The streams take turns in the precomputed send order (smooth weighted round
+            // robin over their shares), so a mix is interleaved packet by packet.
+            StreamTx& x = streams[order[mix]];
+            mix = mix + 1 == order_len ? 0 : mix + 1;
+            const uint16_t size = x.sizes[x.size_idx];
+            x.size_idx = x.size_idx + 1 == x.nsizes ? 0 : x.size_idx + 1;
+            const uint32_t flow = x.flow_base + x.cursor.flow();
+            const uint32_t seq = flow_seq[flow]++;
             uint8_t flags = 0;
-            if (p_.proto == Proto::Syn || (p_.proto == Proto::Tcp && seq == 0)) {
+            if (x.proto == Proto::Syn || (x.proto == Proto::Tcp && seq == 0)) {
                 flags = dp::kTcpSyn;
-            } else if (p_.proto == Proto::Tcp) {
+            } else if (x.proto == Proto::Tcp) {
                 flags = dp::kTcpAck | dp::kTcpPsh;
             }
             const uint32_t len = size - 4u;
-            write_frame(f, len, spec_, cursor_.tuple(), Stamp{flow, seq, now}, flags);
+            write_frame(f, len, x.frame, x.cursor.tuple(), Stamp{flow, seq, now}, flags);
             m->data_len = static_cast<uint16_t>(len);
             m->pkt_len = len;
             pe.bytes = size;
             pe.flow = flow;
-            cursor_.advance();
+            x.cursor.advance();
         }
+        mix_idx_ = mix;
         npending_ = static_cast<uint16_t>(n);
         built_ += n;
         return true;
@@ -454,6 +506,7 @@ private:
             }
             const uint64_t now = rte_get_tsc_cycles();
             RxStats& st = rx_stats_;
+            const bool multi = multi_;
             if (st.first_rx_tsc == 0) {
                 st.first_rx_tsc = now;
             }
@@ -470,23 +523,27 @@ private:
                     const uint64_t t = widen_tsc48(s.tsc, now);
                     if (t < ws_ || t >= we_) {
                         ++st.outside_window;
-                    } else if (s.flow >= p_.flows) {
+                    } else if (s.flow >= total_flows_) {
                         ++st.bad_flow;
                     } else {
-                        ++st.packets;
-                        st.tunneled += tunneled ? 1 : 0;
-                        st.bytes += rte_pktmbuf_pkt_len(m) + 4;
-                        st.latency.add(static_cast<uint64_t>(static_cast<double>(now - t) * ns_per_cycle_));
+                        // Several streams: counted in the stream owning the flow index only
+                        // (folded into the totals after the trial).
+                        RxCounts& c = multi ? st.streams[p_.stream_of(s.flow)] : st;
+                        ++c.packets;
+                        c.tunneled += tunneled ? 1 : 0;
+                        c.bytes += rte_pktmbuf_pkt_len(m) + 4;
+                        c.latency.add(static_cast<uint64_t>(static_cast<double>(now - t) *
+                                                            ns_per_cycle_));
                         ++st.flow_rx[s.flow];
                         uint32_t& next = st.flow_next_seq[s.flow];
                         if (next == 0 || s.seq >= next) {
                             next = s.seq + 1;
                         } else if (s.seq + 1 == next) {
-                            ++st.duplicates;
+                            ++c.duplicates;
                         } else {
-                            ++st.reordered;
+                            ++c.reordered;
                         }
-                        st.dests.add(meta.family, meta.proto, meta.key.dst, meta.key.dst_port);
+                        c.dests.add(meta.family, meta.proto, meta.key.dst, meta.key.dst_port);
                     }
                 } else if (k == RxKind::ArpRequest) {
                     ++st.arp_requests;
@@ -537,18 +594,39 @@ private:
         }
         next_progress_ = now + hz_;
         const double dt = static_cast<double>(now - last_progress_tsc_) / static_cast<double>(hz_);
+        // Several streams: the totals are folded only after the trial; sum them here, and
+        // append each stream's rx rate (from the window) to the line.
+        uint64_t rx_win = rx_stats_.packets;
+        const LatencyHistogram* lat = &rx_stats_.latency;
+        char per_stream[512] = "";
+        if (multi_) {
+            progress_latency_.clear();
+            size_t used = 0;
+            for (size_t k = 0; k < rx_stats_.streams.size(); ++k) {
+                const RxCounts& c = rx_stats_.streams[k];
+                rx_win += c.packets;
+                progress_latency_.merge(c.latency);
+                const int n = std::snprintf(
+                    per_stream + used, sizeof per_stream - used, " | %s rx %.3f Mpps",
+                    p_.streams[k].name.c_str(),
+                    static_cast<double>(c.packets - progress_stream_rx_[k]) / dt / 1e6);
+                used = std::min(sizeof per_stream - 1, used + static_cast<size_t>(std::max(n, 0)));
+                progress_stream_rx_[k] = c.packets;
+            }
+            lat = &progress_latency_;
+        }
         const uint64_t tx_all = tx_all_.load(std::memory_order_relaxed);
-        const uint64_t rx_all = rx_stats_.packets + rx_stats_.outside_window + rx_stats_.unstamped;
+        const uint64_t rx_all = rx_win + rx_stats_.outside_window + rx_stats_.unstamped;
         const uint64_t txw = tx_packets_.load(std::memory_order_relaxed);
-        const uint64_t rxw = rx_stats_.packets + (replay_ ? rx_stats_.unstamped : 0);
+        const uint64_t rxw = rx_win + (replay_ ? rx_stats_.unstamped : 0);
         const double loss = txw ? 100.0 * (static_cast<double>(txw) - static_cast<double>(rxw)) /
                                       static_cast<double>(txw)
                                 : 0.0;
-        std::fprintf(stderr, "[%s%s] tx %.3f Mpps rx %.3f Mpps loss %.3f%% p99 %.1f us\n",
+        std::fprintf(stderr, "[%s%s] tx %.3f Mpps rx %.3f Mpps loss %.3f%% p99 %.1f us%s\n",
                      progress_label_.c_str(), now < ws_ ? " warm-up" : "",
                      static_cast<double>(tx_all - last_progress_tx_) / dt / 1e6,
                      static_cast<double>(rx_all - last_progress_rx_) / dt / 1e6, loss < 0 ? 0 : loss,
-                     static_cast<double>(rx_stats_.latency.percentile(0.99)) / 1e3);
+                     static_cast<double>(lat->percentile(0.99)) / 1e3, per_stream);
         last_progress_tsc_ = now;
         last_progress_tx_ = tx_all;
         last_progress_rx_ = rx_all;
@@ -565,7 +643,8 @@ private:
     Mac src_mac_{};
     Mac dst_mac_{};
     Mac arp_mac_{};
-    FrameSpec spec_;
+    bool multi_;           ///< the profile has `streams:` (per-stream counting)
+    uint32_t total_flows_; ///< stamp flow indexes in use: [0, total_flows_)
     rte_ring* arp_ring_ = nullptr;
 
     // Trial window (written before the tx lcore is launched; read-only during the trial).
@@ -574,8 +653,8 @@ private:
     uint64_t t0_ = 0, ws_ = 0, we_ = 0;
 
     // TX lcore state.
-    FlowCursor cursor_;
-    size_t size_idx_ = 0;
+    std::vector<StreamTx> streams_; ///< sized once, in the constructor
+    size_t mix_idx_ = 0;            ///< position in p_.stream_pattern
     size_t replay_idx_ = 0;
     uint64_t built_ = 0;
     bool window_started_ = false;
@@ -597,6 +676,8 @@ private:
     uint64_t last_progress_tsc_ = 0;
     uint64_t last_progress_tx_ = 0;
     uint64_t last_progress_rx_ = 0;
+    std::vector<uint64_t> progress_stream_rx_; ///< per stream, at the last progress line
+    LatencyHistogram progress_latency_;        ///< scratch: the streams' merged latencies
     std::string progress_label_;
 };
 
@@ -654,6 +735,21 @@ int main(int argc, char** argv) {
     for (const std::string& n : p.notes) {
         std::cerr << "sluice-pktgen: note: " << n << std::endl;
     }
+    if (p.multi_stream) {
+        for (const Stream& s : p.streams) {
+            std::cerr << "sluice-pktgen: stream " << s.name << ": " << proto_name(s.proto)
+                      << ", " << s.flows << " flows (stamp flow index " << s.flow_base << "-"
+                      << s.flow_base + s.flows - 1 << "), " << 100 * s.fraction
+                      << "% of the packets" << std::endl;
+        }
+    }
+    // The trial's summary line, then one per stream.
+    auto print_summary = [](const TrialResult& r, const std::string& suffix) {
+        std::cerr << "sluice-pktgen: " << summary_line(r) << suffix << std::endl;
+        for (const std::string& l : stream_lines(r)) {
+            std::cerr << "sluice-pktgen: " << l << std::endl;
+        }
+    };
     PcapFrames replay_frames;
     if (!p.pcap_replay.empty()) {
         auto fr = read_pcap(p.pcap_replay, 1u << 20, 2048 - RTE_PKTMBUF_HEADROOM);
@@ -732,7 +828,8 @@ int main(int argc, char** argv) {
                           << std::endl;
                 rc = 1;
             }
-            base_pps = p.rate_percent / 100.0 * txp->speed_mbps * 1e6 / ((p.mean_frame() + 20) * 8);
+            base_pps =
+                p.rate_percent / 100.0 * txp->speed_mbps * 1e6 / ((p.mix_mean_frame() + 20) * 8);
         }
         if (!search && base_pps < 0 && rc == 0) {
             std::cerr << "sluice-pktgen: the profile gives no rate (rate_pps or rate_percent) "
@@ -774,7 +871,7 @@ int main(int argc, char** argv) {
             if (rc == 0 && !search) {
                 TrialSpec ts{base_pps, p.warmup_s, p.duration_s, p.drain_s};
                 runs.push_back(gen.run_trial("run", ts));
-                std::cerr << "sluice-pktgen: " << summary_line(runs.back()) << std::endl;
+                print_summary(runs.back(), "");
                 if (sweep_base == 0) {
                     sweep_base = runs.back().tx_pps;
                 }
@@ -790,10 +887,10 @@ int main(int argc, char** argv) {
                     r.passed = r.loss_ratio <= ss.loss_threshold && reached;
                     r.json["passed"] = r.passed;
                     r.json["sent_offered_rate"] = reached;
-                    std::cerr << "sluice-pktgen: " << summary_line(r)
-                              << (r.passed ? "  PASS" : "  FAIL")
-                              << (reached ? "" : " (offered rate not sent: port back-pressure or generator limit)")
-                              << std::endl;
+                    print_summary(r, std::string(r.passed ? "  PASS" : "  FAIL") +
+                                         (reached ? ""
+                                                  : " (offered rate not sent: port back-pressure "
+                                                    "or generator limit)"));
                     searches.push_back(r);
                     return searches.back();
                 };
@@ -829,7 +926,7 @@ int main(int argc, char** argv) {
                 }
                 doc["search"] = {{"zero_loss_pps", best},
                                  {"zero_loss_rx_pps", best_rx},
-                                 {"zero_loss_mbps", best * p.mean_frame() * 8 / 1e6},
+                                 {"zero_loss_mbps", best * p.mix_mean_frame() * 8 / 1e6},
                                  {"loss_threshold", ss.loss_threshold},
                                  {"lowest_failing_pps", best < ss.max_pps ? hi : 0.0},
                                  {"trials", trials}};
@@ -849,7 +946,7 @@ int main(int argc, char** argv) {
                     TrialResult r = gen.run_trial("sweep " + std::to_string(static_cast<int>(pct)) + "%", ts);
                     r.percent = pct;
                     r.json["percent"] = pct;
-                    std::cerr << "sluice-pktgen: " << summary_line(r) << std::endl;
+                    print_summary(r, "");
                     arr.push_back({{"percent", pct},
                                    {"offered_pps", r.offered_pps},
                                    {"tx_pps", r.tx_pps},

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <set>
 #include <string>
@@ -191,11 +192,276 @@ TEST(Profile, Errors) {
 TEST(Profile, ShippedExamplesParse) {
     for (const char* f : {"ring_udp.yaml", "imix_udp.yaml", "tcp_v6.yaml", "syn_flood.yaml",
                           "l4_fullnat_udp.yaml", "l4_fullnat_tcp.yaml", "testpmd_io.yaml",
-                          "search.yaml", "replay.yaml"}) {
+                          "search.yaml", "replay.yaml", "ring_mix.yaml",
+                          "syn_with_established.yaml"}) {
         const std::string path = std::string(PKTGEN_PROFILES) + "/" + f;
         auto p = load_profile(path);
         EXPECT_TRUE(p.has_value()) << path << ": " << (p ? "" : p.error().message);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams (several traffic mixes in one run)
+// ---------------------------------------------------------------------------------------
+
+const char* const kTwoStreams = R"(
+rate_pps: 0
+dst_mac: arp
+arp_reply_for: [10.0.0.11-10.0.0.14]
+streams:
+  - name: established
+    proto: udp
+    src: 10.1.0.0/16
+    dst: 10.0.0.100
+    sport: 1024-1087
+    dport: 53
+    flows: 1000
+    size: 64
+    src_mac: 02:00:00:00:01:01
+    share: 30
+  - name: syn
+    proto: syn
+    src: 10.1.0.0/16
+    dst: 10.0.0.101
+    sport: 1024-65535
+    dport: 80
+    flows: 500
+    size: 64
+    share: 70
+)";
+
+TEST(Streams, ParseSharesFlowRangesAndSendOrder) {
+    const Profile p = must_parse(kTwoStreams);
+    EXPECT_TRUE(p.multi_stream);
+    ASSERT_EQ(p.streams.size(), 2u);
+    const Stream& e = p.streams[0];
+    const Stream& s = p.streams[1];
+    EXPECT_EQ(e.name, "established");
+    EXPECT_EQ(e.proto, Proto::Udp);
+    EXPECT_EQ(e.flows, 1000u);
+    EXPECT_EQ(e.flow_base, 0u);
+    EXPECT_TRUE(e.src_mac_set);
+    EXPECT_EQ(s.proto, Proto::Syn);
+    EXPECT_EQ(s.flow_base, 1000u);
+    EXPECT_FALSE(s.src_mac_set);
+    EXPECT_EQ(s.seed, 2u);                                  // streams default to different seeds
+    EXPECT_EQ(s.size_pattern, (std::vector<uint16_t>{74})); // raised for TCP + stamp
+    ASSERT_EQ(p.notes.size(), 1u);
+    EXPECT_NE(p.notes[0].find("streams[1] (syn)"), std::string::npos) << p.notes[0];
+    EXPECT_EQ(p.total_flows(), 1500u);
+    EXPECT_EQ(p.stream_of(0), 0u);
+    EXPECT_EQ(p.stream_of(999), 0u);
+    EXPECT_EQ(p.stream_of(1000), 1u);
+    EXPECT_EQ(p.stream_of(1499), 1u);
+    // The profile's own traffic fields are the first stream's (ARP resolution uses them).
+    EXPECT_EQ(p.dst.lo, v4(10, 0, 0, 100));
+    EXPECT_EQ(p.flows, 1000u);
+    EXPECT_EQ(p.dst_mac_mode, Profile::DstMacMode::Arp);
+    EXPECT_EQ(p.rate_pps, 0);
+    EXPECT_EQ(e.weight, 3u); // 30/70 reduced by the gcd
+    EXPECT_EQ(s.weight, 7u);
+    EXPECT_DOUBLE_EQ(e.fraction, 0.3);
+    EXPECT_DOUBLE_EQ(p.mix_mean_frame(), 0.3 * 64 + 0.7 * 74);
+    ASSERT_EQ(p.stream_pattern.size(), 10u);
+    EXPECT_EQ(std::count(p.stream_pattern.begin(), p.stream_pattern.end(), 0), 3);
+    // Interleaved packet by packet: no run of the minority stream, at most 3 of the other.
+    int run = 0;
+    int worst = 0;
+    for (size_t i = 0; i < 2 * p.stream_pattern.size(); ++i) {
+        const uint16_t k = p.stream_pattern[i % p.stream_pattern.size()];
+        EXPECT_LT(k, 2u);
+        if (k == 0) {
+            EXPECT_NE(p.stream_pattern[(i + 1) % p.stream_pattern.size()], 0u) << i;
+        }
+        run = k == 1 ? run + 1 : 0;
+        worst = std::max(worst, run);
+    }
+    EXPECT_LE(worst, 3);
+}
+
+TEST(Streams, SingleStreamProfileIsOneStream) {
+    const Profile p = must_parse("rate_pps: 1\nflows: 4\nsport: 1-4\nseed: 9\nttl: 3\n");
+    EXPECT_FALSE(p.multi_stream);
+    ASSERT_EQ(p.streams.size(), 1u);
+    EXPECT_EQ(p.streams[0].flows, 4u);
+    EXPECT_EQ(p.streams[0].flow_base, 0u);
+    EXPECT_EQ(p.streams[0].seed, 9u);
+    EXPECT_EQ(p.streams[0].ttl, 3u);
+    EXPECT_EQ(p.seed, 9u);
+    EXPECT_EQ(p.stream_pattern, (std::vector<uint16_t>{0}));
+    EXPECT_EQ(p.total_flows(), 4u);
+    EXPECT_EQ(p.stream_of(3), 0u);
+    EXPECT_DOUBLE_EQ(p.mix_mean_frame(), p.mean_frame());
+}
+
+TEST(Streams, OwnRatesFractionalSharesAndDefaults) {
+    // Every stream with its own rate: the total is their sum, the weights their ratio.
+    const Profile r = must_parse("streams:\n"
+                                 "  - {name: a, rate_pps: 100000}\n"
+                                 "  - {name: b, rate_pps: 300000, proto: tcp}\n");
+    EXPECT_EQ(r.rate_pps, 400000);
+    EXPECT_EQ(r.streams[0].weight, 1u);
+    EXPECT_EQ(r.streams[1].weight, 3u);
+    EXPECT_DOUBLE_EQ(r.streams[1].fraction, 0.75);
+    EXPECT_EQ(r.stream_pattern.size(), 4u);
+    // Fractional shares are scaled to whole weights.
+    const Profile f = must_parse("rate_pps: 1000\nstreams:\n"
+                                 "  - {share: 0.25}\n  - {share: 0.75, dport: 54}\n");
+    EXPECT_EQ(f.streams[0].weight, 1u);
+    EXPECT_EQ(f.streams[1].weight, 3u);
+    EXPECT_EQ(f.streams[0].name, "stream0");
+    EXPECT_EQ(f.streams[1].name, "stream1");
+    // No share and no rate: equal shares.
+    const Profile d = must_parse("rate_pps: 1000\nstreams: [{dport: 1}, {dport: 2}, {dport: 3}]\n");
+    EXPECT_EQ(d.stream_pattern, (std::vector<uint16_t>{0, 1, 2}));
+    // A share far below the others still gets its turn (1 in kMaxMixWeight).
+    const Profile tiny = must_parse("rate_pps: 1\nstreams: [{share: 1e-9}, {share: 1}]\n");
+    EXPECT_EQ(tiny.streams[0].weight, 1u);
+    EXPECT_EQ(tiny.streams[1].weight, kMaxMixWeight);
+    EXPECT_EQ(tiny.stream_pattern.size(), kMaxMixWeight + 1);
+}
+
+TEST(Streams, Errors) {
+    auto has = [](const std::string& y, const char* what) {
+        const std::string e = parse_error(y);
+        EXPECT_NE(e.find(what), std::string::npos) << "error '" << e << "' lacks '" << what << "'";
+    };
+    has("rate_pps: 1\nstreams: [{share: 1, color: red}]\n", "streams[0]: unknown key 'color'");
+    has("rate_pps: 1\nstreams: [{share: 1}, {share: 0}]\n",
+        "streams[1] (stream1).share: must be above 0");
+    has("rate_pps: 1\nstreams: [{share: -2}]\n", "outside");
+    has("rate_pps: 1\nstreams: [{share: 1, rate_pps: 5}]\n", "share or rate_pps, not both");
+    has("rate_pps: 1\nstreams: [{share: 1}, {rate_pps: 5}]\n", "not a mix");
+    has("streams: [{rate_pps: 0}]\n", "rate_pps: must be above 0");
+    has("rate_pps: 1\nstreams: [{rate_pps: 5}]\n", "no top-level rate_pps");
+    has("rate_percent: 5\nstreams: [{rate_pps: 5}]\n", "no top-level rate_pps");
+    has("rate_pps: 1\nproto: udp\nstreams: [{share: 1}]\n", "'proto' is a per-stream key");
+    has("rate_pps: 1\nsize: 64\nstreams: [{share: 1}]\n", "'size' is a per-stream key");
+    has("rate_pps: 1\nstreams: [{name: x}, {name: x}]\n", "used twice");
+    has("rate_pps: 1\nstreams: []\n", "non-empty list");
+    has("rate_pps: 1\nstreams: {share: 1}\n", "non-empty list");
+    has("rate_pps: 1\nstreams: [5]\n", "streams[0]: a mapping");
+    has("rate_pps: 1\nstreams: [{name: ''}]\n", "empty");
+    has("pcap_replay: x.pcap\nreplay_pps: 1\nstreams: [{share: 1}]\n", "no streams");
+    has("streams: [{share: 1}]\n", "give rate_pps");
+    has("rate_pps: 1\nstreams: [{share: 1, proto: icmp}]\n", "streams[0] (stream0): proto");
+    has("rate_pps: 1\nstreams: [{share: 1, flows: 5}]\n", "distinct 5-tuples");
+    has("rate_pps: 1\ndst_mac: arp\nstreams: [{ip: 6}, {ip: 4}]\n", "in the first stream");
+    // Flow ranges are disjoint parts of the stamp's 24-bit flow index.
+    has("rate_pps: 1\nstreams:\n"
+        "  - {src: 10.0.0.0/8, flows: 16000000}\n"
+        "  - {src: 10.0.0.0/8, flows: 1000000}\n",
+        "16777216");
+    std::string many = "rate_pps: 1\nstreams:\n";
+    for (size_t i = 0; i <= kMaxStreams; ++i) {
+        many += "  - {dport: " + std::to_string(i + 1) + "}\n";
+    }
+    has(many, "at most 16");
+}
+
+// The generator's send loop on plain memory: streams take turns by the send order, each
+// walks its own flows, stamps carry flow_base + the stream's flow index, and the receive
+// side finds the stream again from the stamp alone.
+TEST(Streams, InterleavedFramesAreAttributedToTheirStream) {
+    const Profile p = must_parse(kTwoStreams);
+    std::vector<FlowCursor> cursors;
+    std::vector<FrameSpec> specs;
+    for (const Stream& s : p.streams) {
+        cursors.emplace_back(s);
+        specs.push_back(make_frame_spec(s, {2, 0, 0, 0, 0, 1}, {2, 0, 0, 0, 0, 2}));
+    }
+    std::vector<uint64_t> sent(2, 0);
+    std::vector<uint64_t> got(2, 0);
+    size_t mix = 0;
+    for (int i = 0; i < 1000; ++i) {
+        const uint16_t k = p.stream_pattern[mix];
+        mix = mix + 1 == p.stream_pattern.size() ? 0 : mix + 1;
+        const Stream& s = p.streams[k];
+        FlowCursor& c = cursors[k];
+        const uint32_t flow = s.flow_base + c.flow();
+        std::vector<uint8_t> f(s.size_pattern[0] - 4, 0);
+        write_frame(f.data(), static_cast<uint32_t>(f.size()), specs[k], c.tuple(),
+                    Stamp{flow, 0, 1}, s.proto == Proto::Syn ? dp::kTcpSyn : 0);
+        c.advance();
+        ++sent[k];
+        dp::PacketMeta m;
+        Stamp st;
+        ASSERT_EQ(classify_rx(f.data(), static_cast<uint32_t>(f.size()), m, st), RxKind::Stamped);
+        ASSERT_LT(st.flow, p.total_flows());
+        const size_t owner = p.stream_of(st.flow);
+        EXPECT_EQ(owner, k);
+        EXPECT_EQ(m.proto, s.proto == Proto::Udp ? dp::kProtoUdp : dp::kProtoTcp);
+        EXPECT_EQ(m.key.dst_port, s.dport.lo);
+        ++got[owner];
+    }
+    EXPECT_EQ(sent[0], 300u);
+    EXPECT_EQ(sent[1], 700u);
+    EXPECT_EQ(got, sent);
+}
+
+TEST(Streams, RxStatsFoldAndReport) {
+    const Profile p = must_parse(kTwoStreams);
+    RxStats rx;
+    rx.reset(p.total_flows(), p.streams.size());
+    ASSERT_EQ(rx.streams.size(), 2u);
+    rx.streams[0].packets = 290;
+    rx.streams[0].latency.add(1000);
+    rx.streams[0].dests.add(4, 17, v4(10, 0, 0, 11), 5353);
+    rx.streams[1].packets = 700;
+    rx.streams[1].tunneled = 700;
+    rx.streams[1].latency.add(4000);
+    rx.streams[1].dests.add(4, 6, v4(10, 0, 0, 12), 80);
+    rx.streams[1].dests.add(4, 6, v4(10, 0, 0, 12), 80);
+    rx.streams[1].dests.add(4, 17, v4(10, 0, 0, 11), 5353); // the same entry as stream 0's
+    rx.flow_rx[0] = 290;
+    rx.flow_rx[1000] = 700;
+    rx.fold_streams();
+    EXPECT_EQ(rx.packets, 990u);
+    EXPECT_EQ(rx.tunneled, 700u);
+    EXPECT_EQ(rx.latency.count(), 2u);
+    EXPECT_EQ(rx.dests.distinct(), 2u);
+    EXPECT_EQ(rx.dests.top(1)[0].packets, 2u);
+    std::vector<uint32_t> ftx(p.total_flows(), 0);
+    ftx[0] = 300;
+    ftx[1000] = 700;
+    TxTotals tx;
+    tx.packets = 1000;
+    tx.flow_tx = &ftx;
+    const TrialResult r = summarize(p, "run", 0, 2.0, tx, rx, false);
+    EXPECT_EQ(r.json["rx"]["packets"], 990);
+    EXPECT_EQ(r.json["lost"], 10);
+    ASSERT_EQ(r.streams.size(), 2u);
+    const Json& js = r.json["streams"];
+    ASSERT_EQ(js.size(), 2u);
+    EXPECT_EQ(js[0]["name"], "established");
+    EXPECT_EQ(js[0]["tx"]["packets"], 300);
+    EXPECT_EQ(js[0]["rx"]["packets"], 290);
+    EXPECT_EQ(js[0]["lost"], 10);
+    EXPECT_EQ(js[0]["flows"]["seen"], 1);
+    EXPECT_EQ(js[0]["latency_ns"]["p50"], 1000);
+    EXPECT_EQ(js[0]["destinations"]["top"][0]["dst"], "10.0.0.11:5353");
+    EXPECT_EQ(js[1]["name"], "syn");
+    EXPECT_EQ(js[1]["proto"], "syn");
+    EXPECT_EQ(js[1]["tx"]["packets"], 700);
+    EXPECT_EQ(js[1]["rx"]["tunneled"], 700);
+    EXPECT_EQ(js[1]["loss_ratio"], 0.0);
+    EXPECT_EQ(js[1]["destinations"]["top"][0]["dst"], "10.0.0.12:80");
+    EXPECT_DOUBLE_EQ(js[1]["rx"]["pps"].get<double>(), 350.0);
+    EXPECT_EQ(r.json["flows"]["per_flow"][0]["stream"], "established");
+    EXPECT_EQ(r.json["flows"]["per_flow"][0]["dst"], "10.0.0.100:53");
+    const auto lines = stream_lines(r);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_NE(lines[0].find("run [established]"), std::string::npos);
+    EXPECT_NE(lines[0].find("loss 3.3333%"), std::string::npos) << lines[0];
+    // A single-stream profile has no per-stream section.
+    const Profile one = must_parse("rate_pps: 1\n");
+    RxStats r1;
+    r1.reset(1);
+    EXPECT_FALSE(summarize(one, "run", 1, 1, TxTotals{}, r1, false).json.contains("streams"));
+    const Json pj = profile_json(p);
+    ASSERT_EQ(pj["streams"].size(), 2u);
+    EXPECT_EQ(pj["streams"][1]["flow_first"], 1000);
+    EXPECT_EQ(pj["flows"], 1500);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <sstream>
 
@@ -116,31 +117,26 @@ Result<AddrRange> addr_node(const YAML::Node& n, const std::string& key) {
     return r;
 }
 
-Result<Profile> parse_root(const YAML::Node& root) {
-    if (!root.IsMap()) {
-        return fail(Errc::Invalid, "a profile is a YAML mapping");
-    }
-    static const std::set<std::string> kKeys = {
-        "proto",    "ip",          "src",           "dst",         "sport",
-        "dport",    "flows",       "size",          "imix",        "rate_pps",
-        "rate_percent", "duration_s", "warmup_s",    "drain_s",     "src_mac",
-        "dst_mac",  "tx_port",     "rx_port",       "burst",       "ttl",
-        "seed",     "pcap_replay", "replay_pps",    "arp_reply_for", "arp_mac",
-        "search",   "sweep",       "per_flow_report", "name",      "description"};
-    for (const auto& kv : root) {
-        const std::string k = kv.first.as<std::string>();
-        if (!kKeys.count(k)) {
-            return fail(Errc::Invalid, "unknown key '" + k + "' (see tools/pktgen/README.md)");
-        }
-    }
-    Profile p;
 #define PKTGEN_TRY(var, expr)                                                                    \
     auto var = (expr);                                                                           \
     if (!var) {                                                                                  \
         return tl::unexpected(var.error());                                                      \
     }
-    if (root["proto"]) {
-        PKTGEN_TRY(t, text(root["proto"], "proto"));
+
+// The keys of one stream's traffic: at the top level of a profile without `streams:`, in
+// each entry of `streams:` otherwise.
+const std::set<std::string> kTrafficKeys = {"proto", "ip",   "src",  "dst",     "sport", "dport",
+                                            "flows", "size", "imix", "src_mac", "ttl",   "seed"};
+
+/// Parses the traffic keys of mapping `m` (other keys are the caller's). `replay`: frame
+/// sizes are not raised (a replay sends the file's frames). `default_seed` is the seed when
+/// `m` gives none. Adjustments are appended to `notes`.
+Result<TrafficSpec> parse_traffic(const YAML::Node& m, bool replay, uint64_t default_seed,
+                                  std::vector<std::string>& notes) {
+    TrafficSpec p;
+    p.seed = default_seed;
+    if (m["proto"]) {
+        PKTGEN_TRY(t, text(m["proto"], "proto"));
         if (*t == "udp") {
             p.proto = Proto::Udp;
         } else if (*t == "tcp") {
@@ -152,27 +148,22 @@ Result<Profile> parse_root(const YAML::Node& root) {
         }
     }
     bool ip_given = false;
-    if (root["ip"]) {
-        PKTGEN_TRY(v, number(root["ip"], "ip", 4, 6));
+    if (m["ip"]) {
+        PKTGEN_TRY(v, number(m["ip"], "ip", 4, 6));
         if (*v != 4 && *v != 6) {
             return fail(Errc::Invalid, "ip: 4 or 6");
         }
         p.ip = static_cast<uint8_t>(*v);
         ip_given = true;
     }
-    const bool replay = static_cast<bool>(root["pcap_replay"]);
-    if (replay) {
-        PKTGEN_TRY(t, text(root["pcap_replay"], "pcap_replay"));
-        p.pcap_replay = *t;
-    }
-    if (root["src"]) {
-        PKTGEN_TRY(r, addr_node(root["src"], "src"));
+    if (m["src"]) {
+        PKTGEN_TRY(r, addr_node(m["src"], "src"));
         p.src = *r;
     } else {
         p.src = *parse_addr_range(p.ip == 6 ? "fd00::1" : "10.1.0.1");
     }
-    if (root["dst"]) {
-        PKTGEN_TRY(r, addr_node(root["dst"], "dst"));
+    if (m["dst"]) {
+        PKTGEN_TRY(r, addr_node(m["dst"], "dst"));
         p.dst = *r;
     } else {
         p.dst = *parse_addr_range(p.ip == 6 ? "fd00::100" : "10.0.0.100");
@@ -184,16 +175,16 @@ Result<Profile> parse_root(const YAML::Node& root) {
         return fail(Errc::Invalid, "src and dst must be IPv" + std::to_string(p.ip) +
                                        " addresses (ip: " + std::to_string(p.ip) + ")");
     }
-    if (root["sport"]) {
-        PKTGEN_TRY(r, port_node(root["sport"], "sport"));
+    if (m["sport"]) {
+        PKTGEN_TRY(r, port_node(m["sport"], "sport"));
         p.sport = *r;
     }
-    if (root["dport"]) {
-        PKTGEN_TRY(r, port_node(root["dport"], "dport"));
+    if (m["dport"]) {
+        PKTGEN_TRY(r, port_node(m["dport"], "dport"));
         p.dport = *r;
     }
-    if (root["flows"]) {
-        PKTGEN_TRY(v, number(root["flows"], "flows", 1, kMaxFlows));
+    if (m["flows"]) {
+        PKTGEN_TRY(v, number(m["flows"], "flows", 1, kMaxFlows));
         p.flows = static_cast<uint32_t>(*v);
     }
     if (p.flows > p.tuple_space()) {
@@ -202,26 +193,26 @@ Result<Profile> parse_root(const YAML::Node& root) {
                                        "ranges give only " +
                                        std::to_string(p.tuple_space()));
     }
-    if (root["size"] && root["imix"]) {
+    if (m["size"] && m["imix"]) {
         return fail(Errc::Invalid, "give size or imix, not both");
     }
-    if (root["size"]) {
-        PKTGEN_TRY(v, number(root["size"], "size", kMinFrame, kMaxFrame));
+    if (m["size"]) {
+        PKTGEN_TRY(v, number(m["size"], "size", kMinFrame, kMaxFrame));
         p.size_pattern = {static_cast<uint16_t>(*v)};
     }
-    if (root["imix"]) {
-        const YAML::Node& m = root["imix"];
-        if (!m.IsSequence() || m.size() == 0) {
+    if (m["imix"]) {
+        const YAML::Node& mix = m["imix"];
+        if (!mix.IsSequence() || mix.size() == 0) {
             return fail(Errc::Invalid, "imix: a list of [size, weight] pairs");
         }
         uint64_t total = 0;
-        for (const auto& e : m) {
+        for (const auto& e : mix) {
             if (!e.IsSequence() || e.size() != 2) {
                 return fail(Errc::Invalid, "imix: each entry is [size, weight]");
             }
-            PKTGEN_TRY(s, number(e[0], "imix size", kMinFrame, kMaxFrame));
+            PKTGEN_TRY(sz, number(e[0], "imix size", kMinFrame, kMaxFrame));
             PKTGEN_TRY(w, number(e[1], "imix weight", 1, 1000));
-            p.imix.emplace_back(static_cast<uint16_t>(*s), static_cast<uint32_t>(*w));
+            p.imix.emplace_back(static_cast<uint16_t>(*sz), static_cast<uint32_t>(*w));
             total += static_cast<uint64_t>(*w);
         }
         if (total > 10000) {
@@ -232,18 +223,217 @@ Result<Profile> parse_root(const YAML::Node& root) {
     if (!replay) {
         const uint32_t min = p.min_frame();
         bool raised = false;
-        for (uint16_t& s : p.size_pattern) {
-            if (s < min) {
-                s = static_cast<uint16_t>(min);
+        for (uint16_t& sz : p.size_pattern) {
+            if (sz < min) {
+                sz = static_cast<uint16_t>(min);
                 raised = true;
             }
         }
         if (raised) {
-            p.notes.push_back("frame sizes below " + std::to_string(min) +
-                              " bytes raised to " + std::to_string(min) +
-                              " (headers + the 16-byte stamp + FCS)");
+            notes.push_back("frame sizes below " + std::to_string(min) + " bytes raised to " +
+                            std::to_string(min) + " (headers + the 16-byte stamp + FCS)");
         }
     }
+    if (m["src_mac"]) {
+        PKTGEN_TRY(t, text(m["src_mac"], "src_mac"));
+        PKTGEN_TRY(mac, parse_mac(*t));
+        p.src_mac = *mac;
+        p.src_mac_set = true;
+    }
+    if (m["ttl"]) {
+        PKTGEN_TRY(v, number(m["ttl"], "ttl", 1, 255));
+        p.ttl = static_cast<uint8_t>(*v);
+    }
+    if (m["seed"]) {
+        PKTGEN_TRY(v, number(m["seed"], "seed", 0, 1e18));
+        p.seed = static_cast<uint64_t>(*v);
+    }
+    return p;
+}
+
+/// Integer send-order weights for positive `values` (shares or rates): the values
+/// themselves when they are whole numbers adding up to at most kMaxMixWeight, otherwise
+/// scaled to that total (at least 1 each); then divided by their gcd, so that the send
+/// order is as short as it can be (50/50 -> 1/1).
+std::vector<uint32_t> mix_weights(const std::vector<double>& values) {
+    double sum = 0;
+    bool whole = true;
+    for (double v : values) {
+        sum += v;
+        whole = whole && v == std::floor(v);
+    }
+    std::vector<uint32_t> w;
+    for (double v : values) {
+        const double x = whole && sum <= kMaxMixWeight ? v : std::round(v / sum * kMaxMixWeight);
+        w.push_back(std::max<uint32_t>(1, static_cast<uint32_t>(x)));
+    }
+    uint32_t g = 0;
+    for (uint32_t x : w) {
+        g = std::gcd(g, x);
+    }
+    for (uint32_t& x : w) {
+        x /= g;
+    }
+    return w;
+}
+
+/// Parses `streams:` into p.streams, p.stream_pattern and (streams with their own rate)
+/// p.rate_pps. The caller has checked that no traffic key sits at the top level.
+Result<bool> parse_streams(const YAML::Node& list, const YAML::Node& root, Profile& p) {
+    if (!list.IsSequence() || list.size() == 0) {
+        return fail(Errc::Invalid, "streams: a non-empty list of mappings (see "
+                                   "tools/pktgen/README.md)");
+    }
+    if (list.size() > kMaxStreams) {
+        return fail(Errc::LimitExceeded, "streams: " + std::to_string(list.size()) +
+                                             " streams, at most " + std::to_string(kMaxStreams));
+    }
+    static const std::set<std::string> kStreamOnly = {"name", "share", "rate_pps"};
+    std::set<std::string> names;
+    uint64_t flows = 0;
+    size_t with_rate = 0;
+    for (size_t i = 0; i < list.size(); ++i) {
+        const YAML::Node& m = list[i];
+        std::string where = "streams[" + std::to_string(i) + "]";
+        if (!m.IsMap()) {
+            return fail(Errc::Invalid, where + ": a mapping of stream keys");
+        }
+        for (const auto& kv : m) {
+            const std::string k = kv.first.as<std::string>();
+            if (!kTrafficKeys.count(k) && !kStreamOnly.count(k)) {
+                return fail(Errc::Invalid, where + ": unknown key '" + k +
+                                               "' (a stream takes the per-stream keys, name, "
+                                               "share or rate_pps; see tools/pktgen/README.md)");
+            }
+        }
+        Stream s;
+        s.name = "stream" + std::to_string(i);
+        if (m["name"]) {
+            PKTGEN_TRY(t, text(m["name"], where + ".name"));
+            if (t->empty()) {
+                return fail(Errc::Invalid, where + ".name: empty");
+            }
+            s.name = *t;
+        }
+        where += " (" + s.name + ")";
+        if (!names.insert(s.name).second) {
+            return fail(Errc::Invalid, where + ": name '" + s.name + "' used twice");
+        }
+        std::vector<std::string> notes;
+        auto t = parse_traffic(m, false, i + 1, notes);
+        if (!t) {
+            return fail(t.error().code, where + ": " + t.error().message);
+        }
+        for (const std::string& n : notes) {
+            p.notes.push_back(where + ": " + n);
+        }
+        static_cast<TrafficSpec&>(s) = std::move(*t);
+        if (m["share"] && m["rate_pps"]) {
+            return fail(Errc::Invalid, where + ": give share or rate_pps, not both");
+        }
+        if (m["share"]) {
+            PKTGEN_TRY(v, number(m["share"], where + ".share", 0, 1e9));
+            if (*v <= 0) {
+                return fail(Errc::Invalid, where + ".share: must be above 0 (a stream that "
+                                                   "sends nothing: leave it out)");
+            }
+            s.share = *v;
+        }
+        if (m["rate_pps"]) {
+            PKTGEN_TRY(v, number(m["rate_pps"], where + ".rate_pps", 0, 1e10));
+            if (*v <= 0) {
+                return fail(Errc::Invalid,
+                            where + ".rate_pps: must be above 0 (for as fast as possible, give "
+                                    "the top-level rate_pps: 0 and shares)");
+            }
+            s.rate_pps = *v;
+            ++with_rate;
+        }
+        s.flow_base = static_cast<uint32_t>(flows);
+        flows += s.flows;
+        p.streams.push_back(std::move(s));
+    }
+    if (flows > kMaxFlows) {
+        return fail(Errc::LimitExceeded,
+                    "streams: " + std::to_string(flows) +
+                        " flows in all; the stamp's 24-bit flow index allows " +
+                        std::to_string(kMaxFlows) + " (each stream owns a range of it)");
+    }
+    if (with_rate != 0 && with_rate != p.streams.size()) {
+        return fail(Errc::Invalid, "streams: give every stream a share (of the top-level rate) "
+                                   "or every stream its own rate_pps, not a mix");
+    }
+    std::vector<double> values;
+    double rate_sum = 0;
+    for (const Stream& s : p.streams) {
+        values.push_back(with_rate ? s.rate_pps : (s.share > 0 ? s.share : 1.0));
+        rate_sum += with_rate ? s.rate_pps : 0;
+    }
+    if (with_rate) {
+        if (root["rate_pps"] || root["rate_percent"]) {
+            return fail(Errc::Invalid, "streams give their own rate_pps: no top-level rate_pps "
+                                       "or rate_percent (the total is their sum)");
+        }
+        p.rate_pps = rate_sum;
+    }
+    const std::vector<uint32_t> w = mix_weights(values);
+    uint64_t total = 0;
+    std::vector<std::pair<uint16_t, uint32_t>> mix;
+    for (size_t i = 0; i < w.size(); ++i) {
+        mix.emplace_back(static_cast<uint16_t>(i), w[i]);
+        total += w[i];
+    }
+    for (size_t i = 0; i < w.size(); ++i) {
+        p.streams[i].weight = w[i];
+        p.streams[i].fraction = static_cast<double>(w[i]) / static_cast<double>(total);
+    }
+    p.stream_pattern = expand_imix(mix);
+    return true;
+}
+
+Result<Profile> parse_root(const YAML::Node& root) {
+    if (!root.IsMap()) {
+        return fail(Errc::Invalid, "a profile is a YAML mapping");
+    }
+    static const std::set<std::string> kKeys = {
+        "rate_pps",        "rate_percent",  "duration_s",  "warmup_s", "drain_s",
+        "dst_mac",         "tx_port",       "rx_port",     "burst",    "pcap_replay",
+        "replay_pps",      "arp_reply_for", "arp_mac",     "search",   "sweep",
+        "per_flow_report", "name",          "description", "streams"};
+    for (const auto& kv : root) {
+        const std::string k = kv.first.as<std::string>();
+        if (!kKeys.count(k) && !kTrafficKeys.count(k)) {
+            return fail(Errc::Invalid, "unknown key '" + k + "' (see tools/pktgen/README.md)");
+        }
+    }
+    Profile p;
+    const bool replay = static_cast<bool>(root["pcap_replay"]);
+    if (replay) {
+        PKTGEN_TRY(t, text(root["pcap_replay"], "pcap_replay"));
+        p.pcap_replay = *t;
+    }
+    if (const YAML::Node& list = root["streams"]) {
+        if (replay) {
+            return fail(Errc::Invalid, "pcap_replay sends the file's frames: no streams");
+        }
+        for (const auto& kv : root) {
+            const std::string k = kv.first.as<std::string>();
+            if (kTrafficKeys.count(k)) {
+                return fail(Errc::Invalid, "'" + k +
+                                               "' is a per-stream key: with streams:, "
+                                               "give it in each stream");
+            }
+        }
+        PKTGEN_TRY(ok, parse_streams(list, root, p));
+        p.multi_stream = true;
+    } else {
+        PKTGEN_TRY(t, parse_traffic(root, replay, 1, p.notes));
+        Stream s;
+        static_cast<TrafficSpec&>(s) = std::move(*t);
+        s.name = "stream0";
+        p.streams.push_back(std::move(s));
+    }
+    static_cast<TrafficSpec&>(p) = p.streams.front();
     if (root["rate_pps"] && root["rate_percent"]) {
         return fail(Errc::Invalid, "give rate_pps or rate_percent, not both");
     }
@@ -277,17 +467,13 @@ Result<Profile> parse_root(const YAML::Node& root) {
         PKTGEN_TRY(v, number(root["drain_s"], "drain_s", 0, 60));
         p.drain_s = *v;
     }
-    if (root["src_mac"]) {
-        PKTGEN_TRY(t, text(root["src_mac"], "src_mac"));
-        PKTGEN_TRY(m, parse_mac(*t));
-        p.src_mac = *m;
-        p.src_mac_set = true;
-    }
     if (root["dst_mac"]) {
         PKTGEN_TRY(t, text(root["dst_mac"], "dst_mac"));
         if (*t == "arp") {
             if (p.ip != 4) {
-                return fail(Errc::Invalid, "dst_mac: arp needs ip: 4 (no neighbour discovery)");
+                return fail(Errc::Invalid, std::string("dst_mac: arp needs ip: 4 (no neighbour "
+                                                       "discovery)") +
+                                               (p.multi_stream ? " in the first stream" : ""));
             }
             p.dst_mac_mode = Profile::DstMacMode::Arp;
         } else {
@@ -310,14 +496,6 @@ Result<Profile> parse_root(const YAML::Node& root) {
     if (root["burst"]) {
         PKTGEN_TRY(v, number(root["burst"], "burst", 1, kMaxBurst));
         p.burst = static_cast<uint16_t>(*v);
-    }
-    if (root["ttl"]) {
-        PKTGEN_TRY(v, number(root["ttl"], "ttl", 1, 255));
-        p.ttl = static_cast<uint8_t>(*v);
-    }
-    if (root["seed"]) {
-        PKTGEN_TRY(v, number(root["seed"], "seed", 0, 1e18));
-        p.seed = static_cast<uint64_t>(*v);
     }
     if (root["per_flow_report"]) {
         PKTGEN_TRY(v, number(root["per_flow_report"], "per_flow_report", 0, 65536));
@@ -403,15 +581,15 @@ bool AddrRange::contains(uint8_t fam, const Addr16& a) const noexcept {
     return v >= to_u128(lo) && v <= to_u128(hi);
 }
 
-uint32_t Profile::header_len() const noexcept {
+uint32_t TrafficSpec::header_len() const noexcept {
     return 14 + (ip == 6 ? 40u : 20u) + (proto == Proto::Udp ? 8u : 20u);
 }
 
-uint32_t Profile::min_frame() const noexcept {
+uint32_t TrafficSpec::min_frame() const noexcept {
     return std::max<uint32_t>(kMinFrame, header_len() + kStampLen + 4);
 }
 
-double Profile::mean_frame() const noexcept {
+double TrafficSpec::mean_frame() const noexcept {
     double s = 0;
     for (uint16_t v : size_pattern) {
         s += v;
@@ -419,11 +597,38 @@ double Profile::mean_frame() const noexcept {
     return size_pattern.empty() ? 0 : s / static_cast<double>(size_pattern.size());
 }
 
-uint64_t Profile::tuple_space() const noexcept {
+uint64_t TrafficSpec::tuple_space() const noexcept {
     const double d = static_cast<double>(src.count) * static_cast<double>(dst.count) *
                      static_cast<double>(proto == Proto::Syn ? 1 : sport.count()) *
                      static_cast<double>(dport.count());
     return d > 9.2e18 ? (uint64_t{1} << 63) : static_cast<uint64_t>(d);
+}
+
+uint32_t Profile::total_flows() const noexcept {
+    uint64_t n = 0;
+    for (const Stream& s : streams) {
+        n += s.flows;
+    }
+    return streams.empty() ? flows : static_cast<uint32_t>(n);
+}
+
+double Profile::mix_mean_frame() const noexcept {
+    if (streams.size() <= 1) {
+        return mean_frame();
+    }
+    double m = 0;
+    for (const Stream& s : streams) {
+        m += s.fraction * s.mean_frame();
+    }
+    return m;
+}
+
+size_t Profile::stream_of(uint32_t flow) const noexcept {
+    size_t k = 0;
+    while (k + 1 < streams.size() && flow >= streams[k + 1].flow_base) {
+        ++k;
+    }
+    return k;
 }
 
 Result<AddrRange> parse_addr_range(std::string_view in) {

@@ -6,6 +6,7 @@
 /// Thread: any (the parser allocates; it runs once, before the generator starts).
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -54,7 +55,10 @@ struct SearchSpec {
     double warmup_s = 0.5;        ///< before each trial (not measured)
 };
 
-struct Profile {
+/// What one stream of packets is made of: the per-stream profile keys (proto, addresses,
+/// ports, flows, sizes, source MAC, TTL, seed). A profile without `streams:` has one, from
+/// its top-level keys.
+struct TrafficSpec {
     Proto proto = Proto::Udp;
     uint8_t ip = 4;
     AddrRange src;
@@ -66,30 +70,10 @@ struct Profile {
     /// robin). Sizes include the 4-byte FCS, as in RFC 2544: the mbuf holds size - 4.
     std::vector<uint16_t> size_pattern{64};
     std::vector<std::pair<uint16_t, uint32_t>> imix; ///< as given (empty for `size`)
-    double rate_pps = -1;     ///< -1: not given; 0: as fast as the port takes them
-    double rate_percent = -1; ///< -1: not given
-    double duration_s = 10;
-    double warmup_s = 1;
-    double drain_s = 0.5; ///< rx keeps counting this long after the last packet
     bool src_mac_set = false;
     Mac src_mac{};
-    enum class DstMacMode : uint8_t { Fixed, Arp } dst_mac_mode = DstMacMode::Fixed;
-    Mac dst_mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    uint16_t tx_port = 0;
-    uint16_t rx_port = 0;
-    uint16_t burst = 32;
     uint8_t ttl = 64;
     uint64_t seed = 1;
-    std::string pcap_replay; ///< file; empty = generate
-    double replay_pps = -1;
-    std::vector<AddrRange> arp_reply_for; ///< IPv4 addresses we answer ARP requests for
-    bool arp_mac_set = false;
-    Mac arp_mac{}; ///< default: the receiving port's MAC
-    bool has_search = false;
-    SearchSpec search;
-    std::vector<double> sweep; ///< percent of the zero-loss rate (or of the profile's rate)
-    uint32_t per_flow_report = 64; ///< flows listed one by one in the JSON
-    std::vector<std::string> notes; ///< adjustments the parser made (e.g. sizes raised)
 
     /// Bytes of Ethernet + IP + L4 headers of generated frames.
     [[nodiscard]] uint32_t header_len() const noexcept;
@@ -101,10 +85,64 @@ struct Profile {
     [[nodiscard]] uint64_t tuple_space() const noexcept;
 };
 
+/// One entry of `streams:`: its traffic, its weight in the mix and the range of stamp flow
+/// indexes it owns ([flow_base, flow_base + flows): disjoint, so the receive side attributes
+/// every packet to its stream from the stamp alone).
+struct Stream : TrafficSpec {
+    std::string name;
+    double share = -1;      ///< as given (-1: not given)
+    double rate_pps = -1;   ///< as given (-1: not given)
+    uint32_t weight = 1;    ///< integer weight of the send order (`Profile::stream_pattern`)
+    double fraction = 1;    ///< weight / total weight: this stream's part of the total rate
+    uint32_t flow_base = 0; ///< first stamp flow index of the stream
+};
+
+/// A parsed profile. Its own TrafficSpec fields always describe `streams[0]` (the only
+/// stream of a profile without `streams:`), so single-stream code reads them directly.
+struct Profile : TrafficSpec {
+    double rate_pps = -1;     ///< -1: not given; 0: as fast as the port takes them
+    double rate_percent = -1; ///< -1: not given
+    double duration_s = 10;
+    double warmup_s = 1;
+    double drain_s = 0.5; ///< rx keeps counting this long after the last packet
+    enum class DstMacMode : uint8_t { Fixed, Arp } dst_mac_mode = DstMacMode::Fixed;
+    Mac dst_mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    uint16_t tx_port = 0;
+    uint16_t rx_port = 0;
+    uint16_t burst = 32;
+    std::string pcap_replay; ///< file; empty = generate
+    double replay_pps = -1;
+    std::vector<AddrRange> arp_reply_for; ///< IPv4 addresses we answer ARP requests for
+    bool arp_mac_set = false;
+    Mac arp_mac{}; ///< default: the receiving port's MAC
+    bool has_search = false;
+    SearchSpec search;
+    std::vector<double> sweep; ///< percent of the zero-loss rate (or of the profile's rate)
+    uint32_t per_flow_report = 64; ///< flows listed one by one in the JSON
+    std::vector<std::string> notes; ///< adjustments the parser made (e.g. sizes raised)
+    /// The streams sent (at least one; empty only for pcap_replay). Flow ranges are laid out
+    /// in list order from 0.
+    std::vector<Stream> streams;
+    /// True when the profile has a `streams:` list: the results then get a per-stream section.
+    bool multi_stream = false;
+    /// Stream index of each packet in send order, repeated (smooth weighted round robin over
+    /// the weights, as expand_imix interleaves sizes). {0} for one stream.
+    std::vector<uint16_t> stream_pattern{0};
+
+    /// Flows of all streams: the stamp flow indexes in use are [0, total_flows()).
+    [[nodiscard]] uint32_t total_flows() const noexcept;
+    /// Mean frame size (with FCS) of the whole mix (streams weighted by their shares).
+    [[nodiscard]] double mix_mean_frame() const noexcept;
+    /// Index of the stream owning stamp flow index `flow` (< total_flows()). Thread: any.
+    [[nodiscard]] size_t stream_of(uint32_t flow) const noexcept;
+};
+
 inline constexpr uint32_t kMaxFlows = 1u << 24; ///< the stamp carries 24 bits of flow index
 inline constexpr uint16_t kMaxFrame = 1518;
 inline constexpr uint16_t kMinFrame = 64;
-inline constexpr uint16_t kMaxBurst = 64; ///< packets per tx burst at most
+inline constexpr uint16_t kMaxBurst = 64;        ///< packets per tx burst at most
+inline constexpr size_t kMaxStreams = 16;        ///< entries of `streams:` at most
+inline constexpr uint32_t kMaxMixWeight = 10000; ///< send-order length (mix resolution 1e-4)
 
 /// Parses a profile from YAML text. Every key is checked; unknown keys are errors.
 /// Thread: any.

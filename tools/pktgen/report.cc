@@ -23,6 +23,80 @@ double rate(uint64_t n, double s) {
     return s > 0 ? static_cast<double>(n) / s : 0;
 }
 
+Json latency_json(const LatencyHistogram& h) {
+    Json hist = Json::array();
+    for (const auto& [lo, n] : h.log2_buckets()) {
+        hist.push_back({{"from_ns", lo}, {"count", n}});
+    }
+    return {{"count", h.count()},          {"min", h.min()},           {"mean", h.mean()},
+            {"p50", h.percentile(0.5)},    {"p90", h.percentile(0.9)}, {"p99", h.percentile(0.99)},
+            {"p999", h.percentile(0.999)}, {"max", h.max()},           {"hist_log2", hist}};
+}
+
+Json destinations_json(const DestTable& d, uint64_t packets, size_t n) {
+    Json top = Json::array();
+    for (const DestTable::Entry& e : d.top(n)) {
+        top.push_back(
+            {{"dst", endpoint(e.family, e.addr, e.port)},
+             {"proto", e.proto == dp::kProtoTcp ? "tcp" : "udp"},
+             {"packets", e.packets},
+             {"share",
+              packets ? static_cast<double>(e.packets) / static_cast<double>(packets) : 0.0}});
+    }
+    return {{"distinct", d.distinct()}, {"overflow", d.overflow()}, {"top", top}};
+}
+
+// The per-stream section: each stream's tx (from the per-flow tx counts of its flow range),
+// rx, loss, latency and destinations.
+Json streams_json(const Profile& p, double offered_pps, double window_s, const TxTotals& tx,
+                  const RxStats& rx, std::vector<StreamResult>& out) {
+    Json arr = Json::array();
+    for (size_t k = 0; k < p.streams.size() && k < rx.streams.size(); ++k) {
+        const Stream& s = p.streams[k];
+        const RxCounts& c = rx.streams[k];
+        StreamResult sr;
+        sr.name = s.name;
+        sr.offered_pps = offered_pps * s.fraction;
+        uint64_t seen = 0;
+        for (uint32_t f = s.flow_base; f < s.flow_base + s.flows && f < rx.flow_rx.size(); ++f) {
+            if (tx.flow_tx && f < tx.flow_tx->size()) {
+                sr.tx += (*tx.flow_tx)[f];
+            }
+            seen += rx.flow_rx[f] ? 1 : 0;
+        }
+        sr.rx = c.packets;
+        sr.tx_pps = rate(sr.tx, window_s);
+        sr.rx_pps = rate(sr.rx, window_s);
+        sr.lost = static_cast<int64_t>(sr.tx) - static_cast<int64_t>(sr.rx);
+        sr.loss_ratio =
+            sr.tx ? std::max(0.0, static_cast<double>(sr.lost) / static_cast<double>(sr.tx)) : 0;
+        sr.p50_ns = c.latency.percentile(0.5);
+        sr.p99_ns = c.latency.percentile(0.99);
+        Json j;
+        j["name"] = s.name;
+        j["proto"] = proto_name(s.proto);
+        j["fraction"] = s.fraction;
+        j["offered_pps"] = sr.offered_pps;
+        j["tx"] = {{"packets", sr.tx}, {"pps", sr.tx_pps}};
+        j["rx"] = {{"packets", sr.rx},
+                   {"bytes", c.bytes},
+                   {"pps", sr.rx_pps},
+                   {"mpps", sr.rx_pps / 1e6},
+                   {"mbps", rate(c.bytes, window_s) * 8 / 1e6},
+                   {"tunneled", c.tunneled}};
+        j["lost"] = sr.lost;
+        j["loss_ratio"] = sr.loss_ratio;
+        j["reordered"] = c.reordered;
+        j["duplicates"] = c.duplicates;
+        j["latency_ns"] = latency_json(c.latency);
+        j["flows"] = {{"configured", s.flows}, {"first", s.flow_base}, {"seen", seen}};
+        j["destinations"] = destinations_json(c.dests, c.packets, 16);
+        arr.push_back(std::move(j));
+        out.push_back(std::move(sr));
+    }
+    return arr;
+}
+
 } // namespace
 
 TrialResult summarize(const Profile& p, const std::string& label, double offered_pps,
@@ -69,16 +143,7 @@ TrialResult summarize(const Profile& p, const std::string& label, double offered
     j["loss_ratio"] = r.loss_ratio;
     j["reordered"] = rx.reordered;
     j["duplicates"] = rx.duplicates;
-    const LatencyHistogram& h = rx.latency;
-    Json hist = Json::array();
-    for (const auto& [lo, n] : h.log2_buckets()) {
-        hist.push_back({{"from_ns", lo}, {"count", n}});
-    }
-    j["latency_ns"] = {{"count", h.count()},    {"min", h.min()},
-                       {"mean", h.mean()},      {"p50", h.percentile(0.5)},
-                       {"p90", h.percentile(0.9)}, {"p99", h.percentile(0.99)},
-                       {"p999", h.percentile(0.999)}, {"max", h.max()},
-                       {"hist_log2", hist}};
+    j["latency_ns"] = latency_json(rx.latency);
     // Per flow: summary over all flows, then the first per_flow_report flows one by one.
     uint64_t seen = 0;
     uint32_t mn = ~0u;
@@ -94,10 +159,16 @@ TrialResult summarize(const Profile& p, const std::string& label, double offered
     const uint32_t n_list =
         std::min<uint32_t>(p.per_flow_report, static_cast<uint32_t>(rx.flow_rx.size()));
     for (uint32_t f = 0; f < n_list; ++f) {
-        const FlowTuple t = FlowCursor::tuple_of(p, f);
+        // The flow's own stream (the profile's traffic for a single stream).
+        const Stream* st = p.streams.empty() ? nullptr : &p.streams[p.stream_of(f)];
+        const TrafficSpec& ts = st ? static_cast<const TrafficSpec&>(*st) : p;
+        const FlowTuple t = FlowCursor::tuple_of(ts, f - (st ? st->flow_base : 0));
         Json e = {{"flow", f},
-                  {"src", endpoint(p.ip, t.src, t.sport)},
-                  {"dst", endpoint(p.ip, t.dst, t.dport)}};
+                  {"src", endpoint(ts.ip, t.src, t.sport)},
+                  {"dst", endpoint(ts.ip, t.dst, t.dport)}};
+        if (p.multi_stream && st) {
+            e["stream"] = st->name;
+        }
         if (tx.flow_tx && f < tx.flow_tx->size()) {
             e["tx"] = (*tx.flow_tx)[f];
         }
@@ -112,18 +183,10 @@ TrialResult summarize(const Profile& p, const std::string& label, double offered
                                                  : static_cast<double>(sum) /
                                                        static_cast<double>(rx.flow_rx.size())},
                   {"per_flow", per}};
-    Json top = Json::array();
-    for (const DestTable::Entry& e : rx.dests.top(64)) {
-        top.push_back({{"dst", endpoint(e.family, e.addr, e.port)},
-                       {"proto", e.proto == dp::kProtoTcp ? "tcp" : "udp"},
-                       {"packets", e.packets},
-                       {"share", rx.packets ? static_cast<double>(e.packets) /
-                                                  static_cast<double>(rx.packets)
-                                            : 0.0}});
+    j["destinations"] = destinations_json(rx.dests, rx.packets, 64);
+    if (p.multi_stream) {
+        j["streams"] = streams_json(p, offered_pps, window_s, tx, rx, r.streams);
     }
-    j["destinations"] = {{"distinct", rx.dests.distinct()},
-                         {"overflow", rx.dests.overflow()},
-                         {"top", top}};
     return r;
 }
 
@@ -140,28 +203,67 @@ std::string summary_line(const TrialResult& r) {
     return buf;
 }
 
+std::vector<std::string> stream_lines(const TrialResult& r) {
+    std::vector<std::string> out;
+    for (const StreamResult& s : r.streams) {
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "%s [%s]: offered %.3f Mpps, tx %.3f Mpps rx %.3f Mpps loss %.4f%% (%lld) "
+                      "p50 %.1f us p99 %.1f us",
+                      r.label.c_str(), s.name.c_str(), s.offered_pps / 1e6, s.tx_pps / 1e6,
+                      s.rx_pps / 1e6, 100 * s.loss_ratio, static_cast<long long>(s.lost),
+                      static_cast<double>(s.p50_ns) / 1e3, static_cast<double>(s.p99_ns) / 1e3);
+        out.emplace_back(buf);
+    }
+    return out;
+}
+
 Json profile_json(const Profile& p) {
     auto range = [&](const AddrRange& r) {
         return format_addr(r.family, r.lo) + "-" + format_addr(r.family, r.hi);
     };
-    Json j;
-    j["proto"] = proto_name(p.proto);
-    j["ip"] = p.ip;
-    j["src"] = range(p.src);
-    j["dst"] = range(p.dst);
-    j["sport"] = std::to_string(p.sport.lo) + "-" + std::to_string(p.sport.hi);
-    j["dport"] = std::to_string(p.dport.lo) + "-" + std::to_string(p.dport.hi);
-    j["flows"] = p.flows;
-    if (p.imix.empty()) {
-        j["size"] = p.size_pattern.empty() ? 0 : p.size_pattern[0];
-    } else {
-        Json m = Json::array();
-        for (const auto& [s, w] : p.imix) {
-            m.push_back({s, w});
+    auto traffic = [&](const TrafficSpec& t, Json& j) {
+        j["proto"] = proto_name(t.proto);
+        j["ip"] = t.ip;
+        j["src"] = range(t.src);
+        j["dst"] = range(t.dst);
+        j["sport"] = std::to_string(t.sport.lo) + "-" + std::to_string(t.sport.hi);
+        j["dport"] = std::to_string(t.dport.lo) + "-" + std::to_string(t.dport.hi);
+        j["flows"] = t.flows;
+        if (t.imix.empty()) {
+            j["size"] = t.size_pattern.empty() ? 0 : t.size_pattern[0];
+        } else {
+            Json m = Json::array();
+            for (const auto& [sz, w] : t.imix) {
+                m.push_back({sz, w});
+            }
+            j["imix"] = m;
         }
-        j["imix"] = m;
+        j["mean_frame"] = t.mean_frame();
+    };
+    Json j;
+    if (!p.multi_stream) {
+        traffic(p, j);
+    } else {
+        Json arr = Json::array();
+        for (const Stream& s : p.streams) {
+            Json e;
+            e["name"] = s.name;
+            if (s.share >= 0) {
+                e["share"] = s.share;
+            }
+            if (s.rate_pps >= 0) {
+                e["rate_pps"] = s.rate_pps;
+            }
+            e["fraction"] = s.fraction;
+            e["flow_first"] = s.flow_base;
+            traffic(s, e);
+            arr.push_back(std::move(e));
+        }
+        j["streams"] = arr;
+        j["flows"] = p.total_flows();
+        j["mean_frame"] = p.mix_mean_frame();
     }
-    j["mean_frame"] = p.mean_frame();
     if (p.rate_pps >= 0) {
         j["rate_pps"] = p.rate_pps;
     }

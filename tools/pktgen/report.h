@@ -29,6 +29,20 @@ struct TxTotals {
     const std::vector<uint32_t>* flow_tx = nullptr; ///< per flow, in the window
 };
 
+/// One stream's figures in a trial (multi-stream profiles).
+struct StreamResult {
+    std::string name;
+    double offered_pps = 0; ///< its share of the trial's offered rate (0 = as fast as possible)
+    uint64_t tx = 0;        ///< sent in the window
+    uint64_t rx = 0;        ///< received from the window
+    double tx_pps = 0;
+    double rx_pps = 0;
+    int64_t lost = 0;
+    double loss_ratio = 0;
+    uint64_t p50_ns = 0;
+    uint64_t p99_ns = 0;
+};
+
 struct TrialResult {
     std::string label;
     double offered_pps = 0; ///< 0 = as fast as possible
@@ -40,16 +54,21 @@ struct TrialResult {
     double loss_ratio = 0;
     bool passed = false; ///< search: loss_ratio <= threshold
     LatencyHistogram latency;
+    std::vector<StreamResult> streams; ///< empty unless the profile has `streams:`
     Json json;
 };
 
-/// Summarises one trial. `replay`: unstamped frames count as received.
+/// Summarises one trial. `replay`: unstamped frames count as received. With several
+/// streams, `rx.streams` holds each stream's counts (folded into the totals already) and
+/// the JSON gets a `streams` section beside the totals.
 [[nodiscard]] TrialResult summarize(const Profile& p, const std::string& label,
                                     double offered_pps, double window_s, const TxTotals& tx,
                                     const RxStats& rx, bool replay);
 
 /// The one-line human summary of a trial (also the progress line's format).
 [[nodiscard]] std::string summary_line(const TrialResult& r);
+/// One line per stream of a multi-stream trial ("label [name]: ..."); empty otherwise.
+[[nodiscard]] std::vector<std::string> stream_lines(const TrialResult& r);
 
 /// The profile as the generator used it (after defaults and adjustments).
 [[nodiscard]] Json profile_json(const Profile& p);

@@ -6,6 +6,9 @@
      counts (every flow seen, tx == rx per flow), latency percentiles, destinations.
   2. --search + sweep + --plot: the search trials, the sweep points and the PNG charts.
   3. pcap replay: frames written here, replayed, all received.
+  4. two streams in one run (profiles/ring_mix.yaml: 25% UDP, 75% SYN): each stream's counts
+     are non-zero, tx == rx per stream, they add up to the totals, the mix follows the
+     shares, and each stream's destinations are its own.
 
 usage: smoke_test.py PKTGEN_BINARY PROFILES_DIR
 """
@@ -127,6 +130,39 @@ try:
           f"replayed frames all received ({r['rx']['packets']} of {r['tx']['packets']})")
     check(sorted(x["dst"] for x in r["destinations"]["top"]) ==
           ["10.3.0.1:7001", "10.3.0.1:7002", "10.3.0.1:7003"], "replayed destinations")
+
+    # 4. Two streams in one run.
+    out4 = os.path.join(work, "mix.json")
+    p = run(["--profile", os.path.join(PROFILES, "ring_mix.yaml"), "--json", out4], "pgsmoke4")
+    check(p.returncode == 0, f"two-stream run exits 0 (got {p.returncode})")
+    check("| udp rx " in p.stderr and "| syn rx " in p.stderr, "progress line shows per-stream rx")
+    check("run [udp]:" in p.stderr and "run [syn]:" in p.stderr, "per-stream summary lines")
+    r = json.load(open(out4))["run"]
+    tx, rx = r["tx"]["packets"], r["rx"]["packets"]
+    st = {x["name"]: x for x in r.get("streams", [])}
+    check(sorted(st) == ["syn", "udp"], f"run.streams has udp and syn ({sorted(st)})")
+    if sorted(st) == ["syn", "udp"]:
+        for name, want_dst in (("udp", "10.0.0.100:53"), ("syn", "10.0.0.101:80")):
+            x = st[name]
+            check(x["tx"]["packets"] > 0 and x["rx"]["packets"] > 0,
+                  f"{name}: non-zero counts (tx {x['tx']['packets']}, rx {x['rx']['packets']})")
+            check(x["rx"]["packets"] == x["tx"]["packets"] and x["lost"] == 0,
+                  f"{name}: rx == tx on a ring")
+            check(x["latency_ns"]["count"] == x["rx"]["packets"] and x["latency_ns"]["p50"] > 0,
+                  f"{name}: latency per packet")
+            d = x["destinations"]["top"]
+            check(len(d) == 1 and d[0]["dst"] == want_dst and d[0]["packets"] == x["rx"]["packets"],
+                  f"{name}: every packet to {want_dst}")
+        check(st["udp"]["tx"]["packets"] + st["syn"]["tx"]["packets"] == tx,
+              "streams' tx add up to the total")
+        check(st["udp"]["rx"]["packets"] + st["syn"]["rx"]["packets"] == rx,
+              "streams' rx add up to the total")
+        check(abs(st["udp"]["tx"]["packets"] / max(tx, 1) - 0.25) < 0.01,
+              f"the mix follows the shares ({st['udp']['tx']['packets']} of {tx} UDP)")
+        check(st["syn"]["flows"]["first"] == 64 and st["syn"]["flows"]["seen"] == 256,
+              "syn stream owns flow indexes 64-319, all seen")
+    check(r["flows"]["configured"] == 320 and r["flows"]["seen"] == 320, "all 320 flows seen")
+    check(r["rx"]["bad_flow"] == 0 and r["lost"] == 0, "no loss, no stray flow index")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 

@@ -8,7 +8,7 @@
 ///
 /// Stamp layout (16 bytes, big-endian):
 ///   [0..2]  magic 5C 1E 67
-///   [3..5]  flow index (24 bits)
+///   [3..5]  flow index (24 bits; each stream of a profile owns a disjoint range of it)
 ///   [6..9]  sequence number within the flow (32 bits)
 ///   [10..15] TX TSC, low 48 bits (widened on receive; latencies must stay under 2^48 cycles)
 /// Thread: tx/rx lcores of sluice-pktgen (any thread); nothing here allocates or throws.
@@ -78,9 +78,9 @@ struct FrameSpec {
     std::array<uint8_t, 128> hdr{};     ///< Ethernet + IP + L4 template (payload_off bytes)
 };
 
-/// Builds the template: MACs, ethertype, IP version/TTL/protocol, TCP data offset.
-/// Thread: any.
-[[nodiscard]] inline FrameSpec make_frame_spec(const Profile& p, const Mac& src_mac,
+/// Builds the template of one stream's frames: MACs, ethertype, IP version/TTL/protocol,
+/// TCP data offset. Thread: any.
+[[nodiscard]] inline FrameSpec make_frame_spec(const TrafficSpec& p, const Mac& src_mac,
                                                const Mac& dst_mac) noexcept {
     FrameSpec s;
     s.family = p.ip;
@@ -195,12 +195,13 @@ inline void write_frame(uint8_t* f, uint32_t len, const FrameSpec& s, const Flow
     return out;
 }
 
-/// Walks flow indexes 0..flows-1 and their 5-tuples in mixed radix (source port fastest,
+/// Walks one stream's flow indexes 0..flows-1 (the stamp carries flow_base + that) and
+/// their 5-tuples in mixed radix (source port fastest,
 /// then source address, destination port, destination address), so consecutive packets
 /// belong to different flows. For Proto::Syn the source port is random per packet.
 class FlowCursor {
 public:
-    explicit FlowCursor(const Profile& p) noexcept
+    explicit FlowCursor(const TrafficSpec& p) noexcept
         : p_(p)
         , n_sport_(p.proto == Proto::Syn ? 1 : p.sport.count())
         , rng_(p.seed * 0x9E3779B97F4A7C15ull + 1) {
@@ -251,7 +252,7 @@ public:
 
     /// The tuple of any flow index (with divisions; for reports and tests). For Proto::Syn
     /// the source port is the range's first. Thread: any.
-    [[nodiscard]] static FlowTuple tuple_of(const Profile& p, uint32_t flow) noexcept {
+    [[nodiscard]] static FlowTuple tuple_of(const TrafficSpec& p, uint32_t flow) noexcept {
         const uint64_t ns = p.proto == Proto::Syn ? 1 : p.sport.count();
         uint64_t i = flow;
         FlowTuple t;
@@ -273,7 +274,7 @@ private:
         t_.dport = p_.dport.lo;
     }
 
-    const Profile& p_;
+    const TrafficSpec& p_;
     uint64_t n_sport_;
     uint64_t rng_;
     uint32_t flow_ = 0;

@@ -83,7 +83,25 @@ std::vector<std::pair<uint64_t, double>> LatencyHistogram::cdf() const {
     return out;
 }
 
-void DestTable::add(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t port) noexcept {
+namespace {
+
+// Two 8-byte compares (std::array's == became a memcmp call on the rx hot path).
+bool same_addr(const Addr16& x, const Addr16& y) noexcept {
+    uint64_t x0 = 0;
+    uint64_t x1 = 0;
+    uint64_t y0 = 0;
+    uint64_t y1 = 0;
+    std::memcpy(&x0, x.data(), 8);
+    std::memcpy(&x1, x.data() + 8, 8);
+    std::memcpy(&y0, y.data(), 8);
+    std::memcpy(&y1, y.data() + 8, 8);
+    return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+}
+
+} // namespace
+
+void DestTable::add_n(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t port,
+                      uint64_t n) noexcept {
     uint64_t h = (uint64_t{family} << 40) ^ (uint64_t{proto} << 32) ^ port;
     uint64_t a = 0;
     uint64_t b = 0;
@@ -94,8 +112,8 @@ void DestTable::add(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t 
     h ^= h >> 32;
     for (uint32_t i = 0; i < kProbe; ++i) {
         Entry& e = slots_[(h + i) & (kSlots - 1)];
-        if (e.family == family && e.port == port && e.proto == proto && e.addr == addr) {
-            ++e.packets;
+        if (e.family == family && e.port == port && e.proto == proto && same_addr(e.addr, addr)) {
+            e.packets += n;
             return;
         }
         if (e.family == 0) {
@@ -103,12 +121,21 @@ void DestTable::add(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t 
             e.proto = proto;
             e.port = port;
             e.addr = addr;
-            e.packets = 1;
+            e.packets = n;
             ++used_;
             return;
         }
     }
-    ++overflow_;
+    overflow_ += n;
+}
+
+void DestTable::merge(const DestTable& o) noexcept {
+    for (const Entry& e : o.slots_) {
+        if (e.family != 0) {
+            add_n(e.family, e.proto, e.addr, e.port, e.packets);
+        }
+    }
+    overflow_ += o.overflow_;
 }
 
 void DestTable::clear() noexcept {
@@ -136,17 +163,45 @@ std::vector<DestTable::Entry> DestTable::top(size_t n) const {
     return all;
 }
 
-void RxStats::reset(uint32_t flows) {
+void RxCounts::add(const RxCounts& o) noexcept {
+    packets += o.packets;
+    bytes += o.bytes;
+    tunneled += o.tunneled;
+    reordered += o.reordered;
+    duplicates += o.duplicates;
+    latency.merge(o.latency);
+    dests.merge(o.dests);
+}
+
+void RxCounts::clear() noexcept {
+    packets = bytes = tunneled = reordered = duplicates = 0;
+    latency.clear();
+    dests.clear();
+}
+
+void RxStats::reset(uint32_t flows, size_t nstreams) {
     std::vector<uint32_t> rx = std::move(flow_rx);
     std::vector<uint32_t> next = std::move(flow_next_seq);
+    std::vector<RxCounts> st = std::move(streams);
     DestTable d = std::move(dests);
     *this = RxStats{};
     rx.assign(flows, 0);
     next.assign(flows, 0);
     d.clear();
+    st.resize(nstreams);
+    for (RxCounts& c : st) {
+        c.clear();
+    }
     flow_rx = std::move(rx);
     flow_next_seq = std::move(next);
+    streams = std::move(st);
     dests = std::move(d);
+}
+
+void RxStats::fold_streams() noexcept {
+    for (const RxCounts& c : streams) {
+        add(c);
+    }
 }
 
 } // namespace sluice::pktgen

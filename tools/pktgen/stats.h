@@ -85,7 +85,12 @@ public:
     };
 
     /// Counts one packet. Thread: the owning lcore; no allocation.
-    void add(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t port) noexcept;
+    void add(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t port) noexcept {
+        add_n(family, proto, addr, port, 1);
+    }
+    /// Adds another table's counts (a stream's into the totals). Thread: the owning lcore;
+    /// no allocation.
+    void merge(const DestTable& o) noexcept;
     void clear() noexcept;
     [[nodiscard]] uint64_t overflow() const noexcept { return overflow_; }
     [[nodiscard]] uint32_t distinct() const noexcept { return used_; }
@@ -93,33 +98,55 @@ public:
     [[nodiscard]] std::vector<Entry> top(size_t n) const;
 
 private:
+    void add_n(uint8_t family, uint8_t proto, const Addr16& addr, uint16_t port,
+               uint64_t n) noexcept;
+
     std::vector<Entry> slots_ = std::vector<Entry>(kSlots);
     uint64_t overflow_ = 0;
     uint32_t used_ = 0;
 };
 
-/// Receive counters of one trial. Per-flow arrays are sized once, before the trial.
-struct RxStats {
-    uint64_t packets = 0; ///< stamped packets sent inside the measured window
-    uint64_t bytes = 0;   ///< their frame bytes, FCS included
+/// Receive counters of stamped packets from the measured window: those of one stream, and
+/// (as the base of RxStats) those of the whole trial.
+struct RxCounts {
+    uint64_t packets = 0;    ///< stamped packets sent inside the measured window
+    uint64_t bytes = 0;      ///< their frame bytes, FCS included
+    uint64_t tunneled = 0;   ///< of `packets`: arrived DSR-encapsulated (IPIP/GUE)
+    uint64_t reordered = 0;  ///< sequence went backwards within a flow
+    uint64_t duplicates = 0; ///< same sequence number twice in a row
+    LatencyHistogram latency;
+    DestTable dests;
+
+    /// Adds `o`'s counts to these. Thread: the owning lcore; no allocation.
+    void add(const RxCounts& o) noexcept;
+    /// Zeroes the counts (keeps the destination table's memory). Thread: the owning lcore.
+    void clear() noexcept;
+};
+
+/// Receive counters of one trial. Per-flow and per-stream arrays are sized once, before
+/// the trial. With several streams the rx lcore counts a stamped packet in its stream's
+/// entry of `streams` only, and fold_streams() adds them up into the totals after the trial
+/// (one latency and destination update per packet, not two).
+struct RxStats : RxCounts {
     uint64_t unstamped = 0; ///< non-ARP frames without our stamp (pcap replay counts these)
     uint64_t unstamped_bytes = 0;
     uint64_t outside_window = 0; ///< stamped, sent during warm-up or a previous trial
     uint64_t bad_flow = 0;       ///< stamp with a flow index beyond the profile's
-    uint64_t tunneled = 0;       ///< of `packets`: arrived DSR-encapsulated (IPIP/GUE)
-    uint64_t reordered = 0;      ///< sequence went backwards within a flow
-    uint64_t duplicates = 0;     ///< same sequence number twice in a row
     uint64_t arp_requests = 0;
-    uint64_t arp_replies = 0;    ///< answers sent for arp_reply_for addresses
-    uint64_t arp_ignored = 0;    ///< requests for other addresses
+    uint64_t arp_replies = 0; ///< answers sent for arp_reply_for addresses
+    uint64_t arp_ignored = 0; ///< requests for other addresses
     uint64_t first_rx_tsc = 0;
     uint64_t last_rx_tsc = 0;
-    LatencyHistogram latency;
-    DestTable dests;
-    std::vector<uint32_t> flow_rx;       ///< packets per flow
+    std::vector<uint32_t> flow_rx;       ///< packets per flow (stamp flow index)
     std::vector<uint32_t> flow_next_seq; ///< last sequence seen + 1 (0 = none yet)
+    std::vector<RxCounts> streams;       ///< per stream; empty for a single-stream profile
 
-    void reset(uint32_t flows);
+    /// Zeroes everything for a trial of `flows` flows and `nstreams` per-stream entries
+    /// (0: no per-stream counting). Thread: main, between trials (allocates once).
+    void reset(uint32_t flows, size_t nstreams = 0);
+    /// Adds every stream's counts into the totals: once, after the trial's drain.
+    /// Thread: the rx lcore (or main after it), no allocation.
+    void fold_streams() noexcept;
 };
 
 } // namespace sluice::pktgen
