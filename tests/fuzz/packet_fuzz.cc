@@ -55,6 +55,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                          {.verify_ipv4_checksum = false}) != m.verdict) {
             __builtin_trap();
         }
+        // Checksums that were verified valid stay valid after the incremental rewrite.
+        if (opt.verify_ipv4_checksum && opt.verify_l4_checksum &&
+            parse_packet(c.data(), static_cast<uint32_t>(c.size()), again, opt) != m.verdict) {
+            __builtin_trap();
+        }
     }
     (void)set_macs(c, mac, mac);
     (void)swap_macs(c);
