@@ -39,12 +39,7 @@ SLUICE_ALWAYS_INLINE conntrack_detail::KeyWords key_words(const PacketMeta& m) n
 
 
 int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
-    for (size_t i = 0; i < ctx.snat.size(); ++i) {
-        if (ctx.snat[i].first == family) {
-            return static_cast<int>(i);
-        }
-    }
-    return -1;
+    return family == 4 ? ctx.snat_first4 : family == 6 ? ctx.snat_first6 : -1;
 }
 
 /// Frees flows whose SNAT port owner expired, then takes the next free port.

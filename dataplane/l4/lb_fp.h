@@ -241,6 +241,9 @@ struct LbContext {
     /// our SNAT addresses?" costs one load per packet and a compare only on a candidate.
     /// Rebuilt by index_snat(): call it after changing `snat`.
     std::array<uint16_t, 256> snat_by_byte{};
+    /// The first snat slot of family 4 / 6 (-1: none): DSR's tunnel source, and where a new
+    /// full-NAT flow's port search starts. Rebuilt by index_snat().
+    int8_t snat_first4 = -1, snat_first6 = -1;
     std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     std::array<uint64_t, kLbCounterCount> counters{};
@@ -258,6 +261,14 @@ struct LbContext {
     /// Rebuilds snat_by_byte from snat. Thread: the owner (before the worker starts).
     void index_snat() noexcept {
         snat_by_byte.fill(0);
+        snat_first4 = snat_first6 = -1;
+        for (size_t i = kMaxSnat; i-- > 0;) {
+            if (snat[i].first == 4) {
+                snat_first4 = static_cast<int8_t>(i);
+            } else if (snat[i].first == 6) {
+                snat_first6 = static_cast<int8_t>(i);
+            }
+        }
         static_assert(kMaxSnat <= 16, "snat_by_byte holds a 16-bit mask");
         for (size_t i = 0; i < kMaxSnat; ++i) {
             if (snat[i].first == 4 || snat[i].first == 6) {
