@@ -182,8 +182,12 @@ for l in json.load(open(sys.argv[1]))["lcores"]:  # summed over the workers
     c.update(l["counters"])
 print(f"ok: dataplane counters to_host {c['to_host']}, from_host {c['from_host']}, "
       f"new_flows {c['new_flows']}, l7_listener {c['l7_listener']}")
-# 50+ HTTP exchanges of ~10 frames each in both directions went through the worker.
-sys.exit(0 if c["to_host"] > 300 and c["from_host"] > 300 and c["new_flows"] >= 1 else 1)
+# 53 HTTP exchanges went through the worker, each one a client connection and a backend
+# connection of sluice-l7's. Each direction carries at least 4 frames per exchange (to the
+# host: client SYN and request, backend SYN-ACK and response; from it: SYN-ACK and response
+# to the client, SYN and request to the backend) whatever the kernel's ACK coalescing does
+# (which moved the total from >300 to ~282 between machines of the same kind): >= 212.
+sys.exit(0 if c["to_host"] >= 212 and c["from_host"] >= 212 and c["new_flows"] >= 1 else 1)
 PY
 m=$(ip netns exec "$P-lan" curl -s --max-time 3 http://127.0.0.1:9911/metrics || true)
 echo "$m" | grep -Eq '^sluice_dp_packets_total\{lcore="[0-9]+",kind="to_host"\} [1-9]' ||
