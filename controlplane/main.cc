@@ -3,12 +3,18 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
+#include <sstream>
 
 #include <malloc.h>
 
 #include <boost/program_options.hpp>
+#include <yaml-cpp/yaml.h>
 
+#include "compile.h"
 #include "controller.h"
 #include "k8s_client.h"
 #include "k8s_source.h"
@@ -18,6 +24,57 @@ namespace po = boost::program_options;
 namespace {
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop.store(true, std::memory_order_relaxed); }
+
+/// --dataplane-args: the node launcher's view of a GatewayClass's parameters, validated as
+/// the compiler validates them (so a launcher never starts a dataplane on parameters the
+/// GatewayClass reports as invalid). `path`: a ConfigMap mounted as a directory (one file
+/// per key; Kubernetes' ..data links and dotfiles skipped) or a YAML ConfigMap manifest.
+int print_dataplane_args(const std::string& path) {
+    std::map<std::string, std::string> data;
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) {
+        for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+            const std::string key = e.path().filename().string();
+            if (key.empty() || key[0] == '.' || !std::filesystem::is_regular_file(e.path(), ec)) {
+                continue;
+            }
+            std::ifstream f(e.path());
+            std::stringstream ss;
+            ss << f.rdbuf();
+            data[key] = ss.str();
+        }
+        if (ec) {
+            std::cerr << "sluice-controlplane: --dataplane-args " << path << ": " << ec.message()
+                      << "\n";
+            return 2;
+        }
+    } else {
+        try {
+            const YAML::Node doc = YAML::LoadFile(path);
+            if (doc["kind"].as<std::string>("") != "ConfigMap") {
+                std::cerr << "sluice-controlplane: --dataplane-args " << path
+                          << ": not a ConfigMap manifest\n";
+                return 2;
+            }
+            for (const auto& kv : doc["data"]) {
+                data[kv.first.as<std::string>()] = kv.second.as<std::string>();
+            }
+        } catch (const YAML::Exception& e) {
+            std::cerr << "sluice-controlplane: --dataplane-args " << path << ": " << e.what()
+                      << "\n";
+            return 2;
+        }
+    }
+    sluice::cp::ClassParams p;
+    if (const std::string why = sluice::cp::parse_class_params(data, p); !why.empty()) {
+        std::cerr << "sluice-controlplane: --dataplane-args " << path << ": " << why << "\n";
+        return 2;
+    }
+    for (const std::string& a : sluice::cp::dataplane_args(p)) {
+        std::cout << a << "\n";
+    }
+    return 0;
+}
 } // namespace
 
 int main(int argc, char** argv) {
@@ -39,6 +96,11 @@ int main(int argc, char** argv) {
         "IPv4 CIDR: each Gateway that requests no address gets its own from this pool "
         "(instead of --address)")(
         "once", "reconcile once and exit (exit 1 when the configuration has errors)")(
+        "dataplane-args", po::value<std::string>(),
+        "print, one per line, the sluice-dataplane arguments of a GatewayClass's parameters "
+        "(ports, lcores, exceptionInterface) and exit: PATH is the parameters ConfigMap as a "
+        "mounted directory (a file per key) or a YAML manifest; invalid parameters exit 2 with "
+        "the GatewayClass's message")(
         "kubernetes", "use the Kubernetes API as the source: in-cluster service account, or "
                       "--kubeconfig")(
         "kubeconfig", po::value<std::string>(),
@@ -67,6 +129,9 @@ int main(int argc, char** argv) {
     if (vm.count("help")) {
         std::cout << desc;
         return 0;
+    }
+    if (vm.count("dataplane-args")) {
+        return print_dataplane_args(vm["dataplane-args"].as<std::string>());
     }
     const bool kube = vm.count("kubernetes") || vm.count("kubeconfig");
     if (kube && vm.count("config-dir")) {

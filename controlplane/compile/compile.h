@@ -6,6 +6,7 @@
 /// mistakes become status conditions; nothing here fails the whole compile.
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,26 @@ struct ObjectStatus {
 
     [[nodiscard]] const Condition* condition(std::string_view type) const noexcept;
 };
+
+/// A GatewayClass's parameters: a ConfigMap named by its parametersRef (keys and values in
+/// docs/configuration.md, "GatewayClass parameters").
+struct ClassParams {
+    std::string address_pool; ///< IPv4 CIDR; "" = the controlplane's --address-pool
+    ir::FwdMode fwd_mode = ir::FwdMode::FullNat;
+    std::vector<std::string> ports; ///< PCI addresses or DPDK vdev strings
+    std::string lcores;             ///< DPDK lcore list ("1-3,5")
+    std::string exception_interface;
+};
+
+/// Validates a class-parameters ConfigMap's data into `out`; returns "" or what is wrong
+/// (the GatewayClass's Accepted=False message). Thread: any.
+[[nodiscard]] std::string parse_class_params(const std::map<std::string, std::string>& data,
+                                             ClassParams& out);
+
+/// The sluice-dataplane arguments for a class's ports, lcores and exception interface, in
+/// order: [--exception-tap NAME] -- [-l LCORES] then -a PCI / --vdev=VDEV per port. The
+/// launcher appends its own EAL arguments after them. Thread: any.
+[[nodiscard]] std::vector<std::string> dataplane_args(const ClassParams& p);
 
 struct CompileOptions {
     std::string controller_name = kControllerName;

@@ -490,7 +490,9 @@ class Checker:
         volumes = {v.get("name"): v for v in pod.get("volumes") or []}
         for v in volumes.values():
             cmv = v.get("configMap")
-            if cmv and cmv.get("name") != "kube-root-ca.crt":
+            # An optional ConfigMap (the GatewayClass parameters a cluster may add) need not
+            # ship here; a required one must.
+            if cmv and cmv.get("name") != "kube-root-ca.crt" and not cmv.get("optional"):
                 if self.configmap(index, ns, cmv.get("name")) is None:
                     self.err(where, f"volume {v['name']}: ConfigMap {cmv.get('name')} not in deploy/k8s")
                 else:
