@@ -618,6 +618,28 @@ namespace {
 // its own: the other frame kinds, return traffic and new flows are out of line
 // ([[gnu::noinline]]), so their code and registers stay off the per-packet path.
 
+/// The full-NAT rewrite of a frame to forward (addresses, ports, TTL, checksums), the
+/// translation of a first fragment remembered for its later fragments, and the MACs (ours
+/// -> `mac`, a neighbour slot word). False when the frame cannot be rewritten.
+SLUICE_ALWAYS_INLINE bool nat_rewrite(LbContext& ctx, std::span<uint8_t> frame, PacketMeta& m,
+                                      uint32_t now, bool first_frag, const Addr16& src,
+                                      uint16_t sport, const Addr16& dst, uint16_t dport,
+                                      uint64_t mac) noexcept {
+    PacketKey rx_key;
+    if (first_frag) {
+        rx_key = m.key; // as received: later fragments are matched on it
+    }
+    if (!dnat_snat(m, frame, src, sport, dst, dport)) {
+        return false;
+    }
+    if (first_frag) {
+        ctx.frags.remember(m, rx_key, m.key, now);
+        ctx.count(LbCounter::FragFirst);
+    }
+    set_macs_word(frame.data(), mac, ctx.our_mac);
+    return true;
+}
+
 /// The last step for a flow with an endpoint (established or new): next-hop MAC, then DSR
 /// encapsulation or the full-NAT rewrite. `slot`/`sport`: the flow's SNAT address slot and
 /// port (DSR: the tunnel source's slot). First fragments remember their translation.
@@ -652,19 +674,10 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         ctx.count(LbCounter::TxPackets);
         return LbAction::Tx;
     }
-    PacketKey rx_key;
-    if (first_frag) {
-        rx_key = m.key; // as received: later fragments are matched on it
-    }
-    if (!dnat_snat(m, frame, to_packet_addr(ep.family, ctx.snat[slot].second), sport,
-                   to_packet_addr(ep.family, ep.addr), ep.port)) {
+    if (!nat_rewrite(ctx, frame, m, now, first_frag, to_packet_addr(ep.family, ctx.snat[slot].second),
+                     sport, to_packet_addr(ep.family, ep.addr), ep.port, mac)) {
         return dropped(ctx, LbCounter::ParseDrop);
     }
-    if (first_frag) {
-        ctx.frags.remember(m, rx_key, m.key, now);
-        ctx.count(LbCounter::FragFirst);
-    }
-    set_macs_word(frame.data(), mac, ctx.our_mac);
     ctx.count(LbCounter::TxPackets);
     return LbAction::Tx;
 }
@@ -696,16 +709,11 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
             return dropped(ctx, LbCounter::NoNeighbor);
         }
     }
-    const PacketKey rx_key = m.key;
-    if (!dnat_snat(m, frame, to_packet_addr(client.family, client.dst), client.dst_port,
-                   to_packet_addr(client.family, client.src), client.src_port)) {
+    if (!nat_rewrite(ctx, frame, m, now, first_frag, to_packet_addr(client.family, client.dst),
+                     client.dst_port, to_packet_addr(client.family, client.src), client.src_port,
+                     mac)) {
         return dropped(ctx, LbCounter::ParseDrop);
     }
-    if (first_frag) {
-        ctx.frags.remember(m, rx_key, m.key, now);
-        ctx.count(LbCounter::FragFirst);
-    }
-    set_macs_word(frame.data(), mac, ctx.our_mac);
     return sent(ctx, LbCounter::ReturnPackets);
 }
 
