@@ -620,16 +620,26 @@ namespace {
 
 /// The full-NAT rewrite of a frame to forward (addresses, ports, TTL, checksums), the
 /// translation of a first fragment remembered for its later fragments, and the MACs (ours
-/// -> `mac`, a neighbour slot word). False when the frame cannot be rewritten.
+/// -> `mac`, a neighbour slot word). `src`/`dst`: table addresses of the packet's family.
+/// The caller has answered TTL <= 1 already. False when the frame cannot be rewritten.
 SLUICE_ALWAYS_INLINE bool nat_rewrite(LbContext& ctx, std::span<uint8_t> frame, PacketMeta& m,
-                                      uint32_t now, bool first_frag, const Addr16& src,
-                                      uint16_t sport, const Addr16& dst, uint16_t dport,
+                                      uint32_t now, bool first_frag, const Addr& src,
+                                      uint16_t sport, const Addr& dst, uint16_t dport,
                                       uint64_t mac) noexcept {
+    if (m.family == 4 && m.verdict == Verdict::Forward && m.ttl > 1) {
+        // The common case, straight to the IPv4 rewrite: the parse put both headers in the
+        // frame, and nothing reads m afterwards.
+        pkt_detail::dnat_snat_v4(frame.data() + m.l3_off, frame.data() + m.l4_off, m.proto,
+                                 src.data(), sport, dst.data(), dport);
+        set_macs_word(frame.data(), mac, ctx.our_mac);
+        return true;
+    }
     PacketKey rx_key;
     if (first_frag) {
         rx_key = m.key; // as received: later fragments are matched on it
     }
-    if (!dnat_snat(m, frame, src, sport, dst, dport)) {
+    if (!dnat_snat(m, frame, to_packet_addr(m.family, src), sport, to_packet_addr(m.family, dst),
+                   dport)) {
         return false;
     }
     if (first_frag) {
@@ -674,8 +684,8 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         ctx.count(LbCounter::TxPackets);
         return LbAction::Tx;
     }
-    if (!nat_rewrite(ctx, frame, m, now, first_frag, to_packet_addr(ep.family, ctx.snat[slot].second),
-                     sport, to_packet_addr(ep.family, ep.addr), ep.port, mac)) {
+    if (!nat_rewrite(ctx, frame, m, now, first_frag, ctx.snat[slot].second, sport, ep.addr,
+                     ep.port, mac)) {
         return dropped(ctx, LbCounter::ParseDrop);
     }
     ctx.count(LbCounter::TxPackets);
@@ -709,9 +719,8 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
             return dropped(ctx, LbCounter::NoNeighbor);
         }
     }
-    if (!nat_rewrite(ctx, frame, m, now, first_frag, to_packet_addr(client.family, client.dst),
-                     client.dst_port, to_packet_addr(client.family, client.src), client.src_port,
-                     mac)) {
+    if (!nat_rewrite(ctx, frame, m, now, first_frag, client.dst, client.dst_port, client.src,
+                     client.src_port, mac)) {
         return dropped(ctx, LbCounter::ParseDrop);
     }
     return sent(ctx, LbCounter::ReturnPackets);

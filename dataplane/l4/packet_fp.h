@@ -593,6 +593,32 @@ SLUICE_ALWAYS_INLINE Verdict parse_l4(const uint8_t* p, uint32_t off, uint32_t e
     }
 }
 
+/// One's complement sum folded to 16 bits.
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint16_t fold64(uint64_t s) noexcept {
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    s = (s & 0xFFFFu) + (s >> 16);
+    s = (s & 0xFFFFu) + (s >> 16);
+    return static_cast<uint16_t>(s);
+}
+
+/// The IPv4 header checksum verifies (the one's complement sum of the header is 0xFFFF).
+/// A 20-byte header is summed as two 8-byte and one 4-byte word in machine byte order (the
+/// sum is byte-order independent, RFC 1071 2(B), and 0xFFFF reads the same both ways);
+/// headers with options take the general loop.
+SLUICE_ALWAYS_INLINE bool ipv4_header_sum_ok(const uint8_t* ip, uint32_t ihl) noexcept {
+    if (ihl != kIpv4HdrLen) {
+        return csum_fold(csum_add(0, ip, ihl)) == 0xFFFF;
+    }
+    uint64_t a, b;
+    uint32_t c;
+    std::memcpy(&a, ip, 8);
+    std::memcpy(&b, ip + 8, 8);
+    std::memcpy(&c, ip + 16, 4);
+    const uint64_t s = (a & 0xFFFFFFFFu) + (a >> 32) + (b & 0xFFFFFFFFu) + (b >> 32) + c;
+    return fold64(s) == 0xFFFF;
+}
+
 SLUICE_ALWAYS_INLINE Verdict parse_ipv4(const uint8_t* p, uint32_t len, uint32_t off, PacketMeta& m,
                           const ParseOptions& opt) noexcept {
     if (len - off < kIpv4HdrLen) {
@@ -616,7 +642,7 @@ SLUICE_ALWAYS_INLINE Verdict parse_ipv4(const uint8_t* p, uint32_t len, uint32_t
     if (tot > len - off) {
         return drop(m, DropReason::Truncated);
     }
-    if (opt.verify_ipv4_checksum && csum_fold(csum_add(0, ip, ihl)) != 0xFFFF) {
+    if (opt.verify_ipv4_checksum && !ipv4_header_sum_ok(ip, ihl)) {
         return drop(m, DropReason::BadChecksum);
     }
     m.family = 4;
@@ -776,14 +802,6 @@ inline bool swap_macs(std::span<uint8_t> frame) noexcept {
 
 namespace pkt_detail {
 
-/// One's complement sum folded to 16 bits.
-[[nodiscard]] SLUICE_ALWAYS_INLINE uint16_t fold64(uint64_t s) noexcept {
-    s = (s & 0xFFFFFFFFu) + (s >> 32);
-    s = (s & 0xFFFFFFFFu) + (s >> 32);
-    s = (s & 0xFFFFu) + (s >> 16);
-    s = (s & 0xFFFFu) + (s >> 16);
-    return static_cast<uint16_t>(s);
-}
 
 [[nodiscard]] inline uint32_t load_ne32(const uint8_t* p) noexcept {
     uint32_t v;
