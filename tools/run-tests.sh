@@ -14,7 +14,8 @@ ninja -C "$BUILD"
 rc=0
 meson test -C "$BUILD" --print-errorlogs --num-processes 2 || rc=$?
 # Bounded fuzzing (libFuzzer needs clang: separate build dir): the manifest loader + compiler,
-# the IR decoder and the packet path. Each run is one more result line in the summary.
+# the IR decoder, the packet path and the whole L4 decision. Each run is one more result line
+# in the summary.
 if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
   FUZZ=${BUILD}-fuzz
   if [ ! -f "$FUZZ/build.ninja" ]; then
@@ -23,7 +24,7 @@ if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
   fi
   : > "$FUZZ/fuzz-result.json"
   for spec in loader_fuzz:corpus:${SLUICE_FUZZ_SECONDS:-30} ir_decode_fuzz:corpus-ir:15 \
-              packet_fuzz:corpus-packet:30 http_parser_fuzz:corpus-http:20 \
+              packet_fuzz:corpus-packet:30 lb_fuzz:corpus-lb:30 http_parser_fuzz:corpus-http:20 \
               client_hello_fuzz:corpus-hello:15; do
     IFS=: read -r target seeds secs <<<"$spec"
     [ -f "tests/fuzz/$target.cc" ] || continue
