@@ -37,11 +37,6 @@ SLUICE_ALWAYS_INLINE conntrack_detail::KeyWords key_words(const PacketMeta& m) n
     return w;
 }
 
-
-int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
-    return family == 4 ? ctx.snat_first4 : family == 6 ? ctx.snat_first6 : -1;
-}
-
 /// Frees flows whose SNAT port owner expired, then takes the next free port.
 /// A new flow probes at most kPortProbes SNAT ports in all (spread over the SNAT addresses
 /// of its family), so port exhaustion costs a bounded number of compares per new flow,

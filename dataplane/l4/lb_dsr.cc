@@ -10,7 +10,7 @@ bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode, const L4Endp
                  const Mac& next_hop, std::span<uint8_t> buf, uint32_t& len,
                  uint32_t* headroom) noexcept {
     // The tunnel source is the first configured "SNAT" address of the backend's family.
-    const int slot = ep.family == 4 ? ctx.snat_first4 : ep.family == 6 ? ctx.snat_first6 : -1;
+    const int slot = snat_for_family(ctx, ep.family);
     const std::pair<uint8_t, Addr>* src = slot >= 0 ? &ctx.snat[slot] : nullptr;
     if (!src) {
         ctx.count(LbCounter::NoSnatPort); // no tunnel source of the backend's family

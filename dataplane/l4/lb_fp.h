@@ -292,6 +292,12 @@ struct LbContext {
     return -1;
 }
 
+/// The first ctx.snat slot of `family` (DSR's tunnel source; where a new full-NAT flow's
+/// port search starts), or -1. Thread: worker.
+[[nodiscard]] inline int snat_for_family(const LbContext& ctx, uint8_t family) noexcept {
+    return family == 4 ? ctx.snat_first4 : family == 6 ? ctx.snat_first6 : -1;
+}
+
 /// Writes the Ethernet header's MACs: destination from a NeighborTable slot word (the MAC
 /// is the word's first 6 bytes in memory, as NeighborTable::learn stores it), source ours.
 /// The frame holds >= 12 bytes.
