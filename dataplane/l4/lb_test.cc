@@ -1050,10 +1050,15 @@ TEST(NeighborTableTest, ConcurrentLearnersAndReadersNeverSeeATornMac) {
     shared[3] = 1;
     const Mac a = {0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa};
     const Mac b = {0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb};
-    std::atomic<bool> stop{false};
+    std::atomic<bool> stop{false}, reading{false};
     std::atomic<uint64_t> torn{0}, found{0};
-    // Two learners flip the shared address's MAC and learn addresses of their own.
+    // Two learners flip the shared address's MAC and learn addresses of their own. They start
+    // once the reader runs (on 2 cores the reader thread may otherwise be scheduled only
+    // after the learners are done), and the reader looks at least once after they end.
     auto learner = [&](uint8_t base, const Mac& mine) {
+        while (!reading.load()) {
+            std::this_thread::yield();
+        }
         for (uint32_t i = 0; i < 200000; ++i) {
             nb->learn(4, shared, (i & 1) ? a : b);
             Addr own{};
@@ -1066,12 +1071,15 @@ TEST(NeighborTableTest, ConcurrentLearnersAndReadersNeverSeeATornMac) {
         }
     };
     std::thread reader([&] {
-        while (!stop.load()) {
+        reading = true;
+        bool last = false;
+        do {
+            last = stop.load();
             if (const auto m = nb->find(4, shared)) {
                 ++found;
                 torn += (*m != a && *m != b) ? 1 : 0;
             }
-        }
+        } while (!last);
     });
     std::thread l1(learner, 20, a), l2(learner, 30, b);
     l1.join();
