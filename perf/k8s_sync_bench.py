@@ -8,7 +8,7 @@ EndpointSlices (two per Service, two endpoints each). The IR goes to
 tests/k8s/fake_dataplane.py, which ACKs every generation at once.
 
   perf/k8s_sync_bench.py [--smoke] [--build DIR] [--out FILE] [--routes N] [--slices N]
-                         [--updates N] [--file-updates N] [--keep]
+                         [--updates N] [--file-updates N] [--status-files] [--keep]
 
 Figures:
   first sync   from the controlplane's start to the first IR ACKed, to the Gateway
@@ -22,6 +22,8 @@ Figures:
   baseline     the same objects as files (--config-dir, 100 files) in the same invocation:
                start to first ACK, and FILE_UPDATES one-route file edits to the ACK.
 Also the controlplane's CPU time and peak RSS per phase.
+--status-files: the Kubernetes run also writes status files (--status-dir in the work
+directory, as deploy/k8s does); default off (--status-dir "").
 --smoke: 200 routes, 400 slices, 20 updates, 3 file updates; checks that every figure is
 there (no speed assertions; for meson test --suite perf-smoke).
 --out: JSON file (default perf/results/k8s-sync-<UTC date>-<short git hash>.json).
@@ -59,6 +61,7 @@ def parse_args():
     ap.add_argument("--slices", type=int)
     ap.add_argument("--updates", type=int)
     ap.add_argument("--file-updates", type=int)
+    ap.add_argument("--status-files", action="store_true")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     d = (200, 400, 20, 3) if a.smoke else (10000, 20000, 1000, 20)
@@ -200,7 +203,8 @@ clusters:
     dp = FakeDataplane(os.path.join(work, "dp-k8s.sock"))
     log = open(os.path.join(work, "cp-k8s.log"), "w")
     t0 = time.monotonic()
-    p = subprocess.Popen([cp, "--kubeconfig", kubeconfig, "--status-dir", "", "--dp-socket",
+    status_dir = os.path.join(work, "status-k8s") if a.status_files else ""
+    p = subprocess.Popen([cp, "--kubeconfig", kubeconfig, "--status-dir", status_dir, "--dp-socket",
                           dp.path, "--no-leader-election"], stdout=log, stderr=subprocess.STDOUT)
     try:
         routes = S.objects.get("httproutes", {})
@@ -383,6 +387,7 @@ def main():
     objs, n_eps = objects(a.routes, a.slices)
     res = {"benchmark": "k8s_sync", "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
            "git": git_hash(), "smoke": a.smoke, "routes": a.routes, "endpointslices": a.slices,
+           "status_files": a.status_files,
            "services": max(1, a.slices // 2), "endpoints": n_eps, "objects": len(objs),
            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
            "goal": {"update_p99_ms": 100.0}}

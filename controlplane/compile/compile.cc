@@ -1794,8 +1794,10 @@ public:
     /// full compile of the Store would produce it. Returns false and leaves `out` and the
     /// compiler as they were when the change is not one a patch can make (ADR 0011): the
     /// caller compiles in full. Nothing else in the Store may have changed.
+    /// `statuses` receives the indices (in out.statuses, ascending) of the statuses the
+    /// patch replaced; no other status changes.
     bool patch(const std::vector<size_t>& routes, const std::vector<size_t>& slices,
-               CompileOutput& out) {
+               CompileOutput& out, std::vector<size_t>& statuses) {
         // ---- 1. compute and check; nothing changes yet.
         // EndpointSlices: only the endpoints of their Service's groups depend on them.
         std::set<NsName> services;
@@ -1920,6 +1922,12 @@ public:
         }
 
         // ---- 2. apply.
+        statuses.clear();
+        for (const RoutePatch& p : todo) {
+            statuses.push_back(static_cast<size_t>(p.st - out.statuses.data()));
+        }
+        std::sort(statuses.begin(), statuses.end());
+        statuses.erase(std::unique(statuses.begin(), statuses.end()), statuses.end());
         for (auto& [idx, eps] : group_updates) {
             out.ir.groups[idx].endpoints = std::move(eps);
         }
@@ -2108,30 +2116,36 @@ bool IncrementalCompiler::patch(const Store& store, const StoreDelta& delta, Com
     if (!st_ || delta.other || st_->store != &store || layout_of(store) != st_->layout) {
         return false;
     }
-    if (!st_->c->patch(delta.routes, delta.slices, out)) {
+    std::vector<size_t> statuses;
+    if (!st_->c->patch(delta.routes, delta.slices, out, statuses)) {
         return false;
     }
+    patched_statuses_ = std::move(statuses);
     ++patched_;
     return true;
 }
 
 void IncrementalCompiler::reset() noexcept { st_.reset(); }
 
+void set_programmed(ObjectStatus& st, bool acked, const std::string& why) {
+    auto fix = [&](std::vector<Condition>& cs) {
+        for (Condition& c : cs) {
+            if (c.type == "Programmed" && c.reason == "Pending") {
+                c.status = acked ? "True" : "False";
+                c.reason = acked ? "Programmed" : "Invalid";
+                c.message = acked ? "" : "dataplane refused the configuration: " + why;
+            }
+        }
+    };
+    fix(st.conditions);
+    for (ListenerStatus& l : st.listeners) {
+        fix(l.conditions);
+    }
+}
+
 void set_programmed(CompileOutput& out, bool acked, const std::string& why) {
     for (ObjectStatus& st : out.statuses) {
-        auto fix = [&](std::vector<Condition>& cs) {
-            for (Condition& c : cs) {
-                if (c.type == "Programmed" && c.reason == "Pending") {
-                    c.status = acked ? "True" : "False";
-                    c.reason = acked ? "Programmed" : "Invalid";
-                    c.message = acked ? "" : "dataplane refused the configuration: " + why;
-                }
-            }
-        };
-        fix(st.conditions);
-        for (ListenerStatus& l : st.listeners) {
-            fix(l.conditions);
-        }
+        set_programmed(st, acked, why);
     }
 }
 

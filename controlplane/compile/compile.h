@@ -111,7 +111,7 @@ struct StoreDelta {
 
 /// compile() that keeps what it worked out, so that a change to a few HTTPRoutes or
 /// EndpointSlices patches the last output instead of compiling everything again (ADR
-/// 0010). A patched output equals, byte for byte in its IR and field for field in its
+/// 0011). A patched output equals, byte for byte in its IR and field for field in its
 /// statuses, what compile() gives for the same Store. Thread: one owner.
 class IncrementalCompiler {
 public:
@@ -134,6 +134,15 @@ public:
     /// in the Store along with a route change, or no compile() before.
     [[nodiscard]] bool patch(const Store& store, const StoreDelta& delta, CompileOutput& out);
 
+    /// The indices in `out.statuses` (ascending) of the statuses the last successful
+    /// patch() replaced: every other status is what it was before that patch (the set of
+    /// statuses and their order never change in a patch). Empty after an EndpointSlice-only
+    /// patch. For callers that pass statuses on (status write-back) and want to look only
+    /// at those that can have changed.
+    [[nodiscard]] const std::vector<size_t>& patched_statuses() const noexcept {
+        return patched_statuses_;
+    }
+
     /// Forgets the last compile (the next patch() fails).
     void reset() noexcept;
 
@@ -144,11 +153,14 @@ private:
     struct State;
     std::unique_ptr<State> st_;
     uint64_t full_ = 0, patched_ = 0;
+    std::vector<size_t> patched_statuses_;
 };
 
 /// Records the dataplane's answer for this output: on ACK every Programmed condition that
 /// waits for the dataplane becomes True(Programmed); on NACK False(Invalid) with `why`.
 void set_programmed(CompileOutput& out, bool acked, const std::string& why = "");
+/// set_programmed() for one status.
+void set_programmed(ObjectStatus& st, bool acked, const std::string& why = "");
 
 /// Renders one object's status as YAML (like `kubectl get -o yaml`, status block only,
 /// with apiVersion/kind/metadata for orientation).

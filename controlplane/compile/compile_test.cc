@@ -777,7 +777,7 @@ TEST(IncrementalCompile, PatchesEqualFullCompilesOnRandomEdits) {
         IncrementalCompiler ic;
         CompileOutput out = ic.compile(store, {});
         set_programmed(out, true);
-        int patched = 0, steps = 300;
+        int patched = 0, steps = 300, reported = 0;
         for (int step = 0; step < steps; ++step) {
             StoreDelta delta;
             for (int n = 1 + g.pick(3); n > 0; --n) {
@@ -812,8 +812,29 @@ TEST(IncrementalCompile, PatchesEqualFullCompilesOnRandomEdits) {
                     delta.slices.push_back(j);
                 }
             }
+            std::vector<std::string> before;
+            for (const ObjectStatus& st : out.statuses) {
+                before.push_back(st.key.str() + "\n" + status_yaml(st));
+            }
             if (ic.patch(store, delta, out)) {
                 ++patched;
+                // Only the statuses it reports may have changed (status write-back looks
+                // at those alone).
+                ASSERT_EQ(out.statuses.size(), before.size());
+                const std::vector<size_t>& changed = ic.patched_statuses();
+                ASSERT_TRUE(std::is_sorted(changed.begin(), changed.end()));
+                for (size_t i = 0; i < before.size(); ++i) {
+                    const bool listed = std::binary_search(changed.begin(), changed.end(), i);
+                    if (!listed) {
+                        ASSERT_EQ(out.statuses[i].key.str() + "\n" + status_yaml(out.statuses[i]),
+                                  before[i])
+                            << "seed " << seed << " step " << step << ": a status changed by "
+                            << "the patch is not in patched_statuses()";
+                    }
+                    if (listed) {
+                        ++reported;
+                    }
+                }
             } else {
                 out = ic.compile(store, {});
                 set_programmed(out, true);
@@ -829,6 +850,7 @@ TEST(IncrementalCompile, PatchesEqualFullCompilesOnRandomEdits) {
         // Most edits keep the shape: the patch path must have been taken often.
         EXPECT_GT(patched, steps / 4) << "seed " << seed;
         EXPECT_GT(ic.full_compiles(), 1u) << "seed " << seed;
+        EXPECT_GT(reported, 0) << "seed " << seed; // route patches report their status
     }
 }
 

@@ -47,25 +47,30 @@ std::string Controller::nack_reason() const {
 
 namespace {
 
-/// Writes `content` to `path` atomically, and only when it differs.
-void write_if_changed(const fs::path& path, const std::string& content) {
+/// Writes `content` to `path` atomically, and only when it differs. False when it could
+/// not be written.
+bool write_if_changed(const fs::path& path, const std::string& content) {
     std::error_code ec;
     {
         std::ifstream in(path, std::ios::binary);
         if (in) {
             std::string old((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
             if (old == content) {
-                return;
+                return true;
             }
         }
     }
     fs::create_directories(path.parent_path(), ec);
     const fs::path tmp = path.string() + ".tmp";
+    bool ok = false;
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         out << content;
+        out.flush();
+        ok = static_cast<bool>(out);
     }
     fs::rename(tmp, path, ec);
+    return ok && !ec;
 }
 
 std::string status_file(const ObjectKey& k) {
@@ -79,7 +84,7 @@ void log(const std::string& msg) {
 
 } // namespace
 
-void Controller::publish(CompileOutput& out, ReconcileResult& r) {
+void Controller::publish(CompileOutput& out, ReconcileResult& r, const std::vector<size_t>* only) {
     ir::encode_into(out.ir, ir_bytes_);
     const std::string& bytes = ir_bytes_;
     r.hash = ir::body_hash(bytes); // (equal bodies, equal bytes: no second pass over them)
@@ -113,20 +118,32 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r) {
             l.nack_reason = res->reason.empty() ? "no reason given" : res->reason;
         }
     }
-    apply_answer(out, r);
+    apply_answer(out, r, only);
 }
 
 bool Controller::clean_answer() const {
     return all_acked() && nack_reason().empty() && unserved_by_all().empty();
 }
 
-void Controller::apply_answer(CompileOutput& out, ReconcileResult& r) {
+void Controller::apply_answer(CompileOutput& out, ReconcileResult& r,
+                              const std::vector<size_t>* only) {
+    auto programmed = [&](bool acked, const std::string& why) {
+        if (!only) {
+            set_programmed(out, acked, why);
+            return;
+        }
+        for (size_t i : *only) {
+            if (i < out.statuses.size()) {
+                set_programmed(out.statuses[i], acked, why);
+            }
+        }
+    };
     const std::string nack = nack_reason();
     if (!nack.empty()) {
-        set_programmed(out, false, nack);
+        programmed(false, nack);
         r.message = "dataplane refused generation " + std::to_string(generation_) + ": " + nack;
     } else if (all_acked()) {
-        set_programmed(out, true);
+        programmed(true, "");
         mark_unserved(out, unserved_by_all());
         r.acked = true;
     }
@@ -210,7 +227,7 @@ void mark_unserved(CompileOutput& out, const std::string& note) {
 }
 
 std::map<ObjectKey, std::pair<uint64_t, int64_t>> Controller::assign_generations(
-    Store& store) const {
+    Store& store, const StoreDelta* delta) const {
     std::map<ObjectKey, std::pair<uint64_t, int64_t>> next;
     auto one = [&](const std::string& kind, Meta& m) {
         if (m.generation_given) {
@@ -224,6 +241,17 @@ std::map<ObjectKey, std::pair<uint64_t, int64_t>> Controller::assign_generations
         m.generation = gen;
         next[key] = {m.spec_hash, gen};
     };
+    if (delta && !delta->other && current_from_inc_) {
+        // Only these routes changed (the slices carry no generation): the others keep
+        // theirs. (Objects from the API server bring their own, and the map stays empty.)
+        next = generations_;
+        for (size_t i : delta->routes) {
+            if (i < store.routes.size()) {
+                one(route_kind_name(store.routes[i].kind), store.routes[i].meta);
+            }
+        }
+        return next;
+    }
     for (auto& o : store.classes) one("GatewayClass", o.meta);
     for (auto& o : store.gateways) one("Gateway", o.meta);
     for (auto& o : store.listener_sets) one("ListenerSet", o.meta);
@@ -251,7 +279,7 @@ ReconcileResult Controller::reconcile_documents(const std::vector<Document>& doc
 ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
                                             const StoreDelta* delta) {
     ReconcileResult r;
-    auto generations = assign_generations(store);
+    auto generations = assign_generations(store, delta);
     r.errors = diags.errors();
     r.warnings = diags.size() - r.errors;
     if (r.errors > 0 && opts_.strict) {
@@ -281,7 +309,9 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
         patched = inc_.patch(store, *delta, *current_);
     }
     if (patched) {
-        publish(*current_, r);
+        // The answer before was clean: only the statuses the patch replaced can be without
+        // their Programmed conditions (if this answer is not clean, a full compile follows).
+        publish(*current_, r, &inc_.patched_statuses());
         if (!clean_answer()) {
             // Programmed depends on this answer: take the statuses from a full compile.
             CompileOutput out = inc_.compile(store, opts_.compile);
@@ -289,6 +319,11 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
                 apply_answer(out, r);
             }
             current_ = std::move(out);
+        } else {
+            // Clean before and after: the Programmed conditions are as they were, and only
+            // the statuses the patch replaced can differ.
+            r.statuses_all = false;
+            r.statuses_changed = inc_.patched_statuses();
         }
     } else {
         CompileOutput out = delta ? inc_.compile(store, opts_.compile) : compile(store, opts_.compile);
@@ -299,7 +334,7 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
         current_ = std::move(out);
     }
     current_from_inc_ = delta != nullptr;
-    write_status(*current_, diags, r.message);
+    write_status(*current_, diags, r.message, r.statuses_all ? nullptr : &r.statuses_changed);
     for (const Diagnostic& d : diags.items()) {
         log(d.str());
     }
@@ -315,25 +350,38 @@ ReconcileResult Controller::reconcile_store(Store& store, Diagnostics diags,
 }
 
 void Controller::write_status(const CompileOutput& out, const Diagnostics& diags,
-                              const std::string& note) {
+                              const std::string& note, const std::vector<size_t>* only) {
     if (opts_.status_dir.empty()) {
         return;
     }
     const fs::path dir = opts_.status_dir;
-    std::vector<std::string> now;
-    for (const ObjectStatus& st : out.statuses) {
-        const std::string rel = status_file(st.key);
-        write_if_changed(dir / rel, status_yaml(st));
-        now.push_back(rel);
-    }
-    std::set<std::string> keep(now.begin(), now.end());
     std::error_code ec;
-    for (const std::string& old : written_) {
-        if (!keep.count(old)) {
-            fs::remove(dir / old, ec);
+    bool ok = true;
+    if (only && !status_files_stale_) {
+        // A patch: the same objects as last time, and only these statuses can differ (a
+        // change costs the files of the objects it touched, not one read per object).
+        for (size_t i : *only) {
+            if (i < out.statuses.size()) {
+                const ObjectStatus& st = out.statuses[i];
+                ok &= write_if_changed(dir / status_file(st.key), status_yaml(st));
+            }
         }
+    } else {
+        std::vector<std::string> now;
+        for (const ObjectStatus& st : out.statuses) {
+            const std::string rel = status_file(st.key);
+            ok &= write_if_changed(dir / rel, status_yaml(st));
+            now.push_back(rel);
+        }
+        std::set<std::string> keep(now.begin(), now.end());
+        for (const std::string& old : written_) {
+            if (!keep.count(old)) {
+                fs::remove(dir / old, ec);
+            }
+        }
+        written_ = std::move(now);
     }
-    written_ = std::move(now);
+    status_files_stale_ = !ok; // a failed write is retried with all of them next time
     std::string diag_text;
     for (const Diagnostic& d : diags.items()) {
         diag_text += d.str() + "\n";

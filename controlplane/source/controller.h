@@ -48,6 +48,12 @@ struct ReconcileResult {
     uint64_t generation = 0; ///< IR generation in force
     uint64_t hash = 0;       ///< hash of the IR in force
     std::string message;
+    /// Which statuses of the configuration now in force (current()) can differ from those
+    /// of the one in force before the call: every one (a full compile, another answer of
+    /// the dataplane, input refused), or only those at `statuses_changed` (indices into
+    /// current()->statuses, ascending; a patch, ADR 0011). Status write-back looks at these.
+    bool statuses_all = true;
+    std::vector<size_t> statuses_changed;
 };
 
 /// Applies a dataplane ACK note (msg.h): listeners accepted but not served get
@@ -92,13 +98,20 @@ public:
     }
 
 private:
-    void publish(CompileOutput& out, ReconcileResult& r);
-    /// Sets the Programmed conditions of `out` from the dataplanes' last answers.
-    void apply_answer(CompileOutput& out, ReconcileResult& r);
+    /// Sends `out`'s IR when it changed and applies the answer (apply_answer).
+    void publish(CompileOutput& out, ReconcileResult& r, const std::vector<size_t>* only = nullptr);
+    /// Sets the Programmed conditions of `out` from the dataplanes' last answers: of every
+    /// status, or with `only` of the statuses at these indices (the others already carry
+    /// this answer's).
+    void apply_answer(CompileOutput& out, ReconcileResult& r,
+                      const std::vector<size_t>* only = nullptr);
     /// Every dataplane ACKed the IR in force, serving every listener: the statuses in
     /// force are the compiled ones with each Programmed condition True.
     [[nodiscard]] bool clean_answer() const;
-    void write_status(const CompileOutput& out, const Diagnostics& diags, const std::string& note);
+    /// Writes the status files (and diagnostics.txt): of every status, or with `only` of
+    /// those at these indices (the set of files written last time must be the same).
+    void write_status(const CompileOutput& out, const Diagnostics& diags, const std::string& note,
+                      const std::vector<size_t>* only = nullptr);
 
     ControllerOptions opts_;
     std::optional<CompileOutput> current_;
@@ -118,11 +131,14 @@ private:
     [[nodiscard]] std::string nack_reason() const;
     [[nodiscard]] std::string unserved_by_all() const;
     std::vector<std::string> written_; ///< status files written last time
+    bool status_files_stale_ = false;  ///< a status file write failed: write all next time
     /// File source: objects carry no metadata.generation, so it is kept here and bumped
     /// whenever an object's content changes (as the API server does for spec changes).
     std::map<ObjectKey, std::pair<uint64_t, int64_t>> generations_;
-    /// Sets the generations of `store`'s objects; returns the map to keep if it is accepted.
-    std::map<ObjectKey, std::pair<uint64_t, int64_t>> assign_generations(Store& store) const;
+    /// Sets the generations of `store`'s objects (with a `delta`: of the objects it names);
+    /// returns the map to keep if it is accepted.
+    std::map<ObjectKey, std::pair<uint64_t, int64_t>> assign_generations(
+        Store& store, const StoreDelta* delta = nullptr) const;
 };
 
 } // namespace sluice::cp

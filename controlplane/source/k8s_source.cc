@@ -218,6 +218,13 @@ void each_vector(Store& a, Store& b, F&& f) {
 constexpr int kStoreVectors = 12;
 constexpr int kRoutesSlot = 3, kSlicesSlot = 8; ///< (each_vector)
 
+/// Which vector of a Store holding one object it is in (each_vector's numbers), or -1.
+int slot_of(Store& one) {
+    int slot = -1;
+    each_vector(one, one, [&](auto& v, auto&, int n) { slot = v.empty() ? slot : n; });
+    return slot;
+}
+
 std::string url_escape(const std::string& s) {
     std::string o;
     for (unsigned char c : s) {
@@ -681,6 +688,20 @@ void K8sSource::collect_refs_locked() {
     refs_ = std::move(refs);
 }
 
+void K8sSource::store_changed_locked(Resource& r, const std::string& key, bool structural) {
+    // Only our GatewayClasses are assembled, and a change can make one ours or not.
+    if (structural || r.kind == "GatewayClass") {
+        store_rebuild_ = true;
+        store_changed_.clear();
+    } else if (!store_rebuild_) {
+        store_changed_.emplace_back(&r, key);
+    }
+    if (r.kind == "GatewayClass" || r.kind == "Gateway" || r.kind == "ListenerSet" ||
+        r.kind == "BackendTLSPolicy") {
+        refs_dirty_ = true; // (collect_refs_locked reads these kinds)
+    }
+}
+
 bool K8sSource::referenced_locked(const Resource& r, const std::string& key) const {
     auto it = refs_.find(r.kind);
     return it != refs_.end() && it->second.count(key);
@@ -694,6 +715,10 @@ void K8sSource::sync_referenced() {
     std::vector<Fetch> fetch;
     {
         std::lock_guard<std::mutex> g(mu_);
+        if (!refs_dirty_) {
+            return; // no referencing object changed, no read to retry: refs_ holds
+        }
+        refs_dirty_ = false;
         collect_refs_locked();
         for (const auto& r : resources_) {
             if (!r->referenced_only || r->version.empty()) {
@@ -710,7 +735,9 @@ void K8sSource::sync_referenced() {
                     std::to_string(r->objects.size() + r->unreferenced.size()) + " kept)");
                 r->unreferenced.insert(it->first);
                 r->rejected.erase(it->first);
+                const std::string key = it->first;
                 it = r->objects.erase(it);
+                store_changed_locked(*r, key, true);
             }
             // Newly referenced and known to exist: read it (the watch dropped its data).
             auto refs = refs_.find(r->kind);
@@ -723,6 +750,7 @@ void K8sSource::sync_referenced() {
             }
         }
     }
+    bool retry = false; ///< a read failed: sync again at the next reconcile
     for (const Fetch& f : fetch) {
         const size_t slash = f.key.find('/');
         const std::string path =
@@ -733,6 +761,7 @@ void K8sSource::sync_referenced() {
                 (resp ? "HTTP " + std::to_string(resp->status) + ": " + excerpt(resp->body)
                       : resp.error().message) +
                 "); retried on the next change");
+            retry = true;
             continue;
         }
         std::optional<json> obj;
@@ -740,11 +769,13 @@ void K8sSource::sync_referenced() {
         if (resp->status == 200) {
             if (std::string why = not_json(*resp); !why.empty()) {
                 log(f.r->kind + " " + f.key + ": " + why);
+                retry = true;
                 continue;
             }
             obj = parse_json(resp->body);
             if (!obj || !obj->is_object()) {
                 log(f.r->kind + " " + f.key + ": invalid JSON (" + excerpt(resp->body, 80) + ")");
+                retry = true;
                 continue;
             }
             if (!obj->contains("kind")) {
@@ -763,11 +794,16 @@ void K8sSource::sync_referenced() {
         }
         if (obj) {
             f.r->objects[f.key] = make_entry(std::move(*obj), std::move(model), f.r->slim);
+            store_changed_locked(*f.r, f.key, true);
             log(f.r->kind + " " + f.key + " is now referenced: read it (" +
                 std::to_string(f.r->objects.size()) + " referenced of " +
                 std::to_string(f.r->objects.size() + f.r->unreferenced.size()) + " kept)");
         }
         // 404 or refused: nothing kept; the watch brings its next version.
+    }
+    if (retry) {
+        std::lock_guard<std::mutex> g(mu_);
+        refs_dirty_ = true;
     }
 }
 
@@ -996,6 +1032,8 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                 }
                 r.objects = std::move(fresh);
                 r.unreferenced = std::move(fresh_unref);
+                store_changed_locked(r, "", true);
+                refs_dirty_ = true; // (the references may have moved while this listed)
                 status_all_touched_ |= !r.slim;
                 std::set<std::string> before;
                 for (const auto& [k, v] : r.rejected) {
@@ -1084,6 +1122,7 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                     dropped |= r.rejected.erase(k) > 0;
                     r.unreferenced.insert(k);
                     if (dropped) {
+                        store_changed_locked(r, k, true);
                         dirty_locked(true, false);
                         cv_.notify_all();
                     }
@@ -1131,10 +1170,14 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                         return true; // replaced meanwhile (relist): the watch resumes after it
                     } else {
                         compile = true;
+                        store_changed_locked(r, k, it == r.objects.end());
                         r.objects[k] = make_entry(std::move(obj), std::move(model), r.slim);
                     }
                 } else if (type == "DELETED") {
                     compile = r.objects.erase(k) > 0;
+                    if (compile) {
+                        store_changed_locked(r, k, true);
+                    }
                     compile |= r.rejected.erase(k) > 0;
                     r.unreferenced.erase(k);
                 } else {
@@ -1142,7 +1185,7 @@ void K8sSource::watch_loop(Resource& r, const std::atomic<bool>& stop) {
                     return true;
                 }
                 if (!r.slim) {
-                    status_touched_.insert(key_hash(r.kind, k)); // write_statuses looks again
+                    status_pending_[{r.kind, k}] = true; // write_statuses looks again
                 }
                 dirty_locked(compile, status);
             }
@@ -1222,6 +1265,11 @@ void K8sSource::lease_loop(const std::atomic<bool>& stop) {
             log(std::string(on ? "became the leader" : "lost the leadership") + " (lease " +
                 opts_.lease_namespace + "/" + opts_.lease_name + ", identity " + opts_.identity +
                 ")");
+            if (on) {
+                // What another leader wrote meanwhile: compare every status with the object.
+                std::lock_guard<std::mutex> g(mu_);
+                status_all_touched_ = true;
+            }
             mark(false);
         }
     };
@@ -1327,6 +1375,106 @@ void K8sSource::release_lease() {
 
 // ------------------------------------------------------------------ reconcile + status
 
+void K8sSource::reassemble_locked(StoreDelta& delta) {
+    struct Item {
+        Resource* r;
+        const std::string* key;
+        Entry* e;
+    };
+    std::vector<Item> now;
+    now.reserve(assembled_.size() + 16);
+    for (const auto& r : resources_) {
+        for (auto& [k, e] : r->objects) {
+            // Only GatewayClasses whose controllerName is ours are handled.
+            if (r->kind == "GatewayClass" &&
+                str_at(e.obj, "spec", "controllerName") != opts_.controller_name) {
+                continue;
+            }
+            now.push_back({r.get(), &k, &e});
+        }
+    }
+    bool same = now.size() == assembled_.size();
+    for (size_t i = 0; same && i < now.size(); ++i) {
+        same = now[i].r == assembled_[i].r && *now[i].key == assembled_[i].key &&
+               (now[i].e->model.size() == 0 || slot_of(now[i].e->model) == assembled_[i].slot);
+    }
+    if (same) {
+        size_t cursor[kStoreVectors] = {};
+        for (size_t i = 0; i < now.size(); ++i) {
+            const int slot = assembled_[i].slot;
+            const size_t pos = cursor[slot]++;
+            Store& one = now[i].e->model;
+            if (one.size() == 0) {
+                continue; // unchanged: its model is in store_
+            }
+            if (slot == kRoutesSlot) {
+                delta.routes.push_back(pos);
+            } else if (slot == kSlicesSlot) {
+                delta.slices.push_back(pos);
+            } else {
+                delta.other = true;
+            }
+            move_model(one, slot, pos);
+        }
+        return;
+    }
+    // Re-assemble: each model comes from its entry (new) or from store_ (unchanged).
+    std::unordered_map<std::string, std::pair<int, size_t>> old_pos = std::move(assembled_at_);
+    Store fresh;
+    each_vector(fresh, store_, [](auto& all, auto& v, int) { all.reserve(v.size() + 64); });
+    std::vector<Assembled> order;
+    order.reserve(now.size());
+    std::unordered_map<std::string, std::pair<int, size_t>> at;
+    at.reserve(now.size());
+    size_t cursor[kStoreVectors] = {};
+    uint64_t seq = 0;
+    for (const Item& it : now) {
+        Store& one = it.e->model;
+        int slot = -1;
+        std::string id = it.r->kind + "/" + *it.key;
+        if (one.size() == 1) {
+            slot = slot_of(one);
+            each_vector(fresh, one, [&](auto& all, auto& v, int n) {
+                if (n == slot) {
+                    all.push_back(std::move(v.front()));
+                    all.back().meta.sequence = seq; // the order files would have
+                    v.clear();
+                }
+            });
+        } else if (auto o = old_pos.find(id); o != old_pos.end()) {
+            slot = o->second.first;
+            const size_t pos = o->second.second;
+            each_vector(fresh, store_, [&](auto& all, auto& v, int n) {
+                if (n == slot) {
+                    all.push_back(std::move(v[pos]));
+                    all.back().meta.sequence = seq;
+                }
+            });
+        } else {
+            log("internal: no model for " + it.r->kind + " " + *it.key + "; skipped");
+            continue;
+        }
+        ++seq;
+        order.push_back({it.r, *it.key, slot});
+        at.emplace(std::move(id), std::make_pair(slot, cursor[slot]++));
+    }
+    store_ = std::move(fresh);
+    assembled_ = std::move(order);
+    assembled_at_ = std::move(at);
+    delta.other = true;
+}
+
+void K8sSource::move_model(Store& one, int slot, size_t pos) {
+    each_vector(store_, one, [&](auto& all, auto& v, int n) {
+        if (n == slot) {
+            const uint64_t seq = all[pos].meta.sequence;
+            all[pos] = std::move(v.front());
+            all[pos].meta.sequence = seq;
+            v.clear();
+        }
+    });
+}
+
 void K8sSource::reconcile() {
     sync_referenced();
     Diagnostics diags; // refused objects: in the log and diagnostics.txt while they last
@@ -1335,113 +1483,71 @@ void K8sSource::reconcile() {
         // The objects' models (loaded alone when they arrived) make up store_, which stays
         // assembled between compiles: a changed object's new model replaces the old one in
         // place; only a change of the set of objects re-assembles it (by moves). So an
-        // event costs one object's conversion and load, not all of them.
+        // event costs one object's conversion and load, not all of them; and the objects
+        // replaced are the ones the watch noted (store_changed_), found by key, so a change
+        // does not walk the other objects either.
         std::lock_guard<std::mutex> g(mu_);
-        struct Item {
-            Resource* r;
-            const std::string* key;
-            Entry* e;
-        };
-        std::vector<Item> now;
-        now.reserve(assembled_.size() + 16);
         for (const auto& r : resources_) {
             for (const auto& [k, errors] : r->rejected) {
                 for (const Diagnostic& d : errors) {
                     diags.add(d);
                 }
             }
-            for (auto& [k, e] : r->objects) {
-                // Only GatewayClasses whose controllerName is ours are handled.
-                if (r->kind == "GatewayClass" &&
-                    str_at(e.obj, "spec", "controllerName") != opts_.controller_name) {
-                    continue;
-                }
-                now.push_back({r.get(), &k, &e});
-            }
         }
-        auto slot_of = [](Store& one) {
-            int slot = -1;
-            each_vector(one, one, [&](auto& v, auto&, int n) { slot = v.empty() ? slot : n; });
-            return slot;
-        };
-        bool same = now.size() == assembled_.size();
-        for (size_t i = 0; same && i < now.size(); ++i) {
-            same = now[i].r == assembled_[i].r && *now[i].key == assembled_[i].key &&
-                   (now[i].e->model.size() == 0 || slot_of(now[i].e->model) == assembled_[i].slot);
+        bool rebuild = store_rebuild_;
+        const std::vector<std::pair<Resource*, std::string>> changed = std::move(store_changed_);
+        store_changed_.clear();
+        store_rebuild_ = false;
+        for (size_t c = 0; !rebuild && c < changed.size(); ++c) {
+            Resource& r = *changed[c].first;
+            const std::string& key = changed[c].second;
+            auto it = r.objects.find(key);
+            auto at = assembled_at_.find(r.kind + "/" + key);
+            if (it == r.objects.end() || at == assembled_at_.end()) {
+                rebuild = true; // (not expected: an added or deleted object is structural)
+                break;
+            }
+            Store& one = it->second.model;
+            if (one.size() == 0) {
+                continue; // noted twice: moved in already
+            }
+            const auto [slot, pos] = at->second;
+            if (one.size() != 1 || slot_of(one) != slot) {
+                rebuild = true;
+                break;
+            }
+            if (slot == kRoutesSlot) {
+                delta.routes.push_back(pos);
+            } else if (slot == kSlicesSlot) {
+                delta.slices.push_back(pos);
+            } else {
+                delta.other = true;
+            }
+            move_model(one, slot, pos);
         }
-        if (same) {
-            size_t cursor[kStoreVectors] = {};
-            for (size_t i = 0; i < now.size(); ++i) {
-                const int slot = assembled_[i].slot;
-                const size_t pos = cursor[slot]++;
-                Store& one = now[i].e->model;
-                if (one.size() == 0) {
-                    continue; // unchanged: its model is in store_
-                }
-                if (slot == kRoutesSlot) {
-                    delta.routes.push_back(pos);
-                } else if (slot == kSlicesSlot) {
-                    delta.slices.push_back(pos);
-                } else {
-                    delta.other = true;
-                }
-                each_vector(store_, one, [&](auto& all, auto& v, int n) {
-                    if (n == slot) {
-                        const uint64_t seq = all[pos].meta.sequence;
-                        all[pos] = std::move(v.front());
-                        all[pos].meta.sequence = seq;
-                        v.clear();
-                    }
-                });
-            }
-        } else {
-            // Re-assemble: each model comes from its entry (new) or from store_ (unchanged).
-            std::unordered_map<std::string, std::pair<int, size_t>> old_pos;
-            {
-                size_t cursor[kStoreVectors] = {};
-                for (const Assembled& a : assembled_) {
-                    old_pos[a.r->kind + "/" + a.key] = {a.slot, cursor[a.slot]++};
-                }
-            }
-            Store fresh;
-            each_vector(fresh, store_, [](auto& all, auto& v, int) { all.reserve(v.size() + 64); });
-            std::vector<Assembled> order;
-            order.reserve(now.size());
-            uint64_t seq = 0;
-            for (const Item& it : now) {
-                Store& one = it.e->model;
-                int slot = -1;
-                if (one.size() == 1) {
-                    slot = slot_of(one);
-                    each_vector(fresh, one, [&](auto& all, auto& v, int n) {
-                        if (n == slot) {
-                            all.push_back(std::move(v.front()));
-                            all.back().meta.sequence = seq; // the order files would have
-                            v.clear();
-                        }
-                    });
-                } else if (auto o = old_pos.find(it.r->kind + "/" + *it.key); o != old_pos.end()) {
-                    slot = o->second.first;
-                    const size_t pos = o->second.second;
-                    each_vector(fresh, store_, [&](auto& all, auto& v, int n) {
-                        if (n == slot) {
-                            all.push_back(std::move(v[pos]));
-                            all.back().meta.sequence = seq;
-                        }
-                    });
-                } else {
-                    log("internal: no model for " + it.r->kind + " " + *it.key + "; skipped");
-                    continue;
-                }
-                ++seq;
-                order.push_back({it.r, *it.key, slot});
-            }
-            store_ = std::move(fresh);
-            assembled_ = std::move(order);
-            delta.other = true;
+        if (rebuild) {
+            // (Models moved in above are found in store_ by the walk, as unchanged ones.)
+            const bool moved = !delta.routes.empty() || !delta.slices.empty() || delta.other;
+            delta = StoreDelta{};
+            reassemble_locked(delta);
+            // Models moved in above look unchanged to the walk: compile in full then.
+            delta.other |= moved;
         }
     }
-    ctl_.reconcile_store(store_, std::move(diags), &delta);
+    const ReconcileResult res = ctl_.reconcile_store(store_, std::move(diags), &delta);
+    // What write_statuses must look at: the statuses this compile can have changed.
+    std::lock_guard<std::mutex> g(mu_);
+    const CompileOutput* out = ctl_.current();
+    if (res.statuses_all || !out) {
+        status_all_compiled_ = true;
+    } else {
+        for (size_t i : res.statuses_changed) {
+            if (i < out->statuses.size()) {
+                const ObjectKey& k = out->statuses[i].key;
+                status_pending_.emplace(std::make_pair(k.kind, k.ns + "/" + k.name), false);
+            }
+        }
+    }
 }
 
 bool K8sSource::patch_status(Resource& r, const std::string& key, const json& patch,
@@ -1545,33 +1651,37 @@ void K8sSource::write_statuses() {
         if (status_fp_.size() > 2 * out->statuses.size() + 1024) {
             status_fp_.clear(); // forget deleted objects now and then
         }
+        // Every status when a full compile or a relist may have changed any of them (or
+        // which entries are ours changed); else only those a patch replaced and those of
+        // the objects the watch changed: a change costs its own objects, not all of them.
         const bool all_touched = status_all_touched_;
-        status_all_touched_ = false;
-        const std::unordered_set<uint64_t> touched = std::move(status_touched_);
-        status_touched_.clear();
-        std::unordered_set<uint64_t> seen; // key hashes of the objects with a status in `out`
-        seen.reserve(out->statuses.size());
-        for (const ObjectStatus& st : out->statuses) {
+        const bool all = all_touched || status_all_compiled_ || context != status_context_;
+        status_all_touched_ = status_all_compiled_ = false;
+        status_context_ = context;
+        const std::map<std::pair<std::string, std::string>, bool> pending =
+            std::move(status_pending_);
+        status_pending_.clear();
+
+        // One computed status against its object: a merge patch when it is not in place.
+        auto one = [&](const ObjectStatus& st, bool touched) {
             // Skip what was found in place last time: the same computed status and set of
             // our classes and gateways, and the object not changed since (by the watch).
-            // No lookup of the object: with thousands of routes this loop runs per change.
             const uint64_t kh = key_hash(st.key.kind, st.key.ns, st.key.name);
             const uint64_t fp = status_fingerprint(st) ^ context;
-            seen.insert(kh);
             if (auto f = status_fp_.find(kh);
-                f != status_fp_.end() && f->second == fp && !all_touched && !touched.count(kh)) {
-                continue;
+                f != status_fp_.end() && f->second == fp && !all_touched && !touched) {
+                return;
             }
             status_fp_.erase(kh);
             auto rit = by_kind.find(st.key.kind);
             if (rit == by_kind.end()) {
-                continue;
+                return;
             }
             Resource& r = *rit->second;
             const std::string key = st.key.ns + "/" + st.key.name;
             auto oit = r.objects.find(key);
             if (oit == r.objects.end()) {
-                continue;
+                return;
             }
             const json& obj = oit->second.obj;
             static const json kNoStatus = json::object();
@@ -1580,12 +1690,12 @@ void K8sSource::write_statuses() {
             json patch;
             if (st.key.kind == "GatewayClass") {
                 if (!our_classes.count(st.key.name)) {
-                    continue;
+                    return;
                 }
                 patch = owned_status(st, cur);
             } else if (st.key.kind == "Gateway") {
                 if (!our_gateways.count(key)) {
-                    continue;
+                    return;
                 }
                 patch = owned_status(st, cur);
             } else if (st.key.kind == "ListenerSet") {
@@ -1639,33 +1749,65 @@ void K8sSource::write_statuses() {
             } else {
                 status_fp_[kh] = fp; // in place: nothing to do while this holds
             }
-        }
-        // Routes that still carry our parent entries but no longer have any: remove ours.
-        for (const char* kind : {"HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute",
-                                 "BackendTLSPolicy"}) {
-            Resource& r = *by_kind[kind];
-            const char* list = std::string(kind) == "BackendTLSPolicy" ? "ancestors" : "parents";
-            for (const auto& [k, e] : r.objects) {
-                const json& obj = e.obj;
-                if (seen.count(key_hash(kind, k)) || !obj.contains("status") ||
-                    !obj["status"].is_object() || !obj["status"].contains(list) ||
-                    !obj["status"][list].is_array()) {
-                    continue;
+        };
+        // A Route or BackendTLSPolicy without a computed status that still carries our
+        // entries (no longer a parent of ours): remove ours, keep the others.
+        static const std::set<std::string> kParentKinds = {
+            "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute", "BackendTLSPolicy"};
+        auto orphan = [&](Resource& r, const std::string& k, const Entry& e) {
+            const json& obj = e.obj;
+            const char* list = r.kind == "BackendTLSPolicy" ? "ancestors" : "parents";
+            if (!obj.contains("status") || !obj["status"].is_object() ||
+                !obj["status"].contains(list) || !obj["status"][list].is_array()) {
+                return;
+            }
+            json keep = json::array();
+            bool had_ours = false;
+            for (const json& p : obj["status"][list]) {
+                if (str_at(p, "controllerName") == opts_.controller_name) {
+                    had_ours = true;
+                } else {
+                    keep.push_back(p);
                 }
-                json keep = json::array();
-                bool had_ours = false;
-                for (const json& e : obj["status"][list]) {
-                    if (str_at(e, "controllerName") == opts_.controller_name) {
-                        had_ours = true;
-                    } else {
-                        keep.push_back(e);
+            }
+            if (had_ours) {
+                todo.push_back({&r, k, str_at(obj, "metadata", "resourceVersion"),
+                                json{{list, keep}},
+                                r.base(str_at(obj, "metadata", "namespace")) + "/" +
+                                    str_at(obj, "metadata", "name")});
+            }
+        };
+        if (all) {
+            std::unordered_set<uint64_t> seen; // key hashes of the objects with a status
+            seen.reserve(out->statuses.size());
+            for (const ObjectStatus& st : out->statuses) {
+                const auto p = pending.find({st.key.kind, st.key.ns + "/" + st.key.name});
+                one(st, p != pending.end() && p->second);
+                seen.insert(key_hash(st.key.kind, st.key.ns, st.key.name));
+            }
+            for (const std::string& kind : kParentKinds) {
+                Resource& r = *by_kind[kind];
+                for (const auto& [k, e] : r.objects) {
+                    if (!seen.count(key_hash(kind, k))) {
+                        orphan(r, k, e);
                     }
                 }
-                if (had_ours) {
-                    todo.push_back({&r, k, str_at(obj, "metadata", "resourceVersion"),
-                                    json{{list, keep}},
-                                    r.base(str_at(obj, "metadata", "namespace")) + "/" +
-                                        str_at(obj, "metadata", "name")});
+            }
+        } else {
+            // The set of computed statuses is the one of the last full pass (a patch never
+            // adds or removes one): an object without a status can only have gained our
+            // entries through the watch, which put it here.
+            for (const auto& [id, touched] : pending) {
+                const auto& [kind, key] = id;
+                const size_t slash = key.find('/');
+                const ObjectKey ok{kind, key.substr(0, slash), key.substr(slash + 1)};
+                if (const ObjectStatus* st = out->find(ok)) {
+                    one(*st, touched);
+                } else if (kParentKinds.count(kind)) {
+                    Resource& r = *by_kind[kind];
+                    if (auto e = r.objects.find(key); e != r.objects.end()) {
+                        orphan(r, key, e->second);
+                    }
                 }
             }
         }
@@ -1673,10 +1815,12 @@ void K8sSource::write_statuses() {
     // A few requests in flight at once: after the first sync of a big cluster every route's
     // status is new, and one PATCH at a time spends most of its time waiting for answers.
     std::atomic<size_t> next{0}, written{0};
+    std::vector<char> done(todo.size(), 0);
     auto worker = [&] {
         for (size_t i = next++; i < todo.size(); i = next++) {
             const Todo& t = todo[i];
-            written += patch_status(*t.r, t.key, t.patch, t.rv, t.path) ? 1 : 0;
+            done[i] = patch_status(*t.r, t.key, t.patch, t.rv, t.path) ? 1 : 0;
+            written += done[i];
         }
     };
     std::vector<std::thread> pool;
@@ -1691,6 +1835,13 @@ void K8sSource::write_statuses() {
     if (!todo.empty()) {
         log("status: wrote " + std::to_string(written.load()) + " of " +
             std::to_string(todo.size()) + " changed object status(es)");
+        // Not written (a conflict, an error): look at these again on the next pass.
+        std::lock_guard<std::mutex> g(mu_);
+        for (size_t i = 0; i < todo.size(); ++i) {
+            if (!done[i]) {
+                status_pending_[{todo[i].r->kind, todo[i].key}] = true;
+            }
+        }
     }
 }
 
@@ -1715,20 +1866,32 @@ int K8sSource::run(const std::atomic<bool>& stop) {
         bool do_compile = false, do_status = false;
         {
             std::unique_lock<std::mutex> lk(mu_);
-            // The predicate: a change flagged while we were compiling is seen at once.
-            cv_.wait_for(lk, std::chrono::milliseconds(200), [&] {
-                return compile_dirty_ || status_dirty_ || stop.load(std::memory_order_relaxed);
-            });
-            if (!synced) {
-                synced = true;
+            auto all_synced = [&] {
                 for (const auto& r : resources_) {
-                    synced &= r->synced;
+                    if (!r->synced) {
+                        return false;
+                    }
                 }
-                if (!synced) {
+                return true;
+            };
+            if (!synced) {
+                // Until every kind is listed, only that is waited for: the lists flag
+                // changes as they come, and waiting for those would return at once and spin
+                // (a CPU taken from the lists being parsed).
+                cv_.wait_for(lk, std::chrono::milliseconds(200), [&] {
+                    return all_synced() || stop.load(std::memory_order_relaxed);
+                });
+                if (!all_synced()) {
                     continue; // no partial first configuration
                 }
+                synced = true;
                 log("initial sync complete");
                 compile_dirty_ = true;
+            } else {
+                // The predicate: a change flagged while we were compiling is seen at once.
+                cv_.wait_for(lk, std::chrono::milliseconds(200), [&] {
+                    return compile_dirty_ || status_dirty_ || stop.load(std::memory_order_relaxed);
+                });
             }
             if (!compile_dirty_ && !status_dirty_) {
                 lk.unlock();

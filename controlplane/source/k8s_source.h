@@ -71,6 +71,12 @@ private:
     void lease_loop(const std::atomic<bool>& stop);
     void release_lease();
     void reconcile();
+    /// Rebuilds store_ from every entry (an object added or deleted, a list): the walk
+    /// reconcile() avoids for in-place changes. Thread: the run() thread, holding mu_.
+    void reassemble_locked(StoreDelta& delta);
+    /// Moves the one object of `one` to index `pos` of vector `slot` of store_, keeping
+    /// its sequence. Thread: the run() thread, holding mu_.
+    void move_model(Store& one, int slot, size_t pos);
     void write_statuses();
     bool patch_status(Resource& r, const std::string& key, const nlohmann::json& patch,
                       const std::string& rv, const std::string& obj_path);
@@ -79,6 +85,10 @@ private:
     /// Secrets/ConfigMaps named by our GatewayClasses' and Gateways' and by all
     /// ListenerSets' and BackendTLSPolicies' reference fields -> refs_. Caller holds mu_.
     void collect_refs_locked();
+    /// Notes that object `key` of `r` got a new model (spec change) or that the set of
+    /// objects changed (`structural`: added, deleted, a list, a GatewayClass), for
+    /// reconcile(). Caller holds mu_.
+    void store_changed_locked(Resource& r, const std::string& key, bool structural);
     [[nodiscard]] bool referenced_locked(const Resource& r, const std::string& key) const;
     /// Brings the kept Secrets/ConfigMaps in line with refs_: drops the data of those no
     /// longer referenced, reads (GET) those newly referenced. Thread: the run() thread.
@@ -116,13 +126,31 @@ private:
         int slot; ///< which vector of the Store
     };
     std::vector<Assembled> assembled_;
+    /// kind + "/" + "ns/name" -> (vector of the Store, index in it) of each assembled object
+    /// (run thread; rebuilt with assembled_).
+    std::unordered_map<std::string, std::pair<int, size_t>> assembled_at_;
+    /// Entries given a new model since the last reconcile() (their place in store_ is
+    /// known: replaced in place, no walk over every object), and whether the set of
+    /// objects changed (store_ re-assembled from every entry). Guarded by mu_.
+    std::vector<std::pair<Resource*, std::string>> store_changed_;
+    bool store_rebuild_ = true;
     /// Object (key hash) -> fingerprint of our status found in place (write_statuses; run
-    /// thread), and the objects the watch changed since the last write_statuses (mu_).
+    /// thread).
     std::unordered_map<uint64_t, uint64_t> status_fp_;
-    std::unordered_set<uint64_t> status_touched_;
-    bool status_all_touched_ = false; ///< a relist: check every status again (mu_)
+    /// What write_statuses() looks at (mu_): (kind, "ns/name") -> true when the watch
+    /// changed the object (compare with it whatever the fingerprint says), false when
+    /// only its computed status may have changed (a patch); or every status:
+    /// status_all_touched_ (a relist, a new leader: compare every object) or
+    /// status_all_compiled_ (a full compile: every computed status may have changed).
+    std::map<std::pair<std::string, std::string>, bool> status_pending_;
+    bool status_all_touched_ = true;
+    bool status_all_compiled_ = true;
+    uint64_t status_context_ = 0; ///< our classes and gateways at the last write (run thread)
     /// "Secret"/"ConfigMap" -> {"ns/name"} referenced (collect_refs_locked). Guarded by mu_.
     std::map<std::string, std::set<std::string>> refs_;
+    /// A kind that references Secrets/ConfigMaps changed (or a read failed): sync_referenced
+    /// has work. Guarded by mu_.
+    bool refs_dirty_ = true;
     std::string lease_rv_;
 };
 
