@@ -621,6 +621,25 @@ def run(work, log):
     tls_big_backend(need_port, pki["btls-srv"] + ".crt", pki["btls-srv"] + ".key", 2,
                     client_ca=pki["btls-ca"] + ".crt")
     btls = btls_config(pki, btls_port, big_port, cc_port, need_port)
+    # A second Gateway whose route has no hostnames: requests without a Host reach it.
+    plain_port = free_port()
+    btls += f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: plain, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: http, protocol: HTTP, port: {plain_port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: plain, namespace: default}}
+spec:
+  parentRefs: [{{name: plain}}]
+  rules:
+  - backendRefs: [{{name: echo-a, port: 8080}}]
+"""
     start([sys.executable, ECHO, "--listen", f"127.0.0.1:{free_port()}", "--tls-listen",
            f"127.0.0.1:{ports['echo-tls']}", "--cert", crt, "--key", key, "--pod", "echo-tls-pod",
            "--namespace", "default"], log)
@@ -675,6 +694,21 @@ def run(work, log):
     check(" 404 " in r.stdout.split("\r\n")[0], "no rule matches -> 404")
     r = get("/a", host="other.example.org")
     check(" 404 " in r.stdout.split("\r\n")[0], "unknown host -> 404")
+    # HTTP/1.0 without Host (openssl s_time sends such requests): the backend, spoken to in
+    # HTTP/1.1, gets the authority the client reached (RFC 9112 3.3), not an empty Host that
+    # nginx answers with 400 and a close.
+    def raw_json(req):
+        out = raw(plain_port, req)
+        try:
+            return status_of(out), json.loads(out.split(b"\r\n\r\n", 1)[1])
+        except (IndexError, ValueError):
+            return status_of(out), {}
+    for _ in range(2):
+        st, j = raw_json(b"GET /no-host HTTP/1.0\r\n\r\n")
+        check(st == 200 and j.get("host") == f"127.0.0.1:{plain_port}" and j.get("pod") == "echo-a-pod",
+              f"HTTP/1.0 without Host -> Host 127.0.0.1:{plain_port} upstream ({st}, {j.get('host')!r})")
+    st, j = raw_json(b"GET /h HTTP/1.0\r\nHost: given.example\r\n\r\n")
+    check(st == 200 and j.get("host") == "given.example", f"HTTP/1.0 with a Host keeps it ({j.get('host')!r})")
     r = get("/filtered", headers=["X-Drop: 1", "X-Keep: 2"])
     j = body_json(r)
     hs = {k.lower(): v for k, v in j["headers"].items()}

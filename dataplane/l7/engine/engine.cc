@@ -627,6 +627,26 @@ std::string peer_string(const sockaddr_storage& ss) {
     return buf;
 }
 
+/// The authority of a request that named none (HTTP/1.0 without Host, HTTP/2 without
+/// :authority): the local address and port of its connection, as RFC 9112 3.3 reconstructs
+/// the target URI. An HTTP/1.1 backend needs a Host, and many (nginx) refuse an empty one with
+/// 400 and a close. One getsockname, only for such requests.
+std::string local_authority(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+        return {};
+    }
+    const std::string ip = peer_string(ss);
+    if (ip.empty()) {
+        return {};
+    }
+    const uint16_t port = ntohs(ss.ss_family == AF_INET
+                                    ? reinterpret_cast<const sockaddr_in*>(&ss)->sin_port
+                                    : reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
+    return (ss.ss_family == AF_INET6 ? "[" + ip + "]" : ip) + ":" + std::to_string(port);
+}
+
 /// absolute-form request-target ("http://a/b"): the path becomes the target and, without a
 /// Host header, the authority the host (the parser checked they agree when both exist).
 void origin_form(std::string_view& target, std::string_view& host) noexcept {
@@ -1741,6 +1761,9 @@ void Worker::route_exchange(Exchange& x, const route::Request& rq, std::string_v
         return;
     }
     x.d = route::decide(t->ir, rq, random());
+    if (x.d.outcome == route::Outcome::Forward && x.d.fwd.host.empty()) {
+        x.d.fwd.host = local_authority(x.c->fd);
+    }
     const route::Decision& d = x.d;
     // A request the gateway answers itself: a body it did not read means the connection
     // cannot be reused (the body's bytes would be taken for the next request).
