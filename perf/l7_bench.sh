@@ -182,13 +182,16 @@ nginx_proxy_server() {  # LISTEN [CERT: ecdsa|rsa]
   if [ -n "${2:-}" ]; then
     echo "    ssl_certificate $TLSD/$2.crt;"
     echo "    ssl_certificate_key $TLSD/$2.key;"
+    # Debian's nginx 1.22 defaults to TLSv1 TLSv1.1 TLSv1.2: without this line it spoke
+    # TLS 1.2 (abbreviated resumption, no ECDHE) while sluice and HAProxy spoke 1.3.
+    echo "    ssl_protocols TLSv1.2 TLSv1.3;"
   fi
   cat <<'EOF'
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $host;
+      proxy_set_header Host $bench_host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
     }
@@ -199,6 +202,10 @@ N=$WORK/nginx-proxy
 mkdir -p "$N"
 { nginx_common "$N"
   cat <<EOF
+  # Host for the backend: the client's, or for a request without one (HTTP/1.0, as
+  # openssl s_time sends) the address it reached, as sluice does (RFC 9112 3.3); \$host would
+  # be empty, the header dropped, and the backend would answer 400 and close.
+  map \$http_host \$bench_host { "" \$server_addr:\$server_port; default \$http_host; }
   upstream backend {
     server 127.0.0.1:$P_BACKEND;
     keepalive 64;
@@ -496,7 +503,17 @@ if command -v h2load >/dev/null; then
   done
 fi
 # TLS handshakes: openssl s_time, one connection at a time, each fetching / (TLS 1.3).
+# First what each proxy negotiates and what s_time's Host-less HTTP/1.0 request gets: equal
+# work means TLS 1.3 everywhere and a 200 from the backend (not a 400 and a closed upstream).
 mkdir -p "$WORK/hs"
+for t in sluice haproxy nginx; do
+  hp=${URL_E[$t]#https://}; hp=${hp%/}
+  proto=$(openssl s_client -connect "$hp" -brief </dev/null 2>&1 | sed -n 's/^Protocol version: //p')
+  st=$( (printf 'GET / HTTP/1.0\r\n\r\n'; sleep 0.5) |
+        timeout 5 openssl s_client -quiet -connect "$hp" 2>/dev/null | head -1 | tr -d '\r')
+  printf '%s\n%s\n' "$proto" "$st" > "$WORK/hs/$t.proto"
+  [ "$proto" = TLSv1.3 ] || die "$t negotiated '$proto' with openssl s_client, not TLSv1.3"
+done
 for t in sluice haproxy nginx; do
   for hm in full-ecdsa full-rsa resumed; do
     case $hm in
@@ -680,7 +697,7 @@ for t in targets[1:]:
 
 # TLS handshakes (openssl s_time): CPU per handshake -> handshakes/s per core.
 hsdir = os.path.join(os.path.dirname(wrkdir), "hs")
-hs = {}
+hs, hs_setup = {}, {}
 for t in targets[1:]:
     hs[t] = {}
     for hm in ("full-ecdsa", "full-rsa", "resumed"):
@@ -697,6 +714,13 @@ for t in targets[1:]:
         cpu = cpu_per_req(p, n)[0]
         hs[t][hm] = {"handshakes": n, "seconds": secs, "cpu_us_per_handshake": cpu,
                      "handshakes_per_core_s": round(1e6 / cpu) if cpu else None}
+    try:
+        proto, status_line = (open(os.path.join(hsdir, f"{t}.proto")).read().split("\n") + ["", ""])[:2]
+        hs_setup[t] = {"protocol": proto, "hostless_http10_status": status_line}
+        if " 200 " not in status_line + " ":
+            problems.append(f"{t}/handshakes: s_time's request (HTTP/1.0, no Host) got '{status_line}'")
+    except OSError:
+        pass
 
 # The direct runs leave the proxies' core idle: if it was busy then, something else ran there.
 warnings = []
@@ -758,6 +782,7 @@ doc = {
     "ratios": ratios,
     "h2": h2,
     "handshakes": hs,
+    "handshake_setup": hs_setup,
     "handshake_ratios": {hm: {"sluice_to_haproxy_per_core": ratio((hs.get("sluice", {}).get(hm) or {}).get("handshakes_per_core_s"),
                                                                   (hs.get("haproxy", {}).get(hm) or {}).get("handshakes_per_core_s")),
                               "sluice_to_nginx_per_core": ratio((hs.get("sluice", {}).get(hm) or {}).get("handshakes_per_core_s"),

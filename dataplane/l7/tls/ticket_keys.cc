@@ -1,5 +1,6 @@
 #include "ticket_keys.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -52,6 +53,8 @@ Result<std::shared_ptr<const TicketKeys>> TicketKeys::create(std::span<const uin
                                        std::to_string(period_s));
     }
     std::shared_ptr<TicketKeys> k(new TicketKeys());
+    static std::atomic<uint64_t> serials{0};
+    k->serial_ = ++serials;
     if (master.empty()) {
         if (RAND_bytes(k->master_, 48) != 1) {
             return fail(Errc::Internal, "RAND_bytes failed");
@@ -122,6 +125,31 @@ bool TicketKeys::derive(int64_t period, Keys& out) const noexcept {
     return true;
 }
 
+bool TicketKeys::cached(int64_t period, Keys& out) const noexcept {
+    // Per thread, the keys of the last two periods used with the last ring: HKDF (a KDF
+    // fetch, two HMACs) ran twice per full handshake and twice per resumed one before.
+    // A different ring (a new --tls-ticket-key-file) or period replaces an entry.
+    struct Slot {
+        const TicketKeys* ring = nullptr;
+        uint64_t serial = 0;
+        int64_t period = 0;
+        Keys keys{};
+    };
+    thread_local Slot slots[2];
+    Slot& s = slots[period & 1];
+    if (s.ring != this || s.serial != serial_ || s.period != period) {
+        if (!derive(period, s.keys)) {
+            s.ring = nullptr;
+            return false;
+        }
+        s.ring = this;
+        s.serial = serial_;
+        s.period = period;
+    }
+    out = s.keys;
+    return true;
+}
+
 int64_t TicketKeys::now_period() const noexcept {
     const int64_t t = clock_();
     return t / static_cast<int64_t>(period_s_);
@@ -148,13 +176,13 @@ int TicketKeys::on_ticket(SSL* ssl, unsigned char key_name[16], unsigned char iv
     Keys k{};
     char digest[] = "SHA256";
     if (enc) {
-        if (!self->derive(cur, k) || RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) {
+        if (!self->cached(cur, k) || RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) {
             return -1;
         }
         std::memcpy(key_name, k.name, 16);
     } else {
         const int64_t p = get_be64(key_name);
-        if ((p != cur && p != cur - 1) || !self->derive(p, k) ||
+        if ((p != cur && p != cur - 1) || !self->cached(p, k) ||
             CRYPTO_memcmp(key_name, k.name, 16) != 0) {
             return 0; // unknown or expired key: a full handshake, no error
         }
@@ -163,9 +191,12 @@ int TicketKeys::on_ticket(SSL* ssl, unsigned char key_name[16], unsigned char iv
         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof k.hmac),
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
         OSSL_PARAM_construct_end()};
-    const bool ok = EVP_MAC_CTX_set_params(hctx, params) == 1 &&
-                    (enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, k.aes, iv)
-                         : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, k.aes, iv)) == 1;
+    // The cipher fetched once per process (EVP_aes_256_cbc() would be fetched by name from
+    // the provider store on every ticket).
+    static EVP_CIPHER* const aes = EVP_CIPHER_fetch(nullptr, "AES-256-CBC", nullptr);
+    const bool ok = aes != nullptr && EVP_MAC_CTX_set_params(hctx, params) == 1 &&
+                    (enc ? EVP_EncryptInit_ex(cctx, aes, nullptr, k.aes, iv)
+                         : EVP_DecryptInit_ex(cctx, aes, nullptr, k.aes, iv)) == 1;
     const bool previous = !enc && get_be64(key_name) != cur;
     OPENSSL_cleanse(&k, sizeof k);
     if (!ok) {

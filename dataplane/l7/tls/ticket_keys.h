@@ -61,6 +61,8 @@ private:
         unsigned char hmac[32];
     };
     [[nodiscard]] bool derive(int64_t period, Keys& out) const noexcept;
+    /// derive() through a per-thread cache of two periods.
+    [[nodiscard]] bool cached(int64_t period, Keys& out) const noexcept;
     [[nodiscard]] int64_t now_period() const noexcept;
     static int on_ticket(SSL* ssl, unsigned char key_name[16], unsigned char iv[16],
                          EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx, int enc);
@@ -69,6 +71,8 @@ private:
     size_t master_len_ = 0;
     uint32_t period_s_ = 3600;
     Clock clock_ = nullptr;
+    /// Distinguishes rings that reuse a freed ring's address (the per-thread cache key).
+    uint64_t serial_ = 0;
 };
 
 } // namespace sluice::l7
