@@ -197,12 +197,15 @@ int TicketKeys::on_ticket(SSL* ssl, unsigned char key_name[16], unsigned char iv
     const bool ok = aes != nullptr && EVP_MAC_CTX_set_params(hctx, params) == 1 &&
                     (enc ? EVP_EncryptInit_ex(cctx, aes, nullptr, k.aes, iv)
                          : EVP_DecryptInit_ex(cctx, aes, nullptr, k.aes, iv)) == 1;
-    const bool previous = !enc && get_be64(key_name) != cur;
     OPENSSL_cleanse(&k, sizeof k);
     if (!ok) {
         return enc ? -1 : 0;
     }
-    return previous ? 2 : 1; // 2: resumed with last period's key, send a new ticket
+    // 2 (renew) for every accepted ticket: in TLS 1.3 OpenSSL sends a NewSessionTicket after
+    // a resumption only then. With 1, a client that reuses its last session (wrk) found it
+    // spent and made a full handshake every second connection (nginx, with OpenSSL's own
+    // keys, renews; RFC 8446 C.4: clients should not reuse a ticket).
+    return 2;
 }
 
 } // namespace sluice::l7

@@ -8,8 +8,8 @@
 /// mutable state: any thread can encrypt with the current period's key and decrypt with the
 /// current or the previous one, and every sluice-l7 that shares the master secret (a key
 /// file given to every node behind one VIP) issues and accepts the same tickets. A ticket
-/// lives at most two periods: one issued in period p resumes in p (callback returns 1) and
-/// p+1 (returns 2: resumed, and a fresh ticket is sent), and is a full handshake after that.
+/// lives at most two periods: one issued in period p resumes in p and p+1 (each resumption
+/// is sent a fresh ticket of the current period), and is a full handshake after that.
 /// The key name is the period number (8 bytes) and 8 bytes of the derived material, so a
 /// forged or foreign name is refused without trying a key.
 ///

@@ -783,6 +783,24 @@ TEST(TlsPort, SessionsResumeOnlyOnTheirListener) {
         ASSERT_TRUE(again.ok);
         EXPECT_TRUE(again.reused);
         EXPECT_EQ(again.listener, 2u);
+        // Every resumption is sent a fresh ticket (a client that resumes with the session it
+        // holds, as wrk does, must not find it spent: before, wrk fell back to a full
+        // handshake every second connection).
+        auto ticket = [](const SSL_SESSION* ss) {
+            const unsigned char* t = nullptr;
+            size_t n = 0;
+            SSL_SESSION_get0_ticket(ss, &t, &n);
+            return std::string(reinterpret_cast<const char*>(t), n);
+        };
+        ASSERT_NE(again.session, nullptr);
+        EXPECT_FALSE(ticket(again.session.get()).empty());
+        EXPECT_NE(ticket(again.session.get()), ticket(first.session.get()))
+            << "no new ticket after a resumption";
+        Client chain = c;
+        chain.session = again.session.get();
+        Outcome third = handshake(*port, chain);
+        ASSERT_TRUE(third.ok);
+        EXPECT_TRUE(third.reused) << "the ticket sent on a resumption resumes too";
 
         c.sni = "bar.example.com"; // the wildcard listener: a full handshake
         Outcome other = handshake(*port, c);
