@@ -862,8 +862,10 @@ spec:
     check(wait_for(lambda: tls_failures() >= fails0 + 2, 3),
           f"TLS failures counted ({fails0} -> {tls_failures()})")
 
-    def split_hello(port, sni, path, chunk=7):
-        """Handshake whose ClientHello goes out in `chunk`-byte TCP segments; returns the answer."""
+    def split_hello(port, sni, path, chunk=7, reqs=1):
+        """Handshake whose ClientHello goes out in `chunk`-byte TCP segments; returns the answer.
+        reqs > 1: that many requests, each its own TLS record, sent in one segment together
+        with the client's Finished (what read-ahead must not leave waiting in OpenSSL)."""
         ctx = ssl.create_default_context(cafile=crt)
         inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(inc, outg, server_hostname=sni)
@@ -888,10 +890,14 @@ spec:
                     if not got:
                         return b""
                     inc.write(got)
-            if outg.pending:
-                s.sendall(outg.read())
-            obj.write(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
-            s.sendall(outg.read())
+            flight = outg.read() if outg.pending else b""
+            for i in range(reqs):
+                last = i == reqs - 1
+                obj.write(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\n{'Connection: close' if last else 'X-N: ' + str(i)}\r\n\r\n".encode())
+            if reqs == 1 and flight:
+                s.sendall(flight)
+                flight = b""
+            s.sendall(flight + outg.read())
             resp = b""
             while True:
                 try:
@@ -915,6 +921,9 @@ spec:
     resp = split_hello(https_port, "foo.example.com", "/a/split-hello")
     check(status_of(resp) == 200 and b"echo-a-pod" in resp,
           "a ClientHello split over ~80 TCP segments: terminated, routed by its SNI")
+    resp = split_hello(https_port, "foo.example.com", "/a/records", chunk=4096, reqs=3)
+    check(resp.count(b"HTTP/1.1 200") == 3 and resp.count(b"echo-a-pod") == 3,
+          f"3 requests in 3 TLS records in one segment with the Finished: 3 answers ({resp.count(b'HTTP/1.1 200')})")
     resp = split_hello(tls_port, "a.pass.example.com", "/t")
     check(status_of(resp) == 200 and b"echo-tls-pod" in resp,
           "the same on the passthrough listener: the SNI peeker reassembles it")

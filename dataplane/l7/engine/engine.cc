@@ -430,6 +430,8 @@ struct H2Conn {
 struct Conn : Io {
     SSL* ssl = nullptr;
     bool ssl_want_write = false;
+    /// OpenSSL holds bytes read ahead from the socket (see read_into): kicked, not waited for.
+    bool tls_buffered = false;
     bool ssl_want_read = false;
     std::shared_ptr<TlsPort> tls_port;
     std::string address, gw_ns, gw_name, peer, sni;
@@ -1340,6 +1342,7 @@ bool Worker::read_into(Conn& c) {
         // place zero-filled 16 KiB per read (8% of a TLS keep-alive request's CPU).
         char* const scratch = read_scratch.get();
         ssize_t r;
+        c.tls_buffered = false;
         if (c.ssl) {
             ERR_clear_error();
             const int n = SSL_read(c.ssl, scratch, kReadChunk);
@@ -1381,11 +1384,15 @@ bool Worker::read_into(Conn& c) {
         }
         c.in.s.append(scratch, static_cast<size_t>(r));
         Counters::inc(this->c.bytes_in, static_cast<uint64_t>(r));
-        if (r < kReadChunk && !(c.ssl && SSL_pending(c.ssl) > 0)) {
+        // TLS reads ahead (one read() takes a record's header and body, and whatever else
+        // arrived): records may wait in OpenSSL's buffer, which epoll does not see, so read
+        // on while it holds anything (a partial record ends in WANT_READ above).
+        c.tls_buffered = c.ssl && SSL_has_pending(c.ssl) == 1;
+        if (r < kReadChunk && !c.tls_buffered) {
             return true;
         }
         if (c.in.size() >= e.o.max_buffer) {
-            return true;
+            return true; // tls_buffered: update() kicks the connection once there is room
         }
     }
     return true;
@@ -1438,6 +1445,9 @@ void Worker::on_client(Conn& c, uint32_t ev) {
         if (r == 1) {
             c.st = St::Head;
             c.ssl_want_write = false;
+            if (SSL_has_pending(c.ssl) == 1) {
+                ev |= EPOLLIN; // the first request came with the Finished (read ahead)
+            }
             c.sni = std::string(TlsPort::sni(c.ssl));
             Counters::inc(this->c.tls_handshakes);
             if (SSL_session_reused(c.ssl) == 1) {
@@ -1536,7 +1546,8 @@ void Worker::update(Conn& c) {
         ev |= EPOLLOUT;
     }
     set_events(&c, ev);
-    if ((ev & EPOLLIN) && c.ssl && c.st != St::Handshake && SSL_pending(c.ssl) > 0) {
+    if ((ev & EPOLLIN) && c.ssl && c.st != St::Handshake &&
+        (SSL_pending(c.ssl) > 0 || c.tls_buffered)) {
         kick.push_back(&c);
     }
     if (c.out.empty() && c.close_after_flush && c.st != St::Lingering) {

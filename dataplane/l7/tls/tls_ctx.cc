@@ -145,6 +145,9 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
     // context's store at every handshake (an X509_verify_cert per handshake).
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN);
+    // Read ahead: one read() per record instead of two (header, then body). The engine reads
+    // on while SSL_has_pending says bytes wait in OpenSSL's buffer (engine.cc read_into).
+    SSL_CTX_set_read_ahead(ctx, 1);
     // Stateless tickets only: the server cache is per SSL_CTX behind a lock shared by cores.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (tickets_ && !tickets_->install(ctx)) {
