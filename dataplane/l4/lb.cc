@@ -91,6 +91,10 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
     if (of_family == 0) {
         return -1;
     }
+    const size_t fam = family == 6 ? 1 : 0;
+    if (ctx.snat_dry[fam] && ctx.snat_dry_tick[fam] == now) {
+        return -1; // searched in vain this millisecond (see LbContext::snat_dry_tick)
+    }
     const uint32_t per_address = std::max<uint32_t>(kPortBatch, kPortProbes / of_family);
     uint32_t budget = std::max(kPortProbes, per_address);
     size_t last = ctx.snat_next;
@@ -105,6 +109,7 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
         const int port = alloc_port(ctx, static_cast<int>(i), now, probes);
         if (port >= 0) {
             ctx.snat_next = static_cast<uint8_t>((i + 1) % n);
+            ctx.snat_dry[fam] = false;
             slot_out = static_cast<int>(i);
             return port;
         }
@@ -112,6 +117,8 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
     // Nothing free in the addresses probed: the next new flow starts after them, so full
     // addresses cannot hide the free ports of the others.
     ctx.snat_next = static_cast<uint8_t>((last + 1) % n);
+    ctx.snat_dry[fam] = true;
+    ctx.snat_dry_tick[fam] = now;
     return -1;
 }
 

@@ -246,6 +246,11 @@ struct LbContext {
     int8_t snat_first4 = -1, snat_first6 = -1;
     std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
+    /// Per family (0: IPv4, 1: IPv6): the ms tick of the last port search that found
+    /// nothing. In that same tick further new flows of the family are refused without a
+    /// search, so a SYN flood at port exhaustion costs a compare per SYN, not 64 probes.
+    std::array<uint32_t, 2> snat_dry_tick{};
+    std::array<bool, 2> snat_dry{};
     std::array<uint64_t, kLbCounterCount> counters{};
     std::array<uint64_t, kDropReasonCount> drops{};
     PeerMacs peers;  ///< client-side next hops of full-NAT flows (~2 KiB)

@@ -295,6 +295,26 @@ TEST(Lb, ASynReusingAClosedFlowsPortIsANewFlowOnTheSameBackend) {
     EXPECT_EQ(fx.counter(LbCounter::NewFlows), 2u);
 }
 
+TEST(Lb, SnatPortExhaustionRefusesNewFlowsAndRecovers) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}));
+    fx.learn("10.0.1.1", kBackendA);
+    fx.ctx.port_lo = 2000;
+    fx.ctx.port_hi = 2007; // 8 SNAT ports
+    for (uint16_t p = 0; p < 8; ++p) {
+        EXPECT_EQ(backend_of(fx, static_cast<uint16_t>(30000 + p)), "10.0.1.1");
+    }
+    // The ports are held by live flows: refused (and in this millisecond without a search).
+    for (uint16_t p = 8; p < 12; ++p) {
+        EXPECT_EQ(backend_of(fx, static_cast<uint16_t>(30000 + p)), "dropped");
+    }
+    EXPECT_EQ(fx.counter(LbCounter::NoSnatPort), 4u);
+    EXPECT_EQ(backend_of(fx, 30000, 0x10), "10.0.1.1") << "established flows keep forwarding";
+    // The half-open flows time out (5 s): a later SYN searches again and finds a port.
+    fx.now += 6000;
+    EXPECT_EQ(backend_of(fx, 30020), "10.0.1.1");
+    EXPECT_EQ(fx.counter(LbCounter::NoSnatPort), 4u);
+}
+
 TEST(Lb, WeightsHoldOverAThousandFlows) {
     Fixture fx(l4_ir({{"10.0.1.1", 3}, {"10.0.1.2", 1}, {"10.0.1.3", 0}}));
     fx.learn("10.0.1.1", kBackendA);
