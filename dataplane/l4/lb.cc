@@ -742,6 +742,19 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         // or our restart): full-NAT cannot resume it without its SNAT port.
         return dropped(ctx, LbCounter::BackendGone);
     }
+    const bool syn = m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn);
+    if (!dsr) {
+        // Full-NAT refusals that need no backend (its family is the client's): checked
+        // before the Maglev pick, whose slot is an L2 miss, so a SYN flood past the budget
+        // or at port exhaustion costs the least.
+        if (syn && ctx.ct->half_open_refused()) {
+            return dropped(ctx, LbCounter::StatelessFallback);
+        }
+        const size_t fam = m.family == 6 ? 1 : 0;
+        if (ctx.snat_dry[fam] && ctx.snat_dry_tick[fam] == now) {
+            return dropped(ctx, LbCounter::NoSnatPort);
+        }
+    }
     const uint32_t pick = svc.maglev.pick(h);
     if (pick == kMaglevNoBackend) {
         return dropped(ctx, LbCounter::NoBackend);
@@ -752,13 +765,10 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
         return dropped(ctx, LbCounter::Rejected);
     }
     int slot = snat_for_family(ctx, ep.family);
-    const bool syn = m.proto == kProtoTcp && (m.tcp_flags & kTcpSyn);
-    if (syn && ctx.ct->half_open_refused()) {
+    if (dsr && syn && ctx.ct->half_open_refused()) {
         // Half-open budget spent (a SYN flood): nothing is tracked. DSR forwards by the
-        // Maglev pick; full-NAT needs state for the way back and refuses the connection.
-        if (!dsr) {
-            return dropped(ctx, LbCounter::StatelessFallback);
-        }
+        // Maglev pick (full-NAT refused the connection above: it needs state for the way
+        // back).
         ctx.count(LbCounter::StatelessFallback);
         return to_endpoint(ctx, buf, len, now, m, headroom, ep, slot, 0, dsr, dsr_mode,
                            first_frag);
