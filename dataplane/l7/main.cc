@@ -346,5 +346,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sluice-l7: %llu requests, %llu connections\n",
                  static_cast<unsigned long long>(s.requests),
                  static_cast<unsigned long long>(s.connections));
+    l7::uninstall_imb_providers();
     return 0;
 }

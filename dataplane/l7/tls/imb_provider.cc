@@ -6,6 +6,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <vector>
 
 #include <openssl/core.h>
 #include <openssl/core_dispatch.h>
@@ -703,6 +704,20 @@ bool cross_check(const EVP_CIPHER* a, const EVP_CIPHER* b) {
 
 } // namespace
 
+namespace {
+/// Provider handles install_imb_provider() loaded, unloaded by uninstall_imb_providers().
+std::mutex g_loaded_mu;
+std::vector<OSSL_PROVIDER*> g_loaded;
+} // namespace
+
+void uninstall_imb_providers() noexcept {
+    const std::lock_guard<std::mutex> lock(g_loaded_mu);
+    for (auto it = g_loaded.rbegin(); it != g_loaded.rend(); ++it) {
+        OSSL_PROVIDER_unload(*it);
+    }
+    g_loaded.clear();
+}
+
 Result<ImbInfo> install_imb_provider(OSSL_LIB_CTX* libctx, bool prefer) {
 #if SLUICE_HAVE_IPSEC_MB
     std::call_once(g_init_once, init_imb);
@@ -711,8 +726,13 @@ Result<ImbInfo> install_imb_provider(OSSL_LIB_CTX* libctx, bool prefer) {
     }
     // The default provider first: loading any provider explicitly turns off the automatic
     // loading of the default one, and everything but AES-GCM still comes from it.
-    if (OSSL_PROVIDER_load(libctx, "default") == nullptr) {
+    OSSL_PROVIDER* dflt = OSSL_PROVIDER_load(libctx, "default");
+    if (dflt == nullptr) {
         return fail(Errc::Internal, "OpenSSL default provider: " + ossl_errors());
+    }
+    {
+        const std::lock_guard<std::mutex> lock(g_loaded_mu);
+        g_loaded.push_back(dflt);
     }
     OSSL_PROVIDER* loaded = nullptr; // made by this call (unloaded again if the check fails)
     if (!OSSL_PROVIDER_available(libctx, kImbProviderName)) {
@@ -737,6 +757,10 @@ Result<ImbInfo> install_imb_provider(OSSL_LIB_CTX* libctx, bool prefer) {
             return fail(Errc::Internal,
                         std::string(name) + ": ipsec-mb and OpenSSL disagree on a known record");
         }
+    }
+    if (loaded != nullptr) {
+        const std::lock_guard<std::mutex> lock(g_loaded_mu);
+        g_loaded.push_back(loaded);
     }
     if (prefer && EVP_set_default_properties(libctx, "?provider=sluice-imb") != 1) {
         return fail(Errc::Internal, "EVP_set_default_properties: " + ossl_errors());

@@ -53,6 +53,11 @@ struct ImbInfo {
 /// Thread: startup (allocates; takes OpenSSL's provider locks).
 [[nodiscard]] Result<ImbInfo> install_imb_provider(OSSL_LIB_CTX* libctx, bool prefer);
 
+/// Unloads the providers install_imb_provider() loaded (at shutdown, after the engine
+/// stopped; objects still holding the provider's ciphers keep it alive until they go).
+/// Thread: shutdown.
+void uninstall_imb_providers() noexcept;
+
 /// Records the provider's ciphers processed since start, summed over all threads.
 struct ImbCounters {
     uint64_t sealed = 0;        ///< records (messages) encrypted
