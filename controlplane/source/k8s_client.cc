@@ -76,6 +76,10 @@ const Node* named(const Node& root, std::string_view list, const std::string& na
 struct CurlHandle {
     CURL* h = curl_easy_init();
     curl_slist* headers = nullptr;
+    /// libcurl's detail of the last failure (CURLOPT_ERRORBUFFER): "SSL certificate
+    /// problem: unable to get local issuer certificate" where curl_easy_strerror() only
+    /// says "SSL peer certificate or SSH remote key was not OK".
+    char err[CURL_ERROR_SIZE] = {};
     ~CurlHandle() {
         curl_slist_free_all(headers);
         if (h) {
@@ -460,11 +464,17 @@ std::string KubeClient::bearer() {
     return token_;
 }
 
-void KubeClient::token_refused() {
+void KubeClient::token_refused(const std::string& used) {
     if (cfg_.token_file.empty() && !cfg_.exec) {
         return; // a fixed token or a client certificate: nothing to reload
     }
     std::lock_guard<std::mutex> g(token_mu_);
+    if (used != token_) {
+        // Sent before the credential was reloaded: says nothing of the new token. (Judging
+        // it by this 401 ran an exec plugin again for each request in flight, each new
+        // token made stale by the next late 401.)
+        return;
+    }
     const auto now = std::chrono::steady_clock::now();
     if (!refused_ && now - refused_log_ > std::chrono::seconds(30)) {
         refused_log_ = now;
@@ -494,6 +504,13 @@ Result<void> setup(CurlHandle& c, const KubeConfig& cfg, const std::string& path
     curl_easy_setopt(c.h, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
     curl_easy_setopt(c.h, CURLOPT_ACCEPT_ENCODING, ""); // gzip if the server offers it
     curl_easy_setopt(c.h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c.h, CURLOPT_ERRORBUFFER, c.err);
+    if (!cfg.ca_file.empty() || !cfg.ca_data.empty()) {
+        // The cluster's CA is the only trust anchor (as in client-go): without this, libcurl
+        // would also trust its built-in CA directory (/etc/ssl/certs), i.e. any public CA's
+        // certificate for the server's name. CAINFO(_BLOB) below replaces the CA bundle file.
+        curl_easy_setopt(c.h, CURLOPT_CAPATH, nullptr);
+    }
     if (!cfg.ca_file.empty()) {
         curl_easy_setopt(c.h, CURLOPT_CAINFO, cfg.ca_file.c_str());
     }
@@ -530,6 +547,17 @@ Result<void> setup(CurlHandle& c, const KubeConfig& cfg, const std::string& path
     return {};
 }
 
+/// "Couldn't connect to server: Failed to connect to 127.0.0.1 port 1: Connection refused":
+/// curl's generic text for the code, then its detail when there is one.
+std::string curl_error(const CurlHandle& c, CURLcode rc) {
+    std::string s = curl_easy_strerror(rc);
+    if (c.err[0] != '\0') {
+        s += ": ";
+        s += c.err;
+    }
+    return s;
+}
+
 std::string content_type_of(CURL* h) {
     char* ct = nullptr;
     curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ct);
@@ -543,7 +571,8 @@ Result<HttpResponse> KubeClient::request(std::string_view method, const std::str
                                          const std::string& content_type,
                                          std::chrono::milliseconds timeout) {
     CurlHandle c;
-    if (auto r = setup(c, cfg_, path, bearer(), timeout); !r) {
+    const std::string token = bearer();
+    if (auto r = setup(c, cfg_, path, token, timeout); !r) {
         return tl::unexpected(r.error());
     }
     const std::string m(method);
@@ -561,12 +590,12 @@ Result<HttpResponse> KubeClient::request(std::string_view method, const std::str
     curl_easy_setopt(c.h, CURLOPT_WRITEDATA, &resp.body);
     const CURLcode rc = curl_easy_perform(c.h);
     if (rc != CURLE_OK) {
-        return fail(Errc::Io, m + " " + path + ": " + curl_easy_strerror(rc));
+        return fail(Errc::Io, m + " " + path + ": " + curl_error(c, rc));
     }
     curl_easy_getinfo(c.h, CURLINFO_RESPONSE_CODE, &resp.status);
     resp.content_type = content_type_of(c.h);
     if (resp.status == 401) {
-        token_refused();
+        token_refused(token);
     }
     return resp;
 }
@@ -577,7 +606,8 @@ Result<HttpResponse> KubeClient::watch(const std::string& path,
                                        std::chrono::milliseconds max_duration,
                                        std::chrono::milliseconds idle) {
     CurlHandle c;
-    if (auto r = setup(c, cfg_, path, bearer(), max_duration); !r) {
+    const std::string token = bearer();
+    if (auto r = setup(c, cfg_, path, token, max_duration); !r) {
         return tl::unexpected(r.error());
     }
     curl_easy_setopt(c.h, CURLOPT_HTTPHEADER, c.headers);
@@ -606,11 +636,11 @@ Result<HttpResponse> KubeClient::watch(const std::string& path,
         if (stop.load(std::memory_order_relaxed)) {
             return fail(Errc::Io, "watch stopped");
         }
-        return fail(Errc::Io, "watch " + path + ": " + curl_easy_strerror(rc) +
+        return fail(Errc::Io, "watch " + path + ": " + curl_error(c, rc) +
                                   (w.pending.empty() ? "" : " (stream cut mid-event)"));
     }
     if (resp.status == 401) {
-        token_refused();
+        token_refused(token);
     }
     return resp;
 }

@@ -96,8 +96,10 @@ public:
 
 private:
     std::string bearer();
-    /// A 401: reload the credential (token file or exec plugin) before the next request.
-    void token_refused();
+    /// A 401 for a request sent with `used`: reload the credential (token file or exec
+    /// plugin) before the next request, unless `used` was replaced already (requests in
+    /// flight with the old token answer 401 after the reload: the new token stays).
+    void token_refused(const std::string& used);
 
     KubeConfig cfg_;
     std::mutex token_mu_;

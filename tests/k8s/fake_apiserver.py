@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """A fake Kubernetes API server for sluice's Kubernetes source tests (Python 3 stdlib only).
 
-Speaks the parts of the wire protocol the controlplane uses, on plain HTTP at 127.0.0.1:
+Speaks the parts of the wire protocol the controlplane uses, at 127.0.0.1, on plain HTTP or
+on HTTPS (serve(tls=...): a server certificate, optionally requiring and verifying a client
+certificate; the TLS context can be swapped while running, as a server rotating its
+certificate would):
   - GET lists with metadata.resourceVersion, chunked with limit/continue
     (an expired continue token -> 410);
   - GET ?watch=1: newline-delimited JSON events ADDED/MODIFIED/DELETED/BOOKMARK from a
@@ -15,7 +18,10 @@ Speaks the parts of the wire protocol the controlplane uses, on plain HTTP at 12
 Test hooks (Python API, used by k8s_source_test.py, k8s_faults_test.py and
 perf/k8s_sync_bench.py): apply(), bulk_load() (many objects, no watch history), delete(),
 compact(), drop_watches(), status_writes, `hide` (resources answered with 404),
-`valid_tokens` (bearer tokens accepted; others get 401), and one-shot faults:
+`valid_tokens` (bearer tokens accepted; others get 401), `bookmark_rv` (per resource, the
+resourceVersion of the last BOOKMARK sent), over HTTPS `tls_peers` (the
+client certificate's subject CN, or None, and the TLS version of each request) and
+`tls_failures` (handshakes that failed: the server's reason), and one-shot faults:
   list_faults[plural]  = [mode, ...]  the next list requests (not the limit=1 discovery) get
                                       "badjson" (200, application/json, broken JSON), "html"
                                       (200, text/html: a proxy's page), "html502" (502,
@@ -23,12 +29,14 @@ compact(), drop_watches(), status_writes, `hide` (resources answered with 404),
   watch_faults[plural] = [mode, ...]  the next watch requests get "badjson" (an event line
                                       that is not JSON), "html" (200, text/html) or "cut"
                                       (half an event, then the connection closes).
-Run alone: fake_apiserver.py --port 0 examples/seed/*.yaml (prints the port).
+Run alone: fake_apiserver.py [--port 0] [--tls CERT KEY [CLIENT_CA]] examples/seed/*.yaml
+(prints the port).
 """
 
 import bisect
 import json
 import re
+import ssl
 import sys
 import threading
 import time
@@ -229,6 +237,9 @@ class State:
         self.watch_bookmark_s = 0.5
         self.valid_tokens = None  # set of accepted bearer tokens; None = no authentication
         self.unauthorized = 0     # 401 answers given
+        self.tls_peers = []       # HTTPS: (client certificate CN or None, TLS version) per request
+        self.tls_failures = []    # HTTPS: handshakes that failed (the server's reason)
+        self.bookmark_rv = {}     # plural -> the resourceVersion of the last BOOKMARK sent
 
     def _next_rv(self):
         self.rv += 1
@@ -336,6 +347,34 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            # The handshake runs here, in the connection's thread (not in the accept loop),
+            # bounded so that a client that never finishes it does not keep the thread.
+            self.request.settimeout(10)
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                with STATE.lock:
+                    STATE.tls_failures.append(getattr(e, "reason", None) or str(e))
+                raise
+            self.request.settimeout(None)
+        super().setup()
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        if isinstance(self.request, ssl.SSLSocket):
+            cert = self.request.getpeercert() or {}
+            cn = None
+            for rdn in cert.get("subject", ()):
+                for k, v in rdn:
+                    if k == "commonName":
+                        cn = v
+            with STATE.lock:
+                STATE.tls_peers.append((cn, self.request.version()))
+        return True
 
     def _send(self, code, obj, ctype="application/json"):
         body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
@@ -503,6 +542,8 @@ class Handler(BaseHTTPRequestHandler):
                     last_bm = time.time()
                     chunk({"type": "BOOKMARK", "object": {
                         "kind": PLURALS[plural], "metadata": {"resourceVersion": str(rv)}}})
+                    with STATE.lock:
+                        STATE.bookmark_rv[plural] = max(rv, STATE.bookmark_rv.get(plural, 0))
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -578,12 +619,35 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
+    ssl_ctx = None  # HTTPS when set; read for each new connection (swap it to rotate)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        ctx = self.ssl_ctx
+        if ctx is not None:
+            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
     def handle_error(self, request, client_address):
         pass  # clients that hang up mid-watch are expected
 
 
-def serve(port=0):
+def tls_context(cert, key, client_ca=None):
+    """A server TLS context: the certificate chain and key (PEM files); with client_ca, a
+    client certificate signed by it is required (ssl.CERT_REQUIRED) and verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
+    return ctx
+
+
+def serve(port=0, tls=None):
+    """Serves STATE on 127.0.0.1:port (0 = any) in a thread; tls: an SSLContext
+    (tls_context()) for HTTPS, None for plain HTTP."""
     srv = Server(("127.0.0.1", port), Handler)
+    srv.ssl_ctx = tls
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
@@ -591,14 +655,17 @@ def serve(port=0):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    port = 0
+    port, tls = 0, None
     if args[:1] == ["--port"]:
         port, args = int(args[1]), args[2:]
+    if args[:1] == ["--tls"]:
+        n = 4 if len(args) > 3 and not args[3].endswith(".yaml") else 3
+        tls, args = tls_context(*args[1:n]), args[n:]
     for f in args:
         for d in load_yaml_docs(open(f).read()):
             if d:
                 STATE.apply(d)
-    s = serve(port)
+    s = serve(port, tls)
     print(s.server_address[1], flush=True)
     while True:
         time.sleep(3600)
