@@ -22,9 +22,10 @@ CP=$BUILD/controlplane/sluice-controlplane
 DECAP=$BUILD/drivers/bpf/sluice-decap
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
 [ -x "$DECAP" ] || { echo "SKIP: sluice-decap not built (clang or libbpf missing)"; exit 77; }
-for t in ip curl socat ethtool python3 sysctl; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+for t in ip ss curl socat ethtool python3 sysctl; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
 
-. "$(dirname "$0")/../lib/netns.sh"
+LIB=$(cd "$(dirname "$0")/../lib" && pwd)
+. "$LIB/netns.sh"
 lan_init sd /tmp/sluice-dsr.XXXXXX
 # The tunnel side carries client frames plus 20 (IPIP) or 32 (GUE) bytes: MTU 1600 there,
 # 1500 at the client, so full-size client packets still fit once encapsulated.
@@ -34,8 +35,9 @@ lan_host be2 10.77.0.12 - 1600
 lan_dp_port 1600
 
 # Backends: VIPs on lo, no ARP for them, decapsulation on eth0; an HTTP server on the
-# listener port (DSR does not rewrite ports) and UDP echoes bound to each VIP (so the
-# answer's source is the VIP), each saying who it is.
+# listener port (DSR does not rewrite ports) and UDP answers bound to each VIP (so the
+# answer's source is the VIP), each saying who it is: one process answering every datagram
+# (tests/lib/udp_name.py says why not socat's fork).
 head -c 4000000 /dev/urandom > "$work/big"
 for be in be1 be2; do
   ns=$P-$be
@@ -51,9 +53,14 @@ for be in be1 be2; do
     --directory "$work/www-$be" >/dev/null 2>&1 &
   pids+=($!)
   for vip in 10.77.0.100 10.77.0.101; do
-    ip netns exec "$ns" taskset -c 0 socat UDP-RECVFROM:53,bind=$vip,fork SYSTEM:"echo $be" 2>/dev/null &
+    ip netns exec "$ns" taskset -c 0 python3 "$LIB/udp_name.py" "$be" 53 "$vip" >/dev/null 2>&1 &
     pids+=($!)
   done
+done
+# Probes must not race the backends' start-up (on a busy machine http.server took seconds).
+for be in be1 be2; do
+  lan_wait_listen "$be" tcp 80
+  for vip in 10.77.0.100 10.77.0.101; do lan_wait_listen "$be" udp 53 "$vip"; done
 done
 echo "ok: backends ready: $(head -1 "$work/decap-be1.log")"
 

@@ -7,36 +7,38 @@
 #
 # sluice-controlplane compiles a Gateway with a TCPRoute (weights 3:1) and a UDPRoute and
 # pushes the IR; the test checks Programmed=True after the ACK, then real kernel clients
-# (curl over TCP, socat over UDP) reach the VIP, the split holds over many connections,
-# a backend removed from the manifest gets no new flows, and a killed controlplane leaves
-# the dataplane forwarding. A second Gateway on fd77::100 (IPv6 endpoints) is reached over
-# IPv6 (neighbour discovery both ways); UDP datagrams larger than the MTU cross as
-# fragments in both families; a UDP port without a listener answers the client with an
-# ICMP port unreachable the backend sent, translated back (the client's kernel matches it
-# to its socket, so the embedded addresses and ports must be exact).
+# (curl over TCP, a Python client over UDP) reach the VIP, the split holds over many
+# connections, a backend removed from the manifest gets no new flows, and a killed
+# controlplane leaves the dataplane forwarding. A second Gateway on fd77::100 (IPv6
+# endpoints) is reached over IPv6 (neighbour discovery both ways); UDP datagrams larger
+# than the MTU cross as fragments in both families; a UDP port without a listener answers
+# the client with an ICMP port unreachable the backend sent, translated back (the client's
+# kernel matches it to its socket, so the embedded addresses and ports must be exact).
 set -euo pipefail
 BUILD=${1:?build dir}
 BUILD=$(cd "$BUILD" && pwd)
 DP=$BUILD/dataplane/sluice-dataplane
 CP=$BUILD/controlplane/sluice-controlplane
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
-for t in ip curl socat ethtool python3; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+for t in ip ss curl ethtool python3; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
 
-. "$(dirname "$0")/../lib/netns.sh"
+LIB=$(cd "$(dirname "$0")/../lib" && pwd)
+. "$LIB/netns.sh"
 lan_init sl /tmp/sluice-l4.XXXXXX
 lan_host cli 10.77.0.2 fd77::2
 lan_host be1 10.77.0.11 fd77::11
 lan_host be2 10.77.0.12 fd77::12
 lan_dp_port
 
-# Backends: HTTP-ish TCP answer and a UDP echo, each saying who it is.
+# Backends: HTTP-ish TCP answer and a UDP answer, each saying who it is. The UDP one
+# answers every datagram from one process (tests/lib/udp_name.py says why not socat's fork).
 for be in be1 be2; do
   mkdir -p "$work/www-$be" && echo "$be" > "$work/www-$be/index.html"
   ip netns exec "$P-$be" taskset -c 0 python3 -m http.server 8080 --bind :: \
     --directory "$work/www-$be" >/dev/null 2>&1 &
   pids+=($!)
-  ip netns exec "$P-$be" taskset -c 0 socat UDP6-RECVFROM:5353,ipv6only=0,fork SYSTEM:"echo $be" \
-    2>/dev/null & # dual stack
+  ip netns exec "$P-$be" taskset -c 0 python3 "$LIB/udp_name.py" "$be" 5353 \
+    >/dev/null 2>&1 & # dual stack
   pids+=($!)
 done
 # UDP client: sends one datagram of N bytes (fragmented past the MTU), prints the answer,
@@ -48,8 +50,8 @@ fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.settimeout(2)
 s.connect((host, port))
-# The first datagram may be spent resolving the backend's address; on a busy machine a
-# forked echo can miss a 2 s window too (seen 2 in ~15 runs, cause not pinned down).
+# The first datagram may be spent resolving the backend's address (sluice answers a
+# neighbour miss with an ARP request or a neighbour solicitation): the client retries.
 for _ in range(5):
     try:
         s.send(b"x" * size)
@@ -214,6 +216,12 @@ case $VDEV in
   *) echo "SLUICE_L4_VDEV: af_packet or af_xdp"; exit 1;;
 esac
 SOCK=$work/dp.sock
+# Probes must not race the backends' start-up (a busy machine took seconds to start
+# http.server: the SYNs met RSTs).
+for be in be1 be2; do
+  lan_wait_listen "$be" tcp 8080
+  lan_wait_listen "$be" udp 5353
+done
 ip netns exec "$P-lan" taskset -c "$LCORES" "$DP" --dp-socket "$SOCK" --snat 10.77.0.99 --snat fd77::99 --ct-capacity 65536 \
   --stats-file "$work/dp-stats.json" \
   -- -l "$LCORES" --no-huge -m 256 --no-pci --file-prefix "$P" --log-level=lib.eal:warning \

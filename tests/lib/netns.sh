@@ -6,7 +6,8 @@
 #   $P-be2 ─┘
 #
 # Sets: P (namespace prefix), work (temp dir), pids (background processes to stop).
-# Provides: fail MSG (prints the dataplane/controlplane logs, exits 1), lan_host, lan_dp_port.
+# Provides: fail MSG (prints the dataplane/controlplane logs, exits 1), lan_host, lan_dp_port,
+# lan_wait_listen.
 
 lan_init() { # prefix workdir-template
   P=$1$$
@@ -64,4 +65,16 @@ lan_dp_port() { # [mtu]: dp0 in $P-lan, bridged, for --vdev=...,iface=dp0
   ip -n "$P-lan" link set dp0 up
   ip netns exec "$P-lan" ethtool -K dp0 tx off >/dev/null 2>&1 || true
   ip netns exec "$P-lan" ethtool -K dp0p tx off >/dev/null 2>&1 || true
+}
+
+lan_wait_listen() { # ns tcp|udp port [addr]: waits for a socket listening there in $P-ns
+  local ns=$1 proto=$2 port=$3 addr=${4:-} flag=-t filter
+  [ "$proto" = udp ] && flag=-u
+  filter="sport = :$port"
+  [ -n "$addr" ] && filter="src $addr:$port"
+  for _ in $(seq 300); do
+    [ -n "$(ip netns exec "$P-$ns" ss -Hln $flag "$filter" 2>/dev/null)" ] && return 0
+    sleep 0.1
+  done
+  fail "nothing listens on $proto ${addr:-*}:$port in $ns after 30 s"
 }
