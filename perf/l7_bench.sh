@@ -514,6 +514,8 @@ for t in sluice haproxy nginx; do
   printf '%s\n%s\n' "$proto" "$st" > "$WORK/hs/$t.proto"
   [ "$proto" = TLSv1.3 ] || die "$t negotiated '$proto' with openssl s_client, not TLSv1.3"
 done
+# RUNS rounds, the proxies taking turns in each (the JSON keeps the median round).
+for r in $(seq "$RUNS"); do
 for t in sluice haproxy nginx; do
   for hm in full-ecdsa full-rsa resumed; do
     case $hm in
@@ -522,13 +524,14 @@ for t in sluice haproxy nginx; do
       resumed) u=${URL_E[$t]}; how=-reuse ;;
     esac
     hp=${u#https://}; hp=${hp%/}
-    f=$WORK/hs/$t.$hm.txt
+    f=$WORK/hs/$t.$hm.$r.txt
     tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$f.cpu0"
     taskset -c "$WRK_CPU" openssl s_time -connect "$hp" "$how" -time "$DURATION" -www / \
       > "$f" 2>&1 || true
     tree_ticks "${TPID[$t]}" "$PID_BACKEND" > "$f.cpu1"
-    echo "  handshakes $hm $t: $(grep -h 'real seconds' "$f" || echo 'no result')" >&2
+    echo "  handshakes $hm $t (round $r): $(grep -h 'real seconds' "$f" || echo 'no result')" >&2
   done
+done
 done
 # Every proxy still alive (a crash mid-run would otherwise show only as socket errors).
 for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || die "a server process (pid $p) died during the runs"; done
@@ -701,19 +704,27 @@ hs, hs_setup = {}, {}
 for t in targets[1:]:
     hs[t] = {}
     for hm in ("full-ecdsa", "full-rsa", "resumed"):
-        p = os.path.join(hsdir, f"{t}.{hm}.txt")
-        try:
-            txt = open(p, errors="replace").read()
-        except OSError:
-            continue
-        m = re.search(r"(\d+) connections in (\d+) real seconds", txt)
-        if not m or int(m.group(1)) == 0:
+        got = []
+        for r in range(1, runs + 1):
+            p = os.path.join(hsdir, f"{t}.{hm}.{r}.txt")
+            try:
+                txt = open(p, errors="replace").read()
+            except OSError:
+                continue
+            m = re.search(r"(\d+) connections in (\d+) real seconds", txt)
+            if not m or int(m.group(1)) == 0:
+                continue
+            n, secs = int(m.group(1)), int(m.group(2))
+            cpu = cpu_per_req(p, n)[0]
+            if cpu:
+                got.append({"handshakes": n, "seconds": secs, "cpu_us_per_handshake": cpu,
+                            "handshakes_per_core_s": round(1e6 / cpu)})
+        if not got:
             problems.append(f"{t}/handshakes {hm}: s_time produced no figures")
             continue
-        n, secs = int(m.group(1)), int(m.group(2))
-        cpu = cpu_per_req(p, n)[0]
-        hs[t][hm] = {"handshakes": n, "seconds": secs, "cpu_us_per_handshake": cpu,
-                     "handshakes_per_core_s": round(1e6 / cpu) if cpu else None}
+        got.sort(key=lambda x: x["cpu_us_per_handshake"])
+        hs[t][hm] = dict(got[len(got) // 2])  # the median round
+        hs[t][hm]["rounds_cpu_us"] = [x["cpu_us_per_handshake"] for x in got]
     try:
         proto, status_line = (open(os.path.join(hsdir, f"{t}.proto")).read().split("\n") + ["", ""])[:2]
         hs_setup[t] = {"protocol": proto, "hostless_http10_status": status_line}
