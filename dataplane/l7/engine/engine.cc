@@ -1062,7 +1062,9 @@ void Worker::loop(const std::atomic<bool>& stop) {
         if (e.version.load(std::memory_order_acquire) != seen_version) {
             refresh_tables();
         }
-        const int n = epoll_wait(ep, evs, 256, h2_dirty.empty() ? 20 : 0);
+        // Work left from the last turn (kicks beyond four rounds, HTTP/2 flushes): poll.
+        const bool pending = !h2_dirty.empty() || !kick.empty() || !kick_up.empty();
+        const int n = epoll_wait(ep, evs, 256, pending ? 0 : 20);
         now = now_ms();
         for (int i = 0; i < n; ++i) {
             Io* io = static_cast<Io*>(evs[i].data.ptr);
@@ -1085,7 +1087,6 @@ void Worker::loop(const std::atomic<bool>& stop) {
                 }
             }
         }
-        kick.clear();
         for (int round = 0; round < 4 && !kick_up.empty(); ++round) {
             std::vector<Upstream*> k;
             k.swap(kick_up);
@@ -1095,14 +1096,17 @@ void Worker::loop(const std::atomic<bool>& stop) {
                 }
             }
         }
-        kick_up.clear();
         if (now - last_sweep >= 20) {
             last_sweep = now;
             sweep();
         }
         flush_h2();
-        // Left after four rounds (a flush queuing more): kept for the next turn (epoll_wait
-        // does not sleep then), but a connection that died goes to the graveyard now.
+        // Work left for the next turn (epoll_wait does not sleep then): kicks of a connection
+        // re-kicked four times (they were dropped before, which could strand TLS records read
+        // ahead into OpenSSL), kicks and flushes queued after their rounds. What died this
+        // turn goes to the graveyard below: out of the lists first.
+        std::erase_if(kick, [](Conn* c) { return c->dead; });
+        std::erase_if(kick_up, [](Upstream* u) { return u->dead; });
         std::erase_if(h2_dirty, [](Conn* c) {
             if (c->dead) {
                 c->h2_flush_queued = false;
