@@ -1407,14 +1407,7 @@ void K8sSource::reassemble_locked(StoreDelta& delta) {
             if (one.size() == 0) {
                 continue; // unchanged: its model is in store_
             }
-            if (slot == kRoutesSlot) {
-                delta.routes.push_back(pos);
-            } else if (slot == kSlicesSlot) {
-                delta.slices.push_back(pos);
-            } else {
-                delta.other = true;
-            }
-            move_model(one, slot, pos);
+            move_model(one, slot, pos, delta);
         }
         return;
     }
@@ -1464,7 +1457,14 @@ void K8sSource::reassemble_locked(StoreDelta& delta) {
     delta.other = true;
 }
 
-void K8sSource::move_model(Store& one, int slot, size_t pos) {
+void K8sSource::move_model(Store& one, int slot, size_t pos, StoreDelta& delta) {
+    if (slot == kRoutesSlot) {
+        delta.routes.push_back(pos);
+    } else if (slot == kSlicesSlot) {
+        delta.slices.push_back(pos);
+    } else {
+        delta.other = true;
+    }
     each_vector(store_, one, [&](auto& all, auto& v, int n) {
         if (n == slot) {
             const uint64_t seq = all[pos].meta.sequence;
@@ -1516,14 +1516,7 @@ void K8sSource::reconcile() {
                 rebuild = true;
                 break;
             }
-            if (slot == kRoutesSlot) {
-                delta.routes.push_back(pos);
-            } else if (slot == kSlicesSlot) {
-                delta.slices.push_back(pos);
-            } else {
-                delta.other = true;
-            }
-            move_model(one, slot, pos);
+            move_model(one, slot, pos, delta);
         }
         if (rebuild) {
             // (Models moved in above are found in store_ by the walk, as unchanged ones.)

@@ -75,8 +75,8 @@ private:
     /// reconcile() avoids for in-place changes. Thread: the run() thread, holding mu_.
     void reassemble_locked(StoreDelta& delta);
     /// Moves the one object of `one` to index `pos` of vector `slot` of store_, keeping
-    /// its sequence. Thread: the run() thread, holding mu_.
-    void move_model(Store& one, int slot, size_t pos);
+    /// its sequence, and notes the change in `delta`. Thread: the run() thread, holding mu_.
+    void move_model(Store& one, int slot, size_t pos, StoreDelta& delta);
     void write_statuses();
     bool patch_status(Resource& r, const std::string& key, const nlohmann::json& patch,
                       const std::string& rv, const std::string& obj_path);
