@@ -253,9 +253,14 @@ int main(int argc, char** argv) {
     };
     const LoopResult io = run_loop(port, secs("io"), [](rte_mbuf*) { return true; });
     uint32_t cursor = 0;
-    const LoopResult tmpl = run_loop(port, secs("io"), [&](rte_mbuf* m) {
-        std::memcpy(rte_pktmbuf_mtod(m, uint8_t*), acks[cursor].data(), 64);
+    // The generator's part of every run: the next tracked flow's ACK into a frame (the
+    // "io + packet write" baseline does exactly this and nothing else).
+    auto write_ack = [&](uint8_t* d) {
+        std::memcpy(d, acks[cursor].data(), 64);
         cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+    };
+    const LoopResult tmpl = run_loop(port, secs("io"), [&](rte_mbuf* m) {
+        write_ack(rte_pktmbuf_mtod(m, uint8_t*));
         return true;
     });
     uint64_t tx_est = 0;
@@ -281,8 +286,7 @@ int main(int argc, char** argv) {
         [&](rte_mbuf** b, uint16_t n) {
             burst_now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (uint16_t i = 0; i < n; ++i) {
-                std::memcpy(rte_pktmbuf_mtod(b[i], uint8_t*), acks[cursor].data(), 64);
-                cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+                write_ack(rte_pktmbuf_mtod(b[i], uint8_t*));
             }
             slot = 0;
             for (uint16_t i = 0; i < n; ++i) {
@@ -302,6 +306,14 @@ int main(int argc, char** argv) {
     for (uint32_t f = 0; f < 65536; ++f) {
         fresh_syns.push_back(client_packet(0x400000 + f, 0x02));
     }
+    // SYN number `n`: a 5-tuple never seen before (client address n mod 65,536, source port
+    // from n / 65,536), to the template's VIP port 80.
+    auto write_fresh_syn = [&](uint8_t* d, uint64_t n) {
+        std::memcpy(d, fresh_syns[n & 0xFFFF].data(), 64);
+        const auto sp = static_cast<uint16_t>(1024 + (n >> 16) % 64000);
+        d[34] = static_cast<uint8_t>(sp >> 8);
+        d[35] = static_cast<uint8_t>(sp);
+    };
     struct SynResult {
         LoopResult tracked, flood;
         uint64_t new_flows = 0, refused = 0;
@@ -329,12 +341,8 @@ int main(int argc, char** argv) {
             snow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (uint16_t i = 0; i < n; ++i) {
                 auto* d = rte_pktmbuf_mtod(b[i], uint8_t*);
-                std::memcpy(d, fresh_syns[seq & 0xFFFF].data(), 64);
-                const auto sp = static_cast<uint16_t>(1024 + (seq >> 16) % 64000);
-                d[34] = static_cast<uint8_t>(sp >> 8);
-                d[35] = static_cast<uint8_t>(sp);
+                write_fresh_syn(d, seq++);
                 d[37] = static_cast<uint8_t>(dport);
-                ++seq;
                 sh[i] = lb_prefetch(sctx, {d, 64u}, sm[i]);
             }
             for (uint16_t i = 0; i < n; ++i) {
@@ -383,14 +391,9 @@ int main(int argc, char** argv) {
             auto* d = rte_pktmbuf_mtod(b[i], uint8_t*);
             mis_est[i] = (i & 7) == 7;
             if (mis_est[i]) {
-                std::memcpy(d, acks[cursor].data(), 64);
-                cursor = cursor + 1 == max_flows ? 0 : cursor + 1;
+                write_ack(d);
             } else {
-                std::memcpy(d, fresh_syns[mix_seq & 0xFFFF].data(), 64);
-                const auto sp = static_cast<uint16_t>(1024 + (mix_seq >> 16) % 64000);
-                d[34] = static_cast<uint8_t>(sp >> 8);
-                d[35] = static_cast<uint8_t>(sp);
-                ++mix_seq;
+                write_fresh_syn(d, mix_seq++);
             }
             hashes[i] = lb_prefetch(ctx, {d, 64u}, metas[i]);
         }
