@@ -35,7 +35,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "k8s"))
 import fake_apiserver as fake  # noqa: E402
+from k8s_check import stop, write_kubeconfig  # noqa: E402
 from fake_dataplane import FakeDataplane, ir_string  # noqa: E402
 
 OURS = "sluice.dev/gateway-controller"
@@ -163,16 +163,6 @@ def summary(lat_ms):
             "mean_ms": statistics.mean(lat_ms) if lat_ms else None}
 
 
-def stop(p):
-    if p and p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def git_hash():
     try:
         return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
@@ -188,18 +178,8 @@ def run_k8s(a, cp, work, objs, n_eps, res):
     S = fake.STATE
     S.bulk_load(json.loads(json.dumps(objs)))
     srv = fake.serve(0)
-    kubeconfig = os.path.join(work, "kubeconfig")
-    with open(kubeconfig, "w") as f:
-        f.write("""apiVersion: v1
-kind: Config
-current-context: bench
-contexts:
-- name: bench
-  context: {cluster: fake, namespace: sluice-system}
-clusters:
-- name: fake
-  cluster: {server: "http://127.0.0.1:%d"}
-""" % srv.server_address[1])
+    kubeconfig = write_kubeconfig(os.path.join(work, "kubeconfig"),
+                                  '{server: "http://127.0.0.1:%d"}' % srv.server_address[1])
     dp = FakeDataplane(os.path.join(work, "dp-k8s.sock"))
     log = open(os.path.join(work, "cp-k8s.log"), "w")
     t0 = time.monotonic()
@@ -307,7 +287,7 @@ clusters:
                   (s["n"], s["p50_ms"], s["p90_ms"], s["p99_ms"], s["max_ms"],
                    res["updates"]["cpu_s"], tu), flush=True)
     finally:
-        stop(p)
+        stop(p, timeout=20)
         srv.shutdown()
         dp.close()
     return res
@@ -371,7 +351,7 @@ def run_files(a, cp, work, objs, res):
               "max %s ms" % (t_ir, s["n"], s["p50_ms"] and round(s["p50_ms"], 1),
                              s["max_ms"] and round(s["max_ms"], 1)), flush=True)
     finally:
-        stop(p)
+        stop(p, timeout=20)
         dp.close()
     return res
 

@@ -23,43 +23,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_apiserver as fake  # noqa: E402
+from k8s_check import check, cond, failures, ours, wait, write_kubeconfig  # noqa: E402
 from fake_dataplane import FakeDataplane, ir_string  # noqa: E402
 
 CP, ROOT = sys.argv[1], sys.argv[2]
 HUGE = int(sys.argv[sys.argv.index("--objects") + 1]) if "--objects" in sys.argv else 50000
-OURS = "sluice.dev/gateway-controller"
 S = fake.STATE
-failures = []
-
-
-def check(c, what):
-    print(("ok   " if c else "FAIL ") + what, flush=True)
-    if not c:
-        failures.append(what)
-
-
-def wait(pred, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
-
-
-def ours(obj):
-    for p in ((obj or {}).get("status") or {}).get("parents") or []:
-        if p.get("controllerName") == OURS:
-            return p
-    return None
-
-
-def cond(entry, typ):
-    for c in (entry or {}).get("conditions") or []:
-        if c["type"] == typ:
-            return c
-    return None
 
 
 def route(name, path, backend="foo-home", ns="foo"):
@@ -94,21 +63,8 @@ def write_token(t):
 
 write_token("token-1")
 S.valid_tokens = {"token-1"}
-kubeconfig = os.path.join(tmp, "kubeconfig")
-with open(kubeconfig, "w") as f:
-    f.write(f"""apiVersion: v1
-kind: Config
-current-context: test
-contexts:
-- name: test
-  context: {{cluster: fake, user: sa, namespace: sluice-system}}
-clusters:
-- name: fake
-  cluster: {{server: "http://127.0.0.1:{port}"}}
-users:
-- name: sa
-  user: {{tokenFile: token}}
-""")
+kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"),
+                              f'{{server: "http://127.0.0.1:{port}"}}', "{tokenFile: token}")
 log_path = os.path.join(tmp, "cp.log")
 logf = open(log_path, "w")
 

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,24 +29,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_apiserver as fake  # noqa: E402
+from k8s_check import OURS, check, failures, stop, write_kubeconfig  # noqa: E402
 from fake_dataplane import FakeDataplane  # noqa: E402
 
 CP, ROOT = sys.argv[1], sys.argv[2]
 SEED = int(sys.argv[3]) if len(sys.argv) > 3 else 6
-OURS = "sluice.dev/gateway-controller"
 GW = "gateway.networking.k8s.io/v1"
 NS = ["ns-0", "ns-1", "ns-2"]
 HOSTS = ["a.example.com", "b.example.com", "*.example.com", "c.other.org", "d.example.com"]
 SERVICES = 8
 S = fake.STATE
-failures = []
 rnd = random.Random(SEED)
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
 
 
 # ---------------------------------------------------------------- the cluster
@@ -186,19 +178,7 @@ procs = []
 
 
 def kubeconfig(port):
-    path = os.path.join(tmp, "kubeconfig")
-    with open(path, "w") as f:
-        f.write("""apiVersion: v1
-kind: Config
-current-context: t
-contexts:
-- name: t
-  context: {cluster: fake, namespace: sluice-system}
-clusters:
-- name: fake
-  cluster: {server: "http://127.0.0.1:%d"}
-""" % port)
-    return path
+    return write_kubeconfig(os.path.join(tmp, "kubeconfig"), '{server: "http://127.0.0.1:%d"}' % port)
 
 
 def start(name, kc, dp, status_dir):
@@ -208,16 +188,6 @@ def start(name, kc, dp, status_dir):
                          stdout=log, stderr=subprocess.STDOUT)
     procs.append((name, p))
     return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def logtext(name):

@@ -24,44 +24,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_apiserver as fake  # noqa: E402
+from k8s_check import check, cond, failures, ours, wait, write_kubeconfig  # noqa: E402
 
 CP, ROOT = sys.argv[1], sys.argv[2]
-OURS = "sluice.dev/gateway-controller"
 LEASE_S = 2
 S = fake.STATE
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def wait(pred, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
-
-
-def ours(obj):
-    if not obj:
-        return None
-    for p in (obj.get("status") or {}).get("parents") or []:
-        if p.get("controllerName") == OURS:
-            return p
-    return None
-
-
-def cond(entry, typ):
-    for c in (entry or {}).get("conditions") or []:
-        if c["type"] == typ:
-            return c
-    return None
 
 
 tmp = tempfile.mkdtemp(prefix="sluice-k8s-")
@@ -108,26 +75,13 @@ printf '"status":{"token":"exec-token-%s","expirationTimestamp":"2099-01-01T00:0
 """)
 os.chmod(plugin, 0o755)
 S.valid_tokens = {"exec-token-1"}
-kubeconfig = os.path.join(tmp, "kubeconfig")
-with open(kubeconfig, "w") as f:
-    f.write(f"""apiVersion: v1
-kind: Config
-current-context: test
-contexts:
-- name: test
-  context: {{cluster: fake, user: u, namespace: sluice-system}}
-clusters:
-- name: fake
-  cluster: {{server: "http://127.0.0.1:{port}"}}
-users:
-- name: u
-  user:
+kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"),
+                              f'{{server: "http://127.0.0.1:{port}"}}', f"""
     exec:
       apiVersion: client.authentication.k8s.io/v1
       command: ./cred-plugin.sh
       env: [{{name: CRED_DIR, value: "{tmp}"}}]
-      interactiveMode: Never
-""")
+      interactiveMode: Never""")
 
 procs = {}
 

@@ -41,43 +41,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_apiserver as fake  # noqa: E402
+from k8s_check import check, cond, failures, ours, stop, wait, write_kubeconfig  # noqa: E402
 from fake_dataplane import FakeDataplane, ir_string  # noqa: E402
 
 CP, ROOT = sys.argv[1], sys.argv[2]
-OURS = "sluice.dev/gateway-controller"
 CLIENT_CN = "sluice-controlplane-test"
 S = fake.STATE
-failures = []
-
-
-def check(c, what):
-    print(("ok   " if c else "FAIL ") + what, flush=True)
-    if not c:
-        failures.append(what)
-
-
-def wait(pred, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
-
-
-def ours(obj):
-    for p in ((obj or {}).get("status") or {}).get("parents") or []:
-        if p.get("controllerName") == OURS:
-            return p
-    return None
-
-
-def cond(entry, typ):
-    for c in (entry or {}).get("conditions") or []:
-        if c["type"] == typ:
-            return c
-    return None
 
 
 tmp = tempfile.mkdtemp(prefix="sluice-k8s-tls-")
@@ -135,16 +104,6 @@ def start(name, args, env=None, pre=()):
     return p
 
 
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def logtext(name):
     try:
         return open(path(name + ".log")).read()
@@ -159,22 +118,8 @@ def new_dp(name):
 
 
 def kubeconfig(name, cluster, user):
-    """A kubeconfig whose current context points at `cluster` and `user` (flow maps)."""
-    with open(path(name), "w") as f:
-        f.write(f"""apiVersion: v1
-kind: Config
-current-context: test
-contexts:
-- name: test
-  context: {{cluster: fake, user: u, namespace: sluice-system}}
-clusters:
-- name: fake
-  cluster: {cluster}
-users:
-- name: u
-  user: {user}
-""")
-    return path(name)
+    """A kubeconfig in the work directory (see k8s_check.write_kubeconfig)."""
+    return write_kubeconfig(path(name), cluster, user)
 
 
 def cp_args(kc, dp):
