@@ -91,10 +91,8 @@ int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noex
     if (of_family == 0) {
         return -1;
     }
+    // (A family searched in vain this millisecond is refused by new_flow() before the call.)
     const size_t fam = family == 6 ? 1 : 0;
-    if (ctx.snat_dry[fam] && ctx.snat_dry_tick[fam] == now) {
-        return -1; // searched in vain this millisecond (see LbContext::snat_dry_tick)
-    }
     const uint32_t per_address = std::max<uint32_t>(kPortBatch, kPortProbes / of_family);
     uint32_t budget = std::max(kPortProbes, per_address);
     size_t last = ctx.snat_next;

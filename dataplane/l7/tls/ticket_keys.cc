@@ -130,19 +130,17 @@ bool TicketKeys::cached(int64_t period, Keys& out) const noexcept {
     // fetch, two HMACs) ran twice per full handshake and twice per resumed one before.
     // A different ring (a new --tls-ticket-key-file) or period replaces an entry.
     struct Slot {
-        const TicketKeys* ring = nullptr;
-        uint64_t serial = 0;
+        uint64_t serial = 0; ///< the ring's (0: empty)
         int64_t period = 0;
         Keys keys{};
     };
     thread_local Slot slots[2];
     Slot& s = slots[period & 1];
-    if (s.ring != this || s.serial != serial_ || s.period != period) {
+    if (s.serial != serial_ || s.period != period) {
         if (!derive(period, s.keys)) {
-            s.ring = nullptr;
+            s.serial = 0;
             return false;
         }
-        s.ring = this;
         s.serial = serial_;
         s.period = period;
     }

@@ -71,7 +71,8 @@ private:
     size_t master_len_ = 0;
     uint32_t period_s_ = 3600;
     Clock clock_ = nullptr;
-    /// Distinguishes rings that reuse a freed ring's address (the per-thread cache key).
+    /// The per-thread key cache's name for this ring: unique per ring, never 0 (an address
+    /// could be reused by a later ring).
     uint64_t serial_ = 0;
 };
 
