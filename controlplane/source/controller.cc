@@ -121,6 +121,23 @@ void Controller::publish(CompileOutput& out, ReconcileResult& r, const std::vect
     apply_answer(out, r, only);
 }
 
+bool Controller::check_links() {
+    bool lost = false;
+    for (size_t i = 0; i < links_.size(); ++i) {
+        Link& l = links_[i];
+        if (l.link->peer_gone()) {
+            if (l.acked) {
+                log("dataplane " + opts_.dp_sockets[i] +
+                    " went away: the IR in force is sent again once it is back");
+            }
+            l.acked = false;
+            l.nack_reason.clear();
+            lost = true;
+        }
+    }
+    return lost;
+}
+
 bool Controller::clean_answer() const {
     return all_acked() && nack_reason().empty() && unserved_by_all().empty();
 }
@@ -454,6 +471,10 @@ int Controller::run(const std::atomic<bool>& stop) {
             }
         }
         const auto now = Clock::now();
+        if (check_links()) {
+            last.acked = false; // retried every retry_ms until the dataplane is back
+            last_try = now - std::chrono::milliseconds(opts_.retry_ms);
+        }
         const bool due = pending_since != Clock::time_point::max() &&
                          now - pending_since >= std::chrono::milliseconds(opts_.debounce_ms);
         const bool retry = !links_.empty() && last.accepted_input && !last.acked &&

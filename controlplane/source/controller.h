@@ -84,6 +84,12 @@ public:
     [[nodiscard]] const IncrementalCompiler& incremental() const noexcept { return inc_; }
 
     /// Re-sends the IR in force to a dataplane that did not answer (no recompile).
+    /// Looks (without blocking) for dataplanes that went away after they ACKed: such a link
+    /// counts as unacknowledged again, so needs_retry() holds and the next reconcile pushes
+    /// the IR in force to the dataplane once it is back (a restarted sluice-dataplane or
+    /// sluice-l7 gets its configuration without a manifest change). True when one was found.
+    /// Thread: the thread that reconciles.
+    bool check_links();
     [[nodiscard]] bool needs_retry() const noexcept {
         return !links_.empty() && current_ && !all_acked() && nack_reason().empty();
     }

@@ -1,6 +1,9 @@
 #include "controller.h"
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <thread>
 
@@ -234,6 +237,42 @@ TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
         const std::string st = read(fs::path(status.path()) / "Gateway/default/gw.yaml");
         EXPECT_NE(st.find("table too large"), std::string::npos) << st;
     }
+}
+
+TEST(Controller, RestartedDataplaneGetsTheIrWithoutAManifestChange) {
+    TempDir cfg, status;
+    write(fs::path(cfg.path()) / "a.yaml", kGood);
+    const std::string sock = cfg.path() + "/../" + fs::path(cfg.path()).filename().string() + ".sock";
+    ControllerOptions o;
+    o.config_dir = cfg.path();
+    o.status_dir = status.path();
+    o.dp_sockets = {sock};
+    o.retry_ms = 200;
+    const fs::path gw = fs::path(status.path()) / "Gateway/default/gw.yaml";
+    auto wait_for = [](auto&& pred) {
+        for (int i = 0; i < 200 && !pred(); ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        return pred();
+    };
+    auto dp = std::make_unique<FakeDataplane>(sock, FrameType::Ack);
+    Controller c(o);
+    std::atomic<bool> stop{false};
+    std::thread loop([&] { c.run(stop); });
+    ASSERT_TRUE(wait_for([&] { return dp->frames() == 1; }));
+    ASSERT_TRUE(wait_for([&] { return read(gw).find("reason: Programmed") != std::string::npos; }));
+    // The dataplane exits (its end of the connection closes) and comes back on the same
+    // socket: it gets the IR in force again, and meanwhile Programmed says it is pending.
+    dp.reset();
+    EXPECT_TRUE(wait_for([&] { return read(gw).find("reason: Pending") != std::string::npos; }))
+        << read(gw);
+    dp = std::make_unique<FakeDataplane>(sock, FrameType::Ack);
+    EXPECT_TRUE(wait_for([&] { return dp->frames() >= 1; })) << "the IR was not sent again";
+    EXPECT_TRUE(wait_for([&] { return read(gw).find("reason: Programmed") != std::string::npos; }))
+        << read(gw);
+    stop = true;
+    loop.join();
+    dp.reset();
 }
 
 } // namespace

@@ -48,6 +48,25 @@ Result<void> DpLink::connect_once() {
     return {};
 }
 
+bool DpLink::peer_gone() noexcept {
+    if (fd_ < 0) {
+        return false;
+    }
+    pollfd p{fd_, POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) <= 0) {
+        return false;
+    }
+    bool gone = (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)) != 0;
+    if (!gone && (p.revents & POLLIN) != 0) {
+        char c;
+        gone = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0; // EOF; data: a late answer
+    }
+    if (gone) {
+        close_fd();
+    }
+    return gone;
+}
+
 Result<PushResult> DpLink::push(uint64_t generation, std::string_view ir_bytes, int timeout_ms) {
     // One retry: a dataplane that restarted since the last push shows up as a dead socket.
     for (int attempt = 0; attempt < 2; ++attempt) {

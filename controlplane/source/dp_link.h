@@ -36,6 +36,12 @@ public:
     [[nodiscard]] Result<PushResult> push(uint64_t generation, std::string_view ir_bytes,
                                           int timeout_ms = 5000);
     [[nodiscard]] bool connected() const noexcept { return fd_ >= 0; }
+    /// True when the dataplane at the other end of the connection has gone away (EOF,
+    /// hang-up or error on the socket: the process exited or restarted); the connection is
+    /// closed then, and the next push() connects again. Never blocks; false when not
+    /// connected. The dataplane sends nothing unasked, so a readable socket between pushes
+    /// is an EOF or a late answer (the latter is left for push() to skip).
+    [[nodiscard]] bool peer_gone() noexcept;
 
 private:
     Result<void> connect_once();

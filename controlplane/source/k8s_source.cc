@@ -1888,6 +1888,9 @@ int K8sSource::run(const std::atomic<bool>& stop) {
             }
             if (!compile_dirty_ && !status_dirty_) {
                 lk.unlock();
+                if (ctl_.check_links()) {
+                    last_dp_try = {}; // a dataplane went away: resend as soon as it is back
+                }
                 if (ctl_.needs_retry() && Clock::now() - last_dp_try > std::chrono::seconds(2)) {
                     last_dp_try = Clock::now();
                     reconcile();
