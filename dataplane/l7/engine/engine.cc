@@ -11,6 +11,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -78,9 +79,18 @@ struct GroupTls {
     std::vector<std::pair<uint32_t, std::shared_ptr<const BackendTls>>> by_gateway;
 };
 
+/// A backend group's names, built once per table generation instead of per request:
+/// the round-robin cursor's key, and per endpoint the health/pool key (address|port) and
+/// the upstream name for logs (ns/name:port@address:port).
+struct GroupNames {
+    std::string rr_key;
+    std::vector<std::string> ep_key, ep_name;
+};
+
 struct Tables {
     uint64_t generation = 0;
     ir::Ir ir;
+    std::vector<GroupNames> group_names; ///< by group index
     std::vector<Port> ports;
     std::vector<GroupTls> group_tls;        ///< by group index
     std::vector<uint32_t> listener_gateway; ///< listener index -> gateway index
@@ -134,6 +144,15 @@ struct Buf {
         off = 0;
     }
 };
+
+/// Empties this thread's OpenSSL error queue (SSL_get_error() needs it empty before each
+/// TLS call). ERR_clear_error() resets all 16 slots every time (about 400 instructions);
+/// the queue is almost always empty already, which ERR_peek_error() sees for less.
+inline void clear_tls_errors() noexcept {
+    if (ERR_peek_error() != 0) {
+        ERR_clear_error();
+    }
+}
 
 bool is_hop_by_hop(std::string_view name) noexcept {
     return http::iequals(name, "connection") || http::iequals(name, "keep-alive") ||
@@ -497,6 +516,11 @@ struct Worker {
     /// Per route metrics: counted here without synchronisation, copied under `pub_mu` to
     /// `published` once a second for the exporter.
     std::unordered_map<std::string, RouteStats> route_local;
+    /// route_local's entry by (rule, group) index for the tables `stats_tables` (held, so
+    /// the pointer cannot name other tables later): the key string is built once per rule
+    /// and group, not per request (route_local never erases, so the pointers stay valid).
+    std::unordered_map<uint64_t, RouteStats*> stats_by_index;
+    std::shared_ptr<const Tables> stats_tables;
     std::mutex pub_mu;
     std::unordered_map<std::string, RouteStats> published;
     uint64_t last_publish = 0;
@@ -552,7 +576,7 @@ struct Worker {
                 const std::vector<std::pair<std::string, std::string>>& extra,
                 std::string_view body, bool close);
     bool attempt(Exchange& x);
-    Upstream* connect_to(const ir::BackendGroup& g, std::string& why, bool h2,
+    Upstream* connect_to(const Tables& tb, const ir::BackendGroup& g, std::string& why, bool h2,
                          const BackendTls* tls);
     bool upstream_handshake(Upstream& u);
     void read_upstream(Upstream& u);
@@ -828,6 +852,16 @@ Result<std::string> Engine::apply(ir::Ir&& in, uint64_t generation) {
     t->generation = generation;
     t->ir = std::move(in);
     const ir::Ir& x = t->ir;
+    t->group_names.resize(x.groups.size());
+    for (size_t gi = 0; gi < x.groups.size(); ++gi) {
+        const ir::BackendGroup& g = x.groups[gi];
+        GroupNames& gn = t->group_names[gi];
+        gn.rr_key = g.ns + "/" + g.name + ":" + std::to_string(g.port);
+        for (const ir::Endpoint& ep : g.endpoints) {
+            gn.ep_key.push_back(endpoint_key(ep));
+            gn.ep_name.push_back(gn.rr_key + "@" + ep.address + ":" + std::to_string(ep.port));
+        }
+    }
     std::string note;
     auto unserved = [&](uint32_t li, const std::string& why) {
         const ir::Listener& l = x.listeners[li];
@@ -1335,9 +1369,9 @@ void Worker::close_upstream(Upstream& u) {
     if (u.ssl) {
         // close_notify for a connection that is still sound (one write attempt, no wait).
         if (u.connected && !u.eof && !(SSL_get_shutdown(u.ssl) & SSL_SENT_SHUTDOWN)) {
-            ERR_clear_error();
+            clear_tls_errors();
             SSL_shutdown(u.ssl);
-            ERR_clear_error();
+            clear_tls_errors();
         }
         SSL_free(u.ssl);
         u.ssl = nullptr;
@@ -1366,7 +1400,7 @@ bool Worker::read_into(Conn& c) {
         ssize_t r;
         c.tls_buffered = false;
         if (c.ssl) {
-            ERR_clear_error();
+            clear_tls_errors();
             const int n = SSL_read(c.ssl, scratch, kReadChunk);
             if (n > 0) {
                 r = n;
@@ -1427,7 +1461,7 @@ void Worker::flush(Conn& c) {
         const size_t chunk = std::min<size_t>(v.size(), 1u << 20);
         ssize_t r;
         if (c.ssl) {
-            ERR_clear_error();
+            clear_tls_errors();
             const int n = SSL_write(c.ssl, v.data(), static_cast<int>(chunk));
             if (n <= 0) {
                 const int err = SSL_get_error(c.ssl, n);
@@ -1462,7 +1496,7 @@ void Worker::on_client(Conn& c, uint32_t ev) {
         ev = EPOLLIN;
     }
     if (c.st == St::Handshake) {
-        ERR_clear_error();
+        clear_tls_errors();
         const int r = SSL_do_handshake(c.ssl);
         if (r == 1) {
             c.st = St::Head;
@@ -1691,9 +1725,9 @@ void Worker::progress(Conn& c) {
                 if (!x.up->ssl) {
                     ::shutdown(x.up->fd, SHUT_WR);
                 } else if (x.up->connected && !(SSL_get_shutdown(x.up->ssl) & SSL_SENT_SHUTDOWN)) {
-                    ERR_clear_error();
+                    clear_tls_errors();
                     SSL_shutdown(x.up->ssl); // close_notify: TLS's half-close, sent once
-                    ERR_clear_error();
+                    clear_tls_errors();
                 }
             }
             break;
@@ -1964,40 +1998,61 @@ void Worker::answer(Exchange& x, uint16_t status,
     }
 }
 
-Upstream* Worker::connect_to(const ir::BackendGroup& g, std::string& why, bool h2,
-                             const BackendTls* tls) {
+Upstream* Worker::connect_to(const Tables& tb, const ir::BackendGroup& g, std::string& why,
+                             bool h2, const BackendTls* tls) {
+    // The group's precomputed names (g is one of tb's groups).
+    const size_t gi = static_cast<size_t>(&g - tb.ir.groups.data());
+    const GroupNames& gn = tb.group_names[gi];
     // Round-robin over ready endpoints, skipping ejected ones while any other is left.
-    std::vector<const ir::Endpoint*> ready;
-    for (const ir::Endpoint& ep : g.endpoints) {
-        if (ep.ready) {
-            ready.push_back(&ep);
+    // Ready endpoints by index into g.endpoints: on the stack for the usual group sizes.
+    std::array<uint32_t, 64> ready_small;
+    std::vector<uint32_t> ready_big;
+    uint32_t* ready = ready_small.data();
+    size_t n_ready = 0;
+    for (size_t i = 0; i < g.endpoints.size(); ++i) {
+        if (!g.endpoints[i].ready) {
+            continue;
         }
+        if (n_ready == ready_small.size() && ready_big.empty()) {
+            ready_big.assign(ready_small.begin(), ready_small.end());
+        }
+        if (n_ready >= ready_small.size()) {
+            ready_big.push_back(static_cast<uint32_t>(i));
+            ready = ready_big.data();
+        } else {
+            ready_small[n_ready] = static_cast<uint32_t>(i);
+        }
+        ++n_ready;
     }
-    if (ready.empty()) {
+    if (n_ready == 0) {
         why = "no ready endpoint for " + g.ns + "/" + g.name;
         return nullptr;
     }
-    uint32_t& cursor = rr[g.ns + "/" + g.name + ":" + std::to_string(g.port)];
-    const ir::Endpoint* pick = nullptr;
-    for (size_t i = 0; i < ready.size() && !pick; ++i) {
-        const ir::Endpoint* ep = ready[(cursor + i) % ready.size()];
-        auto it = health.find(endpoint_key(*ep));
+    uint32_t& cursor = rr[gn.rr_key];
+    size_t pick_i = SIZE_MAX;
+    for (size_t i = 0; i < n_ready && pick_i == SIZE_MAX; ++i) {
+        const uint32_t ei = ready[(cursor + i) % n_ready];
+        auto it = health.empty() ? health.end() : health.find(gn.ep_key[ei]);
         if (it == health.end() || it->second.ejected_until <= now) {
-            pick = ep;
-            cursor = static_cast<uint32_t>((cursor + i + 1) % ready.size());
+            pick_i = ei;
+            cursor = static_cast<uint32_t>((cursor + i + 1) % n_ready);
         }
     }
-    if (!pick) {
-        pick = ready[cursor++ % ready.size()]; // every endpoint ejected: try anyway
+    if (pick_i == SIZE_MAX) {
+        pick_i = ready[cursor++ % n_ready]; // every endpoint ejected: try anyway
     }
-    const std::string key = endpoint_key(*pick);
+    const ir::Endpoint* pick = &g.endpoints[pick_i];
+    const std::string& key = gn.ep_key[pick_i];
+    const std::string& name = gn.ep_name[pick_i];
     // A pooled connection serves only requests of the same protocol and TLS context.
-    std::string pool_key = h2 ? "h2|" + key : key;
-    if (tls) {
-        pool_key = "tls" + std::to_string(tls->id()) + "|" + pool_key;
+    std::string pool_key_built;
+    if (h2 || tls) {
+        pool_key_built = h2 ? "h2|" + key : key;
+        if (tls) {
+            pool_key_built = "tls" + std::to_string(tls->id()) + "|" + pool_key_built;
+        }
     }
-    const std::string name = g.ns + "/" + g.name + ":" + std::to_string(g.port) + "@" +
-                             pick->address + ":" + std::to_string(pick->port);
+    const std::string& pool_key = h2 || tls ? pool_key_built : key;
     if (auto it = pool.find(pool_key); it != pool.end()) {
         while (!it->second.empty()) {
             Upstream* u = it->second.back();
@@ -2087,7 +2142,7 @@ bool Worker::attempt(Exchange& x) {
         const size_t tries = std::min<size_t>(3, std::max<size_t>(1, g.endpoints.size()));
         for (size_t i = 0; i < tries && !u; ++i) {
             why.clear();
-            u = connect_to(g, why, x.up_h2, x.up_tls);
+            u = connect_to(*x.t, g, why, x.up_h2, x.up_tls);
             if (!u && why.rfind("connect ", 0) != 0) {
                 break;
             }
@@ -2152,7 +2207,7 @@ void Worker::start_mirrors(Exchange& x) {
             continue;
         }
         std::string why;
-        Upstream* u = connect_to(x.t->ir.groups[m.group], why, false, tls);
+        Upstream* u = connect_to(*x.t, x.t->ir.groups[m.group], why, false, tls);
         if (!u) {
             continue;
         }
@@ -2255,7 +2310,7 @@ void Worker::flush(Upstream& u) {
         ssize_t r;
         if (u.ssl) {
             const size_t chunk = std::min<size_t>(v.size(), 1u << 20);
-            ERR_clear_error();
+            clear_tls_errors();
             const int n = SSL_write(u.ssl, v.data(), static_cast<int>(chunk));
             if (n <= 0) {
                 const int err = SSL_get_error(u.ssl, n);
@@ -2266,7 +2321,7 @@ void Worker::flush(Upstream& u) {
                 if (err == SSL_ERROR_WANT_READ) {
                     return; // EPOLLIN is armed while the connection is open
                 }
-                ERR_clear_error();
+                clear_tls_errors();
                 u.eof = true;
                 return;
             }
@@ -2335,7 +2390,7 @@ void Worker::update(Upstream& u) {
 }
 
 bool Worker::upstream_handshake(Upstream& u) {
-    ERR_clear_error();
+    clear_tls_errors();
     const int r = SSL_do_handshake(u.ssl);
     if (r == 1) {
         u.connected = true;
@@ -2389,7 +2444,7 @@ void Worker::read_upstream(Upstream& u) {
         char* const scratch = read_scratch.get(); // as in read_into
         ssize_t r;
         if (u.ssl) {
-            ERR_clear_error();
+            clear_tls_errors();
             const int n = SSL_read(u.ssl, scratch, kReadChunk);
             if (n <= 0) {
                 const int err = SSL_get_error(u.ssl, n);
@@ -2402,7 +2457,7 @@ void Worker::read_upstream(Upstream& u) {
                         char why[256];
                         note_tls_failure(u, why, sizeof why);
                     }
-                    ERR_clear_error();
+                    clear_tls_errors();
                     u.eof = true; // close_notify, EOF, or a TLS error: the stream ends here
                 }
                 return;
@@ -2548,45 +2603,100 @@ void Worker::upstream_progress(Upstream& u) {
         }
         x.status = h.status;
         x.up_keep_alive = h.keep_alive;
-        std::vector<route::Header> hs;
-        hs.reserve(h.n_headers);
+        // The Connection header values, looked up once (names listed there are hop-by-hop).
+        std::array<std::string_view, 4> conn_vals;
+        size_t n_conn = 0;
+        bool conn_many = false;
         for (size_t i = 0; i < h.n_headers; ++i) {
-            const auto& hv = h.headers[i];
-            if (h.status != 101 && (is_hop_by_hop(hv.name) || named_by_connection(h, hv.name))) {
-                continue;
+            if (http::iequals(h.headers[i].name, "connection")) {
+                if (n_conn < conn_vals.size()) {
+                    conn_vals[n_conn++] = h.headers[i].value;
+                } else {
+                    conn_many = true;
+                }
+            }
+        }
+        auto passed_on = [&](const http::HeaderView& hv) {
+            if (h.status != 101) {
+                if (is_hop_by_hop(hv.name)) {
+                    return false;
+                }
+                if (conn_many && named_by_connection(h, hv.name)) {
+                    return false;
+                }
+                for (size_t k = 0; k < n_conn; ++k) {
+                    if (has_token(conn_vals[k], hv.name)) {
+                        return false;
+                    }
+                }
             }
             if (http::iequals(hv.name, "transfer-encoding") && (x.client_minor == 0 || x.sid != 0)) {
-                continue; // HTTP/1.0 and HTTP/2 clients get the body de-chunked
+                return false; // HTTP/1.0 and HTTP/2 clients get the body de-chunked
             }
             if (http::iequals(hv.name, "content-length") && h.body == http::BodyKind::Chunked) {
-                continue; // TE wins (RFC 9112 6.3); do not pass a conflicting length on
+                return false; // TE wins (RFC 9112 6.3); do not pass a conflicting length on
             }
-            hs.push_back({std::string(hv.name), std::string(hv.value)});
-        }
-        route::apply_header_ops(x.d.fwd.response_ops, hs);
-        for (const auto& [k, v] : x.d.fwd.response_headers) {
-            hs.push_back({k, v});
-        }
+            return true;
+        };
         x.resp_body = h.body;
         x.resp_left = h.content_length;
         x.dechunk = h.body == http::BodyKind::Chunked && (x.client_minor == 0 || x.sid != 0);
-        if (x.sid != 0) {
-            h2_submit_head(x, h.status, hs, h.body == http::BodyKind::None);
-        } else {
-            if (h.body == http::BodyKind::UntilClose || x.dechunk) {
-                x.client_keep_alive = false;
-            }
-            std::string out = "HTTP/1.1 " + std::to_string(h.status) + " ";
-            out += h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason;
-            out += "\r\n";
-            for (const route::Header& hd : hs) {
-                out += hd.name + ": " + hd.value + "\r\n";
+        if (x.sid == 0 && (h.body == http::BodyKind::UntilClose || x.dechunk)) {
+            x.client_keep_alive = false;
+        }
+        if (x.sid == 0 && x.d.fwd.response_ops.empty() && x.d.fwd.response_headers.empty()) {
+            // The common HTTP/1.1 case, no response filters: the head is written straight
+            // into the client's buffer from the backend's.
+            char code[4] = {static_cast<char>('0' + h.status / 100 % 10),
+                            static_cast<char>('0' + h.status / 10 % 10),
+                            static_cast<char>('0' + h.status % 10), ' '};
+            c.out.append("HTTP/1.1 ");
+            c.out.append(std::string_view(code, 4));
+            c.out.append(h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason);
+            c.out.append("\r\n");
+            for (size_t i = 0; i < h.n_headers; ++i) {
+                const http::HeaderView& hv = h.headers[i];
+                if (passed_on(hv)) {
+                    c.out.append(hv.name);
+                    c.out.append(": ");
+                    c.out.append(hv.value);
+                    c.out.append("\r\n");
+                }
             }
             if (h.status != 101 && !x.client_keep_alive) {
-                out += "Connection: close\r\n";
+                c.out.append("Connection: close\r\n");
             }
-            out += "\r\n";
-            c.out.append(out);
+            c.out.append("\r\n");
+        } else {
+            std::vector<route::Header> hs;
+            hs.reserve(h.n_headers);
+            for (size_t i = 0; i < h.n_headers; ++i) {
+                if (passed_on(h.headers[i])) {
+                    hs.push_back({std::string(h.headers[i].name), std::string(h.headers[i].value)});
+                }
+            }
+            route::apply_header_ops(x.d.fwd.response_ops, hs);
+            for (const auto& [k, v] : x.d.fwd.response_headers) {
+                hs.push_back({k, v});
+            }
+            if (x.sid != 0) {
+                h2_submit_head(x, h.status, hs, h.body == http::BodyKind::None);
+            } else {
+                std::string out = "HTTP/1.1 " + std::to_string(h.status) + " ";
+                out += h.reason.empty() ? std::string_view(reason_phrase(h.status)) : h.reason;
+                out += "\r\n";
+                for (const route::Header& hd : hs) {
+                    out += hd.name;
+                    out += ": ";
+                    out += hd.value;
+                    out += "\r\n";
+                }
+                if (h.status != 101 && !x.client_keep_alive) {
+                    out += "Connection: close\r\n";
+                }
+                out += "\r\n";
+                c.out.append(out);
+            }
         }
         u.in.consume(h.head_len);
         x.resp_head_sent = true;
@@ -2736,20 +2846,33 @@ void Worker::finish_exchange(Exchange& x) {
     }
     log_exchange(c, x);
     if (x.status >= 100 && x.status < 600) {
-        std::string key;
-        if (x.d.m.rule != ir::kNone && x.t && x.d.m.rule < x.t->ir.rules.size()) {
-            const ir::Rule& r = x.t->ir.rules[x.d.m.rule];
-            key = r.route_ns + "/" + r.route_name + "\t" + std::to_string(r.index) + "\t";
-            if (x.d.group != ir::kNone && x.d.group < x.t->ir.groups.size()) {
-                const ir::BackendGroup& g = x.t->ir.groups[x.d.group];
-                key += g.ns + "/" + g.name + ":" + std::to_string(g.port);
-            } else {
-                key += "-";
-            }
-        } else {
-            key = "-\t-\t-";
+        const bool has_rule = x.d.m.rule != ir::kNone && x.t && x.d.m.rule < x.t->ir.rules.size();
+        const bool has_group =
+            has_rule && x.d.group != ir::kNone && x.d.group < x.t->ir.groups.size();
+        if (x.t != stats_tables) {
+            stats_by_index.clear();
+            stats_tables = x.t;
         }
-        RouteStats& rs = route_local[key];
+        const uint64_t idx = has_rule ? (uint64_t{x.d.m.rule} << 32 | (has_group ? x.d.group : ir::kNone))
+                                      : UINT64_MAX;
+        RouteStats*& slot = stats_by_index[idx];
+        if (slot == nullptr) {
+            std::string key;
+            if (has_rule) {
+                const ir::Rule& r = x.t->ir.rules[x.d.m.rule];
+                key = r.route_ns + "/" + r.route_name + "\t" + std::to_string(r.index) + "\t";
+                if (has_group) {
+                    const ir::BackendGroup& g = x.t->ir.groups[x.d.group];
+                    key += g.ns + "/" + g.name + ":" + std::to_string(g.port);
+                } else {
+                    key += "-";
+                }
+            } else {
+                key = "-\t-\t-";
+            }
+            slot = &route_local[key];
+        }
+        RouteStats& rs = *slot;
         rs.by_class[x.status / 100 - 1]++;
         const uint64_t ms = now - x.started;
         size_t b = 0;
@@ -2946,7 +3069,7 @@ void Worker::start_tls_tunnel(Conn& c, uint32_t li) {
     Upstream* u = nullptr;
     const ir::BackendGroup& g = at->ir.groups[b->group];
     for (size_t i = 0; i < 3 && !u; ++i) {
-        u = connect_to(g, why, false, nullptr); // TLSRoute: bytes as they are (no re-encryption)
+        u = connect_to(*at, g, why, false, nullptr); // TLSRoute: bytes as they are (no re-encryption)
         if (!u && why.rfind("connect ", 0) != 0) {
             break;
         }

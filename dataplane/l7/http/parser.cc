@@ -54,10 +54,6 @@ constexpr bool is_ows(char c) noexcept {
     return c == ' ' || c == '\t';
 }
 
-constexpr char to_lower(char c) noexcept {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
 /// A CTL (or DEL) that may not appear in a field value, reason phrase or target.
 constexpr bool is_bad_ctl(char c) noexcept {
     const auto u = static_cast<unsigned char>(c);
@@ -572,18 +568,6 @@ void apply_connection(const Framing& f, Head& out) noexcept {
 }
 
 } // namespace
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (size_t i = 0; i < a.size(); ++i) {
-        if (to_lower(a[i]) != to_lower(b[i])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 const HeaderView* find_header(const Head& h, std::string_view name) noexcept {
     for (size_t k = 0; k < h.n_headers; ++k) {

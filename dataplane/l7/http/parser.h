@@ -74,8 +74,25 @@ struct Result {
 [[nodiscard]] Result parse_response(std::string_view buf, const Limits& limits,
                                     std::string_view request_method, Head& out) noexcept;
 
-/// Case-insensitive ASCII comparison of header names and tokens.
-[[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;
+/// Case-insensitive ASCII comparison of header names and tokens. Inline: the proxy calls it
+/// for every header of every message against a handful of names, and the length check
+/// settles most calls.
+[[nodiscard]] inline bool iequals(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (size_t i = 0; i < a.size(); ++i) {
+        const char x = a[i], y = b[i];
+        if (x != y) {
+            const char lx = (x >= 'A' && x <= 'Z') ? static_cast<char>(x - 'A' + 'a') : x;
+            const char ly = (y >= 'A' && y <= 'Z') ? static_cast<char>(y - 'A' + 'a') : y;
+            if (lx != ly) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
 
 /// First header named `name` (case-insensitive), or nullptr.
 [[nodiscard]] const HeaderView* find_header(const Head& h, std::string_view name) noexcept;
