@@ -1,11 +1,13 @@
 #include "imb_provider.h"
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <openssl/core.h>
@@ -419,32 +421,51 @@ const OSSL_PARAM* gcm_gettable_params(void* /*provctx*/) {
     return kList;
 }
 
+/// The first parameter of each of `names` in `params` (nullptr when absent), found in one
+/// pass over `params`: libssl asks for one or two values per TLS record, and
+/// OSSL_PARAM_locate() per known name (a strcmp against every entry each time) cost more
+/// than the record's encryption. Handlers then take them in their own fixed order.
+template <class P, size_t N>
+std::array<P*, N> find_params(P* params, const std::array<std::string_view, N>& names) noexcept {
+    std::array<P*, N> out{};
+    for (P* p = params; p != nullptr && p->key != nullptr; ++p) {
+        const std::string_view k(p->key);
+        for (size_t i = 0; i < N; ++i) {
+            if (out[i] == nullptr && k == names[i]) {
+                out[i] = p;
+                break;
+            }
+        }
+    }
+    return out;
+}
+
 int gcm_get_ctx_params(void* vctx, OSSL_PARAM params[]) {
     auto& c = *static_cast<GcmCtx*>(vctx);
+    static constexpr std::array<std::string_view, 7> kNames = {
+        OSSL_CIPHER_PARAM_IVLEN, OSSL_CIPHER_PARAM_KEYLEN,     OSSL_CIPHER_PARAM_AEAD_TAGLEN,
+        OSSL_CIPHER_PARAM_AEAD_TLS1_AAD_PAD, OSSL_CIPHER_PARAM_IV, OSSL_CIPHER_PARAM_UPDATED_IV,
+        OSSL_CIPHER_PARAM_AEAD_TAG};
+    const auto ps = find_params(params, kNames);
     OSSL_PARAM* p = nullptr;
-    if ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_IVLEN)) != nullptr &&
-        !OSSL_PARAM_set_size_t(p, c.ivlen)) {
+    if ((p = ps[0]) != nullptr && !OSSL_PARAM_set_size_t(p, c.ivlen)) {
         return 0;
     }
-    if ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_KEYLEN)) != nullptr &&
-        !OSSL_PARAM_set_size_t(p, c.keylen)) {
+    if ((p = ps[1]) != nullptr && !OSSL_PARAM_set_size_t(p, c.keylen)) {
         return 0;
     }
-    if ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_AEAD_TAGLEN)) != nullptr &&
-        !OSSL_PARAM_set_size_t(p, c.taglen)) {
+    if ((p = ps[2]) != nullptr && !OSSL_PARAM_set_size_t(p, c.taglen)) {
         return 0;
     }
-    if ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_AEAD_TLS1_AAD_PAD)) != nullptr &&
-        !OSSL_PARAM_set_size_t(p, kTagLen)) {
+    if ((p = ps[3]) != nullptr && !OSSL_PARAM_set_size_t(p, kTagLen)) {
         return 0;
     }
-    for (const char* name : {OSSL_CIPHER_PARAM_IV, OSSL_CIPHER_PARAM_UPDATED_IV}) {
-        if ((p = OSSL_PARAM_locate(params, name)) != nullptr &&
-            !OSSL_PARAM_set_octet_string(p, c.iv, c.ivlen)) {
+    for (size_t i : {4, 5}) {
+        if ((p = ps[i]) != nullptr && !OSSL_PARAM_set_octet_string(p, c.iv, c.ivlen)) {
             return 0;
         }
     }
-    if ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_AEAD_TAG)) != nullptr) {
+    if ((p = ps[6]) != nullptr) {
         // Only after sealing a message; any length 1..16 (a prefix of the full tag).
         if (!c.enc || !c.tag_ready || p->data_type != OSSL_PARAM_OCTET_STRING ||
             p->data_size == 0 || p->data_size > kTagLen) {
@@ -511,8 +532,12 @@ int gcm_set_ctx_params(void* vctx, const OSSL_PARAM params[]) {
     if (params == nullptr) {
         return 1;
     }
+    static constexpr std::array<std::string_view, 5> kNames = {
+        OSSL_CIPHER_PARAM_AEAD_TAG, OSSL_CIPHER_PARAM_AEAD_IVLEN, OSSL_CIPHER_PARAM_KEYLEN,
+        OSSL_CIPHER_PARAM_AEAD_TLS1_AAD, OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED};
+    const auto ps = find_params(params, kNames);
     const OSSL_PARAM* p = nullptr;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_CIPHER_PARAM_AEAD_TAG)) != nullptr) {
+    if ((p = ps[0]) != nullptr) {
         if (p->data_type != OSSL_PARAM_OCTET_STRING || p->data_size == 0 ||
             p->data_size > kTagLen) {
             prov_error("tag length must be 1..16");
@@ -528,7 +553,7 @@ int gcm_set_ctx_params(void* vctx, const OSSL_PARAM params[]) {
         }
         c.taglen = p->data_size;
     }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_CIPHER_PARAM_AEAD_IVLEN)) != nullptr) {
+    if ((p = ps[1]) != nullptr) {
         size_t n = 0;
         if (!OSSL_PARAM_get_size_t(p, &n) || n == 0 || n > kMaxIvLen) {
             prov_error("IV length must be 1..64");
@@ -539,18 +564,18 @@ int gcm_set_ctx_params(void* vctx, const OSSL_PARAM params[]) {
             c.iv_set = false;
         }
     }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_CIPHER_PARAM_KEYLEN)) != nullptr) {
+    if ((p = ps[2]) != nullptr) {
         size_t n = 0;
         if (!OSSL_PARAM_get_size_t(p, &n) || n != c.keylen) {
             prov_error("fixed key length");
             return 0;
         }
     }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_CIPHER_PARAM_AEAD_TLS1_AAD)) != nullptr &&
+    if ((p = ps[3]) != nullptr &&
         !set_tls_aad(c, *p)) {
         return 0;
     }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED)) != nullptr &&
+    if ((p = ps[4]) != nullptr &&
         !set_tls_iv_fixed(c, *p)) {
         return 0;
     }
