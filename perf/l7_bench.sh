@@ -16,7 +16,8 @@
 # (rounds; the figure of each cell is the round with the median req/s, default 1), BUILD
 # (build dir, default build), WRK_CPU / PROXY_CPU / BACKEND_CPU (cores, default 0 / 1 / 0),
 # RETRIES (repeats of a run disturbed by other processes, default 3; 0 with --smoke),
-# SKEW_LIMIT (% of the proxy's core taken by others that counts as disturbed, default 15).
+# SKEW_LIMIT (% of the proxy's core taken by others that counts as disturbed, default 15),
+# SLUICE_ARGS (extra sluice-l7 options, e.g. --tls-ipsec-mb; recorded in the JSON).
 #
 # Placement (2 vCPUs): the proxy under test owns core 1 alone (sluice-l7 --workers 1, HAProxy
 # nbthread 1, nginx worker_processes 1: one core each, the same one). wrk and the backend
@@ -324,7 +325,8 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /}}]
     backendRefs: [{name: backend, port: 8080}]
 EOF
-taskset -c "$PROXY_CPU" "$L7" --dp-socket "$SOCK" --workers 1 --stats-file '' \
+# shellcheck disable=SC2086 # SLUICE_ARGS is a list of options
+taskset -c "$PROXY_CPU" "$L7" --dp-socket "$SOCK" --workers 1 --stats-file '' ${SLUICE_ARGS:-} \
   > "$WORK/sluice-l7.log" 2>&1 &
 PIDS+=($!); PID_SLUICE=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
@@ -789,6 +791,7 @@ doc = {
     "versions": {"haproxy": version(["haproxy", "-v"]), "nginx": version(["nginx", "-v"]),
                  "wrk": version(["wrk", "-v"])},
     "backend": "nginx 1 worker, return 200 \"hello\\n\"",
+    "sluice_args": os.environ.get("SLUICE_ARGS", ""),
     "results": res,
     "ratios": ratios,
     "h2": h2,

@@ -73,6 +73,7 @@ std::string stats_json(const l7::EngineStats& s) {
     f("h2_abuse", s.h2_abuse);
     f("backend_tls_handshakes", s.backend_tls_handshakes);
     f("backend_tls_failures", s.backend_tls_failures);
+    f("tls_buffers_freed", s.tls_buffers_freed);
     f("ocsp_staples", s.ocsp_staples);
     f("ocsp_staples_refused", s.ocsp_staples_refused);
     f("bytes_in", s.bytes_in);

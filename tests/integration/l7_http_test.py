@@ -823,6 +823,31 @@ spec:
         refused = True
     check(refused, "SNI no listener accepts -> handshake refused")
 
+    # Idle keep-alive TLS connections hand OpenSSL's record buffers (~34 KiB) back after a
+    # second, and serve the next request as before (OpenSSL allocates them again).
+    def l7_stat(name):
+        return json.loads(curl([f"http://127.0.0.1:{admin_port}/stats"]).stdout)["l7"].get(name, 0)
+    freed0 = l7_stat("tls_buffers_freed")
+    conns = []
+    try:
+        for _ in range(5):
+            t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", https_port), timeout=3),
+                                server_hostname="foo.example.com")
+            t.sendall(b"GET /a HTTP/1.1\r\nHost: foo.example.com\r\n\r\n")
+            t.recv(65536)
+            conns.append(t)
+        released = wait_for(lambda: l7_stat("tls_buffers_freed") - freed0 >= 5, timeout=5)
+        again = 0
+        for t in conns:
+            t.sendall(b"GET /a HTTP/1.1\r\nHost: foo.example.com\r\n\r\n")
+            again += b" 200 " in t.recv(65536).split(b"\r\n")[0]
+        check(released and again == 5,
+              f"idle TLS connections: record buffers released ({l7_stat('tls_buffers_freed') - freed0}), "
+              f"then {again}/5 served again")
+    finally:
+        for t in conns:
+            t.close()
+
     # TLSRoute: passthrough (the backend terminates; sluice reads only the SNI), terminate
     # (sluice terminates and relays the plaintext), and an SNI without a route (reset).
     def tls_get(name):

@@ -154,6 +154,9 @@ inline void clear_tls_errors() noexcept {
     }
 }
 
+/// A TLS client connection idle this long hands OpenSSL's record buffers back.
+constexpr uint64_t kTlsBuffersIdleMs = 1000;
+
 bool is_hop_by_hop(std::string_view name) noexcept {
     return http::iequals(name, "connection") || http::iequals(name, "keep-alive") ||
            http::iequals(name, "proxy-connection") || http::iequals(name, "te") ||
@@ -285,6 +288,7 @@ struct alignas(64) Counters {
         bytes_in{0}, bytes_out{0};
     std::atomic<uint64_t> backend_tls_handshakes{0}, backend_tls_failures{0};
     std::atomic<uint64_t> tls_resumed{0};
+    std::atomic<uint64_t> tls_buffers_freed{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
@@ -447,6 +451,11 @@ struct H2Conn {
 };
 
 struct Conn : Io {
+    /// The last loop turn with I/O on this connection, and whether OpenSSL's record buffers
+    /// (~34 KiB) were handed back after it went idle (Worker::sweep; OpenSSL allocates them
+    /// again at the next read or write).
+    uint64_t last_io = 0;
+    bool tls_buffers_freed = false;
     SSL* ssl = nullptr;
     bool ssl_want_write = false;
     /// OpenSSL holds bytes read ahead from the socket (see read_into): kicked, not waited for.
@@ -1028,6 +1037,7 @@ EngineStats Engine::stats() const {
         s.tls_handshakes += ld(c.tls_handshakes);
         s.tls_failures += ld(c.tls_failures);
         s.tls_resumed += ld(c.tls_resumed);
+        s.tls_buffers_freed += ld(c.tls_buffers_freed);
         s.requests += ld(c.requests);
         s.status_1xx += ld(c.s1);
         s.status_2xx += ld(c.s2);
@@ -1488,6 +1498,8 @@ void Worker::flush(Conn& c) {
 }
 
 void Worker::on_client(Conn& c, uint32_t ev) {
+    c.last_io = now;
+    c.tls_buffers_freed = false;
     if (c.st == St::Sniff) {
         sniff(c);
         if (c.dead || c.st == St::Sniff) {
@@ -3737,6 +3749,17 @@ void Worker::sweep() {
         Conn& c = *cp;
         if (c.dead) {
             continue;
+        }
+        if (c.ssl && !c.tls_buffers_freed && now - c.last_io >= kTlsBuffersIdleMs &&
+            (c.st == St::Head || (c.st == St::H2 && c.h2->streams.empty())) && c.in.empty() &&
+            c.out.empty() && !c.tls_buffered && SSL_has_pending(c.ssl) == 0 &&
+            SSL_free_buffers(c.ssl) == 1) {
+            // An idle keep-alive connection: OpenSSL's read and write buffers go back (only
+            // with nothing read ahead in them: SSL_has_pending; CVE-2024-4741 was a freed
+            // buffer with a partial record in it). A busy one keeps them, so requests
+            // do not allocate and free ~34 KiB each (SSL_MODE_RELEASE_BUFFERS did).
+            c.tls_buffers_freed = true;
+            Counters::inc(this->c.tls_buffers_freed);
         }
         if (c.st == St::Sniff || c.st == St::Handshake || c.st == St::Head ||
             c.st == St::Lingering) {

@@ -143,7 +143,9 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
     // NO_AUTO_CHAIN: the chain sent is the Secret's tls.crt as given (leaf + intermediates,
     // the Kubernetes convention). Without it OpenSSL tries to build a chain from the
     // context's store at every handshake (an X509_verify_cert per handshake).
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+    // No SSL_MODE_RELEASE_BUFFERS: it frees and reallocates the record buffers around every
+    // record; the engine hands them back only once a connection is idle (Worker::sweep).
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN);
     // Read ahead: one read() per record instead of two (header, then body). The engine reads
     // on while SSL_has_pending says bytes wait in OpenSSL's buffer (engine.cc read_into).
