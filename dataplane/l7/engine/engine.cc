@@ -158,10 +158,15 @@ inline void clear_tls_errors() noexcept {
 constexpr uint64_t kTlsBuffersIdleMs = 1000;
 
 bool is_hop_by_hop(std::string_view name) noexcept {
-    return http::iequals(name, "connection") || http::iequals(name, "keep-alive") ||
-           http::iequals(name, "proxy-connection") || http::iequals(name, "te") ||
-           http::iequals(name, "upgrade") || http::iequals(name, "trailer") ||
-           http::iequals(name, "proxy-authenticate") || http::iequals(name, "proxy-authorization");
+    switch (name.size()) {
+    case 2: return http::iequals(name, "te");
+    case 7: return http::iequals(name, "upgrade") || http::iequals(name, "trailer");
+    case 10: return http::iequals(name, "connection") || http::iequals(name, "keep-alive");
+    case 16: return http::iequals(name, "proxy-connection");
+    case 18: return http::iequals(name, "proxy-authenticate");
+    case 19: return http::iequals(name, "proxy-authorization");
+    default: return false;
+    }
 }
 
 /// True if the comma-separated token list `list` holds `name` (case-insensitive).
@@ -635,6 +640,7 @@ struct Worker {
     void start_tls_tunnel(Conn& c, uint32_t listener);
     void reset_conn(Conn& c);
     std::vector<char> hello_scratch = std::vector<char>(kMaxClientHello);
+    http::Head req_head, resp_head; ///< parse scratch of progress() / upstream_progress()
 };
 
 namespace {
@@ -1686,7 +1692,10 @@ void Worker::progress(Conn& c) {
                     continue;
                 }
             }
-            http::Head h;
+            // Parsed into the worker's scratch head (4 KiB of header slots: constructing one
+            // per request zeroed them all). Nothing reads it once start_exchange() or
+            // h2_upgrade() took what they need, so a nested progress() may reuse it.
+            http::Head& h = req_head;
             const http::Result r = http::parse_request(c.in.view(), e.o.limits, h);
             if (r.status == http::Status::Incomplete) {
                 if (c.read_eof) {
@@ -2585,7 +2594,7 @@ void Worker::upstream_progress(Upstream& u) {
         }
     }
     while (!x.resp_head_sent && !u.in.empty()) {
-        http::Head h;
+        http::Head& h = resp_head; // the worker's scratch (see progress())
         const http::Result r = http::parse_response(u.in.view(), e.o.limits, x.method, h);
         if (r.status == http::Status::Incomplete) {
             break;

@@ -60,6 +60,38 @@ constexpr bool is_bad_ctl(char c) noexcept {
     return (u < 0x20 && u != '\t') || u == 0x7f;
 }
 
+/// Index of the first byte of `v` that is_bad_ctl(), or npos. Eight bytes at a time: a word
+/// with no byte below 0x20 and none equal to 0x7f (bytes >= 0x80, obs-text, pass) is clean;
+/// only a word with a candidate (HTAB, usually) is looked at byte by byte. Field values are
+/// most of a head's bytes, and this check ran per byte before.
+size_t find_bad_ctl(std::string_view v) noexcept {
+    constexpr uint64_t k01 = 0x0101010101010101ULL;
+    constexpr uint64_t k80 = 0x8080808080808080ULL;
+    const char* p = v.data();
+    const size_t n = v.size();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        const uint64_t below = (w - 0x20 * k01) & ~w & k80; // some byte < 0x20
+        const uint64_t x = w ^ (0x7f * k01);
+        const uint64_t del = (x - k01) & ~x & k80; // some byte == 0x7f
+        if ((below | del) != 0) {
+            for (size_t k = i; k < i + 8; ++k) {
+                if (is_bad_ctl(p[k])) {
+                    return k;
+                }
+            }
+        }
+    }
+    for (; i < n; ++i) {
+        if (is_bad_ctl(p[i])) {
+            return i;
+        }
+    }
+    return std::string_view::npos;
+}
+
 bool is_token(std::string_view s) noexcept {
     if (s.empty()) {
         return false;
@@ -122,6 +154,21 @@ constexpr Result kTooLarge = error(431, "head too large");
 /// host [ ":" port ] with host = IP-literal / IPv4address / reg-name, where reg-name
 /// excludes ',' (list confusion) and requires well-formed pct-encoding. An empty host is
 /// accepted only as a completely empty value (RFC 9112 3.2: Host with an empty value).
+/// reg-name characters besides pct-encoding: unreserved / sub-delims without ','.
+constexpr std::array<bool, 256> make_reg_name_table() {
+    std::array<bool, 256> t{};
+    for (int c = 0; c < 256; ++c) {
+        const bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+                                c == '~';
+        const bool sub_delim = c == '!' || c == '$' || c == '&' || c == '\'' || c == '(' ||
+                               c == ')' || c == '*' || c == '+' || c == ';' || c == '=';
+        t[static_cast<size_t>(c)] = unreserved || sub_delim;
+    }
+    return t;
+}
+constexpr std::array<bool, 256> kRegName = make_reg_name_table();
+
 bool valid_host(std::string_view v) noexcept {
     if (v.empty()) {
         return true;
@@ -149,11 +196,7 @@ bool valid_host(std::string_view v) noexcept {
                 i += 3;
                 continue;
             }
-            const bool unreserved = is_alpha(c) || is_digit(c) || c == '-' || c == '.' ||
-                                    c == '_' || c == '~';
-            const bool sub_delim = c == '!' || c == '$' || c == '&' || c == '\'' || c == '(' ||
-                                   c == ')' || c == '*' || c == '+' || c == ';' || c == '=';
-            if (!unreserved && !sub_delim) {
+            if (!kRegName[static_cast<unsigned char>(c)]) {
                 return false;
             }
             ++i;
@@ -364,10 +407,9 @@ Result parse_request_line(std::string_view line, Head& out) noexcept {
     if (out.target.empty()) {
         return error(400, "malformed request line");
     }
-    for (const char c : out.target) {
-        if (is_bad_ctl(c)) {
-            return error(400, c == '\r' ? "bare CR in request line" : "invalid request target");
-        }
+    if (const size_t bad = find_bad_ctl(out.target); bad != std::string_view::npos) {
+        return error(400, out.target[bad] == '\r' ? "bare CR in request line"
+                                                  : "invalid request target");
     }
     return parse_version(line.substr(sp2 + 1), out.version_minor);
 }
@@ -397,10 +439,9 @@ Result parse_status_line(std::string_view line, Head& out) noexcept {
         return error(400, "malformed status line");
     }
     out.reason = line.substr(13);
-    for (const char c : out.reason) {
-        if (is_bad_ctl(c)) {
-            return error(400, c == '\r' ? "bare CR in status line" : "invalid reason phrase");
-        }
+    if (const size_t bad = find_bad_ctl(out.reason); bad != std::string_view::npos) {
+        return error(400, out.reason[bad] == '\r' ? "bare CR in status line"
+                                                  : "invalid reason phrase");
     }
     return ok();
 }
@@ -427,10 +468,8 @@ Result parse_field_line(std::string_view line, HeaderView& hv) noexcept {
         return error(400, "empty header name");
     }
     const std::string_view value = line.substr(colon + 1);
-    for (const char c : value) {
-        if (is_bad_ctl(c)) {
-            return error(400, c == '\r' ? "bare CR in header value" : "CTL in header value");
-        }
+    if (const size_t bad = find_bad_ctl(value); bad != std::string_view::npos) {
+        return error(400, value[bad] == '\r' ? "bare CR in header value" : "CTL in header value");
     }
     hv.name = line.substr(0, colon);
     hv.value = trim_ows(value);

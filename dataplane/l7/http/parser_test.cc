@@ -362,6 +362,38 @@ TEST(ParseRequest, TooLarge) {
     EXPECT_EQ(req("\r\n" + std::string(100, 'G'), h, small).error_status, 431);
 }
 
+TEST(ParseRequest, EveryControlByteAtEveryPositionOfAValue) {
+    // The value check reads eight bytes at a time: a CTL (or DEL) is found wherever it sits
+    // in a word and in the tail; HTAB and obs-text (>= 0x80) pass; CR gets its own reason.
+    for (size_t pos = 0; pos < 21; ++pos) {
+        for (int b = 0; b < 256; ++b) {
+            std::string v(21, 'v');
+            v[pos] = static_cast<char>(b);
+            if (b == '\n') {
+                continue; // a line end, not a value byte
+            }
+            Head h;
+            const std::string raw = "GET / HTTP/1.1\r\nHost: a\r\nX-V: a" + v + "z\r\n\r\n";
+            const Result r = req(raw, h);
+            const bool bad = (b < 0x20 && b != '\t') || b == 0x7f;
+            if (bad) {
+                ASSERT_EQ(r.status, Status::Error) << "byte " << b << " at " << pos;
+                EXPECT_EQ(r.error_status, 400);
+                EXPECT_EQ(r.why, b == '\r' ? "bare CR in header value" : "CTL in header value");
+            } else {
+                ASSERT_EQ(r.status, Status::Complete) << "byte " << b << " at " << pos;
+            }
+            if (b == ' ') {
+                continue; // splits the request line
+            }
+            Head hr;
+            const std::string target = "GET /" + v + " HTTP/1.1\r\nHost: a\r\n\r\n";
+            EXPECT_EQ(req(target, hr).status, bad ? Status::Error : Status::Complete)
+                << "target byte " << b << " at " << pos;
+        }
+    }
+}
+
 TEST(Helpers, IequalsAndFindHeader) {
     EXPECT_TRUE(iequals("Content-Length", "content-length"));
     EXPECT_TRUE(iequals("", ""));
