@@ -24,6 +24,7 @@
 #include "ctl_server.h"
 #include "engine.h"
 #include "imb_provider.h"
+#include "records.h"
 #include "tls_ctx.h"
 
 namespace po = boost::program_options;
@@ -74,6 +75,7 @@ std::string stats_json(const l7::EngineStats& s) {
     f("backend_tls_handshakes", s.backend_tls_handshakes);
     f("backend_tls_failures", s.backend_tls_failures);
     f("tls_buffers_freed", s.tls_buffers_freed);
+    f("tls_own_records", s.tls_own_records);
     f("ocsp_staples", s.ocsp_staples);
     f("ocsp_staples_refused", s.ocsp_staples_refused);
     f("bytes_in", s.bytes_in);
@@ -261,9 +263,15 @@ int main(int argc, char** argv) {
         auto imb = l7::install_imb_provider(nullptr, true);
         if (imb) {
             g_imb_on = true;
+            // Client connections: after OpenSSL's TLS 1.3 handshake, sluice's own record
+            // layer (records.h); OpenSSL's records (handshakes, TLS 1.2, backends) go
+            // through the provider.
+            const bool own = l7::tls_records_enable();
             std::cerr << "sluice-l7: TLS records (AES-GCM) on Intel ipsec-mb " << imb->version
                       << ", " << imb->arch << " code path (OpenSSL provider "
-                      << l7::kImbProviderName << ")" << std::endl;
+                      << l7::kImbProviderName
+                      << (own ? "; TLS 1.3 client records sealed and opened by sluice" : "")
+                      << ")" << std::endl;
         } else {
             std::cerr << "sluice-l7: --tls-ipsec-mb: " << imb.error().message
                       << "; TLS records stay with OpenSSL" << std::endl;

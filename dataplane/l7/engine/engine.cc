@@ -27,6 +27,7 @@
 #include "decide.h"
 #include "h2.h"
 #include "hostnames.h"
+#include "records.h"
 #include "tls_ctx.h"
 
 namespace sluice::l7 {
@@ -294,6 +295,7 @@ struct alignas(64) Counters {
     std::atomic<uint64_t> backend_tls_handshakes{0}, backend_tls_failures{0};
     std::atomic<uint64_t> tls_resumed{0};
     std::atomic<uint64_t> tls_buffers_freed{0};
+    std::atomic<uint64_t> tls_own_records{0};
     static void inc(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
@@ -456,6 +458,12 @@ struct H2Conn {
 };
 
 struct Conn : Io {
+    /// sluice's own TLS 1.3 record layer after the handshake (--tls-ipsec-mb; records.h):
+    /// then `ssl` only holds the session, rec_in the bytes read and not yet opened, and
+    /// rec_out (from rec_out_off) sealed bytes the socket did not take yet.
+    std::unique_ptr<TlsRecords> rec;
+    std::string rec_in, rec_out;
+    size_t rec_out_off = 0;
     /// The last loop turn with I/O on this connection, and whether OpenSSL's record buffers
     /// (~34 KiB) were handed back after it went idle (Worker::sweep; OpenSSL allocates them
     /// again at the next read or write).
@@ -1044,6 +1052,7 @@ EngineStats Engine::stats() const {
         s.tls_failures += ld(c.tls_failures);
         s.tls_resumed += ld(c.tls_resumed);
         s.tls_buffers_freed += ld(c.tls_buffers_freed);
+        s.tls_own_records += ld(c.tls_own_records);
         s.requests += ld(c.requests);
         s.status_1xx += ld(c.s1);
         s.status_2xx += ld(c.s2);
@@ -1303,6 +1312,7 @@ void Worker::on_accept(ListenEntry& l) {
                 continue;
             }
             SSL_set_fd(c->ssl, fd);
+            (void)tls_records_prepare(c->ssl); // no-op unless --tls-ipsec-mb took effect
             c->st = St::Handshake;
         }
         epoll_event ev{};
@@ -1415,6 +1425,44 @@ bool Worker::read_into(Conn& c) {
         char* const scratch = read_scratch.get();
         ssize_t r;
         c.tls_buffered = false;
+        if (c.rec) {
+            r = ::read(c.fd, scratch, kReadChunk);
+            if (r <= 0) {
+                if (r == 0) {
+                    c.read_eof = true; // EOF without close_notify
+                    return true;
+                }
+                if (errno == EAGAIN || errno == EINTR) {
+                    return true;
+                }
+                close_conn(c);
+                return false;
+            }
+            c.rec_in.append(scratch, static_cast<size_t>(r));
+            const size_t before = c.in.s.size();
+            std::string why;
+            const TlsRecords::Status st = c.rec->open(c.rec_in, c.in.s, c.rec_out, why);
+            Counters::inc(this->c.bytes_in, c.in.s.size() - before);
+            if (st == TlsRecords::Status::Error) {
+                Counters::inc(this->c.tls_failures);
+                close_conn(c);
+                return false;
+            }
+            if (c.rec_out.size() > c.rec_out_off) {
+                flush(c); // a KeyUpdate we owe the client
+                if (c.dead) {
+                    return false;
+                }
+            }
+            if (st == TlsRecords::Status::CloseNotify) {
+                c.read_eof = true;
+                return true;
+            }
+            if (r < kReadChunk || c.in.size() >= e.o.max_buffer) {
+                return true;
+            }
+            continue;
+        }
         if (c.ssl) {
             clear_tls_errors();
             const int n = SSL_read(c.ssl, scratch, kReadChunk);
@@ -1472,6 +1520,31 @@ bool Worker::read_into(Conn& c) {
 
 void Worker::flush(Conn& c) {
     c.ssl_want_write = false;
+    if (c.rec) {
+        // Seal what is pending (records of up to 2^14 bytes), then write the sealed bytes.
+        if (!c.out.empty()) {
+            const std::string_view v = c.out.view();
+            c.rec->seal(v, c.rec_out);
+            Counters::inc(this->c.bytes_out, v.size());
+            c.out.consume(v.size());
+        }
+        while (c.rec_out_off < c.rec_out.size()) {
+            const ssize_t r = ::send(c.fd, c.rec_out.data() + c.rec_out_off,
+                                     c.rec_out.size() - c.rec_out_off, MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EINTR) {
+                    c.ssl_want_write = true; // EPOLLOUT until the socket takes the rest
+                    return;
+                }
+                close_conn(c);
+                return;
+            }
+            c.rec_out_off += static_cast<size_t>(r);
+        }
+        c.rec_out.clear();
+        c.rec_out_off = 0;
+        return;
+    }
     while (!c.out.empty()) {
         const std::string_view v = c.out.view();
         const size_t chunk = std::min<size_t>(v.size(), 1u << 20);
@@ -1521,6 +1594,16 @@ void Worker::on_client(Conn& c, uint32_t ev) {
             c.ssl_want_write = false;
             if (SSL_has_pending(c.ssl) == 1) {
                 ev |= EPOLLIN; // the first request came with the Finished (read ahead)
+            }
+            if (tls_records_enabled()) {
+                c.rec = TlsRecords::take_over(c.ssl);
+                if (c.rec) {
+                    // OpenSSL's record buffers are not used again; what the client sent
+                    // after its Finished is still in the socket.
+                    SSL_free_buffers(c.ssl);
+                    Counters::inc(this->c.tls_own_records);
+                    ev |= EPOLLIN;
+                }
             }
             c.sni = std::string(TlsPort::sni(c.ssl));
             Counters::inc(this->c.tls_handshakes);
@@ -1627,7 +1710,13 @@ void Worker::update(Conn& c) {
     if (c.out.empty() && c.close_after_flush && c.st != St::Lingering) {
         // Lingering close: stop sending, then drain what the client still sends, so a
         // close with unread input cannot turn into a reset that destroys the response.
-        if (c.ssl) {
+        if (c.rec) {
+            c.rec->seal_close_notify(c.rec_out);
+            flush(c);
+            if (c.dead) {
+                return;
+            }
+        } else if (c.ssl) {
             SSL_shutdown(c.ssl);
         }
         ::shutdown(c.fd, SHUT_WR);
@@ -3043,6 +3132,7 @@ void Worker::sniff(Conn& c) {
         return;
     }
     SSL_set_fd(c.ssl, c.fd);
+    (void)tls_records_prepare(c.ssl);
     c.st = St::Handshake;
     set_events(&c, EPOLLIN);
 }
@@ -3759,7 +3849,7 @@ void Worker::sweep() {
         if (c.dead) {
             continue;
         }
-        if (c.ssl && !c.tls_buffers_freed && now - c.last_io >= kTlsBuffersIdleMs &&
+        if (c.ssl && !c.rec && !c.tls_buffers_freed && now - c.last_io >= kTlsBuffersIdleMs &&
             (c.st == St::Head || (c.st == St::H2 && c.h2->streams.empty())) && c.in.empty() &&
             c.out.empty() && !c.tls_buffered && SSL_has_pending(c.ssl) == 0 &&
             SSL_free_buffers(c.ssl) == 1) {

@@ -56,6 +56,9 @@ struct EngineStats {
     uint64_t tls_resumed = 0; ///< of tls_handshakes: resumed sessions (tickets)
     /// Times an idle TLS client connection handed OpenSSL's record buffers back (~34 KiB).
     uint64_t tls_buffers_freed = 0;
+    /// TLS 1.3 client connections whose records sluice seals and opens itself after
+    /// OpenSSL's handshake (--tls-ipsec-mb, AES-GCM suites).
+    uint64_t tls_own_records = 0;
     uint64_t requests = 0, status_1xx = 0, status_2xx = 0, status_3xx = 0, status_4xx = 0,
              status_5xx = 0;
     uint64_t upstream_connects = 0, upstream_failures = 0, upstream_reused = 0, retries = 0,

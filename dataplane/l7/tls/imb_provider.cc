@@ -798,6 +798,15 @@ Result<ImbInfo> install_imb_provider(OSSL_LIB_CTX* libctx, bool prefer) {
 #endif
 }
 
+void* imb_manager() noexcept {
+#if SLUICE_HAVE_IPSEC_MB
+    std::call_once(g_init_once, init_imb);
+    return g_imb.error.empty() ? g_imb.mgr : nullptr;
+#else
+    return nullptr;
+#endif
+}
+
 ImbCounters imb_provider_counters() noexcept {
     ImbCounters s;
     for (const auto& slot : g_slots) {

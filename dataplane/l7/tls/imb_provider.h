@@ -58,6 +58,11 @@ struct ImbInfo {
 /// Thread: shutdown.
 void uninstall_imb_providers() noexcept;
 
+/// The process's ipsec-mb manager (an IMB_MGR*, untyped here so that this header needs no
+/// ipsec-mb include), started on first use; nullptr when ipsec-mb is missing or cannot run
+/// on this CPU. Only read after start: any thread may use its direct GCM functions.
+[[nodiscard]] void* imb_manager() noexcept;
+
 /// Records the provider's ciphers processed since start, summed over all threads.
 struct ImbCounters {
     uint64_t sealed = 0;        ///< records (messages) encrypted

@@ -1,5 +1,7 @@
 #include "tls_ctx.h"
 
+#include "records.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -150,6 +152,11 @@ Result<TlsPort::Site> TlsPort::build_site(const ir::Listener& l, uint32_t index,
     // Read ahead: one read() per record instead of two (header, then body). The engine reads
     // on while SSL_has_pending says bytes wait in OpenSSL's buffer (engine.cc read_into).
     SSL_CTX_set_read_ahead(ctx, 1);
+    if (tls_records_enabled()) {
+        // The traffic secrets for sluice's record layer (records.h); engine SSLs are
+        // prepared for it (read-ahead off until the handshake ends).
+        SSL_CTX_set_keylog_callback(ctx, tls_records_keylog);
+    }
     // Stateless tickets only: the server cache is per SSL_CTX behind a lock shared by cores.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (tickets_ && !tickets_->install(ctx)) {
