@@ -25,7 +25,7 @@ if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
   : > "$FUZZ/fuzz-result.json"
   for spec in loader_fuzz:corpus:${SLUICE_FUZZ_SECONDS:-30} ir_decode_fuzz:corpus-ir:15 \
               packet_fuzz:corpus-packet:30 lb_fuzz:corpus-lb:30 http_parser_fuzz:corpus-http:20 \
-              client_hello_fuzz:corpus-hello:15; do
+              client_hello_fuzz:corpus-hello:15 records_fuzz:corpus-records:15; do
     IFS=: read -r target seeds secs <<<"$spec"
     [ -f "tests/fuzz/$target.cc" ] || continue
     ninja -C "$FUZZ" "tests/fuzz/$target" >/dev/null
