@@ -155,6 +155,9 @@ inline void clear_tls_errors() noexcept {
     }
 }
 
+/// Plaintext sealed per step on sluice's own TLS record layer: 16 records.
+constexpr size_t kSealSlice = 16 * 16384;
+
 /// A TLS client connection idle this long hands OpenSSL's record buffers back.
 constexpr uint64_t kTlsBuffersIdleMs = 1000;
 
@@ -464,6 +467,7 @@ struct Conn : Io {
     std::unique_ptr<TlsRecords> rec;
     std::string rec_in, rec_out;
     size_t rec_out_off = 0;
+    bool rec_closing = false; ///< our close_notify is sealed (lingering close under way)
     /// The last loop turn with I/O on this connection, and whether OpenSSL's record buffers
     /// (~34 KiB) were handed back after it went idle (Worker::sweep; OpenSSL allocates them
     /// again at the next read or write).
@@ -1521,14 +1525,21 @@ bool Worker::read_into(Conn& c) {
 void Worker::flush(Conn& c) {
     c.ssl_want_write = false;
     if (c.rec) {
-        // Seal what is pending (records of up to 2^14 bytes), then write the sealed bytes.
-        if (!c.out.empty()) {
-            const std::string_view v = c.out.view();
-            c.rec->seal(v, c.rec_out);
-            Counters::inc(this->c.bytes_out, v.size());
-            c.out.consume(v.size());
-        }
-        while (c.rec_out_off < c.rec_out.size()) {
+        // Seal a slice of what is pending (records of up to 2^14 bytes) only once the last
+        // sealed bytes are out: the rest waits in c.out, which is what backpressure on the
+        // backend looks at (client_full), as with SSL_write's WANT_WRITE.
+        while (true) {
+            if (c.rec_out_off == c.rec_out.size()) {
+                c.rec_out.clear();
+                c.rec_out_off = 0;
+                if (c.out.empty()) {
+                    return;
+                }
+                const std::string_view v = c.out.view().substr(0, kSealSlice);
+                c.rec->seal(v, c.rec_out);
+                Counters::inc(this->c.bytes_out, v.size());
+                c.out.consume(v.size());
+            }
             const ssize_t r = ::send(c.fd, c.rec_out.data() + c.rec_out_off,
                                      c.rec_out.size() - c.rec_out_off, MSG_NOSIGNAL);
             if (r < 0) {
@@ -1541,9 +1552,6 @@ void Worker::flush(Conn& c) {
             }
             c.rec_out_off += static_cast<size_t>(r);
         }
-        c.rec_out.clear();
-        c.rec_out_off = 0;
-        return;
     }
     while (!c.out.empty()) {
         const std::string_view v = c.out.view();
@@ -1711,9 +1719,18 @@ void Worker::update(Conn& c) {
         // Lingering close: stop sending, then drain what the client still sends, so a
         // close with unread input cannot turn into a reset that destroys the response.
         if (c.rec) {
-            c.rec->seal_close_notify(c.rec_out);
+            // Our close_notify after the last sealed byte, and the half-close only once the
+            // socket took all of it (EPOLLOUT brings us back here until then).
+            if (!c.rec_closing) {
+                c.rec_closing = true;
+                c.rec->seal_close_notify(c.rec_out);
+            }
             flush(c);
             if (c.dead) {
+                return;
+            }
+            if (c.rec_out_off < c.rec_out.size()) {
+                set_events(&c, EPOLLOUT);
                 return;
             }
         } else if (c.ssl) {
