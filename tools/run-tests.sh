@@ -28,7 +28,15 @@ if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
               client_hello_fuzz:corpus-hello:15 records_fuzz:corpus-records:15; do
     IFS=: read -r target seeds secs <<<"$spec"
     [ -f "tests/fuzz/$target.cc" ] || continue
-    ninja -C "$FUZZ" "tests/fuzz/$target" >/dev/null
+    if ! ninja -C "$FUZZ" "tests/fuzz/$target" > "$FUZZ/$target.build.log" 2>&1; then
+      # A target that does not build (clang warns where g++ did not) fails visibly here
+      # instead of ending the whole run under set -e without a summary.
+      tail -30 "$FUZZ/$target.build.log"
+      echo "fuzz: $target FAILED to build"
+      echo "{\"name\":\"$target\",\"result\":\"FAIL\"}" >> "$FUZZ/fuzz-result.json"
+      rc=1
+      continue
+    fi
     mkdir -p "$FUZZ/$target-corpus"
     if "$FUZZ/tests/fuzz/$target" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
          -print_final_stats=1 "$FUZZ/$target-corpus" $( [ -d "tests/fuzz/$seeds" ] && echo "tests/fuzz/$seeds" ) \

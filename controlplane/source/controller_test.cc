@@ -187,14 +187,25 @@ private:
     std::string last_payload_;
 };
 
-TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
-    TempDir cfg, status;
+/// kGood in `cfg`; the dataplane socket path beside it.
+std::string dataplane_setup(const TempDir& cfg) {
     write(fs::path(cfg.path()) / "a.yaml", kGood);
-    const std::string sock = cfg.path() + "/../" + fs::path(cfg.path()).filename().string() + ".sock";
+    return cfg.path() + "/../" + fs::path(cfg.path()).filename().string() + ".sock";
+}
+
+ControllerOptions dataplane_options(const TempDir& cfg, const TempDir& status,
+                                    const std::string& sock) {
     ControllerOptions o;
     o.config_dir = cfg.path();
     o.status_dir = status.path();
     o.dp_sockets = {sock};
+    return o;
+}
+
+TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
+    TempDir cfg, status;
+    const std::string sock = dataplane_setup(cfg);
+    ControllerOptions o = dataplane_options(cfg, status, sock);
     {
         // No dataplane listening: Programmed stays Pending.
         Controller c(o);
@@ -241,12 +252,8 @@ TEST(Controller, ProgrammedOnlyAfterTheDataplaneAcks) {
 
 TEST(Controller, RestartedDataplaneGetsTheIrWithoutAManifestChange) {
     TempDir cfg, status;
-    write(fs::path(cfg.path()) / "a.yaml", kGood);
-    const std::string sock = cfg.path() + "/../" + fs::path(cfg.path()).filename().string() + ".sock";
-    ControllerOptions o;
-    o.config_dir = cfg.path();
-    o.status_dir = status.path();
-    o.dp_sockets = {sock};
+    const std::string sock = dataplane_setup(cfg);
+    ControllerOptions o = dataplane_options(cfg, status, sock);
     o.retry_ms = 200;
     const fs::path gw = fs::path(status.path()) / "Gateway/default/gw.yaml";
     auto wait_for = [](auto&& pred) {

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include "test_cert.h"
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -330,25 +332,6 @@ struct SslFree {
 using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
 using SslPtr = std::unique_ptr<SSL, SslFree>;
 
-/// A self-signed P-256 certificate made in `lib`.
-void self_signed(OSSL_LIB_CTX* lib, SSL_CTX* ctx) {
-    EVP_PKEY* key = EVP_PKEY_Q_keygen(lib, nullptr, "EC", "P-256");
-    ASSERT_NE(key, nullptr);
-    X509* x = X509_new_ex(lib, nullptr);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, key);
-    X509_NAME* n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("imb.test"), -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    ASSERT_GT(X509_sign(x, key, EVP_sha256()), 0);
-    ASSERT_EQ(SSL_CTX_use_certificate(ctx, x), 1);
-    ASSERT_EQ(SSL_CTX_use_PrivateKey(ctx, key), 1);
-    X509_free(x);
-    EVP_PKEY_free(key);
-}
 
 /// Runs `step` (one round of both ends over their memory BIOs) until it says done.
 template <class F>
@@ -442,7 +425,7 @@ TEST_P(ImbLibssl, HandshakeAndDataThroughProvider) {
     }
     SslCtxPtr sctx(SSL_CTX_new_ex(lib.get(), nullptr, TLS_server_method()));
     ASSERT_NE(sctx, nullptr);
-    self_signed(lib.get(), sctx.get());
+    sluice::l7::testing::self_signed(sctx.get(), lib.get(), "imb.test");
     // Peers: the same library context (both ends on ipsec-mb), and a client of the default
     // context pinned to OpenSSL's own provider (the two implementations talk to each other).
     SslCtxPtr same(SSL_CTX_new_ex(lib.get(), nullptr, TLS_client_method()));

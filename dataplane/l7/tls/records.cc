@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/ssl.h>
@@ -54,32 +55,13 @@ Capture* capture_of(const SSL* ssl) {
     return index < 0 ? nullptr : static_cast<Capture*>(SSL_get_ex_data(ssl, index));
 }
 
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-/// Decodes the hex secret of a key log line into `out`; its length, 0 on a bad line.
-size_t hex_secret(std::string_view hex, std::array<uint8_t, 48>& out) {
-    if (hex.size() % 2 != 0 || hex.size() / 2 > out.size()) {
+/// Decodes the hex secret that ends a key log line into `out`; its length, 0 on a bad line.
+size_t hex_secret(const char* hex, std::array<uint8_t, 48>& out) {
+    size_t len = 0;
+    if (OPENSSL_hexstr2buf_ex(out.data(), out.size(), &len, hex, '\0') != 1) {
         return 0;
     }
-    for (size_t i = 0; i < hex.size() / 2; ++i) {
-        const int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            return 0;
-        }
-        out[i] = static_cast<uint8_t>(hi << 4 | lo);
-    }
-    return hex.size() / 2;
+    return len;
 }
 
 void on_message(int write_p, int /*version*/, int content_type, const void* buf, size_t len,
@@ -215,7 +197,7 @@ void tls_records_keylog(const SSL* ssl, const char* line) {
         return;
     }
     const std::string_view label = l.substr(0, sp1);
-    const std::string_view hex = l.substr(sp2 + 1);
+    const char* hex = line + sp2 + 1; // the rest of the line (NUL-terminated)
     if (label == "SERVER_TRAFFIC_SECRET_0") {
         cap->server_len = hex_secret(hex, cap->server);
     } else if (label == "CLIENT_TRAFFIC_SECRET_0") {

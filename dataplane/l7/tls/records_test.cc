@@ -9,6 +9,8 @@
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include "test_cert.h"
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -26,24 +28,6 @@ struct SslFree {
 using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
 using SslPtr = std::unique_ptr<SSL, SslFree>;
 
-void self_signed(SSL_CTX* ctx) {
-    EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
-    ASSERT_NE(key, nullptr);
-    X509* x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, key);
-    X509_NAME* n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("records.test"), -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    ASSERT_GT(X509_sign(x, key, EVP_sha256()), 0);
-    ASSERT_EQ(SSL_CTX_use_certificate(ctx, x), 1);
-    ASSERT_EQ(SSL_CTX_use_PrivateKey(ctx, key), 1);
-    X509_free(x);
-    EVP_PKEY_free(key);
-}
 
 /// Both ends over memory BIOs: c2s carries the client's bytes, s2c the server's.
 struct Pair {
@@ -55,7 +39,7 @@ struct Pair {
     explicit Pair(const char* suite, int tickets = -1) {
         sctx.reset(SSL_CTX_new(TLS_server_method()));
         cctx.reset(SSL_CTX_new(TLS_client_method()));
-        self_signed(sctx.get());
+        sluice::l7::testing::self_signed(sctx.get(), nullptr, "records.test");
         SSL_CTX_set_keylog_callback(sctx.get(), tls_records_keylog);
         SSL_CTX_set_read_ahead(sctx.get(), 1); // as sluice-l7's contexts: prepare() turns it off
         if (tickets >= 0) {
