@@ -1359,7 +1359,8 @@ void Worker::close_conn(Conn& c) {
         SSL_free(c.ssl);
         c.ssl = nullptr;
     }
-    epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+    // close() takes the descriptor out of the epoll set (nothing here dups it): no
+    // EPOLL_CTL_DEL, one syscall less per connection.
     ::close(c.fd);
     c.fd = -1;
     for (size_t i = 0; i < conns.size(); ++i) {
@@ -1406,8 +1407,7 @@ void Worker::close_upstream(Upstream& u) {
         SSL_free(u.ssl);
         u.ssl = nullptr;
     }
-    epoll_ctl(ep, EPOLL_CTL_DEL, u.fd, nullptr);
-    ::close(u.fd);
+    ::close(u.fd); // leaves the epoll set with it (as close_conn)
     u.fd = -1;
     for (size_t i = 0; i < ups.size(); ++i) {
         if (ups[i] == &u) {
