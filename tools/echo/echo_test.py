@@ -9,6 +9,7 @@ cross-checks need a curl built with HTTP/2 (both are skipped when missing).
 Run: python3 tools/echo/echo_test.py [-v]
 """
 
+import atexit
 import asyncio
 import base64
 import hashlib
@@ -65,7 +66,11 @@ class Server:
     """One sluice-echo process; stdout (the request log) goes to a file."""
 
     def __init__(self, args, env=None, tmpdir=None):
-        self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="sluice-echo-test-")
+        if tmpdir is None:
+            tmpdir = tempfile.mkdtemp(prefix="sluice-echo-test-")
+            # Removed when the test process ends (logs may be read after stop()).
+            atexit.register(shutil.rmtree, tmpdir, True)
+        self.tmpdir = tmpdir
         self.stdout_path = os.path.join(self.tmpdir, "stdout-%s.log" % uuid.uuid4().hex[:8])
         self.stdout = open(self.stdout_path, "wb")
         full_env = dict(os.environ)
