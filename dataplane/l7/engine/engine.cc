@@ -653,6 +653,7 @@ struct Worker {
     void reset_conn(Conn& c);
     std::vector<char> hello_scratch = std::vector<char>(kMaxClientHello);
     http::Head req_head, resp_head; ///< parse scratch of progress() / upstream_progress()
+    std::vector<uint32_t> ready_scratch; ///< connect_to()'s ready endpoints
 };
 
 namespace {
@@ -1316,7 +1317,6 @@ void Worker::on_accept(ListenEntry& l) {
                 continue;
             }
             SSL_set_fd(c->ssl, fd);
-            (void)tls_records_prepare(c->ssl); // no-op unless --tls-ipsec-mb took effect
             c->st = St::Handshake;
         }
         epoll_event ev{};
@@ -1429,45 +1429,7 @@ bool Worker::read_into(Conn& c) {
         char* const scratch = read_scratch.get();
         ssize_t r;
         c.tls_buffered = false;
-        if (c.rec) {
-            r = ::read(c.fd, scratch, kReadChunk);
-            if (r <= 0) {
-                if (r == 0) {
-                    c.read_eof = true; // EOF without close_notify
-                    return true;
-                }
-                if (errno == EAGAIN || errno == EINTR) {
-                    return true;
-                }
-                close_conn(c);
-                return false;
-            }
-            c.rec_in.append(scratch, static_cast<size_t>(r));
-            const size_t before = c.in.s.size();
-            std::string why;
-            const TlsRecords::Status st = c.rec->open(c.rec_in, c.in.s, c.rec_out, why);
-            Counters::inc(this->c.bytes_in, c.in.s.size() - before);
-            if (st == TlsRecords::Status::Error) {
-                Counters::inc(this->c.tls_failures);
-                close_conn(c);
-                return false;
-            }
-            if (c.rec_out.size() > c.rec_out_off) {
-                flush(c); // a KeyUpdate we owe the client
-                if (c.dead) {
-                    return false;
-                }
-            }
-            if (st == TlsRecords::Status::CloseNotify) {
-                c.read_eof = true;
-                return true;
-            }
-            if (r < kReadChunk || c.in.size() >= e.o.max_buffer) {
-                return true;
-            }
-            continue;
-        }
-        if (c.ssl) {
+        if (c.ssl && !c.rec) {
             clear_tls_errors();
             const int n = SSL_read(c.ssl, scratch, kReadChunk);
             if (n > 0) {
@@ -1496,7 +1458,7 @@ bool Worker::read_into(Conn& c) {
             r = ::read(c.fd, scratch, kReadChunk);
             if (r <= 0) {
                 if (r == 0) {
-                    c.read_eof = true;
+                    c.read_eof = true; // with own TLS records: EOF without close_notify
                     return true;
                 }
                 if (errno == EAGAIN || errno == EINTR) {
@@ -1505,6 +1467,32 @@ bool Worker::read_into(Conn& c) {
                 close_conn(c);
                 return false;
             }
+        }
+        if (c.rec) {
+            c.rec_in.append(scratch, static_cast<size_t>(r));
+            const size_t before = c.in.s.size();
+            std::string why;
+            const TlsRecords::Status st = c.rec->open(c.rec_in, c.in.s, c.rec_out, why);
+            Counters::inc(this->c.bytes_in, c.in.s.size() - before);
+            if (st == TlsRecords::Status::Error) {
+                Counters::inc(this->c.tls_failures);
+                close_conn(c);
+                return false;
+            }
+            if (c.rec_out.size() > c.rec_out_off) {
+                flush(c); // a KeyUpdate we owe the client
+                if (c.dead) {
+                    return false;
+                }
+            }
+            if (st == TlsRecords::Status::CloseNotify) {
+                c.read_eof = true;
+                return true;
+            }
+            if (r < kReadChunk || c.in.size() >= e.o.max_buffer) {
+                return true;
+            }
+            continue;
         }
         c.in.s.append(scratch, static_cast<size_t>(r));
         Counters::inc(this->c.bytes_in, static_cast<uint64_t>(r));
@@ -2131,26 +2119,15 @@ Upstream* Worker::connect_to(const Tables& tb, const ir::BackendGroup& g, std::s
     const size_t gi = static_cast<size_t>(&g - tb.ir.groups.data());
     const GroupNames& gn = tb.group_names[gi];
     // Round-robin over ready endpoints, skipping ejected ones while any other is left.
-    // Ready endpoints by index into g.endpoints: on the stack for the usual group sizes.
-    std::array<uint32_t, 64> ready_small;
-    std::vector<uint32_t> ready_big;
-    uint32_t* ready = ready_small.data();
-    size_t n_ready = 0;
+    // Ready endpoints by index into g.endpoints, in the worker's reused scratch vector.
+    std::vector<uint32_t>& ready = ready_scratch;
+    ready.clear();
     for (size_t i = 0; i < g.endpoints.size(); ++i) {
-        if (!g.endpoints[i].ready) {
-            continue;
+        if (g.endpoints[i].ready) {
+            ready.push_back(static_cast<uint32_t>(i));
         }
-        if (n_ready == ready_small.size() && ready_big.empty()) {
-            ready_big.assign(ready_small.begin(), ready_small.end());
-        }
-        if (n_ready >= ready_small.size()) {
-            ready_big.push_back(static_cast<uint32_t>(i));
-            ready = ready_big.data();
-        } else {
-            ready_small[n_ready] = static_cast<uint32_t>(i);
-        }
-        ++n_ready;
     }
+    const size_t n_ready = ready.size();
     if (n_ready == 0) {
         why = "no ready endpoint for " + g.ns + "/" + g.name;
         return nullptr;
@@ -2730,32 +2707,12 @@ void Worker::upstream_progress(Upstream& u) {
         }
         x.status = h.status;
         x.up_keep_alive = h.keep_alive;
-        // The Connection header values, looked up once (names listed there are hop-by-hop).
-        std::array<std::string_view, 4> conn_vals;
-        size_t n_conn = 0;
-        bool conn_many = false;
-        for (size_t i = 0; i < h.n_headers; ++i) {
-            if (http::iequals(h.headers[i].name, "connection")) {
-                if (n_conn < conn_vals.size()) {
-                    conn_vals[n_conn++] = h.headers[i].value;
-                } else {
-                    conn_many = true;
-                }
-            }
-        }
+        // Names listed in Connection are hop-by-hop: their values, joined once per response.
+        const std::string conn = connection_tokens(h);
         auto passed_on = [&](const http::HeaderView& hv) {
-            if (h.status != 101) {
-                if (is_hop_by_hop(hv.name)) {
-                    return false;
-                }
-                if (conn_many && named_by_connection(h, hv.name)) {
-                    return false;
-                }
-                for (size_t k = 0; k < n_conn; ++k) {
-                    if (has_token(conn_vals[k], hv.name)) {
-                        return false;
-                    }
-                }
+            if (h.status != 101 &&
+                (is_hop_by_hop(hv.name) || (!conn.empty() && has_token(conn, hv.name)))) {
+                return false;
             }
             if (http::iequals(hv.name, "transfer-encoding") && (x.client_minor == 0 || x.sid != 0)) {
                 return false; // HTTP/1.0 and HTTP/2 clients get the body de-chunked
@@ -3149,7 +3106,6 @@ void Worker::sniff(Conn& c) {
         return;
     }
     SSL_set_fd(c.ssl, c.fd);
-    (void)tls_records_prepare(c.ssl);
     c.st = St::Handshake;
     set_events(&c, EPOLLIN);
 }

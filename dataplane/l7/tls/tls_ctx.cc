@@ -512,6 +512,7 @@ SSL* TlsPort::new_ssl() const noexcept {
         return nullptr;
     }
     SSL_set_accept_state(ssl);
+    (void)tls_records_prepare(ssl); // sluice's record layer later: no-op unless enabled
     return ssl;
 }
 
