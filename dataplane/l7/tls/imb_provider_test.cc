@@ -323,14 +323,8 @@ INSTANTIATE_TEST_SUITE_P(KeySizes, ImbProvider, ::testing::Values(16, 32),
 struct LibCtxFree {
     void operator()(OSSL_LIB_CTX* l) const noexcept { OSSL_LIB_CTX_free(l); }
 };
-struct SslCtxFree {
-    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
-};
-struct SslFree {
-    void operator()(SSL* s) const noexcept { SSL_free(s); }
-};
-using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
-using SslPtr = std::unique_ptr<SSL, SslFree>;
+using sluice::l7::testing::SslCtxPtr;
+using sluice::l7::testing::SslPtr;
 
 
 /// Runs `step` (one round of both ends over their memory BIOs) until it says done.

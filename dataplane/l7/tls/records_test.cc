@@ -19,14 +19,8 @@
 namespace sluice::l7 {
 namespace {
 
-struct SslCtxFree {
-    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
-};
-struct SslFree {
-    void operator()(SSL* s) const noexcept { SSL_free(s); }
-};
-using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
-using SslPtr = std::unique_ptr<SSL, SslFree>;
+using sluice::l7::testing::SslCtxPtr;
+using sluice::l7::testing::SslPtr;
 
 
 /// Both ends over memory BIOs: c2s carries the client's bytes, s2c the server's.

@@ -1,8 +1,10 @@
 #pragma once
 
 /// @file
-/// Test helper: a self-signed P-256 certificate and key installed in an SSL_CTX (made in
+/// Test helpers: owning pointers for SSL_CTX / SSL, and a self-signed P-256 certificate and key installed in an SSL_CTX (made in
 /// library context `lib`, nullptr = the default one). Tests only (uses gtest assertions).
+
+#include <memory>
 
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
@@ -10,6 +12,15 @@
 #include <openssl/x509.h>
 
 namespace sluice::l7::testing {
+
+struct SslCtxFree {
+    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
+};
+struct SslFree {
+    void operator()(SSL* s) const noexcept { SSL_free(s); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+using SslPtr = std::unique_ptr<SSL, SslFree>;
 
 inline void self_signed(SSL_CTX* ctx, OSSL_LIB_CTX* lib = nullptr, const char* cn = "test") {
     EVP_PKEY* key = EVP_PKEY_Q_keygen(lib, nullptr, "EC", "P-256");
