@@ -6,6 +6,9 @@
 /// allocation, lock, exception, syscall or logging.
 /// Thread: worker (the lcore owning the table); flow_hash*() any.
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <bit>
 #include <cstring>
 
@@ -105,6 +108,17 @@ inline ConnTrack::Probe ConnTrack::probe(uint64_t hash) const noexcept {
 }
 
 inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexcept {
+#if defined(__SSE2__)
+    if constexpr (kConnBucketSlots == 4) {
+        // The four signatures in the low half of a vector, compared as 16-bit lanes; the
+        // lane masks packed to bytes and gathered by movemask: 7 instructions (the SWAR
+        // version below takes 16, and a new flow asks six times).
+        const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(slot(bucket, 0).bucket_sigs.data()));
+        const __m128i eq = _mm_cmpeq_epi16(w, _mm_set1_epi16(static_cast<short>(sig)));
+        // Lanes 4..7 compare the zeroed upper half (equal when sig == 0): masked off.
+        return static_cast<uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(eq, _mm_setzero_si128()))) & 0xFu;
+    }
+#endif
     if constexpr (kConnBucketSlots == 4 && std::endian::native == std::endian::little) {
         // SWAR over the bucket's four 16-bit signatures (one 8-byte load): lane i is 0 in
         // x exactly when slot i's signature equals `sig`; the high bit of each zero lane is

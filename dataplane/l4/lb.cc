@@ -48,22 +48,34 @@ constexpr uint32_t kPortBatch = 8; ///< ports whose owners are prefetched togeth
 
 int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept {
     auto& owners = (*ctx.ports)[slot];
-    // This worker's ports: those of [port_lo, port_hi] with port % workers == worker.
-    const uint32_t stride = ctx.workers ? ctx.workers : 1;
-    const uint32_t first = ctx.port_lo + (ctx.worker + stride - ctx.port_lo % stride) % stride;
-    if (first > ctx.port_hi) {
+    // This worker's ports: those of [port_lo, port_hi] with port % workers == worker, the
+    // c-th being first + c * stride. The first port and their number are divisions by the
+    // worker count: computed again only when the range or the split changed (a new flow
+    // paid four integer divisions, ~100 cycles, before).
+    LbContext::PortPlan& pp = ctx.port_plan;
+    if (pp.lo != ctx.port_lo || pp.hi != ctx.port_hi || pp.worker != ctx.worker ||
+        pp.workers != ctx.workers) [[unlikely]] {
+        pp = LbContext::PortPlan::of(ctx.port_lo, ctx.port_hi, ctx.worker, ctx.workers);
+    }
+    const uint32_t span = pp.span;
+    if (span == 0) {
         return -1;
     }
-    const uint32_t span = (ctx.port_hi - first) / stride + 1;
+    const uint32_t stride = pp.workers ? pp.workers : 1;
     uint16_t& cur = ctx.port_cursor[slot];
+    uint32_t c = cur < span ? cur : cur % span; // (after a change of the range)
     probes = probes < span ? probes : span;
     for (uint32_t done = 0; done < probes; done += kPortBatch) {
         const uint32_t n = probes - done < kPortBatch ? probes - done : kPortBatch;
         uint16_t port[kPortBatch];
+        uint32_t at[kPortBatch]; // each port's index c, for the cursor
         for (uint32_t i = 0; i < n; ++i) {
-            port[i] = static_cast<uint16_t>(first + ((cur + i) % span) * stride);
+            uint32_t ci = c + i; // c < span and i < n <= span: one wrap at most
+            ci = ci >= span ? ci - span : ci;
+            at[i] = ci;
+            port[i] = static_cast<uint16_t>(pp.first + ci * stride);
             if (owners[port[i]] == nullptr) {
-                cur = static_cast<uint16_t>(cur + i + 1);
+                cur = static_cast<uint16_t>(ci + 1 == span ? 0 : ci + 1);
                 return port[i]; // never used (or released): no entry to read
             }
             prefetch_read(owners[port[i]]);
@@ -71,12 +83,14 @@ int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept
         for (uint32_t i = 0; i < n; ++i) {
             const ConnEntry* e = owners[port[i]];
             if (ctx.ct->expired(*e, now) || (e->value.service & 0xFFFF) != port[i]) {
-                cur = static_cast<uint16_t>(cur + i + 1);
+                cur = static_cast<uint16_t>(at[i] + 1 == span ? 0 : at[i] + 1);
                 return port[i];
             }
         }
-        cur = static_cast<uint16_t>(cur + n);
+        c += n;
+        c = c >= span ? c - span : c;
     }
+    cur = static_cast<uint16_t>(c);
     return -1;
 }
 
@@ -84,15 +98,12 @@ int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept
 /// one budget of kPortProbes probes.
 int alloc_snat(LbContext& ctx, uint8_t family, uint32_t now, int& slot_out) noexcept {
     const size_t n = ctx.snat.size();
-    uint32_t of_family = 0;
-    for (size_t i = 0; i < n; ++i) {
-        of_family += ctx.snat[i].first == family ? 1 : 0;
-    }
+    const size_t fam = family == 6 ? 1 : 0;
+    const uint32_t of_family = ctx.snat_count[fam];
     if (of_family == 0) {
         return -1;
     }
     // (A family searched in vain this millisecond is refused by new_flow() before the call.)
-    const size_t fam = family == 6 ? 1 : 0;
     const uint32_t per_address = std::max<uint32_t>(kPortBatch, kPortProbes / of_family);
     uint32_t budget = std::max(kPortProbes, per_address);
     size_t last = ctx.snat_next;

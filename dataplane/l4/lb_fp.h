@@ -244,6 +244,8 @@ struct LbContext {
     /// The first snat slot of family 4 / 6 (-1: none): DSR's tunnel source, and where a new
     /// full-NAT flow's port search starts. Rebuilt by index_snat().
     int8_t snat_first4 = -1, snat_first6 = -1;
+    std::array<uint8_t, 2> snat_count{}; ///< SNAT addresses of family 4 / 6 (index_snat())
+    /// Each SNAT slot's next port, as an index c of this worker's ports (see PortPlan).
     std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     /// Per family (0: IPv4, 1: IPv6): the ms tick of the last port search that found
@@ -261,17 +263,35 @@ struct LbContext {
     /// traffic, ARP/ND of the kernel's addresses, and the L7 listeners' traffic, which
     /// sluice-l7 serves on the kernel's sockets.
     bool exception = false;
+    /// This worker's SNAT ports: first + c * workers for c in [0, span), the ports of
+    /// [port_lo, port_hi] with port % workers == worker. Cached for the range and split it
+    /// was computed from (alloc_port recomputes it when they change).
+    struct PortPlan {
+        uint16_t lo = 0, hi = 0, worker = 0, workers = 0;
+        uint32_t first = 0, span = 0;
+        static PortPlan of(uint16_t lo, uint16_t hi, uint16_t worker, uint16_t workers) noexcept {
+            PortPlan p{lo, hi, worker, workers, 0, 0};
+            const uint32_t stride = workers ? workers : 1;
+            p.first = lo + (worker + stride - lo % stride) % stride;
+            p.span = p.first > hi ? 0 : (hi - p.first) / stride + 1;
+            return p;
+        }
+    };
+    PortPlan port_plan{};
 
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
     /// Rebuilds snat_by_byte from snat. Thread: the owner (before the worker starts).
     void index_snat() noexcept {
         snat_by_byte.fill(0);
         snat_first4 = snat_first6 = -1;
+        snat_count = {};
         for (size_t i = kMaxSnat; i-- > 0;) {
             if (snat[i].first == 4) {
                 snat_first4 = static_cast<int8_t>(i);
+                ++snat_count[0];
             } else if (snat[i].first == 6) {
                 snat_first6 = static_cast<int8_t>(i);
+                ++snat_count[1];
             }
         }
         static_assert(kMaxSnat <= 16, "snat_by_byte holds a 16-bit mask");
