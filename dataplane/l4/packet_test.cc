@@ -810,6 +810,50 @@ Decapped decap(const uint8_t* f, size_t len, size_t l2, bool gue, const EncapPar
     return d;
 }
 
+// The straight-line IPv4-in-IPv4 encapsulation writes exactly the bytes of the general one
+// (whole buffer compared: headroom, new headers, inner datagram), for frames it takes and
+// frames it must leave to the general code, at every headroom from too small to plenty.
+TEST(PacketEncap, FastIpipAgreesWithTheGeneralOne) {
+    // clang-format off
+    const std::vector<PacketBuilder> inners = {
+        tcp4(), tcp4().tos(0xB8).payload(500), udp4().df(), udp4().vlan(12),
+        tcp4().ipv4_options({1, 1, 1, 0}), udp4().payload(200).fragment(64, false, 200),
+        PacketBuilder().ipv4(kClient4, kVip4).tcp(1, 2).pad_to(60), tcp6(),
+        PacketBuilder().ipv4(kClient4, kVip4).icmp(8, 0, 1).payload(30),
+    };
+    // clang-format on
+    uint32_t taken = 0;
+    for (const PacketBuilder& b : inners) {
+        const Bytes orig = b.build();
+        PacketMeta m;
+        ASSERT_NE(parse_exact(orig, orig.size(), m), Verdict::Drop);
+        for (const uint8_t ttl : {uint8_t{64}, uint8_t{1}, uint8_t{255}}) {
+            EncapParams p;
+            p.family = 4;
+            p.ttl = ttl;
+            p.src = addr(kSnat4);
+            p.dst = addr("203.0.113.254");
+            for (uint32_t headroom = 0; headroom <= 40; headroom += 2) {
+                Bytes fast(headroom, 0xEE), general(headroom, 0xEE);
+                fast.insert(fast.end(), orig.begin(), orig.end());
+                general.insert(general.end(), orig.begin(), orig.end());
+                uint32_t lf = 7, lg = 7;
+                const int32_t of = pkt_detail::encap(fast, headroom, m, p, false, lf, true);
+                const int32_t og = pkt_detail::encap(general, headroom, m, p, false, lg, false);
+                ASSERT_EQ(of, og) << "headroom " << headroom;
+                ASSERT_EQ(lf, lg);
+                ASSERT_EQ(fast, general) << "headroom " << headroom;
+                int32_t off = 0;
+                uint32_t len = 0;
+                Bytes probe(headroom, 0xEE);
+                probe.insert(probe.end(), orig.begin(), orig.end());
+                taken += pkt_detail::encap_ipip4_fast(probe, headroom, m, p, off, len) ? 1 : 0;
+            }
+        }
+    }
+    EXPECT_GT(taken, 0u) << "the fast encapsulation never ran";
+}
+
 TEST(PacketEncap, RoundTrip) {
     // clang-format off
     const std::vector<std::pair<const char*, PacketBuilder>> inners = {
