@@ -227,6 +227,23 @@ public:
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup_hinted(
         const conntrack_detail::KeyWords& key, uint64_t hash, uint32_t now,
         ConnEntry* hint) noexcept;
+    /// Where a flow hash lives: its two candidate buckets and its signature (never 0).
+    struct Probe {
+        uint32_t b1 = 0;
+        uint32_t b2 = 0;
+        uint16_t sig = 0; ///< 0: not computed
+    };
+    /// The first half of lookup_hinted(): the live entry at `hint` when it holds `key` (an
+    /// expired one there is reclaimed), else nullptr, and then lookup() decides.
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* hint_hit(const conntrack_detail::KeyWords& key,
+                                                           uint32_t now, ConnEntry* hint) noexcept;
+    /// lookup() that hands its probe to the caller, for an insert() right after a miss.
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
+                                                           uint64_t hash, uint32_t now,
+                                                           Probe& probe) noexcept;
+    /// insert() with the probe of lookup_hinted() (sig 0: computed here from `hash`).
+    InsertResult insert(const FlowKey& key, uint64_t hash, const Probe& probe, uint32_t now,
+                        const ConnValue& value, bool half_open, bool known_absent) noexcept;
     /// lookup() of a key given as words (conntrack_detail::words() of the FlowKey).
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
                                                            uint64_t hash, uint32_t now) noexcept;
@@ -301,12 +318,6 @@ public:
     }
 
 private:
-    struct Probe {
-        uint32_t b1;
-        uint32_t b2;
-        uint16_t sig;
-    };
-
     ConnTrack() = default;
 
     [[gnu::always_inline]] Probe probe(uint64_t hash) const noexcept;

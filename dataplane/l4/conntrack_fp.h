@@ -230,6 +230,25 @@ inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint6
     return live_or_reclaim(e, now);
 }
 
+inline ConnEntry* ConnTrack::hint_hit(const conntrack_detail::KeyWords& key, uint32_t now,
+                                      ConnEntry* hint) noexcept {
+    if (hint != nullptr && hint->value.state != ConnState::Free &&
+        conntrack_detail::key_equal(hint->key, key)) {
+        return live_or_reclaim(hint, now);
+    }
+    return nullptr;
+}
+
+inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint64_t hash,
+                                    uint32_t now, Probe& p) noexcept {
+    p = probe(hash);
+    ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
+    if (e == nullptr) {
+        e = find(p.b2, sig_match(p.b2, p.sig), key);
+    }
+    return live_or_reclaim(e, now);
+}
+
 inline ConnEntry* ConnTrack::lookup_hinted(const conntrack_detail::KeyWords& key, uint64_t hash,
                                            uint32_t now, ConnEntry* hint) noexcept {
     if (hint != nullptr && hint->value.state != ConnState::Free &&
@@ -285,7 +304,13 @@ inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
 inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, uint32_t now,
                                       const ConnValue& value, bool half_open,
                                       bool known_absent) noexcept {
-    const Probe p = probe(hash);
+    return insert(key, hash, Probe{}, now, value, half_open, known_absent);
+}
+
+inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const Probe& given,
+                                      uint32_t now, const ConnValue& value, bool half_open,
+                                      bool known_absent) noexcept {
+    const Probe p = given.sig != 0 ? given : probe(hash);
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
     for (const uint32_t b : {p.b1, p.b2}) {

@@ -743,7 +743,7 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
                                     std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                     PacketMeta& m, uint32_t* headroom, const L4Service& svc,
                                     const conntrack_detail::KeyWords& kw, uint64_t h,
-                                    bool first_frag) noexcept {
+                                    const ConnTrack::Probe& probe, bool first_frag) noexcept {
     const bool dsr = svc.mode == FwdMode::DsrIpip || svc.mode == FwdMode::DsrGue;
     const FwdMode dsr_mode = svc.mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
     if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
@@ -796,7 +796,7 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     val.flags = dsr ? 0 : ctx.peers.intern(buf.data() + 6);
     FlowKey key;
     std::memcpy(static_cast<void*>(&key), &kw, sizeof(key));
-    const InsertResult ins = ctx.ct->insert(key, h, now, val, syn, /*known_absent=*/true);
+    const InsertResult ins = ctx.ct->insert(key, h, probe, now, val, syn, /*known_absent=*/true);
     if (ins.status == InsertStatus::Inserted) {
         if (!dsr) {
             (*ctx.ports)[slot][sport] = ins.entry;
@@ -822,6 +822,22 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
                        first_frag);
 }
 
+/// The flow of `kw` when stage 1b's hint did not have it: the conntrack lookup (its probe
+/// reused by the insert of a new flow). Returns the live entry, or nullptr when the packet
+/// was handled as a new flow (`out` says how).
+[[gnu::noinline]] ConnEntry* lookup_or_new(LbContext& ctx, const ServiceTable& table,
+                                           std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                           PacketMeta& m, uint32_t* headroom, const L4Service& svc,
+                                           const conntrack_detail::KeyWords& kw, uint64_t h,
+                                           bool first_frag, LbAction& out) noexcept {
+    ConnTrack::Probe probe;
+    if (ConnEntry* e = ctx.ct->lookup(kw, h, now, probe); e != nullptr) {
+        return e;
+    }
+    out = new_flow(ctx, table, buf, len, now, m, headroom, svc, kw, h, probe, first_frag);
+    return nullptr;
+}
+
 /// A TCP/UDP datagram (or the first fragment of one) to forward.
 SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& table,
                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
@@ -843,9 +859,14 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
     }
     const conntrack_detail::KeyWords kw = key_words(m); // in registers, no FlowKey in memory
     const uint64_t h = hash != 0 ? hash : conntrack_detail::hash_words(kw);
-    ConnEntry* e = ctx.ct->lookup_hinted(kw, h, now, hint);
-    if (e == nullptr) {
-        return new_flow(ctx, table, buf, len, now, m, headroom, *svc, kw, h, first_frag);
+    ConnEntry* e = ctx.ct->hint_hit(kw, now, hint);
+    if (e == nullptr) [[unlikely]] {
+        // Not at stage 1b's hint: the full lookup, and a new flow on a miss, out of line.
+        LbAction a;
+        e = lookup_or_new(ctx, table, buf, len, now, m, headroom, *svc, kw, h, first_frag, a);
+        if (e == nullptr) {
+            return a;
+        }
     }
     // Established: the flow keeps its endpoint while it is in the current snapshot.
     uint16_t hint_index = e->value.generation;
