@@ -844,8 +844,14 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                                         PacketMeta& m, uint32_t* headroom, uint64_t hash,
                                         ConnEntry* hint, bool first_frag) noexcept {
     const Addr dst = to_table_addr(m.family, m.key.dst);
-    if (const int slot = snat_slot(ctx, m.family, dst); slot >= 0) {
-        return return_path(ctx, buf, len, now, m, slot, first_frag);
+    // A hash from lb_prefetch() means it found no SNAT port slot for the destination: not
+    // return traffic (checked there already), unless the context has no port table.
+    const int rslot = hash != 0 && ctx.ports != nullptr ? -1 : snat_slot(ctx, m.family, dst);
+    if (rslot >= 0) {
+        if (ctx.ports == nullptr) [[unlikely]] {
+            return dropped(ctx, LbCounter::BackendGone); // no full-NAT state at all
+        }
+        return return_path(ctx, buf, len, now, m, rslot, first_frag);
     }
     const L4Service* svc = table.find(m.family, dst, m.proto, m.key.dst_port);
     if (!svc) [[unlikely]] {

@@ -399,7 +399,7 @@ ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t 
 
 /// Stage 2: lb_process() for a frame that lb_prefetch() already parsed into `m` (the frame
 /// must not have changed in between); `hash` is lb_prefetch()'s result for it (0: computed
-/// here when needed) and `hint` lb_prefetch_flow()'s (nullptr: none).
+/// here when needed; non-zero tells that lb_prefetch() found it is not return traffic) and `hint` lb_prefetch_flow()'s (nullptr: none).
 /// Thread: worker; no allocation.
 [[nodiscard]] LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table,
                                          std::span<uint8_t> buf, uint32_t& len, uint32_t now,
