@@ -599,12 +599,15 @@ SLUICE_ALWAYS_INLINE Verdict parse_l4(const uint8_t* p, uint32_t off, uint32_t e
 }
 
 /// One's complement sum folded to 16 bits.
+/// 64 -> 32 bits: the halves added, the carry added back (it cannot carry again); 32 -> 16
+/// bits: x + rotr(x, 16) holds the end-around-carry sum of x's halves in its top half (as
+/// Linux's csum_fold). 7 instructions instead of four folds' 12; three per forwarded packet.
 [[nodiscard]] SLUICE_ALWAYS_INLINE uint16_t fold64(uint64_t s) noexcept {
-    s = (s & 0xFFFFFFFFu) + (s >> 32);
-    s = (s & 0xFFFFFFFFu) + (s >> 32);
-    s = (s & 0xFFFFu) + (s >> 16);
-    s = (s & 0xFFFFu) + (s >> 16);
-    return static_cast<uint16_t>(s);
+    const auto lo = static_cast<uint32_t>(s);
+    uint32_t x = lo + static_cast<uint32_t>(s >> 32);
+    x += x < lo ? 1u : 0u;
+    x += std::rotr(x, 16);
+    return static_cast<uint16_t>(x >> 16);
 }
 
 /// The IPv4 header checksum verifies (the one's complement sum of the header is 0xFFFF).

@@ -562,6 +562,30 @@ TEST(PacketParse, FastIpv4ParseAgreesWithTheGeneralOne) {
 // Checksum helpers against the reference implementation
 // ---------------------------------------------------------------------------------------
 
+// fold64 (the fast fold) against four plain folds: edge values and 2^20 random sums.
+TEST(PacketChecksum, Fold64MatchesPlainFolding) {
+    auto plain = [](uint64_t s) {
+        for (int i = 0; i < 2; ++i) {
+            s = (s & 0xFFFFFFFFu) + (s >> 32);
+        }
+        for (int i = 0; i < 2; ++i) {
+            s = (s & 0xFFFFu) + (s >> 16);
+        }
+        return static_cast<uint16_t>(s);
+    };
+    std::vector<uint64_t> v = {0, 1, 0xFFFF, 0x10000, 0x1FFFE, 0xFFFFFFFF, 0x100000000ULL,
+                               0xFFFFFFFFFFFFFFFFULL, 0xFFFF0000FFFF0000ULL, 0x00010000FFFFFFFFULL,
+                               0xFFFFFFFF00000001ULL, 0x8000000080000000ULL};
+    std::mt19937_64 rng(7);
+    for (int i = 0; i < (1 << 20); ++i) {
+        const uint64_t r = rng();
+        v.push_back(i % 3 == 0 ? r : i % 3 == 1 ? (r & 0x3FFFFFFFFULL) : (r | 0xFFFF0000FFFF0000ULL));
+    }
+    for (const uint64_t s : v) {
+        ASSERT_EQ(pkt_detail::fold64(s), plain(s)) << std::hex << s;
+    }
+}
+
 TEST(PacketChecksum, FullAndIncremental) {
     std::mt19937 rng(7);
     for (size_t len = 0; len < 200; ++len) {
