@@ -130,17 +130,18 @@ Result<ServiceTable> build_service_table(const ir::Ir& ir, const ServiceTableOpt
     while (cap < t.services.size() * 2) {
         cap <<= 1;
     }
-    t.slots.assign(cap, ir::kNone);
+    t.slots.assign(cap, ServiceSlot{});
     for (uint32_t i = 0; i < t.services.size(); ++i) {
         const L4Service& s = t.services[i];
         if (t.find(s.family, s.vip, s.proto, s.port)) {
             continue; // two Gateways on one address and port: the first one wins
         }
-        size_t j = service_hash(s.family, s.vip, s.proto, s.port) & (cap - 1);
-        while (t.slots[j] != ir::kNone) {
+        const ServiceKey k = service_key(s.family, s.vip, s.proto, s.port);
+        size_t j = service_hash(k) & (cap - 1);
+        while (t.slots[j].service != ir::kNone) {
             j = (j + 1) & (cap - 1);
         }
-        t.slots[j] = i;
+        t.slots[j] = {k, i};
     }
     return t;
 }

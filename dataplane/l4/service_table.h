@@ -7,6 +7,7 @@
 /// allocation. Thread: build_service_table() dp-control (allocates); find() any.
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -68,10 +69,30 @@ struct L4Service {
     MaglevTable maglev; ///< indices relative to first_endpoint
 };
 
+/// A service's lookup key as three words: the address halves and (port, protocol,
+/// family), so find() compares it with three XORs in registers.
+struct ServiceKey {
+    uint64_t lo = 0, hi = 0, meta = 0;
+};
+[[nodiscard]] inline ServiceKey service_key(uint8_t family, const Addr& a, uint8_t proto,
+                                            uint16_t port) noexcept {
+    ServiceKey k;
+    std::memcpy(&k.lo, a.data(), 8);
+    std::memcpy(&k.hi, a.data() + 8, 8);
+    k.meta = uint64_t{port} | uint64_t{proto} << 16 | uint64_t{family} << 24;
+    return k;
+}
+
+/// One open-addressing slot of ServiceTable::slots.
+struct ServiceSlot {
+    ServiceKey key;
+    uint32_t service = ir::kNone; ///< index into services; kNone = empty
+};
+
 struct ServiceTable {
     std::vector<L4Service> services;
     std::vector<L4Endpoint> endpoints;
-    std::vector<uint32_t> slots; ///< open addressing, kNone = empty; size power of two
+    std::vector<ServiceSlot> slots; ///< open addressing; size a power of two
     std::vector<std::pair<uint8_t, Addr>> vips; ///< own addresses (ARP/ND, ICMP echo)
 
     /// Service for a destination, or nullptr. Thread: any; no allocation.
@@ -81,12 +102,12 @@ struct ServiceTable {
     [[nodiscard]] bool is_vip(uint8_t family, const Addr& addr) const noexcept;
 };
 
-/// Hash of a service's key (VIP lookup). Thread: any.
-[[nodiscard]] inline uint64_t service_hash(uint8_t family, const Addr& a, uint8_t proto,
-                                           uint16_t port) noexcept {
-    return mix_addr16(0x9e3779b97f4a7c15ULL ^ (uint64_t(family) << 56) ^ (uint64_t(proto) << 48) ^
-                          port,
-                      a.data());
+/// Hash of a service's key (VIP lookup, once per packet): one multiply of the folded key,
+/// its high half folded down (find() uses the low bits). Per process, no wire format.
+/// Thread: any.
+[[nodiscard]] inline uint64_t service_hash(const ServiceKey& k) noexcept {
+    const uint64_t h = (k.lo ^ std::rotl(k.hi, 17) ^ (k.meta << 32)) * 0x9e3779b97f4a7c15ULL;
+    return h ^ (h >> 29);
 }
 
 inline const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uint8_t proto,
@@ -94,17 +115,15 @@ inline const L4Service* ServiceTable::find(uint8_t family, const Addr& addr, uin
     if (slots.empty()) {
         return nullptr;
     }
+    const ServiceKey k = service_key(family, addr, proto, port);
     const size_t mask = slots.size() - 1;
-    for (size_t i = service_hash(family, addr, proto, port) & mask, n = 0; n < slots.size();
-         i = (i + 1) & mask, ++n) {
-        const uint32_t s = slots[i];
-        if (s == ir::kNone) {
+    for (size_t i = service_hash(k) & mask, n = 0; n < slots.size(); i = (i + 1) & mask, ++n) {
+        const ServiceSlot& sl = slots[i];
+        if (sl.service == ir::kNone) {
             return nullptr;
         }
-        const L4Service& svc = services[s];
-        if (svc.port == port && svc.proto == proto && svc.family == family &&
-            addr_eq(svc.vip, addr)) {
-            return &svc;
+        if (((sl.key.lo ^ k.lo) | (sl.key.hi ^ k.hi) | (sl.key.meta ^ k.meta)) == 0) {
+            return &services[sl.service];
         }
     }
     return nullptr;

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 
 namespace sluice::dp {
 namespace {
@@ -71,6 +74,47 @@ TEST(ServiceTable, L4ListenersOnGatewayAddresses) {
     Addr other = vip;
     other[3] = 11;
     EXPECT_EQ(t->find(4, other, 6, 5432), nullptr);
+}
+
+// Many VIPs of both families, addresses that differ in any byte: each (address, protocol,
+// port) finds its own service through the open-addressing slots, and near misses find none.
+TEST(ServiceTable, ManyVipsEachFindTheirOwnService) {
+    ir::Ir ir = l4_ir();
+    ir.gateways.clear();
+    std::vector<std::string> addrs;
+    for (int i = 0; i < 600; ++i) {
+        addrs.push_back(i % 2 ? "2001:db8:" + std::to_string(i % 7) + "::" + std::to_string(i)
+                              : "10." + std::to_string(i % 5) + "." + std::to_string(i / 256) +
+                                    "." + std::to_string(i % 256));
+    }
+    for (size_t i = 0; i < addrs.size(); i += 3) {
+        ir.gateways.push_back({"net", "g" + std::to_string(i),
+                               {addrs[i], addrs[i + 1], addrs[i + 2]}, {0, 1}, {}});
+    }
+    auto t = build_service_table(ir, {});
+    ASSERT_TRUE(t) << t.error().message;
+    for (const std::string& a : addrs) {
+        SCOPED_TRACE(a);
+        uint8_t fam = 0;
+        Addr vip{};
+        ASSERT_TRUE(parse_addr(a, fam, vip));
+        const L4Service* tcp = t->find(fam, vip, 6, 5432);
+        ASSERT_NE(tcp, nullptr);
+        EXPECT_EQ(tcp->vip, vip);
+        EXPECT_EQ(tcp->family, fam);
+        EXPECT_EQ(tcp->proto, 6);
+        EXPECT_EQ(tcp->port, 5432);
+        const L4Service* udp = t->find(fam, vip, 17, 53);
+        ASSERT_NE(udp, nullptr);
+        EXPECT_EQ(udp->vip, vip);
+        EXPECT_EQ(udp->proto, 17);
+        EXPECT_EQ(t->find(fam, vip, 17, 5432), nullptr);
+        EXPECT_EQ(t->find(fam, vip, 6, 5433), nullptr);
+        EXPECT_EQ(t->find(fam == 4 ? 6 : 4, vip, 6, 5432), nullptr);
+        Addr near = vip;
+        near[fam == 4 ? 3 : 15] ^= 0x80;
+        EXPECT_EQ(t->find(fam, near, 6, 5432), nullptr);
+    }
 }
 
 TEST(ServiceTable, InvalidBackendShareIsRejectedNotDropped) {
