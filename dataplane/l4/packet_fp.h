@@ -749,8 +749,11 @@ SLUICE_ALWAYS_INLINE bool parse_ipv4_fast(const uint8_t* p, uint32_t len, Packet
     const uint8_t* l4 = ip + kIpv4HdrLen;
     uint32_t payload;
     if (proto == kProtoTcp) {
+        if (avail < kTcpHdrLen) { // (before reading the data offset at l4[12])
+            return false;
+        }
         const uint32_t doff = (uint32_t{l4[12]} >> 4) * 4;
-        if (avail < kTcpHdrLen || doff < kTcpHdrLen || doff > avail) {
+        if (doff < kTcpHdrLen || doff > avail) {
             return false;
         }
         payload = l4o + doff;
