@@ -102,12 +102,13 @@ bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len,
     info[n++] = 0x01; // HKDF-Expand's block counter
     uint8_t t[EVP_MAX_MD_SIZE];
     unsigned t_len = 0;
-    if (HMAC(md, secret, static_cast<int>(secret_len), info, n, t, &t_len) == nullptr ||
-        t_len < out_len) {
-        return false;
+    const bool ok = HMAC(md, secret, static_cast<int>(secret_len), info, n, t, &t_len) != nullptr &&
+                    t_len >= out_len;
+    if (ok) {
+        std::memcpy(out, t, out_len);
     }
-    std::memcpy(out, t, out_len);
-    return true;
+    OPENSSL_cleanse(t, sizeof t); // key material: no copy left on the stack
+    return ok;
 }
 
 } // namespace
@@ -155,12 +156,13 @@ struct alignas(64) TlsRecords::Dir {
     bool update(size_t hash_len) {
         const EVP_MD* md = hash_len == 48 ? EVP_sha384() : EVP_sha256();
         std::array<uint8_t, 48> next{};
-        if (!expand_label(md, secret.data(), hash_len, "traffic upd", next.data(), hash_len)) {
-            return false;
+        const bool ok = expand_label(md, secret.data(), hash_len, "traffic upd", next.data(), hash_len);
+        if (ok) {
+            secret = next;
+            seq = 0;
         }
-        secret = next;
-        seq = 0;
-        return derive(hash_len);
+        OPENSSL_cleanse(next.data(), next.size()); // no copy of a traffic secret left on the stack
+        return ok && derive(hash_len);
     }
 
     void nonce(uint8_t out[kIv]) const {
