@@ -432,6 +432,43 @@ TEST(ConnTrack, HintedLookupEqualsLookupEvenWhenStale) {
     EXPECT_EQ(t->stats().entries, 0u);
 }
 
+// The pipeline's split lookup: hint_hit() decides only on the hint; lookup(..., Probe&) hands
+// its probe to insert(), which puts the key where lookup() then finds it (the same buckets
+// as an insert that computes its own probe), for keys of both families filling a table.
+TEST(ConnTrack, ProbeFromTheLookupServesTheInsert) {
+    auto t = make(4096);
+    auto ref = make(4096); // the same seed: inserts computing their own probe
+    std::vector<FlowKey> keys;
+    for (uint32_t i = 0; i < 2500; ++i) {
+        keys.push_back(i % 2 ? v6(0x1000 + i, static_cast<uint16_t>(i)) : v4(0x0a000000 + i, 7));
+    }
+    for (const FlowKey& k : keys) {
+        const auto kw = conntrack_detail::words(k);
+        EXPECT_EQ(t->hint_hit(kw, 5, nullptr), nullptr);
+        ConnTrack::Probe p;
+        ASSERT_EQ(t->lookup(kw, flow_hash(k), 5, p), nullptr);
+        ASSERT_NE(p.sig, 0u) << "the lookup computed its probe";
+        const InsertResult a = t->insert(k, flow_hash(k), p, 5, val(1), false, true);
+        const InsertResult b = ref->insert(k, flow_hash(k), 5, val(1), false);
+        ASSERT_EQ(a.status, b.status);
+        if (a.status != InsertStatus::Inserted) {
+            continue;
+        }
+        // Found where it was put; `ref` (own probes) takes the same Inserted/Full decisions.
+        EXPECT_EQ(get(*t, k, 5), a.entry);
+        EXPECT_EQ(t->hint_hit(kw, 6, a.entry), a.entry);
+        EXPECT_EQ(t->hint_hit(conntrack_detail::words(keys[0] == k ? keys[1] : keys[0]), 6, a.entry),
+                  nullptr);
+    }
+    EXPECT_EQ(t->stats().entries, ref->stats().entries);
+    // The insert with an unset probe (sig 0) computes it.
+    auto u = make(4096);
+    ASSERT_EQ(u->insert(keys[3], flow_hash(keys[3]), ConnTrack::Probe{}, 5, val(2), false, false).status,
+              InsertStatus::Inserted);
+    ASSERT_NE(get(*u, keys[3], 5), nullptr);
+    EXPECT_EQ(get(*u, keys[3], 5)->value.backend, 2u);
+}
+
 TEST(ConnTrack, TickWrapAround) {
     auto t = make(64);
     const FlowKey k = v4(1, 1, 2, 53, ct_wire::kUdp);

@@ -53,7 +53,7 @@ int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept
     // worker count: computed again only when the range or the split changed (a new flow
     // paid four integer divisions, ~100 cycles, before).
     LbContext::PortPlan& pp = ctx.port_plan;
-    if (pp.lo != ctx.port_lo || pp.hi != ctx.port_hi || pp.worker != ctx.worker ||
+    if (!pp.valid || pp.lo != ctx.port_lo || pp.hi != ctx.port_hi || pp.worker != ctx.worker ||
         pp.workers != ctx.workers) [[unlikely]] {
         pp = LbContext::PortPlan::of(ctx.port_lo, ctx.port_hi, ctx.worker, ctx.workers);
     }

@@ -269,8 +269,9 @@ struct LbContext {
     struct PortPlan {
         uint16_t lo = 0, hi = 0, worker = 0, workers = 0;
         uint32_t first = 0, span = 0;
+        bool valid = false; ///< computed (a default plan matches no context)
         static PortPlan of(uint16_t lo, uint16_t hi, uint16_t worker, uint16_t workers) noexcept {
-            PortPlan p{lo, hi, worker, workers, 0, 0};
+            PortPlan p{lo, hi, worker, workers, 0, 0, true};
             const uint32_t stride = workers ? workers : 1;
             p.first = lo + (worker + stride - lo % stride) % stride;
             p.span = p.first > hi ? 0 : (hi - p.first) / stride + 1;
