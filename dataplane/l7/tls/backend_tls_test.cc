@@ -4,6 +4,7 @@
 // the cache key, and build errors.
 
 #include "backend_tls.h"
+#include "test_cert.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -25,82 +26,10 @@ using sluice::Errc;
 using sluice::l7::BackendTls;
 using sluice::l7::BackendTlsConfig;
 
-struct X509Free {
-    void operator()(X509* x) const noexcept { X509_free(x); }
-};
-struct PkeyFree {
-    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
-};
-struct CtxFree {
-    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
-};
-struct SslFree {
-    void operator()(SSL* s) const noexcept { SSL_free(s); }
-};
-struct BioFree {
-    void operator()(BIO* b) const noexcept { BIO_free(b); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
-using SslPtr = std::unique_ptr<SSL, SslFree>;
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-
-struct Cert {
-    X509Ptr x509;
-    PkeyPtr key;
-    std::string cert_pem, key_pem;
-};
-
-std::string bio_text(BIO* b) {
-    char* data = nullptr;
-    const long n = BIO_get_mem_data(b, &data);
-    return std::string(data, static_cast<size_t>(n));
-}
-
-/// A certificate for `cn` with subjectAltNames `sans` ("DNS:a,URI:b"), signed by `issuer`
-/// (self-signed without one); `ca` makes it a CA.
-Cert make_cert(const std::string& cn, const std::string& sans, const Cert* issuer = nullptr,
-               bool ca = false) {
-    static long serial = 1;
-    Cert c;
-    c.key.reset(EVP_EC_gen("P-256"));
-    c.x509.reset(X509_new());
-    X509* x = c.x509.get();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, c.key.get());
-    X509_NAME* name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->x509.get()) : name);
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, issuer ? issuer->x509.get() : x, x, nullptr, nullptr, 0);
-    auto ext = [&](int nid, const std::string& value) {
-        X509_EXTENSION* e = X509V3_EXT_conf_nid(nullptr, &v3, nid, value.c_str());
-        ASSERT_NE(e, nullptr) << value;
-        X509_add_ext(x, e, -1);
-        X509_EXTENSION_free(e);
-    };
-    ext(NID_basic_constraints, ca ? "critical,CA:TRUE" : "CA:FALSE");
-    if (ca) {
-        ext(NID_key_usage, "critical,keyCertSign,cRLSign");
-    }
-    if (!sans.empty()) {
-        ext(NID_subject_alt_name, sans);
-    }
-    X509_sign(x, issuer ? issuer->key.get() : c.key.get(), EVP_sha256());
-    BioPtr cb(BIO_new(BIO_s_mem()));
-    BioPtr kb(BIO_new(BIO_s_mem()));
-    PEM_write_bio_X509(cb.get(), x);
-    PEM_write_bio_PrivateKey(kb.get(), c.key.get(), nullptr, nullptr, 0, nullptr, nullptr);
-    c.cert_pem = bio_text(cb.get());
-    c.key_pem = bio_text(kb.get());
-    return c;
-}
+using sluice::l7::testing::Cert;
+using sluice::l7::testing::make_cert;
+using sluice::l7::testing::SslPtr;
+using CtxPtr = sluice::l7::testing::SslCtxPtr;
 
 /// The conformance suite's setup (REFERENCE.md section 6): a CA, the backend's certificate
 /// with DNS and SPIFFE URI names, a client certificate from the same CA, and an unrelated CA.

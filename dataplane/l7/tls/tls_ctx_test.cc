@@ -19,6 +19,7 @@
 #include <openssl/x509v3.h>
 
 #include "ocsp.h"
+#include "test_cert.h"
 
 namespace {
 
@@ -27,98 +28,13 @@ using sluice::l7::TlsPort;
 using sluice::l7::TicketKeys;
 namespace ir = sluice::ir;
 
-struct X509Free {
-    void operator()(X509* x) const noexcept { X509_free(x); }
-};
-struct PkeyFree {
-    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
-};
-struct CtxFree {
-    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
-};
-struct SslFree {
-    void operator()(SSL* s) const noexcept { SSL_free(s); }
-};
-struct SessionFree {
-    void operator()(SSL_SESSION* s) const noexcept { SSL_SESSION_free(s); }
-};
-struct BioFree {
-    void operator()(BIO* b) const noexcept { BIO_free(b); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
-using SslPtr = std::unique_ptr<SSL, SslFree>;
-using SessionPtr = std::unique_ptr<SSL_SESSION, SessionFree>;
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-
-struct Cert {
-    X509Ptr x509;
-    PkeyPtr key;
-    std::string cert_pem, key_pem;
-};
-
-PkeyPtr share(EVP_PKEY* k) {
-    EVP_PKEY_up_ref(k);
-    return PkeyPtr(k);
-}
-
-void add_ext(X509* x, X509V3_CTX* v3, int nid, const std::string& value) {
-    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, v3, nid, value.c_str());
-    ASSERT_NE(ext, nullptr) << value;
-    ASSERT_EQ(X509_add_ext(x, ext, -1), 1);
-    X509_EXTENSION_free(ext);
-}
-
-std::string pem_of(X509* x) {
-    BioPtr b(BIO_new(BIO_s_mem()));
-    PEM_write_bio_X509(b.get(), x);
-    char* data = nullptr;
-    const long n = BIO_get_mem_data(b.get(), &data);
-    return std::string(data, static_cast<size_t>(n));
-}
-
-std::string pem_of(EVP_PKEY* k) {
-    BioPtr b(BIO_new(BIO_s_mem()));
-    PEM_write_bio_PrivateKey(b.get(), k, nullptr, nullptr, 0, nullptr, nullptr);
-    char* data = nullptr;
-    const long n = BIO_get_mem_data(b.get(), &data);
-    return std::string(data, static_cast<size_t>(n));
-}
-
-/// A certificate with subject CN `cn` (the tests identify the served certificate by it) and
-/// DNS SANs, self-signed unless `issuer` is given.
-Cert make_cert(EVP_PKEY* key, const std::string& cn, const std::string& dns_sans,
-               const Cert* issuer = nullptr, bool ca = false) {
-    static long serial = 1;
-    Cert c;
-    c.key = share(key);
-    c.x509.reset(X509_new());
-    X509* x = c.x509.get();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    X509_NAME* name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-    X509_set_issuer_name(x, issuer != nullptr ? X509_get_subject_name(issuer->x509.get()) : name);
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, issuer != nullptr ? issuer->x509.get() : x, x, nullptr, nullptr, 0);
-    add_ext(x, &v3, NID_basic_constraints, ca ? "critical,CA:TRUE" : "CA:FALSE");
-    if (ca) {
-        add_ext(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign");
-    }
-    if (!dns_sans.empty()) {
-        add_ext(x, &v3, NID_subject_alt_name, dns_sans);
-    }
-    X509_sign(x, issuer != nullptr ? issuer->key.get() : key, EVP_sha256());
-    c.cert_pem = pem_of(x);
-    c.key_pem = pem_of(key);
-    return c;
-}
+using sluice::l7::testing::Cert;
+using sluice::l7::testing::make_cert;
+using sluice::l7::testing::PkeyPtr;
+using sluice::l7::testing::SessionPtr;
+using sluice::l7::testing::SslPtr;
+using sluice::l7::testing::X509Ptr;
+using CtxPtr = sluice::l7::testing::SslCtxPtr;
 
 std::string cn_of(X509* x) {
     char buf[256] = {};
