@@ -18,32 +18,23 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "pem.h"
+
 namespace sluice::l7::testing {
 
-struct SslCtxFree {
-    void operator()(SSL_CTX* c) const noexcept { SSL_CTX_free(c); }
-};
+// pem.h's owning pointers (X509, EVP_PKEY, BIO, SSL_CTX), and those only the tests need.
+using pem::BioPtr;
+using pem::PkeyPtr;
+using pem::X509Ptr;
+using SslCtxPtr = pem::CtxPtr;
 struct SslFree {
     void operator()(SSL* s) const noexcept { SSL_free(s); }
-};
-struct X509Free {
-    void operator()(X509* x) const noexcept { X509_free(x); }
-};
-struct PkeyFree {
-    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
 };
 struct SessionFree {
     void operator()(SSL_SESSION* s) const noexcept { SSL_SESSION_free(s); }
 };
-struct BioFree {
-    void operator()(BIO* b) const noexcept { BIO_free(b); }
-};
-using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
 using SslPtr = std::unique_ptr<SSL, SslFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
 using SessionPtr = std::unique_ptr<SSL_SESSION, SessionFree>;
-using BioPtr = std::unique_ptr<BIO, BioFree>;
 
 /// A certificate, its key and both as PEM (what a kubernetes.io/tls Secret holds).
 struct Cert {
