@@ -233,7 +233,8 @@ public:
         uint32_t b2 = 0;
         uint16_t sig = 0; ///< 0: not computed
     };
-    /// The first half of lookup_hinted(): the live entry at `hint` when it holds `key` (an
+    /// The first half of lookup_hinted() (the worker calls the halves itself, to keep the
+    /// probe of the second for an insert): the live entry at `hint` when it holds `key` (an
     /// expired one there is reclaimed), else nullptr, and then lookup() decides.
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* hint_hit(const conntrack_detail::KeyWords& key,
                                                            uint32_t now, ConnEntry* hint) noexcept;

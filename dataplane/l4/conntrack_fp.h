@@ -222,12 +222,8 @@ inline ConnEntry* ConnTrack::lookup(const FlowKey& key, uint64_t hash, uint32_t 
 
 inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint64_t hash,
                                     uint32_t now) noexcept {
-    const Probe p = probe(hash);
-    ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
-    if (e == nullptr) {
-        e = find(p.b2, sig_match(p.b2, p.sig), key);
-    }
-    return live_or_reclaim(e, now);
+    Probe p;
+    return lookup(key, hash, now, p);
 }
 
 inline ConnEntry* ConnTrack::hint_hit(const conntrack_detail::KeyWords& key, uint32_t now,
@@ -251,9 +247,9 @@ inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint6
 
 inline ConnEntry* ConnTrack::lookup_hinted(const conntrack_detail::KeyWords& key, uint64_t hash,
                                            uint32_t now, ConnEntry* hint) noexcept {
-    if (hint != nullptr && hint->value.state != ConnState::Free &&
-        conntrack_detail::key_equal(hint->key, key)) {
-        return live_or_reclaim(hint, now);
+    // (A hint holding the key but expired is reclaimed by hint_hit(); lookup() then misses.)
+    if (ConnEntry* e = hint_hit(key, now, hint); e != nullptr) {
+        return e;
     }
     return lookup(key, hash, now);
 }
