@@ -146,6 +146,36 @@ LoopResult run_loop(uint16_t port, double seconds, F&& per_packet, P&& pre_burst
     return r;
 }
 
+/// The worker's L4 stages over one received burst (dataplane/worker/worker.cc): the frames
+/// as LbFrames, lb_burst_parse(), lb_burst_run(); then next() applies each frame's action
+/// to its mbuf in order (true: transmit).
+struct BurstRun {
+    LbBurst burst;
+    LbFrame frames[kBurstSize];
+    LbAction act[kBurstSize];
+    uint16_t k = 0;
+
+    void run(LbContext& ctx, const ServiceTable& table, rte_mbuf** b, uint16_t n, uint32_t now) {
+        for (uint16_t i = 0; i < n; ++i) {
+            frames[i] = {rte_pktmbuf_mtod(b[i], uint8_t*), 64u, 64u + rte_pktmbuf_tailroom(b[i]),
+                         rte_pktmbuf_headroom(b[i])};
+        }
+        lb_burst_parse(ctx, burst, frames, 0, n);
+        lb_burst_run(ctx, table, burst, frames, n, now, act);
+        k = 0;
+    }
+    bool next(rte_mbuf* m) {
+        const uint16_t i = k++;
+        if (act[i] != LbAction::Tx) {
+            return false;
+        }
+        m->data_off = static_cast<uint16_t>(m->data_off - (rte_pktmbuf_headroom(m) - frames[i].headroom));
+        m->data_len = static_cast<uint16_t>(frames[i].len);
+        m->pkt_len = frames[i].len;
+        return true;
+    }
+};
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -264,37 +294,22 @@ int main(int argc, char** argv) {
         return true;
     });
     uint64_t tx_est = 0;
-    uint32_t burst_now = 0;
-    PacketMeta metas[kBurstSize];
-    uint64_t hashes[kBurstSize];
-    ConnEntry* hints[kBurstSize];
-    uint16_t slot = 0;
-    // As the worker does it: write the burst's frames (the generator's part), stage 1
-    // (hash + prefetch for the whole burst), stage 1b (prefetch the entries), then stage 2.
+    auto est_run = std::make_unique<BurstRun>();
+    // As the worker does it: write the burst's frames (the generator's part), then the L4
+    // stages over the burst (lb_burst_parse, lb_burst_run), then transmit.
     const LoopResult est = run_loop(
         port, secs("est"),
         [&](rte_mbuf* m) {
-            auto* d = rte_pktmbuf_mtod(m, uint8_t*);
-            uint32_t len = 64;
-            const bool ok = lb_process_parsed(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
-                                              burst_now, metas[slot], nullptr,
-                                              hashes[slot], hints[slot]) == LbAction::Tx;
-            ++slot;
+            const bool ok = est_run->next(m);
             tx_est += ok;
             return ok;
         },
         [&](rte_mbuf** b, uint16_t n) {
-            burst_now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+            const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (uint16_t i = 0; i < n; ++i) {
                 write_ack(rte_pktmbuf_mtod(b[i], uint8_t*));
             }
-            slot = 0;
-            for (uint16_t i = 0; i < n; ++i) {
-                hashes[i] = lb_prefetch(ctx, {rte_pktmbuf_mtod(b[i], const uint8_t*), 64u}, metas[i]);
-            }
-            for (uint16_t i = 0; i < n; ++i) {
-                hints[i] = lb_prefetch_flow(ctx, metas[i], hashes[i]);
-            }
+            est_run->run(ctx, table, b, n, now);
         });
     // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
     // source ports), through the worker's stages like the established run, on a conntrack
@@ -332,40 +347,17 @@ int main(int argc, char** argv) {
         sctx.snat = ctx.snat;
         sctx.index_snat();
         uint64_t seq = 0;
-        PacketMeta sm[kBurstSize];
-        uint64_t sh[kBurstSize];
-        ConnEntry* shint[kBurstSize];
-        uint16_t k = 0;
-        uint32_t snow = 0;
+        auto br = std::make_unique<BurstRun>();
         auto pre = [&](rte_mbuf** b, uint16_t n) {
-            snow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+            const auto snow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (uint16_t i = 0; i < n; ++i) {
                 auto* d = rte_pktmbuf_mtod(b[i], uint8_t*);
                 write_fresh_syn(d, seq++);
                 d[37] = static_cast<uint8_t>(dport);
-                sh[i] = lb_prefetch(sctx, {d, 64u}, sm[i]);
             }
-            for (uint16_t i = 0; i < n; ++i) {
-                shint[i] = lb_prefetch_flow(sctx, sm[i], sh[i]);
-            }
-            k = 0;
+            br->run(sctx, table, b, n, snow);
         };
-        auto per = [&](rte_mbuf* m) {
-            auto* d = rte_pktmbuf_mtod(m, uint8_t*);
-            uint32_t len = 64;
-            const uint32_t head = rte_pktmbuf_headroom(m);
-            uint32_t new_head = head;
-            const bool ok = lb_process_parsed(sctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len,
-                                              snow, sm[k], &new_head, sh[k], shint[k]) ==
-                            LbAction::Tx;
-            ++k;
-            if (ok) {
-                m->data_off = static_cast<uint16_t>(m->data_off - (head - new_head));
-                m->data_len = static_cast<uint16_t>(len);
-                m->pkt_len = len;
-            }
-            return ok;
-        };
+        auto per = [&](rte_mbuf* m) { return br->next(m); };
         SynResult r;
         r.budget = sct->half_open_max();
         const double run_s = secs("syn") / static_cast<double>(seconds_scale);
@@ -382,11 +374,11 @@ int main(int argc, char** argv) {
     // first half-open-budget's worth tracked, the rest refused) and 1 of 8 an established
     // flow's ACK. Reports both rates and the share of established frames forwarded.
     uint64_t mix_seq = 0, mix_est = 0, mix_est_tx = 0;
-    uint32_t mnow = 0;
     uint16_t mk = 0;
     bool mis_est[kBurstSize];
+    auto mix_run = std::make_unique<BurstRun>();
     auto mix_pre = [&](rte_mbuf** b, uint16_t n) {
-        mnow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        const auto mnow = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
         for (uint16_t i = 0; i < n; ++i) {
             auto* d = rte_pktmbuf_mtod(b[i], uint8_t*);
             mis_est[i] = (i & 7) == 7;
@@ -395,18 +387,12 @@ int main(int argc, char** argv) {
             } else {
                 write_fresh_syn(d, mix_seq++);
             }
-            hashes[i] = lb_prefetch(ctx, {d, 64u}, metas[i]);
         }
-        for (uint16_t i = 0; i < n; ++i) {
-            hints[i] = lb_prefetch_flow(ctx, metas[i], hashes[i]);
-        }
+        mix_run->run(ctx, table, b, n, mnow);
         mk = 0;
     };
     auto mix_per = [&](rte_mbuf* m) {
-        auto* d = rte_pktmbuf_mtod(m, uint8_t*);
-        uint32_t len = 64;
-        const bool ok = lb_process_parsed(ctx, table, {d, 64u + rte_pktmbuf_tailroom(m)}, len, mnow,
-                                          metas[mk], nullptr, hashes[mk], hints[mk]) == LbAction::Tx;
+        const bool ok = mix_run->next(m);
         if (mis_est[mk]) {
             ++mix_est;
             mix_est_tx += ok;

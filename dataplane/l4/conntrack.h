@@ -242,6 +242,15 @@ public:
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
                                                            uint64_t hash, uint32_t now,
                                                            Probe& probe) noexcept;
+    /// The probe of a flow hash (computed once per packet by a burst's first stage and
+    /// handed to the prefetches and the lookup below).
+    [[gnu::always_inline]] [[nodiscard]] Probe probe_of(uint64_t hash) const noexcept { return probe(hash); }
+    /// prefetch() and prefetch_entry() with the probe already computed.
+    [[gnu::always_inline]] void prefetch(const Probe& p) const noexcept;
+    [[gnu::always_inline]] ConnEntry* prefetch_entry(const Probe& p) const noexcept;
+    /// lookup() with the probe already computed (probe_of(hash) of the key's hash).
+    [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
+                                                           const Probe& p, uint32_t now) noexcept;
     /// insert() with the probe of lookup(..., Probe&) (sig 0: computed here from `hash`).
     InsertResult insert(const FlowKey& key, uint64_t hash, const Probe& probe, uint32_t now,
                         const ConnValue& value, bool half_open, bool known_absent) noexcept;

@@ -195,7 +195,10 @@ inline ConnEntry* ConnTrack::live_or_reclaim(ConnEntry* e, uint32_t now) noexcep
 }
 
 inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
-    const Probe p = probe(hash);
+    prefetch(probe(hash));
+}
+
+inline void ConnTrack::prefetch(const Probe& p) const noexcept {
     for (uint32_t i = 0; i < kConnSigLines; ++i) {
         prefetch_read(&slot(p.b1, i));
         prefetch_read(&slot(p.b2, i));
@@ -203,7 +206,10 @@ inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
 }
 
 inline ConnEntry* ConnTrack::prefetch_entry(uint64_t hash) const noexcept {
-    const Probe p = probe(hash);
+    return prefetch_entry(probe(hash));
+}
+
+inline ConnEntry* ConnTrack::prefetch_entry(const Probe& p) const noexcept {
     ConnEntry* e = nullptr;
     if (const uint32_t m1 = sig_match(p.b1, p.sig); m1 != 0) {
         e = &slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1)));
@@ -238,6 +244,11 @@ inline ConnEntry* ConnTrack::hint_hit(const conntrack_detail::KeyWords& key, uin
 inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint64_t hash,
                                     uint32_t now, Probe& p) noexcept {
     p = probe(hash);
+    return lookup(key, static_cast<const Probe&>(p), now);
+}
+
+inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, const Probe& p,
+                                    uint32_t now) noexcept {
     ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
     if (e == nullptr) {
         e = find(p.b2, sig_match(p.b2, p.sig), key);
@@ -355,7 +366,17 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const P
             return {InsertStatus::Full, nullptr};
         }
     }
-    const bool first = std::popcount(f1) >= std::popcount(f2);
+    // Free slots per bucket: a 4-bit popcount from a nibble table (std::popcount is a
+    // libgcc call on baseline x86-64, without POPCNT).
+    static_assert(kConnBucketSlots == 4 || kConnBucketSlots == 8);
+    auto free_count = [](uint32_t m) noexcept {
+        if constexpr (kConnBucketSlots == 4) {
+            return static_cast<uint32_t>((0x4332322132212110ULL >> (m * 4)) & 0xF);
+        } else {
+            return static_cast<uint32_t>(std::popcount(m));
+        }
+    };
+    const bool first = free_count(f1) >= free_count(f2);
     const uint32_t b = first ? p.b1 : p.b2;
     const uint32_t s = static_cast<uint32_t>(std::countr_zero(first ? f1 : f2));
     ConnEntry& e = slot(b, s);

@@ -522,32 +522,6 @@ SLUICE_ALWAYS_INLINE ConnEntry* const* snat_port_slot(const LbContext& ctx,
 
 } // namespace
 
-uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept {
-    if (parse_packet(frame, m) != Verdict::Forward) {
-        return 0;
-    }
-    if (ConnEntry* const* p = snat_port_slot(ctx, m)) {
-        prefetch_read(p);
-        return 0;
-    }
-    const uint64_t h = conntrack_detail::hash_words(key_words(m));
-    ctx.ct->prefetch(h);
-    return h; // (a flow whose hash is 0 only misses stage 1b's prefetch)
-}
-
-ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept {
-    if (m.verdict != Verdict::Forward) {
-        return nullptr;
-    }
-    if (hash != 0) {
-        return ctx.ct->prefetch_entry(hash);
-    }
-    if (ConnEntry* const* p = snat_port_slot(ctx, m); p != nullptr && *p != nullptr) {
-        prefetch_write(*p);
-    }
-    return nullptr; // return traffic finds its entry through the SNAT port slot
-}
-
 namespace {
 
 /// Owner of a flow by its client -> VIP hash: bits 16..47 scaled to [0, workers) (the
@@ -614,13 +588,6 @@ uint16_t lb_owner(LbContext& ctx, const PacketMeta& m, uint64_t hash, uint32_t n
     default:
         return ctx.worker;
     }
-}
-
-LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
-                    uint32_t& len, uint32_t now, uint32_t* headroom) noexcept {
-    PacketMeta m;
-    (void)parse_packet(std::span<const uint8_t>(buf.data(), len), m);
-    return lb_process_parsed(ctx, table, buf, len, now, m, headroom);
 }
 
 namespace {
@@ -829,23 +796,33 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
                                            std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                            PacketMeta& m, uint32_t* headroom, const L4Service& svc,
                                            const conntrack_detail::KeyWords& kw, uint64_t h,
-                                           bool first_frag, LbAction& out) noexcept {
+                                           const ConnTrack::Probe* given, bool first_frag,
+                                           LbAction& out) noexcept {
     ConnTrack::Probe probe;
-    if (ConnEntry* e = ctx.ct->lookup(kw, h, now, probe); e != nullptr) {
+    ConnEntry* e;
+    if (given != nullptr) {
+        probe = *given;
+        e = ctx.ct->lookup(kw, probe, now);
+    } else {
+        e = ctx.ct->lookup(kw, h, now, probe);
+    }
+    if (e != nullptr) {
         return e;
     }
     out = new_flow(ctx, table, buf, len, now, m, headroom, svc, kw, h, probe, first_frag);
     return nullptr;
 }
 
-/// A TCP/UDP datagram (or the first fragment of one) to forward.
+/// A TCP/UDP datagram (or the first fragment of one) to forward. `pre`: its key and probe
+/// from a burst's first stage (nullptr: derived here).
 SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& table,
                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                         PacketMeta& m, uint32_t* headroom, uint64_t hash,
-                                        ConnEntry* hint, bool first_frag) noexcept {
+                                        ConnEntry* hint, const LbFlowPre* pre,
+                                        bool first_frag) noexcept {
     const Addr dst = to_table_addr(m.family, m.key.dst);
-    // A hash from lb_prefetch() means it found no SNAT port slot for the destination: not
-    // return traffic (checked there already), unless the context has no port table.
+    // A hash from lb_burst_parse() means it found no SNAT port slot for the destination:
+    // not return traffic (checked there already), unless the context has no port table.
     const int rslot = hash != 0 && ctx.ports != nullptr ? -1 : snat_slot(ctx, m.family, dst);
     if (rslot >= 0) {
         if (ctx.ports == nullptr) [[unlikely]] {
@@ -863,13 +840,15 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
     if (m.ttl <= 1 && svc->mode == FwdMode::FullNat) [[unlikely]] {
         return time_exceeded(ctx, buf, buf.subspan(0, len), m, len); // before any flow state
     }
-    const conntrack_detail::KeyWords kw = key_words(m); // in registers, no FlowKey in memory
+    // In registers, no FlowKey in memory (or as stage 1 left it).
+    const conntrack_detail::KeyWords kw = pre != nullptr ? pre->kw : key_words(m);
     const uint64_t h = hash != 0 ? hash : conntrack_detail::hash_words(kw);
     ConnEntry* e = ctx.ct->hint_hit(kw, now, hint);
     if (e == nullptr) [[unlikely]] {
         // Not at stage 1b's hint: the full lookup, and a new flow on a miss, out of line.
         LbAction a;
-        e = lookup_or_new(ctx, table, buf, len, now, m, headroom, *svc, kw, h, first_frag, a);
+        e = lookup_or_new(ctx, table, buf, len, now, m, headroom, *svc, kw, h,
+                          pre != nullptr ? &pre->probe : nullptr, first_frag, a);
         if (e == nullptr) {
             return a;
         }
@@ -948,7 +927,8 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
     // A first fragment of a TCP/UDP datagram (it has the ports) takes the flow path, which
     // remembers its translation for the later fragments (FragTable).
     if (v == Verdict::Fragment && m.frag_first && (m.proto == kProtoTcp || m.proto == kProtoUdp)) {
-        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, /*first_frag=*/true);
+        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr,
+                         /*first_frag=*/true);
     }
     if (v == Verdict::Fragment) {
         return on_fragment(ctx, frame, m, now);
@@ -958,14 +938,69 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
 
 } // namespace
 
-LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
-                           uint32_t& len, uint32_t now, PacketMeta& m, uint32_t* headroom,
-                           uint64_t hash, ConnEntry* hint) noexcept {
+LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t> buf,
+                    uint32_t& len, uint32_t now, uint32_t* headroom) noexcept {
+    PacketMeta m;
+    (void)parse_packet(std::span<const uint8_t>(buf.data(), len), m);
     ctx.count(LbCounter::RxPackets);
     if (m.verdict == Verdict::Forward) [[likely]] {
-        return flow_path(ctx, table, buf, len, now, m, headroom, hash, hint, /*first_frag=*/false);
+        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr,
+                         /*first_frag=*/false);
     }
     return process_other(ctx, table, buf, len, now, m, headroom);
+}
+
+void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames, uint16_t first,
+                    uint16_t count) noexcept {
+    const uint16_t end = static_cast<uint16_t>(first + count);
+    for (uint16_t i = first; i < end; ++i) {
+        PacketMeta& m = burst.meta[i];
+        const uint32_t len = frames[i].len > 0xFFFF ? 0xFFFF : frames[i].len;
+        burst.hash[i] = 0;
+        if (parse_packet(frames[i].data, len, m) != Verdict::Forward) {
+            continue;
+        }
+        if (ConnEntry* const* p = snat_port_slot(ctx, m)) {
+            prefetch_read(p); // return traffic: its flow is found through the port slot
+            continue;
+        }
+        LbFlowPre& pre = burst.pre[i];
+        pre.kw = key_words(m);
+        const uint64_t h = conntrack_detail::hash_words(pre.kw);
+        pre.probe = ctx.ct->probe_of(h);
+        ctx.ct->prefetch(pre.probe);
+        burst.hash[i] = h; // (a flow whose hash is 0 is looked up from scratch in stage 2)
+    }
+}
+
+void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
+                  uint16_t n, uint32_t now, LbAction* out) noexcept {
+    // Stage 1b: the entries behind the signature lines stage 1 prefetched.
+    for (uint16_t i = 0; i < n; ++i) {
+        ConnEntry* hint = nullptr;
+        if (burst.hash[i] != 0) {
+            hint = ctx.ct->prefetch_entry(burst.pre[i].probe);
+        } else if (burst.meta[i].verdict == Verdict::Forward) {
+            if (ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]); p != nullptr && *p != nullptr) {
+                prefetch_write(*p);
+            }
+        }
+        burst.hint[i] = hint;
+    }
+    // Stage 2.
+    ctx.counters[static_cast<size_t>(LbCounter::RxPackets)] += n;
+    for (uint16_t i = 0; i < n; ++i) {
+        LbFrame& f = frames[i];
+        PacketMeta& m = burst.meta[i];
+        const std::span<uint8_t> buf(f.data, f.cap);
+        if (m.verdict == Verdict::Forward) [[likely]] {
+            const uint64_t h = burst.hash[i];
+            out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
+                               h != 0 ? &burst.pre[i] : nullptr, /*first_frag=*/false);
+        } else {
+            out[i] = process_other(ctx, table, buf, f.len, now, m, &f.headroom);
+        }
+    }
 }
 
 } // namespace sluice::dp

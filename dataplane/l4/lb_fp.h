@@ -361,7 +361,8 @@ inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noe
     return out;
 }
 
-/// The worker that owns the flow of a frame parsed by lb_prefetch() (`hash` its result),
+/// The worker that owns the flow of a frame parsed by lb_burst_parse() (`hash` its
+/// LbBurst::hash; 0: computed here when needed),
 /// among ctx.workers. Full-NAT return traffic to a SNAT address (and ICMP errors about it):
 /// its destination port % workers (lb_owner is why the SNAT ports are split that way).
 /// Other TCP/UDP traffic and ICMP errors about a client's flow: a function of the client ->
@@ -371,21 +372,6 @@ inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noe
 /// host): this worker. Thread: worker; updates ctx.frag_owners only.
 [[nodiscard]] uint16_t lb_owner(LbContext& ctx, const PacketMeta& m, uint64_t hash,
                                 uint32_t now) noexcept;
-
-/// Stage 1 of a burst (STYLE H3): parses `frame` into `m` and prefetches the first line its
-/// flow state is reached through (the conntrack buckets' signature lines, or for return
-/// traffic to a SNAT address the SNAT port slot), so the lookups of a whole burst overlap
-/// their cache misses. Returns the flow hash for lb_prefetch_flow() (0 = nothing to fetch).
-/// Stage 1b is lb_prefetch_flow() over the burst, stage 2 lb_process_parsed() with the same
-/// `m` (each frame is parsed once). Thread: worker; no allocation, no state change.
-uint64_t lb_prefetch(const LbContext& ctx, std::span<const uint8_t> frame, PacketMeta& m) noexcept;
-
-/// Stage 1b: with the lines of stage 1 in cache, prefetches the flow's conntrack entry
-/// itself (the slot whose signature matches, or the entry the SNAT port slot points at).
-/// Two dependent misses per packet become two overlapped ones. Thread: worker; no state change.
-/// Returns the conntrack slot it prefetched (a hint for lb_process_parsed(), which checks
-/// it), or nullptr.
-ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t hash) noexcept;
 
 /// Handles one frame in place. `len` may change (replies). `now` is a ms tick.
 /// `buf` starts at the frame and extends over the tailroom. `headroom` (optional) gives the
@@ -398,14 +384,54 @@ ConnEntry* lb_prefetch_flow(const LbContext& ctx, const PacketMeta& m, uint64_t 
                                   std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                   uint32_t* headroom = nullptr) noexcept;
 
-/// Stage 2: lb_process() for a frame that lb_prefetch() already parsed into `m` (the frame
-/// must not have changed in between); `hash` is lb_prefetch()'s result for it (0: computed
-/// here when needed; non-zero tells that lb_prefetch() found it is not return traffic) and `hint` lb_prefetch_flow()'s (nullptr: none).
-/// Thread: worker; no allocation.
-[[nodiscard]] LbAction lb_process_parsed(LbContext& ctx, const ServiceTable& table,
-                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
-                                         PacketMeta& m, uint32_t* headroom = nullptr,
-                                         uint64_t hash = 0, ConnEntry* hint = nullptr) noexcept;
+/// One frame of a burst for lb_burst_run(): the buffer as lb_process() takes it.
+struct LbFrame {
+    uint8_t* data = nullptr; ///< frame start (Ethernet header)
+    uint32_t len = 0;        ///< frame bytes; lb_burst_run() leaves the new length here
+    uint32_t cap = 0;        ///< bytes writable from data (len + tailroom)
+    uint32_t headroom = 0;   ///< bytes writable before data; DSR lowers it (see lb_process)
+};
+
+/// What a burst's first stage derived from a TCP/UDP frame for the later ones: the
+/// conntrack key as words and the buckets + signature of its hash.
+struct LbFlowPre {
+    conntrack_detail::KeyWords kw{};
+    ConnTrack::Probe probe{};
+};
+
+/// The per-frame state of one burst between its stages (STYLE H3), kept by the worker
+/// across bursts (no per-burst initialisation: stage 1 writes every field it reads later).
+/// Slot i belongs to frame i of the LbFrame array handed to lb_burst_run().
+struct LbBurst {
+    static constexpr uint16_t kMax = 64;
+    std::array<PacketMeta, kMax> meta;
+    std::array<uint64_t, kMax> hash;  ///< flow hash (0: nothing to look up in conntrack)
+    std::array<LbFlowPre, kMax> pre;  ///< valid where hash != 0
+    std::array<ConnEntry*, kMax> hint; ///< stage 1b's prefetched conntrack slot
+
+    /// Moves slot `from`'s stage-1 state to slot `to` (a dispatcher compacting the burst).
+    void move(uint16_t from, uint16_t to) noexcept {
+        meta[to] = meta[from];
+        hash[to] = hash[from];
+        pre[to] = pre[from];
+    }
+};
+
+/// Stage 1 for frames [first, first + count) of a burst (at most LbBurst::kMax in all):
+/// parses each into burst.meta, derives its conntrack key, hash and probe, and prefetches
+/// the lines its flow state is reached through (the conntrack buckets' signature lines,
+/// or for return traffic to a SNAT address its SNAT port slot), so the lookups of the
+/// whole burst overlap their cache misses. Thread: worker; no allocation, no state change.
+void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames, uint16_t first,
+                    uint16_t count) noexcept;
+
+/// Stages 1b and 2 for frames [0, n) parsed by lb_burst_parse() (unchanged since): prefetches
+/// every flow's conntrack entry, then handles each frame as lb_process() would,
+/// out[i] its action and frames[i].len / .headroom its new shape. One call per burst: the
+/// per-frame work runs in this function's loops, with no call per frame on the
+/// established-flow path. `table` is the burst's snapshot. Thread: worker; no allocation.
+void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
+                  uint16_t n, uint32_t now, LbAction* out) noexcept;
 
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
 inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;

@@ -972,9 +972,12 @@ TEST(LbTtl, HopLimitOneIsAnsweredWithTimeExceeded) {
 // ---- Several workers: flow ownership (lb_owner) ----------------------------------------
 
 uint16_t owner_of(Fixture& fx, const Bytes& f) {
-    PacketMeta m;
-    const uint64_t h = lb_prefetch(fx.ctx, f, m);
-    const uint16_t o = lb_owner(fx.ctx, m, h, fx.now);
+    auto burst = std::make_unique<LbBurst>();
+    Bytes copy = f;
+    const LbFrame lf{copy.data(), static_cast<uint32_t>(copy.size()),
+                     static_cast<uint32_t>(copy.size()), 0};
+    lb_burst_parse(fx.ctx, *burst, &lf, 0, 1);
+    const uint16_t o = lb_owner(fx.ctx, burst->meta[0], burst->hash[0], fx.now);
     PacketMeta m2;
     (void)parse_packet(f, m2);
     EXPECT_EQ(o, lb_owner(fx.ctx, m2, 0, fx.now)) << "with or without the burst's hash";
@@ -1126,6 +1129,141 @@ TEST(LbCounters, EveryCounterHasAName) {
         EXPECT_STRNE(lb_counter_name(static_cast<LbCounter>(i)), "invalid");
     }
     EXPECT_STREQ(lb_counter_name(LbCounter::FragNoState), "frag_no_state");
+}
+
+
+// ---- the burst API against the one-frame API ------------------------------------------
+
+/// A frame in a buffer with headroom and tailroom, as an mbuf holds it.
+struct Held {
+    static constexpr uint32_t kRoom = 64;
+    Bytes buf;
+    uint32_t len = 0;
+    uint32_t headroom = kRoom;
+    explicit Held(const Bytes& f) : buf(kRoom + std::max<size_t>(f.size(), 128) + 64, 0xEE) {
+        std::copy(f.begin(), f.end(), buf.begin() + kRoom);
+        len = static_cast<uint32_t>(f.size());
+    }
+    /// The frame as it leaves (its start moved by DSR's encapsulation).
+    [[nodiscard]] Bytes out() const {
+        return Bytes(buf.begin() + headroom, buf.begin() + headroom + len);
+    }
+};
+
+/// Frames of every kind the L4 path handles, with one flow's frames spread over bursts so
+/// that a burst holds a flow's first packet and its next ones together.
+std::vector<Bytes> mixed_frames(uint16_t base_port, const std::vector<uint16_t>& snat_ports) {
+    std::vector<Bytes> v;
+    const Mac bcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    for (uint16_t i = 0; i < 40; ++i) {
+        const auto sp = static_cast<uint16_t>(base_port + i);
+        v.push_back(syn(sp));
+        if (i % 3 == 0) {
+            v.push_back(syn(sp, 0x10)); // the ACK right behind its SYN, often in its burst
+        }
+        if (i % 7 == 0) {
+            v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                            .udp(sp, 80).payload(8).build()); // no UDP listener: to the host
+        }
+    }
+    for (uint16_t i = 0; i < 40; ++i) {
+        v.push_back(syn(static_cast<uint16_t>(base_port + i), i % 5 == 0 ? 0x11 : 0x10));
+    }
+    for (const uint16_t p : snat_ports) { // the backends' answers, and one to a free port
+        v.push_back(PacketBuilder().eth(kBackendA, kOurs).ipv4("10.0.1.1", "10.0.0.99")
+                        .tcp(8080, p, 0x12).build());
+    }
+    v.push_back(PacketBuilder().eth(kBackendA, kOurs).ipv4("10.0.1.1", "10.0.0.99")
+                    .tcp(8080, 7, 0x12).build());
+    v.push_back(PacketBuilder().eth(kClient, bcast).arp(1, kClient, "10.0.0.2", {}, "10.0.0.100")
+                    .pad_to(60).build());
+    v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                    .icmp(8, 0, 0x12340001).payload(16).build());
+    v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100", 1)
+                    .tcp(base_port, 80, 0x10).build()); // TTL 1
+    v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                    .fragment(0, true, 16).tcp(static_cast<uint16_t>(base_port + 100), 80).payload(40)
+                    .build());
+    v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.7")
+                    .tcp(base_port, 80).build()); // not ours
+    Bytes cut = syn(base_port);
+    cut.resize(30); // truncated
+    v.push_back(cut);
+    v.push_back(Bytes(14, 0xAB)); // garbage
+    return v;
+}
+
+/// Runs `frames` through fixture `a` one by one (lb_process) and through fixture `b` in
+/// bursts of `burst` (lb_burst_parse + lb_burst_run) and expects the same actions, frames
+/// and counters. Returns a's SNAT ports (for the backends' answers).
+std::vector<uint16_t> expect_burst_equals_single(Fixture& a, Fixture& b,
+                                                 const std::vector<Bytes>& frames, uint16_t burst) {
+    std::vector<uint16_t> snat_ports;
+    for (size_t at = 0; at < frames.size(); at += burst) {
+        const auto n = static_cast<uint16_t>(std::min<size_t>(burst, frames.size() - at));
+        std::vector<Held> one, many;
+        LbFrame lf[LbBurst::kMax];
+        LbAction act[LbBurst::kMax];
+        for (uint16_t i = 0; i < n; ++i) {
+            one.emplace_back(frames[at + i]);
+            many.emplace_back(frames[at + i]);
+        }
+        for (uint16_t i = 0; i < n; ++i) {
+            Held& h = many[i];
+            lf[i] = {h.buf.data() + h.headroom, h.len,
+                     static_cast<uint32_t>(h.buf.size()) - h.headroom, h.headroom};
+        }
+        auto burst_state = std::make_unique<LbBurst>();
+        lb_burst_parse(b.ctx, *burst_state, lf, 0, n);
+        lb_burst_run(b.ctx, b.table, *burst_state, lf, n, b.now, act);
+        for (uint16_t i = 0; i < n; ++i) {
+            Held& h = one[i];
+            const std::span<uint8_t> buf(h.buf.data() + h.headroom, h.buf.size() - h.headroom);
+            const LbAction want = lb_process(a.ctx, a.table, buf, h.len, a.now, &h.headroom);
+            many[i].len = lf[i].len;
+            many[i].headroom = lf[i].headroom;
+            SCOPED_TRACE("frame " + std::to_string(at + i));
+            EXPECT_EQ(act[i], want);
+            EXPECT_EQ(many[i].out(), h.out());
+            if (want == LbAction::Tx && h.len >= 38 && test::get16(h.buf, h.headroom + 12) == 0x0800 &&
+                ip4(h.out(), 26) == "10.0.0.99") {
+                snat_ports.push_back(test::get16(h.out(), 34));
+            }
+        }
+    }
+    for (size_t c = 0; c < kLbCounterCount; ++c) {
+        EXPECT_EQ(b.ctx.counters[c], a.ctx.counters[c]) << lb_counter_name(static_cast<LbCounter>(c));
+    }
+    for (size_t d = 0; d < kDropReasonCount; ++d) {
+        EXPECT_EQ(b.ctx.drops[d], a.ctx.drops[d]) << "drop reason " << d;
+    }
+    EXPECT_EQ(b.ct->stats().entries, a.ct->stats().entries);
+    return snat_ports;
+}
+
+TEST(LbBurstApi, HandlesEveryKindOfFrameAsTheOneFrameApiDoes) {
+    for (const ir::FwdMode mode : {ir::FwdMode::FullNat, ir::FwdMode::DsrIpip, ir::FwdMode::DsrGue}) {
+        for (const uint16_t burst : {uint16_t{1}, uint16_t{7}, uint16_t{32}, uint16_t{64}}) {
+            SCOPED_TRACE("mode " + std::to_string(static_cast<int>(mode)) + ", burst " +
+                         std::to_string(burst));
+            Fixture a(l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 1}}, mode));
+            Fixture b(l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 1}}, mode));
+            for (Fixture* fx : {&a, &b}) {
+                fx->learn("10.0.1.1", kBackendA);
+                fx->learn("10.0.1.2", kBackendB);
+            }
+            // First round: new flows (their SNAT ports are then answered in the second).
+            const std::vector<uint16_t> ports =
+                expect_burst_equals_single(a, b, mixed_frames(40000, {}), burst);
+            if (mode == ir::FwdMode::FullNat) {
+                EXPECT_GE(ports.size(), 40u) << "every SYN was forwarded with a SNAT port";
+            }
+            a.now += 10;
+            b.now += 10;
+            (void)expect_burst_equals_single(a, b, mixed_frames(40000, ports), burst);
+            EXPECT_GT(a.counter(LbCounter::Established), 40u);
+        }
+    }
 }
 
 } // namespace

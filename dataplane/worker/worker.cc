@@ -16,8 +16,34 @@ void Worker::publish_counters() noexcept {
     }
 }
 
-uint16_t Worker::dispatch(rte_mbuf** pkts, uint16_t n, PacketMeta* metas, uint64_t* hashes,
-                          uint32_t now) noexcept {
+namespace {
+
+/// The LbFrame of a single-segment mbuf.
+LbFrame frame_of(rte_mbuf* m) noexcept {
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    return {rte_pktmbuf_mtod(m, uint8_t*), len, len + rte_pktmbuf_tailroom(m),
+            rte_pktmbuf_headroom(m)};
+}
+
+/// Frames for lb_burst_*: multi-segment mbufs (not on this path yet) are freed, the rest
+/// compacted into pkts[] / frames[] from index `at`. Returns the new count.
+uint16_t take_frames(rte_mbuf** pkts, LbFrame* frames, uint16_t at, uint16_t n) noexcept {
+    uint16_t keep = at;
+    for (uint16_t i = at; i < at + n; ++i) {
+        rte_mbuf* m = pkts[i];
+        if (m->nb_segs != 1) {
+            rte_pktmbuf_free(m);
+            continue;
+        }
+        frames[keep] = frame_of(m);
+        pkts[keep++] = m;
+    }
+    return keep;
+}
+
+} // namespace
+
+uint16_t Worker::dispatch(rte_mbuf** pkts, LbFrame* frames, uint16_t n, uint32_t now) noexcept {
     const uint16_t self = ctx_.worker;
     const size_t workers = cfg_.to.size();
     // Frames per destination worker, in arrival order (their order within a flow is kept:
@@ -26,16 +52,17 @@ uint16_t Worker::dispatch(rte_mbuf** pkts, uint16_t n, PacketMeta* metas, uint64
     uint16_t nout[kMaxWorkers] = {};
     uint16_t keep = 0;
     for (uint16_t i = 0; i < n; ++i) {
-        const uint64_t h = lb_prefetch(
-            ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
-            metas[keep]);
-        const uint16_t owner = lb_owner(ctx_, metas[keep], h, now);
+        const uint16_t owner = lb_owner(ctx_, burst_.meta[i], burst_.hash[i], now);
         if (owner != self && owner < workers) {
             out[owner][nout[owner]++] = pkts[i];
             continue;
         }
-        hashes[keep] = h;
-        pkts[keep++] = pkts[i];
+        if (keep != i) {
+            burst_.move(i, keep);
+            frames[keep] = frames[i];
+            pkts[keep] = pkts[i];
+        }
+        ++keep;
     }
     for (size_t w = 0; w < workers; ++w) {
         if (nout[w] == 0) {
@@ -62,18 +89,21 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
     rte_mbuf* host[kBurst];
     while (!stop.load(std::memory_order_relaxed)) {
         rte_mbuf* pkts[kBurst];
-        PacketMeta metas[kBurst];
-        uint64_t hashes[kBurst];
+        LbFrame frames[kBurst];
+        LbAction actions[kBurst];
         const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
         uint16_t n = cfg_.rx_queue >= 0
                          ? rte_eth_rx_burst(cfg_.port, static_cast<uint16_t>(cfg_.rx_queue), pkts, kBurst)
                          : 0;
-        // Stage 1: parse and hash every flow of the burst and prefetch its conntrack
-        // buckets' signature lines (with several workers, frames of other workers' flows
-        // leave for their rings here); stage 1b: prefetch the matching entries. Stage 2's
-        // lookups then hit: the burst's misses overlap (STYLE H3).
+        // Stage 1 (lb_burst_parse): parse and hash every flow of the burst and prefetch its
+        // conntrack buckets' signature lines (with several workers, frames of other
+        // workers' flows leave for their rings here); stages 1b and 2 (lb_burst_run):
+        // prefetch the matching entries, then handle the frames. The burst's misses
+        // overlap (STYLE H3).
+        n = take_frames(pkts, frames, 0, n);
+        lb_burst_parse(ctx_, burst_, frames, 0, n);
         if (several) {
-            n = dispatch(pkts, n, metas, hashes, now);
+            n = dispatch(pkts, frames, n, now);
             for (size_t w = 0; w < cfg_.from.size() && n < kBurst; ++w) {
                 if (cfg_.from[w] == nullptr) {
                     continue;
@@ -81,45 +111,29 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 const uint16_t got = static_cast<uint16_t>(rte_ring_sc_dequeue_burst(
                     cfg_.from[w], reinterpret_cast<void**>(pkts + n), kBurst - n, nullptr));
                 ctx_.counters[static_cast<size_t>(LbCounter::FromWorkers)] += got;
-                for (uint16_t i = n; i < n + got; ++i) {
-                    hashes[i] = lb_prefetch(
-                        ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
-                        metas[i]);
-                }
-                n = static_cast<uint16_t>(n + got);
-            }
-        } else {
-            for (uint16_t i = 0; i < n; ++i) {
-                hashes[i] = lb_prefetch(
-                    ctx_, {rte_pktmbuf_mtod(pkts[i], const uint8_t*), rte_pktmbuf_data_len(pkts[i])},
-                    metas[i]);
+                const uint16_t total = take_frames(pkts, frames, n, got);
+                lb_burst_parse(ctx_, burst_, frames, n, static_cast<uint16_t>(total - n));
+                n = total;
             }
         }
         if (n > 0) {
             const ServiceTable* table = services_.read(); // one snapshot per burst
-            ConnEntry* hints[kBurst];
-            for (uint16_t i = 0; i < n; ++i) {
-                hints[i] = lb_prefetch_flow(ctx_, metas[i], hashes[i]);
+            if (table == nullptr) {
+                rte_pktmbuf_free_bulk(pkts, n); // no tables yet
+                n = 0;
+            } else {
+                lb_burst_run(ctx_, *table, burst_, frames, n, now, actions);
             }
             uint16_t ntx = 0, nhost = 0;
             for (uint16_t i = 0; i < n; ++i) {
                 rte_mbuf* m = pkts[i];
-                if (m->nb_segs != 1 || table == nullptr) {
-                    rte_pktmbuf_free(m); // multi-segment frames: not on this path yet
-                    continue;
-                }
-                auto* data = rte_pktmbuf_mtod(m, uint8_t*);
-                uint32_t len = rte_pktmbuf_data_len(m);
-                const std::span<uint8_t> buf(data, len + rte_pktmbuf_tailroom(m));
-                const uint32_t headroom = rte_pktmbuf_headroom(m);
-                uint32_t new_headroom = headroom; // lowered by DSR encapsulation
-                const LbAction a =
-                    lb_process_parsed(ctx_, *table, buf, len, now, metas[i], &new_headroom,
-                                      hashes[i], hints[i]);
+                const LbAction a = actions[i];
                 if (a == LbAction::Tx) {
-                    m->data_off = static_cast<uint16_t>(m->data_off - (headroom - new_headroom));
-                    m->data_len = static_cast<uint16_t>(len);
-                    m->pkt_len = len;
+                    // DSR encapsulation lowered the headroom: the frame starts earlier.
+                    m->data_off = static_cast<uint16_t>(m->data_off - (rte_pktmbuf_headroom(m) -
+                                                                       frames[i].headroom));
+                    m->data_len = static_cast<uint16_t>(frames[i].len);
+                    m->pkt_len = frames[i].len;
                     tx[ntx++] = m;
                 } else if (a == LbAction::Host && cfg_.host_port >= 0) {
                     host[nhost++] = m; // unchanged: the kernel gets the frame as received

@@ -71,15 +71,16 @@ public:
 
 private:
     void publish_counters() noexcept;
-    /// Stage 0 (several workers): frames of pkts[0, n) owned by another worker go to its
-    /// ring; the rest stay, compacted, with their parse in metas/hashes. Returns how many stay.
-    uint16_t dispatch(rte_mbuf** pkts, uint16_t n, PacketMeta* metas, uint64_t* hashes,
-                      uint32_t now) noexcept;
+    /// After stage 1 (several workers): frames of pkts[0, n) owned by another worker go to
+    /// its ring; the rest stay, compacted with their frames[] and burst_ state. Returns how
+    /// many stay.
+    uint16_t dispatch(rte_mbuf** pkts, LbFrame* frames, uint16_t n, uint32_t now) noexcept;
 
     WorkerConfig cfg_;
     rte_rcu_qsbr* qsbr_;
     const Snapshot<ServiceTable>& services_;
     LbContext& ctx_;
+    LbBurst burst_; ///< the current burst's per-frame state between the stages
     // Single writer (the worker), relaxed: statistics, nothing is published through them.
     alignas(64) std::array<std::atomic<uint64_t>, kLbCounterCount> published_{};
     alignas(64) std::array<std::atomic<uint64_t>, kDropReasonCount> published_drops_{};
