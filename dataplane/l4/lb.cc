@@ -813,25 +813,35 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     return nullptr;
 }
 
+/// The L4 service of a parsed TCP/UDP frame's destination, or nullptr.
+SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table, const PacketMeta& m) noexcept {
+    return table.find(m.family, to_table_addr(m.family, m.key.dst), m.proto, m.key.dst_port);
+}
+
 /// A TCP/UDP datagram (or the first fragment of one) to forward. `pre`: its key and probe
-/// from a burst's first stage (nullptr: derived here).
+/// from a burst's first stage, and `pre_svc` its service from stage 1b (nullptr: derived
+/// here).
 SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& table,
                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                         PacketMeta& m, uint32_t* headroom, uint64_t hash,
                                         ConnEntry* hint, const LbFlowPre* pre,
-                                        bool first_frag) noexcept {
-    const Addr dst = to_table_addr(m.family, m.key.dst);
-    // A hash from lb_burst_parse() means it found no SNAT port slot for the destination:
-    // not return traffic (checked there already), unless the context has no port table.
-    const int rslot = hash != 0 && ctx.ports != nullptr ? -1 : snat_slot(ctx, m.family, dst);
-    if (rslot >= 0) {
-        if (ctx.ports == nullptr) [[unlikely]] {
-            return dropped(ctx, LbCounter::BackendGone); // no full-NAT state at all
+                                        const L4Service* pre_svc, bool first_frag) noexcept {
+    const L4Service* svc = pre_svc;
+    if (pre == nullptr) {
+        // A hash from lb_burst_parse() means it found no SNAT port slot for the destination:
+        // not return traffic (checked there already), unless the context has no port table.
+        const Addr dst = to_table_addr(m.family, m.key.dst);
+        const int rslot = hash != 0 && ctx.ports != nullptr ? -1 : snat_slot(ctx, m.family, dst);
+        if (rslot >= 0) {
+            if (ctx.ports == nullptr) [[unlikely]] {
+                return dropped(ctx, LbCounter::BackendGone); // no full-NAT state at all
+            }
+            return return_path(ctx, buf, len, now, m, rslot, first_frag);
         }
-        return return_path(ctx, buf, len, now, m, rslot, first_frag);
+        svc = service_of(table, m);
     }
-    const L4Service* svc = table.find(m.family, dst, m.proto, m.key.dst_port);
     if (!svc) [[unlikely]] {
+        const Addr dst = to_table_addr(m.family, m.key.dst);
         return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
     }
     if (svc->to_l7) {
@@ -927,7 +937,7 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
     // A first fragment of a TCP/UDP datagram (it has the ports) takes the flow path, which
     // remembers its translation for the later fragments (FragTable).
     if (v == Verdict::Fragment && m.frag_first && (m.proto == kProtoTcp || m.proto == kProtoUdp)) {
-        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr,
+        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr, nullptr,
                          /*first_frag=*/true);
     }
     if (v == Verdict::Fragment) {
@@ -944,7 +954,7 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
     (void)parse_packet(std::span<const uint8_t>(buf.data(), len), m);
     ctx.count(LbCounter::RxPackets);
     if (m.verdict == Verdict::Forward) [[likely]] {
-        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr,
+        return flow_path(ctx, table, buf, len, now, m, headroom, 0, nullptr, nullptr, nullptr,
                          /*first_frag=*/false);
     }
     return process_other(ctx, table, buf, len, now, m, headroom);
@@ -975,11 +985,17 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
 
 void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
                   uint16_t n, uint32_t now, LbAction* out) noexcept {
-    // Stage 1b: the entries behind the signature lines stage 1 prefetched.
+    // Stage 1b: the entries behind the signature lines stage 1 prefetched, and each flow's
+    // service; for a flow no signature matched (new, most likely) also its Maglev slot.
     for (uint16_t i = 0; i < n; ++i) {
         ConnEntry* hint = nullptr;
-        if (burst.hash[i] != 0) {
+        if (const uint64_t h = burst.hash[i]; h != 0) {
+            const L4Service* svc = service_of(table, burst.meta[i]);
+            burst.svc[i] = svc;
             hint = ctx.ct->prefetch_entry(burst.pre[i].probe);
+            if (hint == nullptr && svc != nullptr) {
+                svc->maglev.prefetch(h);
+            }
         } else if (burst.meta[i].verdict == Verdict::Forward) {
             if (ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]); p != nullptr && *p != nullptr) {
                 prefetch_write(*p);
@@ -995,8 +1011,12 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         const std::span<uint8_t> buf(f.data, f.cap);
         if (m.verdict == Verdict::Forward) [[likely]] {
             const uint64_t h = burst.hash[i];
-            out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
-                               h != 0 ? &burst.pre[i] : nullptr, /*first_frag=*/false);
+            // (Without a port table, lb_burst_parse() did not rule out return traffic.)
+            out[i] = h != 0 && ctx.ports != nullptr ? flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h,
+                                        burst.hint[i], &burst.pre[i], burst.svc[i],
+                                        /*first_frag=*/false)
+                            : flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr,
+                                        nullptr, nullptr, /*first_frag=*/false);
         } else {
             out[i] = process_other(ctx, table, buf, f.len, now, m, &f.headroom);
         }

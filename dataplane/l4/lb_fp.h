@@ -408,6 +408,7 @@ struct LbBurst {
     std::array<uint64_t, kMax> hash;  ///< flow hash (0: nothing to look up in conntrack)
     std::array<LbFlowPre, kMax> pre;  ///< valid where hash != 0
     std::array<ConnEntry*, kMax> hint; ///< stage 1b's prefetched conntrack slot
+    std::array<const L4Service*, kMax> svc; ///< stage 1b's service lookup (where hash != 0)
 
     /// Moves slot `from`'s stage-1 state to slot `to` (a dispatcher compacting the burst).
     void move(uint16_t from, uint16_t to) noexcept {
