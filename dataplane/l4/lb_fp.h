@@ -257,6 +257,9 @@ struct LbContext {
     int8_t snat_first4 = -1, snat_first6 = -1;
     std::array<uint8_t, 2> snat_count{}; ///< SNAT addresses of family 4 / 6 (index_snat())
     /// Each SNAT slot's next port, as an index c of this worker's ports (see PortPlan).
+    /// Staggered by index_snat(): new flows take the slots in turn, so the cursors advance
+    /// in step, and started equal they would read owner words 512 KiB apart, which share
+    /// one cache set at every level (16 lines in an 8-way set: a miss per new flow).
     std::array<uint16_t, kMaxSnat> port_cursor{};
     uint8_t snat_next = 0; ///< round robin over SNAT addresses of a family
     /// Per family (0: IPv4, 1: IPv6): the ms tick of the last port search that found
@@ -291,6 +294,8 @@ struct LbContext {
     };
     PortPlan port_plan{};
 
+    static constexpr uint16_t kCursorStagger = 521; ///< ports between slots' first cursors
+
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
     /// Rebuilds snat_by_byte from snat. Thread: the owner (before the worker starts).
     void index_snat() noexcept {
@@ -305,6 +310,10 @@ struct LbContext {
                 snat_first6 = static_cast<int8_t>(i);
                 ++snat_count[1];
             }
+        }
+        for (size_t i = 0; i < kMaxSnat; ++i) {
+            // 521 ports = 65 cache lines + 8 bytes apart: distinct L1 and L2 sets per slot.
+            port_cursor[i] = static_cast<uint16_t>(i * kCursorStagger);
         }
         static_assert(kMaxSnat <= 16, "snat_by_byte holds a 16-bit mask");
         for (size_t i = 0; i < kMaxSnat; ++i) {
