@@ -204,6 +204,12 @@ public:
 
     // ---- worker API, defined inline in conntrack_fp.h ----------------------------------
 
+    /// True when the half-open budget is spent: a new TCP flow now would be refused (no
+    /// count; prefetch heuristics use it). Thread: worker (owner).
+    [[nodiscard]] bool half_open_full() const noexcept {
+        return half_open_n_.get() >= half_open_max_;
+    }
+
     /// Prefetches the signature line(s) of both candidate buckets of `hash`; call one stage
     /// ahead of lookup/lookup_bulk (STYLE H3). Thread: worker (owner).
     [[gnu::always_inline]] void prefetch(uint64_t hash) const noexcept;
@@ -247,7 +253,10 @@ public:
     [[gnu::always_inline]] [[nodiscard]] Probe probe_of(uint64_t hash) const noexcept { return probe(hash); }
     /// prefetch() and prefetch_entry() with the probe already computed.
     [[gnu::always_inline]] void prefetch(const Probe& p) const noexcept;
-    [[gnu::always_inline]] ConnEntry* prefetch_entry(const Probe& p) const noexcept;
+    /// `insert_likely`: where no signature matches, also prefetch the slot an insert would
+    /// take now (false under a SYN flood past the budget, whose SYNs insert nothing).
+    [[gnu::always_inline]] ConnEntry* prefetch_entry(const Probe& p,
+                                                     bool insert_likely = true) const noexcept;
     /// lookup() with the probe already computed (probe_of(hash) of the key's hash).
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
                                                            const Probe& p, uint32_t now) noexcept;
@@ -338,6 +347,8 @@ private:
         return slot(bucket, s / 4).bucket_sigs[s % 4];
     }
     [[gnu::always_inline]] uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
+    /// The slot an insert of probe `p` takes now, or nullptr when both buckets are full.
+    [[gnu::always_inline]] ConnEntry* free_slot(const Probe& p) const noexcept;
     [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates,
                                            const conntrack_detail::KeyWords& key) const noexcept;
     void reclaim(uint32_t bucket, uint32_t s) noexcept;

@@ -999,14 +999,21 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
 void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
                   uint16_t n, uint32_t now, LbAction* out) noexcept {
     // Stage 1b: the entries behind the signature lines stage 1 prefetched, and each flow's
-    // service; for a flow no signature matched (new, most likely) also its Maglev slot.
+    // service; for a flow no signature matched (new, most likely) also the slot its insert
+    // will take and its Maglev slot. Not for TCP past the half-open budget (a SYN flood):
+    // full-NAT refuses those before the pick, and no one inserts, so those prefetches would
+    // only take line-fill buffers from the lookups (docs/performance.md: a Maglev prefetch
+    // for refused SYNs cost the flood rate 20%).
+    const bool budget_spent = ctx.ct->half_open_full();
     for (uint16_t i = 0; i < n; ++i) {
         ConnEntry* hint = nullptr;
         if (const uint64_t h = burst.hash[i]; h != 0) {
-            const L4Service* svc = service_of(table, burst.meta[i]);
+            const PacketMeta& m = burst.meta[i];
+            const L4Service* svc = service_of(table, m);
             burst.svc[i] = svc;
-            hint = ctx.ct->prefetch_entry(burst.pre[i].probe);
-            if (hint == nullptr && svc != nullptr) {
+            const bool refused = budget_spent && m.proto == kProtoTcp;
+            hint = ctx.ct->prefetch_entry(burst.pre[i].probe, !refused);
+            if (hint == nullptr && svc != nullptr && (!refused || svc->mode != FwdMode::FullNat)) {
                 svc->maglev.prefetch(h);
             }
         } else if (burst.meta[i].verdict == Verdict::Forward) {
