@@ -1007,21 +1007,29 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
     const bool budget_spent = ctx.ct->half_open_full();
     for (uint16_t i = 0; i < n; ++i) {
         ConnEntry* hint = nullptr;
-        if (const uint64_t h = burst.hash[i]; h != 0) {
-            const PacketMeta& m = burst.meta[i];
-            const L4Service* svc = service_of(table, m);
-            burst.svc[i] = svc;
-            const bool refused = budget_spent && m.proto == kProtoTcp;
+        if (burst.hash[i] != 0) {
+            const bool refused = budget_spent && burst.meta[i].proto == kProtoTcp;
             hint = ctx.ct->prefetch_entry(burst.pre[i].probe, !refused);
-            if (hint == nullptr && svc != nullptr && (!refused || svc->mode != FwdMode::FullNat)) {
-                svc->maglev.prefetch(h);
-            }
         } else if (burst.meta[i].verdict == Verdict::Forward) {
             if (ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]); p != nullptr && *p != nullptr) {
                 prefetch_write(*p);
             }
         }
         burst.hint[i] = hint;
+    }
+    // Stage 1c, a pass of its own so that the entries prefetched above have its length to
+    // arrive before stage 2 reads the first of them: the services.
+    for (uint16_t i = 0; i < n; ++i) {
+        if (const uint64_t h = burst.hash[i]; h != 0) {
+            const PacketMeta& m = burst.meta[i];
+            const L4Service* svc = service_of(table, m);
+            burst.svc[i] = svc;
+            const bool refused = budget_spent && m.proto == kProtoTcp;
+            if (burst.hint[i] == nullptr && svc != nullptr &&
+                (!refused || svc->mode != FwdMode::FullNat)) {
+                svc->maglev.prefetch(h);
+            }
+        }
     }
     // Stage 2.
     ctx.counters[static_cast<size_t>(LbCounter::RxPackets)] += n;
