@@ -9,6 +9,7 @@
 // usage: l4_bench [--flows N] [--seconds S] [--out FILE] -- [EAL args]
 //   default EAL: -l 0 --no-huge -m 1024 --no-pci --vdev=net_null0,size=64 --file-prefix l4b
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -211,6 +212,8 @@ int main(int argc, char** argv) {
             eal.push_back(x);
         }
     }
+    const bool hugepages =
+        std::find(eal.begin(), eal.end(), std::string("--no-huge")) == eal.end();
     std::vector<char*> ev;
     for (auto& s : eal) {
         ev.push_back(s.data());
@@ -406,9 +409,9 @@ int main(int argc, char** argv) {
     const double mix_est_fwd =
         100.0 * static_cast<double>(mix_est_tx) / static_cast<double>(mix_est ? mix_est : 1);
     const double own = est.cycles_per_pkt - tmpl.cycles_per_pkt;
-    std::printf("l4_bench: net_null, 64-byte frames, one lcore, %u established flows tracked "
+    std::printf("l4_bench: net_null, 64-byte frames, one lcore, %s, %u established flows tracked "
                 "(%u/%u warm-up SYNs admitted)\n",
-                max_flows, established, max_flows);
+                hugepages ? "hugepages" : "--no-huge", max_flows, established, max_flows);
     std::printf("  io-forward           %7.2f Mpps  %6.1f cycles/pkt   = 1.00 (baseline)\n", io.mpps,
                 io.cycles_per_pkt);
     std::printf("  io + packet write    %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n",
@@ -442,7 +445,7 @@ int main(int argc, char** argv) {
         FILE* f = std::fopen(a.out.c_str(), "w");
         if (f) {
             std::fprintf(f,
-                         "{\"benchmark\":\"l4\",\"flows\":%u,\"io_forward_mpps\":%.3f,"
+                         "{\"benchmark\":\"l4\",\"flows\":%u,\"hugepages\":%s,\"io_forward_mpps\":%.3f,"
                          "\"io_forward_cycles\":%.1f,\"template_mpps\":%.3f,"
                          "\"established_mpps\":%.3f,\"established_cycles\":%.1f,"
                          "\"own_cycles\":%.1f,\"syn_mpps\":%.3f,\"syn_flood_mpps\":%.3f,"
@@ -450,7 +453,7 @@ int main(int argc, char** argv) {
                          "\"syn_cycles\":%.1f,\"syn_dsr_cycles\":%.1f,\"bytes_per_flow\":%zu,"
                          "\"ratio_established_to_io\":%.3f,\"mix_syn_mpps\":%.3f,"
                          "\"mix_established_mpps\":%.3f,\"mix_established_forwarded_pct\":%.3f}\n",
-                         max_flows, io.mpps, io.cycles_per_pkt, tmpl.mpps, est.mpps,
+                         max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt, tmpl.mpps, est.mpps,
                          est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
                          syn_dsr.tracked.mpps, syn_dsr.flood.mpps, syn.tracked.cycles_per_pkt,
                          syn_dsr.tracked.cycles_per_pkt, sizeof(ConnEntry), est.mpps / io.mpps,

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The L4 fast-path benchmark (perf/l4_bench) at 2,000, 60,000 and 1,000,000 tracked flows, on
+# 2 MiB hugepages as ../shared/PLATFORM.md asks of fast-path benchmarks (io-forward on
+# net_null runs ~60 Mpps there, ~45 with --no-huge). Each invocation prints, beside sluice's
+# figures, the io-forward baseline of the same run.
+#
+#   perf/l4_bench.sh [--build DIR] [--no-huge] [--seconds S] [--flows "N ..."] [--tag TAG]
+#
+# Writes perf/results/l4-<date>-<flows>-<tag>.json (tag: the commit, by default). Hugepages
+# are mounted privately for the run; nr_hugepages is restored and the mount removed on exit.
+# Needs root for the hugepages (else use --no-huge).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BUILD=$ROOT/build
+HUGE=1
+SECONDS_PER_RUN=2
+FLOWS="2000 60000 1000000"
+TAG=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo local)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) BUILD=$2; shift ;;
+    --no-huge) HUGE=0 ;;
+    --seconds) SECONDS_PER_RUN=$2; shift ;;
+    --flows) FLOWS=$2; shift ;;
+    --tag) TAG=$2; shift ;;
+    *) echo "usage: $0 [--build DIR] [--no-huge] [--seconds S] [--flows \"N ...\"] [--tag TAG]" >&2; exit 2 ;;
+  esac
+  shift
+done
+BIN=$BUILD/perf/l4_bench
+[ -x "$BIN" ] || { echo "l4_bench.sh: $BIN missing (ninja -C $BUILD perf/l4_bench)" >&2; exit 1; }
+
+W=$(mktemp -d /tmp/l4bench.XXXXXX)
+HUGE_OLD=""
+HUGE_SET=""
+HUGE_MNT=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$HUGE_MNT" ]; then
+    rm -f "$HUGE_MNT"/* 2>/dev/null || true
+    umount "$HUGE_MNT" 2>/dev/null || true
+  fi
+  # Give the pages back unless someone else changed the count meanwhile.
+  if [ -n "$HUGE_OLD" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$HUGE_SET" ]; then
+    echo "$HUGE_OLD" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+  fi
+  rm -rf "$W"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$HUGE" = 1 ]; then
+  # EAL -m 512, the established run's conntrack (2M slots, 128 MiB) and the SYN runs' (the
+  # same, one at a time) come from the pool: 512 + 2 x 128 MiB + slack.
+  HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
+  echo $((HUGE_OLD + 512)) > /proc/sys/vm/nr_hugepages
+  HUGE_SET=$(cat /proc/sys/vm/nr_hugepages)
+  [ "$HUGE_SET" -ge $((HUGE_OLD + 450)) ] || { echo "l4_bench.sh: only $HUGE_SET hugepages" >&2; exit 1; }
+  HUGE_MNT=$W/huge
+  mkdir -p "$HUGE_MNT"
+  mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"
+  MEM=(-m 512 --huge-dir "$HUGE_MNT")
+else
+  MEM=(--no-huge -m 1024)
+fi
+
+mkdir -p "$ROOT/perf/results"
+for f in $FLOWS; do
+  out=$ROOT/perf/results/l4-$(date +%F)-$f-$TAG.json
+  "$BIN" --flows "$f" --seconds "$SECONDS_PER_RUN" --out "$out" -- -l 0 "${MEM[@]}" --no-pci \
+    --vdev=net_null0,size=64 --file-prefix "l4bench$$" --log-level=lib.eal:warning
+  echo "  -> $out"
+done
