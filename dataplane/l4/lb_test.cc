@@ -1182,8 +1182,10 @@ std::vector<Bytes> mixed_frames(uint16_t base_port, const std::vector<uint16_t>&
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100", 1)
                     .tcp(base_port, 80, 0x10).build()); // TTL 1
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
-                    .fragment(0, true, 16).tcp(static_cast<uint16_t>(base_port + 100), 80).payload(40)
+                    .fragment(0, true, 48).tcp(static_cast<uint16_t>(base_port + 100), 80).payload(40)
                     .build());
+    // The same flow unfragmented right behind: it finds the entry the fragment made.
+    v.push_back(syn(static_cast<uint16_t>(base_port + 100), 0x10));
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.7")
                     .tcp(base_port, 80).build()); // not ours
     Bytes cut = syn(base_port);
