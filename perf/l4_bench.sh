@@ -31,21 +31,13 @@ done
 BIN=$BUILD/perf/l4_bench
 [ -x "$BIN" ] || { echo "l4_bench.sh: $BIN missing (ninja -C $BUILD perf/l4_bench)" >&2; exit 1; }
 
+# shellcheck source=perf/hugepages.sh
+. "$HERE/hugepages.sh"
 W=$(mktemp -d /tmp/l4bench.XXXXXX)
-HUGE_OLD=""
-HUGE_SET=""
-HUGE_MNT=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [ -n "$HUGE_MNT" ]; then
-    rm -f "$HUGE_MNT"/* 2>/dev/null || true
-    umount "$HUGE_MNT" 2>/dev/null || true
-  fi
-  # Give the pages back unless someone else changed the count meanwhile.
-  if [ -n "$HUGE_OLD" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$HUGE_SET" ]; then
-    echo "$HUGE_OLD" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
-  fi
+  huge_release
   rm -rf "$W"
   exit "$rc"
 }
@@ -55,13 +47,7 @@ trap 'exit 130' INT TERM
 if [ "$HUGE" = 1 ]; then
   # EAL -m 512, the established run's conntrack (2M slots, 128 MiB) and the SYN runs' (the
   # same, one at a time) come from the pool: 512 + 2 x 128 MiB + slack.
-  HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
-  echo $((HUGE_OLD + 512)) > /proc/sys/vm/nr_hugepages
-  HUGE_SET=$(cat /proc/sys/vm/nr_hugepages)
-  [ "$HUGE_SET" -ge $((HUGE_OLD + 450)) ] || { echo "l4_bench.sh: only $HUGE_SET hugepages" >&2; exit 1; }
-  HUGE_MNT=$W/huge
-  mkdir -p "$HUGE_MNT"
-  mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"
+  huge_reserve 512 450 "$W/huge"
   MEM=(-m 512 --huge-dir "$HUGE_MNT")
 else
   MEM=(--no-huge -m 1024)

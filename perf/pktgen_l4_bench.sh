@@ -97,9 +97,8 @@ fi
 W=$(mktemp -d /tmp/sluice-pktgen-bench.XXXXXX)
 PIDS=()
 KNS=() # network namespaces of the kernel baseline
-HUGE_MNT=""
-HUGE_OLD=""
-HUGE_SET=""
+# shellcheck source=perf/hugepages.sh
+. "$(dirname "$0")/hugepages.sh"
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -111,14 +110,7 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
   for p in "${KNS[@]}"; do ip netns del "$p" 2>/dev/null || true; done
-  if [ -n "$HUGE_MNT" ]; then
-    rm -f "$HUGE_MNT"/* 2>/dev/null || true
-    umount "$HUGE_MNT" 2>/dev/null || true
-  fi
-  # Give the pages back unless someone else changed the count meanwhile.
-  if [ -n "$HUGE_OLD" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$HUGE_SET" ]; then
-    echo "$HUGE_OLD" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
-  fi
+  huge_release
   if [ "$KEEP" = 1 ] || { [ "$rc" -ne 0 ] && [ "$SMOKE" = 0 ]; }; then
     echo "pktgen_l4_bench: work directory kept: $W" >&2
   else
@@ -131,15 +123,7 @@ trap 'exit 130' INT TERM
 
 # EAL memory: --no-huge (default) or hugepages mounted privately for this run.
 if [ "$HUGE" = 1 ]; then
-  HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
-  need=$((HUGE_OLD + 768)) # 2 x 512 MiB + slack, in 2 MiB pages
-  echo "$need" > /proc/sys/vm/nr_hugepages
-  got=$(cat /proc/sys/vm/nr_hugepages)
-  HUGE_SET=$got
-  [ "$got" -ge $((HUGE_OLD + 600)) ] || { echo "pktgen_l4_bench: only $got hugepages" >&2; exit 1; }
-  HUGE_MNT=$W/huge
-  mkdir -p "$HUGE_MNT"
-  mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"
+  huge_reserve 768 600 "$W/huge" || exit 1 # 2 x 512 MiB + slack, in 2 MiB pages
   MEM=(-m 512 --huge-dir "$HUGE_MNT")
   MEMNAME=hugepages
 else
