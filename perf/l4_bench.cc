@@ -170,7 +170,8 @@ struct BurstRun {
         if (act[i] != LbAction::Tx) {
             return false;
         }
-        m->data_off = static_cast<uint16_t>(m->data_off - (rte_pktmbuf_headroom(m) - frames[i].headroom));
+        m->data_off = static_cast<uint16_t>(m->data_off -
+                                            (rte_pktmbuf_headroom(m) - frames[i].headroom));
         m->data_len = static_cast<uint16_t>(frames[i].len);
         m->pkt_len = frames[i].len;
         return true;
@@ -445,7 +446,8 @@ int main(int argc, char** argv) {
         FILE* f = std::fopen(a.out.c_str(), "w");
         if (f) {
             std::fprintf(f,
-                         "{\"benchmark\":\"l4\",\"flows\":%u,\"hugepages\":%s,\"io_forward_mpps\":%.3f,"
+                         "{\"benchmark\":\"l4\",\"flows\":%u,\"hugepages\":%s,"
+                         "\"io_forward_mpps\":%.3f,"
                          "\"io_forward_cycles\":%.1f,\"template_mpps\":%.3f,"
                          "\"established_mpps\":%.3f,\"established_cycles\":%.1f,"
                          "\"own_cycles\":%.1f,\"syn_mpps\":%.3f,\"syn_flood_mpps\":%.3f,"
@@ -453,7 +455,8 @@ int main(int argc, char** argv) {
                          "\"syn_cycles\":%.1f,\"syn_dsr_cycles\":%.1f,\"bytes_per_flow\":%zu,"
                          "\"ratio_established_to_io\":%.3f,\"mix_syn_mpps\":%.3f,"
                          "\"mix_established_mpps\":%.3f,\"mix_established_forwarded_pct\":%.3f}\n",
-                         max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt, tmpl.mpps, est.mpps,
+                         max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt,
+                         tmpl.mpps, est.mpps,
                          est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
                          syn_dsr.tracked.mpps, syn_dsr.flood.mpps, syn.tracked.cycles_per_pkt,
                          syn_dsr.tracked.cycles_per_pkt, sizeof(ConnEntry), est.mpps / io.mpps,

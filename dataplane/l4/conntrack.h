@@ -250,7 +250,9 @@ public:
                                                            Probe& probe) noexcept;
     /// The probe of a flow hash (computed once per packet by a burst's first stage and
     /// handed to the prefetches and the lookup below).
-    [[gnu::always_inline]] [[nodiscard]] Probe probe_of(uint64_t hash) const noexcept { return probe(hash); }
+    [[gnu::always_inline]] [[nodiscard]] Probe probe_of(uint64_t hash) const noexcept {
+        return probe(hash);
+    }
     /// prefetch() and prefetch_entry() with the probe already computed.
     [[gnu::always_inline]] void prefetch(const Probe& p) const noexcept;
     /// `insert_likely`: where no signature matches, also prefetch the slot an insert would

@@ -827,7 +827,8 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
 }
 
 /// The L4 service of a parsed TCP/UDP frame's destination, or nullptr.
-SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table, const PacketMeta& m) noexcept {
+SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table,
+                                                 const PacketMeta& m) noexcept {
     return table.find(m.family, to_table_addr(m.family, m.key.dst), m.proto, m.key.dst_port);
 }
 
@@ -855,7 +856,8 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
     }
     if (!svc) [[unlikely]] {
         const Addr dst = to_table_addr(m.family, m.key.dst);
-        return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService : LbCounter::NotForUs);
+        return to_host(ctx, table.is_vip(m.family, dst) ? LbCounter::NoService
+                                                        : LbCounter::NotForUs);
     }
     if (svc->to_l7) {
         return to_host(ctx, LbCounter::L7Listener); // sluice-l7, on the kernel's sockets
@@ -998,12 +1000,12 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
 
 void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
                   uint16_t n, uint32_t now, LbAction* out) noexcept {
-    // Stage 1b: the entries behind the signature lines stage 1 prefetched, and each flow's
-    // service; for a flow no signature matched (new, most likely) also the slot its insert
-    // will take and its Maglev slot. Not for TCP past the half-open budget (a SYN flood):
-    // full-NAT refuses those before the pick, and no one inserts, so those prefetches would
-    // only take line-fill buffers from the lookups (docs/performance.md: a Maglev prefetch
-    // for refused SYNs cost the flood rate 20%).
+    // Stage 1b: the entries behind the signature lines stage 1 prefetched; for a flow no
+    // signature matched (new, most likely) the slot its insert will take instead, and in
+    // stage 1c its Maglev slot. Neither for TCP past the half-open budget (a SYN flood):
+    // nothing is inserted then and full-NAT refuses before the pick, so those prefetches
+    // would only take line-fill buffers from the lookups (docs/performance.md: a Maglev
+    // prefetch for refused SYNs cost the flood rate ~20%).
     const bool budget_spent = ctx.ct->half_open_full();
     for (uint16_t i = 0; i < n; ++i) {
         ConnEntry* hint = nullptr;
@@ -1011,8 +1013,9 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
             const bool refused = budget_spent && burst.meta[i].proto == kProtoTcp;
             hint = ctx.ct->prefetch_entry(burst.pre[i].probe, !refused);
         } else if (burst.meta[i].verdict == Verdict::Forward) {
-            if (ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]); p != nullptr && *p != nullptr) {
-                prefetch_write(*p);
+            ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]);
+            if (p != nullptr && *p != nullptr) {
+                prefetch_write(*p); // return traffic: the flow's entry
             }
         }
         burst.hint[i] = hint;
@@ -1050,14 +1053,14 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         LbFrame& f = frames[i];
         PacketMeta& m = burst.meta[i];
         const std::span<uint8_t> buf(f.data, f.cap);
-        if (m.verdict == Verdict::Forward) [[likely]] {
-            const uint64_t h = burst.hash[i];
-            // (Without a port table, lb_burst_parse() did not rule out return traffic.)
-            out[i] = h != 0 && ctx.ports != nullptr ? flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h,
-                                        burst.hint[i], &burst.pre[i], burst.svc[i],
-                                        /*first_frag=*/false)
-                            : flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr,
-                                        nullptr, nullptr, /*first_frag=*/false);
+        const uint64_t h = burst.hash[i];
+        // (Without a port table, lb_burst_parse() did not rule out return traffic.)
+        if (m.verdict == Verdict::Forward && h != 0 && ctx.ports != nullptr) [[likely]] {
+            out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
+                               &burst.pre[i], burst.svc[i], /*first_frag=*/false);
+        } else if (m.verdict == Verdict::Forward) {
+            out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr, nullptr,
+                               nullptr, /*first_frag=*/false);
         } else {
             out[i] = process_other(ctx, table, buf, f.len, now, m, &f.headroom);
         }

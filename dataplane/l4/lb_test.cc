@@ -1182,7 +1182,9 @@ std::vector<Bytes> mixed_frames(uint16_t base_port, const std::vector<uint16_t>&
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100", 1)
                     .tcp(base_port, 80, 0x10).build()); // TTL 1
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
-                    .fragment(0, true, 48).tcp(static_cast<uint16_t>(base_port + 100), 80).payload(40)
+                    .fragment(0, true, 48)
+                    .tcp(static_cast<uint16_t>(base_port + 100), 80)
+                    .payload(40)
                     .build());
     // The same flow unfragmented right behind: it finds the entry the fragment made.
     v.push_back(syn(static_cast<uint16_t>(base_port + 100), 0x10));
@@ -1227,14 +1229,15 @@ std::vector<uint16_t> expect_burst_equals_single(Fixture& a, Fixture& b,
             SCOPED_TRACE("frame " + std::to_string(at + i));
             EXPECT_EQ(act[i], want);
             EXPECT_EQ(many[i].out(), h.out());
-            if (want == LbAction::Tx && h.len >= 38 && test::get16(h.buf, h.headroom + 12) == 0x0800 &&
-                ip4(h.out(), 26) == "10.0.0.99") {
+            if (want == LbAction::Tx && h.len >= 38 &&
+                test::get16(h.buf, h.headroom + 12) == 0x0800 && ip4(h.out(), 26) == "10.0.0.99") {
                 snat_ports.push_back(test::get16(h.out(), 34));
             }
         }
     }
     for (size_t c = 0; c < kLbCounterCount; ++c) {
-        EXPECT_EQ(b.ctx.counters[c], a.ctx.counters[c]) << lb_counter_name(static_cast<LbCounter>(c));
+        EXPECT_EQ(b.ctx.counters[c], a.ctx.counters[c])
+            << lb_counter_name(static_cast<LbCounter>(c));
     }
     for (size_t d = 0; d < kDropReasonCount; ++d) {
         EXPECT_EQ(b.ctx.drops[d], a.ctx.drops[d]) << "drop reason " << d;
@@ -1244,7 +1247,8 @@ std::vector<uint16_t> expect_burst_equals_single(Fixture& a, Fixture& b,
 }
 
 TEST(LbBurstApi, HandlesEveryKindOfFrameAsTheOneFrameApiDoes) {
-    for (const ir::FwdMode mode : {ir::FwdMode::FullNat, ir::FwdMode::DsrIpip, ir::FwdMode::DsrGue}) {
+    for (const ir::FwdMode mode :
+         {ir::FwdMode::FullNat, ir::FwdMode::DsrIpip, ir::FwdMode::DsrGue}) {
         for (const uint16_t burst : {uint16_t{1}, uint16_t{7}, uint16_t{32}, uint16_t{64}}) {
             SCOPED_TRACE("mode " + std::to_string(static_cast<int>(mode)) + ", burst " +
                          std::to_string(burst));
