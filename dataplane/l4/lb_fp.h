@@ -297,7 +297,8 @@ struct LbContext {
     static constexpr uint16_t kCursorStagger = 521; ///< ports between slots' first cursors
 
     void count(LbCounter c) noexcept { ++counters[static_cast<size_t>(c)]; }
-    /// Rebuilds snat_by_byte from snat. Thread: the owner (before the worker starts).
+    /// Rebuilds snat_by_byte, the per-family firsts and counts from snat, and restarts the
+    /// port cursors (staggered). Thread: the owner (before the worker starts).
     void index_snat() noexcept {
         snat_by_byte.fill(0);
         snat_first4 = snat_first6 = -1;
