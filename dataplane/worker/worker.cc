@@ -97,9 +97,9 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                          : 0;
         // Stage 1 (lb_burst_parse): parse and hash every flow of the burst and prefetch its
         // conntrack buckets' signature lines (with several workers, frames of other
-        // workers' flows leave for their rings here); stages 1b and 2 (lb_burst_run):
-        // prefetch the matching entries, then handle the frames. The burst's misses
-        // overlap (STYLE H3).
+        // workers' flows leave for their rings here); stages 1b, 1c and 2 (lb_burst_run):
+        // prefetch the matching entries (or a new flow's insert slot), look the services
+        // up, then handle the frames. The burst's misses overlap (STYLE H3).
         n = take_frames(pkts, frames, 0, n);
         lb_burst_parse(ctx_, burst_, frames, 0, n);
         if (several) {
