@@ -833,8 +833,9 @@ SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table,
 }
 
 /// A TCP/UDP datagram (or the first fragment of one) to forward. `pre`: its key and probe
-/// from a burst's first stage, and `pre_svc` its service from stage 1b (nullptr: derived
-/// here).
+/// from a burst's first stage, which ruled out return traffic, with `hash` its flow hash,
+/// `hint` stage 1b's slot and `pre_svc` stage 1c's service (pre nullptr: all derived here,
+/// hash 0 and hint nullptr).
 SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& table,
                                         std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                         PacketMeta& m, uint32_t* headroom, uint64_t hash,
@@ -842,11 +843,8 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                                         const L4Service* pre_svc, bool first_frag) noexcept {
     const L4Service* svc = pre_svc;
     if (pre == nullptr) {
-        // A hash from lb_burst_parse() means it found no SNAT port slot for the destination:
-        // not return traffic (checked there already), unless the context has no port table.
         const Addr dst = to_table_addr(m.family, m.key.dst);
-        const int rslot = hash != 0 && ctx.ports != nullptr ? -1 : snat_slot(ctx, m.family, dst);
-        if (rslot >= 0) {
+        if (const int rslot = snat_slot(ctx, m.family, dst); rslot >= 0) {
             if (ctx.ports == nullptr) [[unlikely]] {
                 return dropped(ctx, LbCounter::BackendGone); // no full-NAT state at all
             }
@@ -980,13 +978,17 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
     const uint16_t end = static_cast<uint16_t>(first + count);
     for (uint16_t i = first; i < end; ++i) {
         PacketMeta& m = burst.meta[i];
-        const uint32_t len = frames[i].len > 0xFFFF ? 0xFFFF : frames[i].len;
         burst.hash[i] = 0;
-        if (parse_packet(frames[i].data, len, m) != Verdict::Forward) {
+        if (parse_packet(frames[i].data, frames[i].len, m) != Verdict::Forward) {
             continue;
         }
-        if (ConnEntry* const* p = snat_port_slot(ctx, m)) {
-            prefetch_read(p); // return traffic: its flow is found through the port slot
+        if (const int rslot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
+            rslot >= 0) {
+            // Return traffic (or, without a port table, a frame to refuse): stage 2's
+            // general path. Its flow is found through the SNAT port slot.
+            if (ctx.ports != nullptr) {
+                prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
+            }
             continue;
         }
         LbFlowPre& pre = burst.pre[i];
@@ -1053,9 +1055,7 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         LbFrame& f = frames[i];
         PacketMeta& m = burst.meta[i];
         const std::span<uint8_t> buf(f.data, f.cap);
-        const uint64_t h = burst.hash[i];
-        // (Without a port table, lb_burst_parse() did not rule out return traffic.)
-        if (m.verdict == Verdict::Forward && h != 0 && ctx.ports != nullptr) [[likely]] {
+        if (const uint64_t h = burst.hash[i]; h != 0) [[likely]] {
             out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
                                &burst.pre[i], burst.svc[i], /*first_frag=*/false);
         } else if (m.verdict == Verdict::Forward) {

@@ -426,10 +426,12 @@ struct LbFlowPre {
 struct LbBurst {
     static constexpr uint16_t kMax = 64;
     std::array<PacketMeta, kMax> meta;
-    std::array<uint64_t, kMax> hash;  ///< flow hash (0: nothing to look up in conntrack)
+    /// Flow hash; 0: stage 2 takes the general path (not a TCP/UDP datagram, or one to a
+    /// SNAT address: return traffic).
+    std::array<uint64_t, kMax> hash;
     std::array<LbFlowPre, kMax> pre;  ///< valid where hash != 0
     std::array<ConnEntry*, kMax> hint; ///< stage 1b's prefetched conntrack slot
-    std::array<const L4Service*, kMax> svc; ///< stage 1b's service lookup (where hash != 0)
+    std::array<const L4Service*, kMax> svc; ///< stage 1c's service lookup (where hash != 0)
 
     /// Moves slot `from`'s stage-1 state to slot `to` (a dispatcher compacting the burst).
     void move(uint16_t from, uint16_t to) noexcept {
@@ -447,8 +449,9 @@ struct LbBurst {
 void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames, uint16_t first,
                     uint16_t count) noexcept;
 
-/// Stages 1b and 2 for frames [0, n) parsed by lb_burst_parse() (unchanged since): prefetches
-/// every flow's conntrack entry, then handles each frame as lb_process() would,
+/// Stages 1b, 1c and 2 for frames [0, n) parsed by lb_burst_parse() (unchanged since):
+/// prefetches every flow's conntrack entry, looks the services up (ADR 0014), then handles
+/// each frame as lb_process() would,
 /// out[i] its action and frames[i].len / .headroom its new shape. One call per burst: the
 /// per-frame work runs in this function's loops, with no call per frame on the
 /// established-flow path. `table` is the burst's snapshot. Thread: worker; no allocation.
