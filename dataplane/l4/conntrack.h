@@ -349,6 +349,16 @@ private:
         return slot(bucket, s / 4).bucket_sigs[s % 4];
     }
     [[gnu::always_inline]] uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
+    /// Where an entry of this table lies: its bucket and its slot in the bucket.
+    struct Position {
+        uint32_t bucket;
+        uint32_t slot;
+    };
+    [[nodiscard]] Position position_of(const ConnEntry& e) const noexcept {
+        const auto idx = static_cast<size_t>(&e - entries_);
+        return {static_cast<uint32_t>(idx / kConnBucketSlots),
+                static_cast<uint32_t>(idx % kConnBucketSlots)};
+    }
     /// The slot an insert of probe `p` takes now, or nullptr when both buckets are full.
     [[gnu::always_inline]] ConnEntry* free_slot(const Probe& p) const noexcept;
     [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates,

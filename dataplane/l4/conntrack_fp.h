@@ -187,9 +187,8 @@ inline ConnEntry* ConnTrack::live_or_reclaim(ConnEntry* e, uint32_t now) noexcep
     if (e == nullptr || !expired(*e, now)) {
         return e;
     }
-    const size_t idx = static_cast<size_t>(e - entries_);
-    reclaim(static_cast<uint32_t>(idx / kConnBucketSlots),
-            static_cast<uint32_t>(idx % kConnBucketSlots));
+    const Position at = position_of(*e);
+    reclaim(at.bucket, at.slot);
     expired_.add(1);
     return nullptr;
 }
@@ -240,10 +239,7 @@ inline ConnEntry* ConnTrack::prefetch_entry(const Probe& p, bool insert_likely) 
         // free_slot() names now (unless the burst's earlier frames take it): fetch that line
         // ahead too, or the entry's stores wait on it and fill the store buffer (perf: new
         // full-NAT flows +11%). Not a hint: the lookup runs as before.
-        if (!insert_likely) {
-            return nullptr;
-        }
-        if (ConnEntry* f = free_slot(p); f != nullptr) {
+        if (ConnEntry* f = insert_likely ? free_slot(p) : nullptr; f != nullptr) {
             prefetch_write(f);
         }
         return nullptr;
@@ -395,14 +391,12 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const P
         }
     }
     ConnEntry& e = *target;
-    const auto idx = static_cast<size_t>(&e - entries_);
-    const auto b = static_cast<uint32_t>(idx / kConnBucketSlots);
-    const auto s = static_cast<uint32_t>(idx % kConnBucketSlots);
+    const Position at = position_of(e);
     e.key = key;
     e.value = value;
     e.value.state = state;
     e.value.last_seen = now;
-    sig(b, s) = p.sig;
+    sig(at.bucket, at.slot) = p.sig;
     entries_n_.add(1);
     if (state == ConnState::TcpSynSeen) {
         half_open_n_.add(1);
@@ -443,13 +437,11 @@ inline void ConnTrack::on_tcp_flags(ConnEntry& e, uint8_t tcp_flags, uint32_t no
 }
 
 inline void ConnTrack::erase(ConnEntry& e) noexcept {
-    const size_t idx = static_cast<size_t>(&e - entries_);
-    const uint32_t b = static_cast<uint32_t>(idx / kConnBucketSlots);
-    const uint32_t s = static_cast<uint32_t>(idx % kConnBucketSlots);
-    if (sig(b, s) == 0) {
+    const Position at = position_of(e);
+    if (sig(at.bucket, at.slot) == 0) {
         return; // already free
     }
-    reclaim(b, s);
+    reclaim(at.bucket, at.slot);
     erased_.add(1);
 }
 
