@@ -24,6 +24,7 @@
 #include <rte_mbuf.h>
 
 #include "lb_fp.h"
+#include "lb_mbuf.h"
 
 using namespace sluice;
 using namespace sluice::dp;
@@ -158,8 +159,7 @@ struct BurstRun {
 
     void run(LbContext& ctx, const ServiceTable& table, rte_mbuf** b, uint16_t n, uint32_t now) {
         for (uint16_t i = 0; i < n; ++i) {
-            frames[i] = {rte_pktmbuf_mtod(b[i], uint8_t*), 64u, 64u + rte_pktmbuf_tailroom(b[i]),
-                         rte_pktmbuf_headroom(b[i])};
+            frames[i] = lb_frame_of(b[i]); // 64 bytes: net_null's size=64
         }
         lb_burst_parse(ctx, burst, frames, 0, n);
         lb_burst_run(ctx, table, burst, frames, n, now, act);
@@ -170,10 +170,7 @@ struct BurstRun {
         if (act[i] != LbAction::Tx) {
             return false;
         }
-        m->data_off = static_cast<uint16_t>(m->data_off -
-                                            (rte_pktmbuf_headroom(m) - frames[i].headroom));
-        m->data_len = static_cast<uint16_t>(frames[i].len);
-        m->pkt_len = frames[i].len;
+        lb_frame_to_mbuf(m, frames[i]);
         return true;
     }
 };

@@ -5,6 +5,8 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 
+#include "lb_mbuf.h"
+
 namespace sluice::dp {
 
 void Worker::publish_counters() noexcept {
@@ -18,13 +20,6 @@ void Worker::publish_counters() noexcept {
 
 namespace {
 
-/// The LbFrame of a single-segment mbuf.
-LbFrame frame_of(rte_mbuf* m) noexcept {
-    const uint32_t len = rte_pktmbuf_data_len(m);
-    return {rte_pktmbuf_mtod(m, uint8_t*), len, len + rte_pktmbuf_tailroom(m),
-            rte_pktmbuf_headroom(m)};
-}
-
 /// Frames for lb_burst_*: multi-segment mbufs (not on this path yet) are freed, the rest
 /// compacted into pkts[] / frames[] from index `at`. Returns the new count.
 uint16_t take_frames(rte_mbuf** pkts, LbFrame* frames, uint16_t at, uint16_t n) noexcept {
@@ -35,7 +30,7 @@ uint16_t take_frames(rte_mbuf** pkts, LbFrame* frames, uint16_t at, uint16_t n) 
             rte_pktmbuf_free(m);
             continue;
         }
-        frames[keep] = frame_of(m);
+        frames[keep] = lb_frame_of(m);
         pkts[keep++] = m;
     }
     return keep;
@@ -129,11 +124,7 @@ void Worker::run(const std::atomic<bool>& stop) noexcept {
                 rte_mbuf* m = pkts[i];
                 const LbAction a = actions[i];
                 if (a == LbAction::Tx) {
-                    // DSR encapsulation lowered the headroom: the frame starts earlier.
-                    m->data_off = static_cast<uint16_t>(m->data_off - (rte_pktmbuf_headroom(m) -
-                                                                       frames[i].headroom));
-                    m->data_len = static_cast<uint16_t>(frames[i].len);
-                    m->pkt_len = frames[i].len;
+                    lb_frame_to_mbuf(m, frames[i]);
                     tx[ntx++] = m;
                 } else if (a == LbAction::Host && cfg_.host_port >= 0) {
                     host[nhost++] = m; // unchanged: the kernel gets the frame as received
