@@ -905,6 +905,52 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                        first_frag);
 }
 
+/// The established IPv4 full-NAT lane of stage 2: a frame whose flow stage 1b found (the
+/// hint), with nothing to decide: the entry live and holding the key, TCP established
+/// without SYN/FIN/RST (or UDP), the endpoint still in the snapshot, its next hop known,
+/// TTL > 1. Then it does exactly what flow_path() does for that frame (refresh, endpoint
+/// hint, rewrite, counters) and returns true; otherwise it has changed nothing and returns
+/// false, and flow_path() handles the frame. The general path's branches for DSR, IPv6,
+/// fragments, TCP state changes and new flows, and its stack traffic, stay off the most
+/// common packet (docs/adr/0015).
+SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& table,
+                                          uint8_t* frame, const PacketMeta& m,
+                                          const conntrack_detail::KeyWords& kw, ConnEntry* e,
+                                          const L4Service* svc, uint32_t now) noexcept {
+    if (e == nullptr || svc == nullptr || m.family != 4 || m.ttl <= 1 || svc->to_l7) {
+        return false;
+    }
+    const ConnState st = e->value.state;
+    if (m.proto == kProtoTcp ? st != ConnState::TcpEstablished ||
+                                   (m.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
+                             : st != ConnState::Udp) {
+        return false;
+    }
+    const uint32_t service = e->value.service;
+    if (service == kDsrFlow || !conntrack_detail::key_equal(e->key, kw) ||
+        ctx.ct->expired(*e, now)) {
+        return false;
+    }
+    uint16_t hint_index = e->value.generation;
+    const L4Endpoint* ep = endpoint_of(table, *svc, e->value, &hint_index);
+    if (ep == nullptr || ep->reject || ep->family != 4) {
+        return false;
+    }
+    const uint64_t mac = ctx.neighbors->find_word(4, ep->addr, ep->nb_hash);
+    if (mac == 0) {
+        return false;
+    }
+    e->value.generation = hint_index;
+    e->value.last_seen = now;
+    pkt_detail::dnat_snat_v4(frame + m.l3_off, frame + m.l4_off, m.proto,
+                             ctx.snat[(service >> 16) & 0xFF].second.data(),
+                             static_cast<uint16_t>(service & 0xFFFF), ep->addr.data(), ep->port);
+    set_macs_word(frame, mac, ctx.our_mac);
+    ctx.count(LbCounter::Established);
+    ctx.count(LbCounter::TxPackets);
+    return true;
+}
+
 /// Every frame that is not a whole TCP/UDP datagram: parse drops, ARP, ICMP echo, neighbour
 /// discovery, ICMP errors, fragments (a first TCP/UDP fragment takes the flow path).
 [[gnu::noinline]] LbAction process_other(LbContext& ctx, const ServiceTable& table,
@@ -1056,6 +1102,11 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         PacketMeta& m = burst.meta[i];
         const std::span<uint8_t> buf(f.data, f.cap);
         if (const uint64_t h = burst.hash[i]; h != 0) [[likely]] {
+            if (established_v4(ctx, table, f.data, m, burst.pre[i].kw, burst.hint[i],
+                               burst.svc[i], now)) [[likely]] {
+                out[i] = LbAction::Tx;
+                continue;
+            }
             out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
                                &burst.pre[i], burst.svc[i], /*first_frag=*/false);
         } else if (m.verdict == Verdict::Forward) {

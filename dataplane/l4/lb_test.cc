@@ -1181,6 +1181,12 @@ std::vector<Bytes> mixed_frames(uint16_t base_port, const std::vector<uint16_t>&
                     .icmp(8, 0, 0x12340001).payload(16).build());
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100", 1)
                     .tcp(base_port, 80, 0x10).build()); // TTL 1
+    // TTL 1 and an RST on flows established in the first round (ACKed, never FINed): the
+    // established lane of lb_burst_run() must leave them to the general path.
+    v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100", 1)
+                    .tcp(static_cast<uint16_t>(base_port + 3), 80, 0x10).build());
+    v.push_back(syn(static_cast<uint16_t>(base_port + 6), 0x14));
+    v.push_back(syn(static_cast<uint16_t>(base_port + 6), 0x10)); // after the RST: closing
     v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
                     .fragment(0, true, 48)
                     .tcp(static_cast<uint16_t>(base_port + 100), 80)
