@@ -568,6 +568,14 @@ FragOwners::Slot& frag_owner_slot(LbContext& ctx, const PacketMeta& m) noexcept 
 
 } // namespace
 
+uint16_t lb_burst_owner(LbContext& ctx, const LbBurst& burst, uint16_t i, uint32_t now) noexcept {
+    if (burst.hash[i] != 0 && burst.pre[i].lite) {
+        // As owner_of_key() for a Forward frame not to a SNAT address, with its hash.
+        return ctx.workers <= 1 ? 0 : owner_of_hash(burst.hash[i], ctx.workers);
+    }
+    return lb_owner(ctx, burst.meta[i], burst.hash[i], now);
+}
+
 uint16_t lb_owner(LbContext& ctx, const PacketMeta& m, uint64_t hash, uint32_t now) noexcept {
     if (ctx.workers <= 1) {
         return 0;
@@ -913,17 +921,21 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
 /// false, and flow_path() handles the frame. The general path's branches for DSR, IPv6,
 /// fragments, TCP state changes and new flows, and its stack traffic, stay off the most
 /// common packet (docs/adr/0015).
+/// `family`, `ttl`, `proto`, `tcp_flags`, `l3_off`, `l4_off`: the frame's, from its
+/// PacketMeta or (stage 1's IPv4 lane) its LbFlowPre.
 SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& table,
-                                          uint8_t* frame, const PacketMeta& m,
-                                          const conntrack_detail::KeyWords& kw, ConnEntry* e,
-                                          const L4Service* svc, uint32_t now) noexcept {
-    if (e == nullptr || svc == nullptr || m.family != 4 || m.ttl <= 1 || svc->to_l7) {
+                                          uint8_t* frame, uint8_t family, uint8_t ttl,
+                                          uint8_t proto, uint8_t tcp_flags, uint16_t l3_off,
+                                          uint16_t l4_off, const conntrack_detail::KeyWords& kw,
+                                          ConnEntry* e, const L4Service* svc,
+                                          uint32_t now) noexcept {
+    if (e == nullptr || svc == nullptr || family != 4 || ttl <= 1 || svc->to_l7) {
         return false;
     }
     const ConnState st = e->value.state;
-    if (m.proto == kProtoTcp ? st != ConnState::TcpEstablished ||
-                                   (m.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
-                             : st != ConnState::Udp) {
+    if (proto == kProtoTcp ? st != ConnState::TcpEstablished ||
+                                 (tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
+                           : st != ConnState::Udp) {
         return false;
     }
     const uint32_t service = e->value.service;
@@ -942,7 +954,7 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
     }
     e->value.generation = hint_index;
     e->value.last_seen = now;
-    pkt_detail::dnat_snat_v4(frame + m.l3_off, frame + m.l4_off, m.proto,
+    pkt_detail::dnat_snat_v4(frame + l3_off, frame + l4_off, proto,
                              ctx.snat[(service >> 16) & 0xFF].second.data(),
                              static_cast<uint16_t>(service & 0xFFFF), ep->addr.data(), ep->port);
     set_macs_word(frame, mac, ctx.our_mac);
@@ -1019,26 +1031,107 @@ LbAction lb_process(LbContext& ctx, const ServiceTable& table, std::span<uint8_t
     return process_other(ctx, table, buf, len, now, m, headroom);
 }
 
+namespace {
+
+/// The table address (IPv4 in bytes 0..3) of an IPv4 address as read from a frame, built
+/// as words (as to_table_addr(), for the same reason).
+SLUICE_ALWAYS_INLINE Addr v4_table_addr(uint32_t a) noexcept {
+    const uint64_t w[2] = {a, 0};
+    Addr r;
+    std::memcpy(r.data(), w, sizeof(w));
+    return r;
+}
+
+/// service_of() from a frame's key words (stage 1's): the destination address is the
+/// table's layout in dst_lo/dst_hi (see key_words()).
+SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table,
+                                                 const conntrack_detail::KeyWords& kw) noexcept {
+    const uint64_t w[2] = {kw.dst_lo, kw.dst_hi};
+    Addr dst;
+    std::memcpy(dst.data(), w, sizeof(w));
+    return table.find(static_cast<uint8_t>(kw.rest >> 32), dst,
+                      static_cast<uint8_t>(kw.rest >> 40), static_cast<uint16_t>(kw.rest >> 16));
+}
+
+/// The protocol in a frame's key words.
+SLUICE_ALWAYS_INLINE uint8_t proto_of(const conntrack_detail::KeyWords& kw) noexcept {
+    return static_cast<uint8_t>(kw.rest >> 40);
+}
+
+} // namespace
+
+namespace {
+
+/// Stage 2 for a frame of stage 1's IPv4 lane that left the established lane: parsed into
+/// `m` now, then flow_path() as for any frame. Out of line: the established loop keeps
+/// its registers.
+[[gnu::noinline]] LbAction lite_general(LbContext& ctx, const ServiceTable& table, LbFrame& f,
+                                        PacketMeta& m, uint32_t now, uint64_t h, ConnEntry* hint,
+                                        const LbFlowPre& pre, const L4Service* svc) noexcept {
+    (void)parse_packet(f.data, f.len, m);
+    return flow_path(ctx, table, std::span<uint8_t>(f.data, f.cap), f.len, now, m, &f.headroom,
+                     h, hint, &pre, svc, /*first_frag=*/false);
+}
+
+} // namespace
+
 void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames, uint16_t first,
                     uint16_t count) noexcept {
     const uint16_t end = static_cast<uint16_t>(first + count);
     for (uint16_t i = first; i < end; ++i) {
         PacketMeta& m = burst.meta[i];
-        burst.hash[i] = 0;
-        if (parse_packet(frames[i].data, frames[i].len, m) != Verdict::Forward) {
-            continue;
-        }
-        if (const int rslot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
-            rslot >= 0) {
-            // Return traffic (or, without a port table, a frame to refuse): stage 2's
-            // general path. Its flow is found through the SNAT port slot.
-            if (ctx.ports != nullptr) {
-                prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
-            }
-            continue;
-        }
         LbFlowPre& pre = burst.pre[i];
-        pre.kw = key_words(m);
+        burst.hash[i] = 0;
+        pre.lite = false;
+        pkt_detail::Ipv4Fast f;
+        if (pkt_detail::ipv4_fast_check(frames[i].data, frames[i].len > 0xFFFF ? 0xFFFF : frames[i].len,
+                                        ParseOptions{}, f)) [[likely]] {
+            const int rslot = snat_slot(ctx, 4, v4_table_addr(f.dst));
+            if (rslot < 0 && (f.tcp_flags & kTcpSyn) == 0) [[likely]] {
+                // Stage 1's IPv4 lane: no PacketMeta (stage 2 parses the frame again only
+                // if it leaves the established lane).
+                pre.lite = true;
+                pre.family = 4;
+                pre.ttl = f.ttl;
+                pre.tcp_flags = f.tcp_flags;
+                pre.l3_off = kEthHdrLen;
+                pre.l4_off = kEthHdrLen + kIpv4HdrLen;
+                pre.kw = {f.src, 0, f.dst, 0,
+                          uint64_t{f.src_port} | uint64_t{f.dst_port} << 16 | uint64_t{4} << 32 |
+                              uint64_t{f.proto} << 40};
+            } else {
+                std::memset(static_cast<void*>(&m), 0, sizeof(m));
+                pkt_detail::fill_meta_v4(m, f);
+                if (rslot >= 0) {
+                    // Return traffic (or, without a port table, a frame to refuse): stage
+                    // 2's general path, its flow found through the SNAT port slot.
+                    if (ctx.ports != nullptr) {
+                        prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
+                    }
+                    continue;
+                }
+                pre.kw = key_words(m);
+            }
+        } else {
+            if (parse_packet(frames[i].data, frames[i].len, m) != Verdict::Forward) {
+                continue;
+            }
+            if (const int rslot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
+                rslot >= 0) {
+                if (ctx.ports != nullptr) {
+                    prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
+                }
+                continue;
+            }
+            pre.kw = key_words(m);
+        }
+        if (!pre.lite) {
+            pre.family = m.family;
+            pre.ttl = m.ttl;
+            pre.tcp_flags = m.tcp_flags;
+            pre.l3_off = m.l3_off;
+            pre.l4_off = m.l4_off;
+        }
         const uint64_t h = conntrack_detail::hash_words(pre.kw);
         pre.probe = ctx.ct->probe_of(h);
         ctx.ct->prefetch(pre.probe);
@@ -1058,7 +1151,7 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
     for (uint16_t i = 0; i < n; ++i) {
         ConnEntry* hint = nullptr;
         if (burst.hash[i] != 0) {
-            const bool refused = budget_spent && burst.meta[i].proto == kProtoTcp;
+            const bool refused = budget_spent && proto_of(burst.pre[i].kw) == kProtoTcp;
             hint = ctx.ct->prefetch_entry(burst.pre[i].probe, !refused);
         } else if (burst.meta[i].verdict == Verdict::Forward) {
             ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]);
@@ -1077,18 +1170,17 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
     const L4Service* last_svc = nullptr;
     for (uint16_t i = 0; i < n; ++i) {
         if (const uint64_t h = burst.hash[i]; h != 0) {
-            const PacketMeta& m = burst.meta[i];
             const conntrack_detail::KeyWords& kw = burst.pre[i].kw;
             const uint64_t rest = kw.rest & kNotSrcPort;
             if (kw.dst_lo != last_lo || kw.dst_hi != last_hi || rest != last_rest) {
-                last_svc = service_of(table, m);
+                last_svc = service_of(table, kw);
                 last_lo = kw.dst_lo;
                 last_hi = kw.dst_hi;
                 last_rest = rest;
             }
             const L4Service* svc = last_svc;
             burst.svc[i] = svc;
-            const bool refused = budget_spent && m.proto == kProtoTcp;
+            const bool refused = budget_spent && proto_of(kw) == kProtoTcp;
             if (burst.hint[i] == nullptr && svc != nullptr &&
                 (!refused || svc->mode != FwdMode::FullNat)) {
                 svc->maglev.prefetch(h);
@@ -1102,9 +1194,17 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         PacketMeta& m = burst.meta[i];
         const std::span<uint8_t> buf(f.data, f.cap);
         if (const uint64_t h = burst.hash[i]; h != 0) [[likely]] {
-            if (established_v4(ctx, table, f.data, m, burst.pre[i].kw, burst.hint[i],
+            const LbFlowPre& pre = burst.pre[i];
+            const bool lite = pre.lite;
+            if (established_v4(ctx, table, f.data, pre.family, pre.ttl, proto_of(pre.kw),
+                               pre.tcp_flags, pre.l3_off, pre.l4_off, pre.kw, burst.hint[i],
                                burst.svc[i], now)) [[likely]] {
                 out[i] = LbAction::Tx;
+                continue;
+            }
+            if (lite) {
+                out[i] = lite_general(ctx, table, f, m, now, h, burst.hint[i], pre,
+                                      burst.svc[i]);
                 continue;
             }
             out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],

@@ -418,14 +418,26 @@ struct LbFrame {
 struct LbFlowPre {
     conntrack_detail::KeyWords kw{};
     ConnTrack::Probe probe{};
+    /// Stage 1's IPv4 lane (ADR 0015): the frame has the straight-line shape
+    /// (pkt_detail::ipv4_fast_check), is no SYN and not return traffic, and its PacketMeta
+    /// was not written: stage 2 parses it only if it leaves the established lane.
+    bool lite = false;
+    /// What stage 2's established lane reads of every frame with a hash (lite or not);
+    /// protocol, ports and addresses are in `kw`.
+    uint8_t family = 0;
+    uint8_t ttl = 0;
+    uint8_t tcp_flags = 0;
+    uint16_t l3_off = 0;
+    uint16_t l4_off = 0;
 };
+static_assert(sizeof(LbFlowPre) <= 64);
 
 /// The per-frame state of one burst between its stages (STYLE H3), kept by the worker
 /// across bursts (no per-burst initialisation: stage 1 writes every field it reads later).
 /// Slot i belongs to frame i of the LbFrame array handed to lb_burst_run().
 struct LbBurst {
     static constexpr uint16_t kMax = 64;
-    std::array<PacketMeta, kMax> meta;
+    std::array<PacketMeta, kMax> meta; ///< not written for a frame with pre[i].lite
     /// Flow hash; 0: stage 2 takes the general path (not a TCP/UDP datagram, or one to a
     /// SNAT address: return traffic).
     std::array<uint64_t, kMax> hash;
@@ -440,6 +452,12 @@ struct LbBurst {
         pre[to] = pre[from];
     }
 };
+
+/// lb_owner() for frame i of a burst after lb_burst_parse() (a frame of its IPv4 lane has
+/// no PacketMeta: it is client -> VIP traffic, owned by its flow hash).
+/// Thread: worker; updates ctx.frag_owners only.
+[[nodiscard]] uint16_t lb_burst_owner(LbContext& ctx, const LbBurst& burst, uint16_t i,
+                                      uint32_t now) noexcept;
 
 /// Stage 1 for frames [first, first + count) of a burst (at most LbBurst::kMax in all):
 /// parses each into burst.meta, derives its conntrack key, hash and probe, and prefetches

@@ -977,7 +977,7 @@ uint16_t owner_of(Fixture& fx, const Bytes& f) {
     const LbFrame lf{copy.data(), static_cast<uint32_t>(copy.size()),
                      static_cast<uint32_t>(copy.size()), 0};
     lb_burst_parse(fx.ctx, *burst, &lf, 0, 1);
-    const uint16_t o = lb_owner(fx.ctx, burst->meta[0], burst->hash[0], fx.now);
+    const uint16_t o = lb_burst_owner(fx.ctx, *burst, 0, fx.now); // as the worker asks
     PacketMeta m2;
     (void)parse_packet(f, m2);
     EXPECT_EQ(o, lb_owner(fx.ctx, m2, 0, fx.now)) << "with or without the burst's hash";

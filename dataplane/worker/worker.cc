@@ -47,7 +47,7 @@ uint16_t Worker::dispatch(rte_mbuf** pkts, LbFrame* frames, uint16_t n, uint32_t
     uint16_t nout[kMaxWorkers] = {};
     uint16_t keep = 0;
     for (uint16_t i = 0; i < n; ++i) {
-        const uint16_t owner = lb_owner(ctx_, burst_.meta[i], burst_.hash[i], now);
+        const uint16_t owner = lb_burst_owner(ctx_, burst_, i, now);
         if (owner != self && owner < workers) {
             out[owner][nout[owner]++] = pkts[i];
             continue;
