@@ -74,72 +74,143 @@ std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
     return f;
 }
 
-/// The generator's side of the established runs: flow f's ACK (client_packet(f, ACK), byte
-/// for byte), as a NIC would hand over a received frame. Frames are copied (one 64-byte
-/// memcpy, as before) from a ring of the next kRing flows' frames, which stays in L1/L2;
-/// the slot just copied is rewritten with the frame of the flow kRing ahead. Copying from a
+/// Frames for the established runs as a NIC would hand them over: each copied (one 64-byte
+/// memcpy) from a ring of the next kRing flows' frames, which stays in L1/L2; the slot just
+/// copied is rewritten by `Maker` with the frame of the flow kRing ahead. Copying from a
 /// per-flow array instead streamed it (~100 MB at 1M flows) through the core under test,
 /// competing with the conntrack lookups: the baseline grew with the flow count (42 cycles
-/// at 2k flows, 66-75 at 1M) and did not subtract cleanly.
-class AckGen {
+/// at 2k flows, 66-75 at 1M) and did not subtract cleanly. `Maker::next(d)` writes the
+/// frame of the next flow (0, 1, ... wrapping at the flow count).
+template <class Maker>
+class FrameRing {
 public:
-    explicit AckGen(uint32_t flows) : flows_(flows), ring_n_(flows < kRing ? flows : kRing) {
-        const std::vector<uint8_t> t = client_packet(0, 0x10);
-        std::memcpy(tpl_, t.data(), 64);
-        // One's-complement sum of the IPv4 header without the per-flow words (the source
-        // address, bytes 12..15) and the checksum: they are added per frame.
-        const uint8_t* ip = tpl_ + 14;
-        for (int i = 0; i < 20; i += 2) {
-            if (i != 10 && i != 12 && i != 14) {
-                base_ += static_cast<uint32_t>((ip[i] << 8) | ip[i + 1]);
-            }
-        }
+    FrameRing(uint32_t flows, Maker maker)
+        : maker_(std::move(maker)), flows_(flows), ring_n_(flows < kRing ? flows : kRing) {
         for (uint32_t k = 0; k < ring_n_; ++k) {
-            make(ring_[k]);
+            maker_.next(ring_[k]);
         }
     }
-    /// Writes the next flow's ACK to `d` (64 bytes) and moves to the next flow.
+    /// Writes the next flow's frame to `d` (64 bytes) and moves to the next flow.
     void write(uint8_t* d) noexcept {
         std::memcpy(d, ring_[slot_], 64);
         if (ring_n_ < flows_) {
-            make(ring_[slot_]); // the frame of the flow ring_n_ ahead
+            maker_.next(ring_[slot_]); // the frame of the flow ring_n_ ahead
         }
         slot_ = slot_ + 1 == ring_n_ ? 0 : slot_ + 1;
     }
 
 private:
     static constexpr uint32_t kRing = 1024; // 64 KiB
-    /// The next flow's frame (make_flow_, counting up and wrapping at flows_) into `d`.
-    void make(uint8_t* d) noexcept {
+    alignas(64) uint8_t ring_[kRing][64] = {};
+    Maker maker_;
+    uint32_t flows_;
+    uint32_t ring_n_;
+    uint32_t slot_ = 0;
+};
+
+/// One's-complement fold of a 32-bit sum to the 16-bit header checksum.
+uint16_t csum_fold(uint32_t sum) {
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    return static_cast<uint16_t>(~sum);
+}
+
+/// Flow f's ACK, client -> VIP: client_packet(f, ACK) byte for byte, from one template.
+class AckMaker {
+public:
+    explicit AckMaker(uint32_t flows) : flows_(flows) {
+        const std::vector<uint8_t> t = client_packet(0, 0x10);
+        std::memcpy(tpl_, t.data(), 64);
+        // The IPv4 header's sum without the per-flow words (the source address, bytes
+        // 12..15) and the checksum: they are added per frame.
+        const uint8_t* ip = tpl_ + 14;
+        for (int i = 0; i < 20; i += 2) {
+            if (i != 10 && i != 12 && i != 14) {
+                base_ += static_cast<uint32_t>((ip[i] << 8) | ip[i + 1]);
+            }
+        }
+    }
+    void next(uint8_t* d) noexcept {
         std::memcpy(d, tpl_, 64);
-        const uint32_t f = make_flow_;
+        const uint32_t f = flow_;
         uint8_t* ip = d + 14;
         ip[13] = static_cast<uint8_t>(1 + (f >> 16));
         ip[14] = static_cast<uint8_t>(f >> 8);
         ip[15] = static_cast<uint8_t>(f);
-        uint32_t sum = base_ + ((10u << 8) | ip[13]) + (f & 0xFFFFu);
-        sum = (sum & 0xFFFF) + (sum >> 16);
-        sum = (sum & 0xFFFF) + (sum >> 16);
-        ip[10] = static_cast<uint8_t>(~sum >> 8);
-        ip[11] = static_cast<uint8_t>(~sum);
-        const uint32_t sport = 1024 + make_port_;
+        const uint16_t c = csum_fold(base_ + ((10u << 8) | ip[13]) + (f & 0xFFFFu));
+        ip[10] = static_cast<uint8_t>(c >> 8);
+        ip[11] = static_cast<uint8_t>(c);
+        const uint32_t sport = 1024 + port_;
         ip[20] = static_cast<uint8_t>(sport >> 8);
         ip[21] = static_cast<uint8_t>(sport);
-        make_port_ = make_port_ + 1 == 60000 ? 0 : make_port_ + 1; // f % 60000, no division
-        if (++make_flow_ == flows_) {
-            make_flow_ = 0;
-            make_port_ = 0;
+        port_ = port_ + 1 == 60000 ? 0 : port_ + 1; // f % 60000, without a division
+        if (++flow_ == flows_) {
+            flow_ = 0;
+            port_ = 0;
         }
     }
 
-    alignas(64) uint8_t ring_[kRing][64] = {};
+private:
     uint8_t tpl_[64] = {};
     uint32_t base_ = 0;
     uint32_t flows_;
-    uint32_t ring_n_;
-    uint32_t slot_ = 0;
-    uint32_t make_flow_ = 0;
-    uint32_t make_port_ = 0;
+    uint32_t flow_ = 0;
+    uint32_t port_ = 0;
+};
+
+/// Flow f's return traffic, backend -> SNAT address:port (full-NAT), an ACK: `info[f]` is
+/// the SNAT address index (bits 0..3), the backend index (4..7) and the SNAT port (8..23)
+/// the forward ACK of the warm-up was rewritten to.
+class ReturnMaker {
+public:
+    explicit ReturnMaker(const std::vector<uint32_t>* info) : info_(info) {
+        uint8_t* d = tpl_;
+        const uint8_t ours[6] = {0x02, 0, 0, 0, 0, 0x02};
+        std::memcpy(d, ours, 6);
+        d[6] = 0x02;
+        d[10] = 0x01; // backend MAC 02:00:00:00:01:<b>, d[11] per frame
+        d[12] = 0x08;
+        uint8_t* ip = d + 14;
+        ip[0] = 0x45;
+        ip[3] = 40;
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12] = 10;
+        ip[14] = 1; // 10.0.1.<b + 1>
+        ip[16] = 10; // 10.0.0.<64 + snat index>
+        uint8_t* tcp = ip + 20;
+        tcp[0] = 8080 >> 8;
+        tcp[1] = 8080 & 0xFF;
+        tcp[12] = 0x50;
+        tcp[13] = 0x10;
+        for (int i = 0; i < 20; i += 2) {
+            if (i != 10 && i != 14 && i != 18) {
+                base_ += static_cast<uint32_t>((ip[i] << 8) | ip[i + 1]);
+            }
+        }
+    }
+    void next(uint8_t* d) noexcept {
+        std::memcpy(d, tpl_, 64);
+        const uint32_t v = (*info_)[flow_];
+        const auto snat = static_cast<uint8_t>(v & 0xF), b = static_cast<uint8_t>((v >> 4) & 0xF);
+        const auto port = static_cast<uint16_t>(v >> 8);
+        uint8_t* ip = d + 14;
+        d[11] = b;
+        ip[15] = static_cast<uint8_t>(b + 1);
+        ip[19] = static_cast<uint8_t>(64 + snat);
+        const uint16_t c = csum_fold(base_ + ((1u << 8) | ip[15]) + ip[19]);
+        ip[10] = static_cast<uint8_t>(c >> 8);
+        ip[11] = static_cast<uint8_t>(c);
+        ip[22] = static_cast<uint8_t>(port >> 8);
+        ip[23] = static_cast<uint8_t>(port);
+        flow_ = flow_ + 1 == info_->size() ? 0 : flow_ + 1;
+    }
+
+private:
+    const std::vector<uint32_t>* info_;
+    uint8_t tpl_[64] = {};
+    uint32_t base_ = 0;
+    uint32_t flow_ = 0;
 };
 
 ir::Ir bench_ir() {
@@ -330,6 +401,7 @@ int main(int argc, char** argv) {
         acks.push_back(client_packet(f, 0x10));
     }
     const uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    std::vector<uint32_t> ret_info(max_flows, 0);
     // Warm up: every flow's SYN creates its conntrack entry.
     uint32_t established = 0;
     for (uint32_t f = 0; f < max_flows; ++f) {
@@ -341,10 +413,15 @@ int main(int argc, char** argv) {
         p = acks[f];
         p.resize(128);
         len = 64;
-        (void)lb_process(ctx, table, p, len, now);
+        if (lb_process(ctx, table, p, len, now) == LbAction::Tx) {
+            // Forwarded to the backend: its SNAT address and port, for the way back.
+            ret_info[f] = static_cast<uint32_t>((p[29] - 64) & 0xF) |
+                          static_cast<uint32_t>(((p[33] - 1) & 0xF) << 4) |
+                          static_cast<uint32_t>(p[34] << 16 | p[35] << 8);
+        }
     }
 
-    // L4_BENCH_ONLY=est|syn|mix|io runs just that loop at full length (the others for 10 ms), so
+    // L4_BENCH_ONLY=est|ret|syn|mix|io runs just that loop at full length (the others for 10 ms), so
     // a profiler attached to the whole run sees one path.
     const char* only = std::getenv("L4_BENCH_ONLY");
     auto secs = [&](const char* name) {
@@ -355,7 +432,7 @@ int main(int argc, char** argv) {
     // "io + packet write" baseline does exactly this and nothing else). Checked against
     // the warm-up's frames first: the runs see exactly the frames they saw before.
     {
-        auto check = std::make_unique<AckGen>(max_flows);
+        auto check = std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows));
         uint8_t d[64];
         for (uint32_t f = 0; f < 2 * max_flows; ++f) { // twice round: the ring's wrap too
             check->write(d);
@@ -367,7 +444,7 @@ int main(int argc, char** argv) {
     }
     std::vector<std::vector<uint8_t>>().swap(syns); // (not needed any more)
     std::vector<std::vector<uint8_t>>().swap(acks);
-    auto gen = std::make_unique<AckGen>(max_flows);
+    auto gen = std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows));
     auto write_ack = [&](uint8_t* d) { gen->write(d); };
     const LoopResult tmpl = run_loop(port, secs("io"), [&](rte_mbuf* m) {
         write_ack(rte_pktmbuf_mtod(m, uint8_t*));
@@ -388,6 +465,28 @@ int main(int argc, char** argv) {
             const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (uint16_t i = 0; i < n; ++i) {
                 write_ack(rte_pktmbuf_mtod(b[i], uint8_t*));
+            }
+            est_run->run(ctx, table, b, n, now);
+        });
+    // The same flows' return traffic (full-NAT: backend -> SNAT address:port), beside the
+    // baseline of writing those frames.
+    auto ret_gen = std::make_unique<FrameRing<ReturnMaker>>(max_flows, ReturnMaker(&ret_info));
+    const LoopResult ret_tmpl = run_loop(port, secs("ret"), [&](rte_mbuf* m) {
+        ret_gen->write(rte_pktmbuf_mtod(m, uint8_t*));
+        return true;
+    });
+    uint64_t tx_ret = 0;
+    const LoopResult ret = run_loop(
+        port, secs("ret"),
+        [&](rte_mbuf* m) {
+            const bool ok = est_run->next(m);
+            tx_ret += ok;
+            return ok;
+        },
+        [&](rte_mbuf** b, uint16_t n) {
+            const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+            for (uint16_t i = 0; i < n; ++i) {
+                ret_gen->write(rte_pktmbuf_mtod(b[i], uint8_t*));
             }
             est_run->run(ctx, table, b, n, now);
         });
@@ -497,6 +596,12 @@ int main(int argc, char** argv) {
                 "(%.1f%% forwarded)\n",
                 est.mpps, est.cycles_per_pkt, est.mpps / io.mpps,
                 100.0 * static_cast<double>(tx_est) / static_cast<double>(est.packets));
+    std::printf("  io + return write    %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n",
+                ret_tmpl.mpps, ret_tmpl.cycles_per_pkt, ret_tmpl.mpps / io.mpps);
+    std::printf("  sluice return        %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
+                "(%.1f%% forwarded; full-NAT, backend -> client)\n",
+                ret.mpps, ret.cycles_per_pkt, ret.mpps / io.mpps,
+                100.0 * static_cast<double>(tx_ret) / static_cast<double>(ret.packets ? ret.packets : 1));
     auto syn_line = [&](const char* what, const LoopResult& r) {
         std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n", what, r.mpps,
                     r.cycles_per_pkt, r.mpps / io.mpps);
@@ -515,9 +620,10 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(syn_dsr.new_flows),
                 static_cast<unsigned long long>(syn.refused),
                 static_cast<unsigned long long>(syn_dsr.refused));
-    std::printf("  own work per established packet: %.1f cycles (goal <= 100); "
-                "memory per flow: %zu bytes (goal <= 64)\n",
-                own, sizeof(ConnEntry));
+    const double own_ret = ret.cycles_per_pkt - ret_tmpl.cycles_per_pkt;
+    std::printf("  own work per established packet: %.1f cycles (goal <= 100), per return "
+                "packet %.1f; memory per flow: %zu bytes (goal <= 64)\n",
+                own, own_ret, sizeof(ConnEntry));
     if (!a.out.empty()) {
         FILE* f = std::fopen(a.out.c_str(), "w");
         if (f) {
@@ -530,13 +636,15 @@ int main(int argc, char** argv) {
                          "\"syn_dsr_mpps\":%.3f,\"syn_dsr_flood_mpps\":%.3f,"
                          "\"syn_cycles\":%.1f,\"syn_dsr_cycles\":%.1f,\"bytes_per_flow\":%zu,"
                          "\"ratio_established_to_io\":%.3f,\"mix_syn_mpps\":%.3f,"
-                         "\"mix_established_mpps\":%.3f,\"mix_established_forwarded_pct\":%.3f}\n",
+                         "\"mix_established_mpps\":%.3f,\"mix_established_forwarded_pct\":%.3f,"
+                         "\"return_mpps\":%.3f,\"return_cycles\":%.1f,\"return_own_cycles\":%.1f}\n",
                          max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt,
                          tmpl.mpps, est.mpps,
                          est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
                          syn_dsr.tracked.mpps, syn_dsr.flood.mpps, syn.tracked.cycles_per_pkt,
                          syn_dsr.tracked.cycles_per_pkt, sizeof(ConnEntry), est.mpps / io.mpps,
-                         mix_syn_mpps, mix_est_mpps, mix_est_fwd);
+                         mix_syn_mpps, mix_est_mpps, mix_est_fwd, ret.mpps, ret.cycles_per_pkt,
+                         own_ret);
             std::fclose(f);
         }
     }
