@@ -569,9 +569,17 @@ FragOwners::Slot& frag_owner_slot(LbContext& ctx, const PacketMeta& m) noexcept 
 } // namespace
 
 uint16_t lb_burst_owner(LbContext& ctx, const LbBurst& burst, uint16_t i, uint32_t now) noexcept {
-    if (burst.hash[i] != 0 && burst.pre[i].lite) {
-        // As owner_of_key() for a Forward frame not to a SNAT address, with its hash.
-        return ctx.workers <= 1 ? 0 : owner_of_hash(burst.hash[i], ctx.workers);
+    if (burst.pre[i].lite) {
+        // As owner_of_key() for a Forward frame: return traffic by its SNAT port, the
+        // client's by its flow hash.
+        if (ctx.workers <= 1) {
+            return 0;
+        }
+        if (burst.hash[i] == 0) {
+            return static_cast<uint16_t>(static_cast<uint16_t>(burst.pre[i].kw.rest >> 16) %
+                                         ctx.workers);
+        }
+        return owner_of_hash(burst.hash[i], ctx.workers);
     }
     return lb_owner(ctx, burst.meta[i], burst.hash[i], now);
 }
@@ -1062,6 +1070,39 @@ SLUICE_ALWAYS_INLINE uint8_t proto_of(const conntrack_detail::KeyWords& kw) noex
 
 namespace {
 
+/// The return-traffic lane of stage 2 (ADR 0015): a frame of stage 1's IPv4 lane to SNAT
+/// address `pre.rslot` whose flow is live behind its SNAT port with nothing to decide (TCP
+/// established without SYN/FIN/RST, or UDP; TTL > 1; the client's MAC known by its peer
+/// index) is refreshed, rewritten and counted exactly as return_path() would; otherwise
+/// nothing is changed and false returned.
+SLUICE_ALWAYS_INLINE bool return_v4(LbContext& ctx, uint8_t* frame, const LbFlowPre& pre,
+                                    uint32_t now) noexcept {
+    const auto dport = static_cast<uint16_t>(pre.kw.rest >> 16);
+    const uint8_t proto = proto_of(pre.kw);
+    ConnEntry* e = (*ctx.ports)[pre.rslot][dport];
+    if (e == nullptr || pre.ttl <= 1 || (e->value.service & 0xFFFF) != dport ||
+        e->key.proto != proto || ctx.ct->expired(*e, now)) {
+        return false;
+    }
+    const ConnState st = e->value.state;
+    if (proto == kProtoTcp ? st != ConnState::TcpEstablished ||
+                                 (pre.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
+                           : st != ConnState::Udp) {
+        return false;
+    }
+    const uint64_t mac = ctx.peers.word(e->value.flags);
+    if (mac == 0 || e->key.family != 4) {
+        return false;
+    }
+    e->value.last_seen = now;
+    pkt_detail::dnat_snat_v4(frame + pre.l3_off, frame + pre.l4_off, proto, e->key.dst.data(),
+                             e->key.dst_port, e->key.src.data(), e->key.src_port);
+    set_macs_word(frame, mac, ctx.our_mac);
+    ctx.count(LbCounter::ReturnPackets);
+    ctx.count(LbCounter::TxPackets);
+    return true;
+}
+
 /// Stage 2 for a frame of stage 1's IPv4 lane that left the established lane: parsed into
 /// `m` now, then flow_path() as for any frame. Out of line: the established loop keeps
 /// its registers.
@@ -1087,10 +1128,11 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
         if (pkt_detail::ipv4_fast_check(frames[i].data, frames[i].len > 0xFFFF ? 0xFFFF : frames[i].len,
                                         ParseOptions{}, f)) [[likely]] {
             const int rslot = snat_slot(ctx, 4, v4_table_addr(f.dst));
-            if (rslot < 0 && (f.tcp_flags & kTcpSyn) == 0) [[likely]] {
+            if ((f.tcp_flags & kTcpSyn) == 0 && (rslot < 0 || ctx.ports != nullptr)) [[likely]] {
                 // Stage 1's IPv4 lane: no PacketMeta (stage 2 parses the frame again only
                 // if it leaves the established lane).
                 pre.lite = true;
+                pre.rslot = static_cast<int8_t>(rslot);
                 pre.family = 4;
                 pre.ttl = f.ttl;
                 pre.tcp_flags = f.tcp_flags;
@@ -1099,6 +1141,11 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pre.kw = {f.src, 0, f.dst, 0,
                           uint64_t{f.src_port} | uint64_t{f.dst_port} << 16 | uint64_t{4} << 32 |
                               uint64_t{f.proto} << 40};
+                if (rslot >= 0) {
+                    // Return traffic: its flow is found through the SNAT port slot.
+                    prefetch_read(&(*ctx.ports)[rslot][f.dst_port]);
+                    continue;
+                }
             } else {
                 std::memset(static_cast<void*>(&m), 0, sizeof(m));
                 pkt_detail::fill_meta_v4(m, f);
@@ -1153,6 +1200,13 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         if (burst.hash[i] != 0) {
             const bool refused = budget_spent && proto_of(burst.pre[i].kw) == kProtoTcp;
             hint = ctx.ct->prefetch_entry(burst.pre[i].probe, !refused);
+        } else if (burst.pre[i].lite) {
+            // Return traffic of stage 1's IPv4 lane: the flow's entry.
+            const LbFlowPre& pre = burst.pre[i];
+            if (ConnEntry* e = (*ctx.ports)[pre.rslot][static_cast<uint16_t>(pre.kw.rest >> 16)];
+                e != nullptr) {
+                prefetch_write(e);
+            }
         } else if (burst.meta[i].verdict == Verdict::Forward) {
             ConnEntry* const* p = snat_port_slot(ctx, burst.meta[i]);
             if (p != nullptr && *p != nullptr) {
@@ -1209,6 +1263,14 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
             }
             out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, h, burst.hint[i],
                                &burst.pre[i], burst.svc[i], /*first_frag=*/false);
+        } else if (burst.pre[i].lite) {
+            if (!return_v4(ctx, f.data, burst.pre[i], now)) {
+                (void)parse_packet(f.data, f.len, m); // the general path wants it
+                out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr,
+                                   nullptr, nullptr, /*first_frag=*/false);
+            } else {
+                out[i] = LbAction::Tx;
+            }
         } else if (m.verdict == Verdict::Forward) {
             out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr, nullptr,
                                nullptr, /*first_frag=*/false);

@@ -419,9 +419,12 @@ struct LbFlowPre {
     conntrack_detail::KeyWords kw{};
     ConnTrack::Probe probe{};
     /// Stage 1's IPv4 lane (ADR 0015): the frame has the straight-line shape
-    /// (pkt_detail::ipv4_fast_check), is no SYN and not return traffic, and its PacketMeta
-    /// was not written: stage 2 parses it only if it leaves the established lane.
+    /// (pkt_detail::ipv4_fast_check) and is no SYN, and its PacketMeta was not written:
+    /// stage 2 parses it only if it leaves the established lane. With a hash: client ->
+    /// VIP; without (hash 0): return traffic to SNAT address `rslot` (`kw` holds its words
+    /// all the same: the SNAT port is its destination port).
     bool lite = false;
+    int8_t rslot = -1;
     /// What stage 2's established lane reads of every frame with a hash (lite or not);
     /// protocol, ports and addresses are in `kw`.
     uint8_t family = 0;
