@@ -1139,8 +1139,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pre.l3_off = kEthHdrLen;
                 pre.l4_off = kEthHdrLen + kIpv4HdrLen;
                 pre.kw = {f.src, 0, f.dst, 0,
-                          uint64_t{f.src_port} | uint64_t{f.dst_port} << 16 | uint64_t{4} << 32 |
-                              uint64_t{f.proto} << 40};
+                          uint64_t{f.ports} | uint64_t{4} << 32 | uint64_t{f.proto} << 40};
                 if (rslot >= 0) {
                     // Return traffic: its flow is found through the SNAT port slot.
                     prefetch_read(&(*ctx.ports)[rslot][f.dst_port]);

@@ -731,6 +731,7 @@ inline Verdict parse_arp(const uint8_t* p, uint32_t len, uint32_t off, PacketMet
 struct Ipv4Fast {
     uint32_t src = 0, dst = 0; ///< as in the frame (network order in memory)
     uint16_t src_port = 0, dst_port = 0; ///< host order
+    uint32_t ports = 0; ///< src_port | dst_port << 16 (as a conntrack key's words hold them)
     uint16_t tot = 0;     ///< IP datagram length
     uint16_t payload = 0; ///< after the L4 header
     uint16_t frag_id = 0;
@@ -783,8 +784,13 @@ SLUICE_ALWAYS_INLINE bool ipv4_fast_check(const uint8_t* p, uint32_t len, const 
     }
     std::memcpy(&out.src, ip + 12, 4);
     std::memcpy(&out.dst, ip + 16, 4);
-    out.src_port = load_be16(l4);
-    out.dst_port = load_be16(l4 + 2);
+    // Both ports from one load, each 16-bit half byte-swapped to host order.
+    uint32_t pw;
+    std::memcpy(&pw, l4, 4);
+    static_assert(std::endian::native == std::endian::little);
+    out.ports = ((pw & 0x00FF00FFu) << 8) | ((pw >> 8) & 0x00FF00FFu);
+    out.src_port = static_cast<uint16_t>(out.ports);
+    out.dst_port = static_cast<uint16_t>(out.ports >> 16);
     out.tot = static_cast<uint16_t>(tot);
     out.payload = static_cast<uint16_t>(payload);
     out.frag_id = load_be16(ip + 4);
