@@ -452,22 +452,26 @@ int main(int argc, char** argv) {
     });
     uint64_t tx_est = 0;
     auto est_run = std::make_unique<BurstRun>();
-    // As the worker does it: write the burst's frames (the generator's part), then the L4
-    // stages over the burst (lb_burst_parse, lb_burst_run), then transmit.
-    const LoopResult est = run_loop(
-        port, secs("est"),
-        [&](rte_mbuf* m) {
-            const bool ok = est_run->next(m);
-            tx_est += ok;
-            return ok;
-        },
-        [&](rte_mbuf** b, uint16_t n) {
-            const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
-            for (uint16_t i = 0; i < n; ++i) {
-                write_ack(rte_pktmbuf_mtod(b[i], uint8_t*));
-            }
-            est_run->run(ctx, table, b, n, now);
-        });
+    // As the worker does it: write the burst's frames (`write`, the generator's part), then
+    // the L4 stages over the burst (lb_burst_parse, lb_burst_run), then transmit; `tx`
+    // counts the frames sent.
+    auto stages_run = [&](double seconds, auto&& write, uint64_t& tx) {
+        return run_loop(
+            port, seconds,
+            [&](rte_mbuf* m) {
+                const bool ok = est_run->next(m);
+                tx += ok;
+                return ok;
+            },
+            [&](rte_mbuf** b, uint16_t n) {
+                const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+                for (uint16_t i = 0; i < n; ++i) {
+                    write(rte_pktmbuf_mtod(b[i], uint8_t*));
+                }
+                est_run->run(ctx, table, b, n, now);
+            });
+    };
+    const LoopResult est = stages_run(secs("est"), write_ack, tx_est);
     // The same flows' return traffic (full-NAT: backend -> SNAT address:port), beside the
     // baseline of writing those frames.
     auto ret_gen = std::make_unique<FrameRing<ReturnMaker>>(max_flows, ReturnMaker(&ret_info));
@@ -476,20 +480,8 @@ int main(int argc, char** argv) {
         return true;
     });
     uint64_t tx_ret = 0;
-    const LoopResult ret = run_loop(
-        port, secs("ret"),
-        [&](rte_mbuf* m) {
-            const bool ok = est_run->next(m);
-            tx_ret += ok;
-            return ok;
-        },
-        [&](rte_mbuf** b, uint16_t n) {
-            const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
-            for (uint16_t i = 0; i < n; ++i) {
-                ret_gen->write(rte_pktmbuf_mtod(b[i], uint8_t*));
-            }
-            est_run->run(ctx, table, b, n, now);
-        });
+    const LoopResult ret =
+        stages_run(secs("ret"), [&](uint8_t* d) { ret_gen->write(d); }, tx_ret);
     // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
     // source ports), through the worker's stages like the established run, on a conntrack
     // of the dataplane's 1M-flow size and default half-open budget (an eighth). "tracked":
