@@ -921,23 +921,24 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                        first_frag);
 }
 
-/// The established IPv4 full-NAT lane of stage 2: a frame whose flow stage 1b found (the
-/// hint), with nothing to decide: the entry live and holding the key, TCP established
-/// without SYN/FIN/RST (or UDP), the endpoint still in the snapshot, its next hop known,
+/// The established IPv4 lane of stage 2: a frame whose flow stage 1b found (the hint), with
+/// nothing to decide: the entry live and holding the key, TCP established without
+/// SYN/FIN/RST (or UDP), the endpoint still in the snapshot (IPv4), its next hop known,
 /// TTL > 1. Then it does exactly what flow_path() does for that frame (refresh, endpoint
-/// hint, rewrite, counters) and returns true; otherwise it has changed nothing and returns
-/// false, and flow_path() handles the frame. The general path's branches for DSR, IPv6,
-/// fragments, TCP state changes and new flows, and its stack traffic, stay off the most
-/// common packet (docs/adr/0015).
-/// `family`, `ttl`, `proto`, `tcp_flags`, `l3_off`, `l4_off`: the frame's, from its
-/// PacketMeta or (stage 1's IPv4 lane) its LbFlowPre.
-SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& table,
-                                          uint8_t* frame, uint8_t family, uint8_t ttl,
-                                          uint8_t proto, uint8_t tcp_flags, uint16_t l3_off,
-                                          uint16_t l4_off, const conntrack_detail::KeyWords& kw,
-                                          ConnEntry* e, const L4Service* svc,
-                                          uint32_t now) noexcept {
-    if (e == nullptr || svc == nullptr || family != 4 || ttl <= 1 || svc->to_l7) {
+/// hint, full-NAT rewrite or DSR encapsulation, counters) and returns true with `out` set;
+/// otherwise it has changed nothing and returns false, and flow_path() handles the frame.
+/// The general path's branches for IPv6, fragments, TCP state changes and new flows, and
+/// its stack traffic, stay off the most common packet (docs/adr/0015).
+/// `pre`: the frame's stage-1 state; `m` its PacketMeta, written here for a DSR flow when
+/// `pre.lite` (stage 1 did not).
+SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& table, LbFrame& f,
+                                          PacketMeta& m, const LbFlowPre& pre, ConnEntry* e,
+                                          const L4Service* svc, uint32_t now,
+                                          LbAction& out) noexcept {
+    const uint8_t ttl = pre.ttl, proto = static_cast<uint8_t>(pre.kw.rest >> 40);
+    const uint8_t tcp_flags = pre.tcp_flags;
+    const conntrack_detail::KeyWords& kw = pre.kw;
+    if (e == nullptr || svc == nullptr || pre.family != 4 || ttl <= 1 || svc->to_l7) {
         return false;
     }
     const ConnState st = e->value.state;
@@ -947,8 +948,7 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
         return false;
     }
     const uint32_t service = e->value.service;
-    if (service == kDsrFlow || !conntrack_detail::key_equal(e->key, kw) ||
-        ctx.ct->expired(*e, now)) {
+    if (!conntrack_detail::key_equal(e->key, kw) || ctx.ct->expired(*e, now)) {
         return false;
     }
     uint16_t hint_index = e->value.generation;
@@ -962,12 +962,29 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
     }
     e->value.generation = hint_index;
     e->value.last_seen = now;
-    pkt_detail::dnat_snat_v4(frame + l3_off, frame + l4_off, proto,
-                             ctx.snat[(service >> 16) & 0xFF].second.data(),
-                             static_cast<uint16_t>(service & 0xFFFF), ep->addr.data(), ep->port);
-    set_macs_word(frame, mac, ctx.our_mac);
     ctx.count(LbCounter::Established);
+    if (service == kDsrFlow) [[unlikely]] {
+        // DSR (the flow's kind, the service's encapsulation), as to_endpoint() does it.
+        if (pre.lite) {
+            lb_detail::lite_meta(f, pre, m);
+        }
+        Mac next_hop;
+        std::memcpy(next_hop.data(), &mac, 6); // as set_macs_word
+        const FwdMode mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
+        if (!dsr_forward(ctx, m, mode, *ep, next_hop, std::span<uint8_t>(f.data, f.cap), f.len,
+                         &f.headroom)) {
+            out = LbAction::Drop;
+            return true;
+        }
+    } else {
+        pkt_detail::dnat_snat_v4(f.data + pre.l3_off, f.data + pre.l4_off, proto,
+                                 ctx.snat[(service >> 16) & 0xFF].second.data(),
+                                 static_cast<uint16_t>(service & 0xFFFF), ep->addr.data(),
+                                 ep->port);
+        set_macs_word(f.data, mac, ctx.our_mac);
+    }
     ctx.count(LbCounter::TxPackets);
+    out = LbAction::Tx;
     return true;
 }
 
@@ -1109,7 +1126,7 @@ SLUICE_ALWAYS_INLINE bool return_v4(LbContext& ctx, uint8_t* frame, const LbFlow
 [[gnu::noinline]] LbAction lite_general(LbContext& ctx, const ServiceTable& table, LbFrame& f,
                                         PacketMeta& m, uint32_t now, uint64_t h, ConnEntry* hint,
                                         const LbFlowPre& pre, const L4Service* svc) noexcept {
-    (void)parse_packet(f.data, f.len, m);
+    lb_detail::lite_meta(f, pre, m);
     return flow_path(ctx, table, std::span<uint8_t>(f.data, f.cap), f.len, now, m, &f.headroom,
                      h, hint, &pre, svc, /*first_frag=*/false);
 }
@@ -1248,14 +1265,11 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         const std::span<uint8_t> buf(f.data, f.cap);
         if (const uint64_t h = burst.hash[i]; h != 0) [[likely]] {
             const LbFlowPre& pre = burst.pre[i];
-            const bool lite = pre.lite;
-            if (established_v4(ctx, table, f.data, pre.family, pre.ttl, proto_of(pre.kw),
-                               pre.tcp_flags, pre.l3_off, pre.l4_off, pre.kw, burst.hint[i],
-                               burst.svc[i], now)) [[likely]] {
-                out[i] = LbAction::Tx;
+            if (established_v4(ctx, table, f, m, pre, burst.hint[i], burst.svc[i], now,
+                               out[i])) [[likely]] {
                 continue;
             }
-            if (lite) {
+            if (pre.lite) {
                 out[i] = lite_general(ctx, table, f, m, now, h, burst.hint[i], pre,
                                       burst.svc[i]);
                 continue;
@@ -1264,7 +1278,7 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
                                &burst.pre[i], burst.svc[i], /*first_frag=*/false);
         } else if (burst.pre[i].lite) {
             if (!return_v4(ctx, f.data, burst.pre[i], now)) {
-                (void)parse_packet(f.data, f.len, m); // the general path wants it
+                lb_detail::lite_meta(f, burst.pre[i], m); // the general path wants it
                 out[i] = flow_path(ctx, table, buf, f.len, now, m, &f.headroom, 0, nullptr,
                                    nullptr, nullptr, /*first_frag=*/false);
             } else {

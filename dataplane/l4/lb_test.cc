@@ -1270,6 +1270,35 @@ std::vector<uint16_t> expect_burst_equals_single(Fixture& a, Fixture& b,
     return snat_ports;
 }
 
+// Stage 2 rebuilds the PacketMeta of a frame of stage 1's IPv4 lane from its stage-1
+// state (lb_detail::lite_meta): it must be parse_packet()'s, byte for byte.
+TEST(LbBurstApi, LaneFramesGetTheParsersMeta) {
+    Fixture fx(l4_ir({{"10.0.1.1", 1}}, ir::FwdMode::FullNat));
+    const std::vector<Bytes> frames = {
+        syn(40000, 0x10),
+        syn(40001, 0x18),
+        PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+            .tcp(40002, 80, 0x10, Bytes(12, 0x01)).payload(5).build(), // TCP options, data
+        PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+            .udp(40003, 80).payload(17).build(),
+        PacketBuilder().eth(kBackendA, kOurs).ipv4("10.0.1.1", "10.0.0.99")
+            .tcp(8080, 1024, 0x10).build(), // return traffic
+    };
+    for (const Bytes& b : frames) {
+        Bytes copy = b;
+        const LbFrame lf{copy.data(), static_cast<uint32_t>(copy.size()),
+                         static_cast<uint32_t>(copy.size()), 0};
+        auto burst = std::make_unique<LbBurst>();
+        lb_burst_parse(fx.ctx, *burst, &lf, 0, 1);
+        ASSERT_TRUE(burst->pre[0].lite);
+        PacketMeta got, want;
+        std::memset(static_cast<void*>(&got), 0xA5, sizeof(got)); // no field left unwritten
+        lb_detail::lite_meta(lf, burst->pre[0], got);
+        (void)parse_packet(b, want);
+        EXPECT_EQ(std::memcmp(&got, &want, sizeof(got)), 0);
+    }
+}
+
 TEST(LbBurstApi, HandlesEveryKindOfFrameAsTheOneFrameApiDoes) {
     for (const ir::FwdMode mode :
          {ir::FwdMode::FullNat, ir::FwdMode::DsrIpip, ir::FwdMode::DsrGue}) {
