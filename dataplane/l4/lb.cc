@@ -1196,6 +1196,13 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
             pre.l4_off = m.l4_off;
         }
         const uint64_t h = conntrack_detail::hash_words(pre.kw);
+        if (h == 0 && pre.lite) [[unlikely]] {
+            // Hash 0 means "no stage-1 state" to the later stages (and a lite frame without
+            // a hash would read as return traffic): this frame takes the general path,
+            // with its PacketMeta.
+            lb_detail::lite_meta(frames[i], pre, m);
+            pre.lite = false;
+        }
         pre.probe = ctx.ct->probe_of(h);
         ctx.ct->prefetch(pre.probe);
         burst.hash[i] = h; // (a flow whose hash is 0 is looked up from scratch in stage 2)
