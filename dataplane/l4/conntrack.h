@@ -83,6 +83,27 @@ namespace conntrack_detail {
 struct KeyWords {
     uint64_t src_lo, src_hi, dst_lo, dst_hi, rest;
 };
+
+/// The fields of `rest` (little-endian FlowKey layout: source port bits 0..15, destination
+/// port 16..31, family 32..39, protocol 40..47). The one place that decodes them.
+[[nodiscard]] constexpr uint16_t src_port_of(const KeyWords& w) noexcept {
+    return static_cast<uint16_t>(w.rest);
+}
+[[nodiscard]] constexpr uint16_t dst_port_of(const KeyWords& w) noexcept {
+    return static_cast<uint16_t>(w.rest >> 16);
+}
+[[nodiscard]] constexpr uint8_t family_of(const KeyWords& w) noexcept {
+    return static_cast<uint8_t>(w.rest >> 32);
+}
+[[nodiscard]] constexpr uint8_t proto_of(const KeyWords& w) noexcept {
+    return static_cast<uint8_t>(w.rest >> 40);
+}
+/// `rest` of a key: the inverse of the four accessors above.
+[[nodiscard]] constexpr uint64_t rest_word(uint16_t src_port, uint16_t dst_port, uint8_t family,
+                                           uint8_t proto) noexcept {
+    return uint64_t{src_port} | uint64_t{dst_port} << 16 | uint64_t{family} << 32 |
+           uint64_t{proto} << 40;
+}
 } // namespace conntrack_detail
 
 /// The key of the other direction of the same flow (addresses and ports swapped).

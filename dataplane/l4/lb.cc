@@ -32,8 +32,7 @@ SLUICE_ALWAYS_INLINE conntrack_detail::KeyWords key_words(const PacketMeta& m) n
         w.dst_lo = load64(m.key.dst.data());
         w.dst_hi = load64(m.key.dst.data() + 8);
     }
-    w.rest = uint64_t{m.key.src_port} | uint64_t{m.key.dst_port} << 16 |
-             uint64_t{m.family} << 32 | uint64_t{m.proto} << 40;
+    w.rest = conntrack_detail::rest_word(m.key.src_port, m.key.dst_port, m.family, m.proto);
     return w;
 }
 
@@ -523,14 +522,26 @@ void FragTable::remember(const PacketMeta& m, const PacketKey& from, const Packe
 
 namespace {
 
+/// Where the flow behind SNAT address `rslot` (>= 0), port `port` is found (return
+/// traffic), or null without a port table.
+SLUICE_ALWAYS_INLINE ConnEntry* const* port_slot(const LbContext& ctx, int rslot,
+                                                  uint16_t port) noexcept {
+    return ctx.ports == nullptr ? nullptr : &(*ctx.ports)[rslot][port];
+}
+
+/// Stage 1 for return traffic: its flow is found through the SNAT port slot.
+SLUICE_ALWAYS_INLINE void prefetch_port_slot(const LbContext& ctx, int rslot,
+                                             uint16_t port) noexcept {
+    if (ConnEntry* const* p = port_slot(ctx, rslot, port); p != nullptr) {
+        prefetch_read(p);
+    }
+}
+
 /// The SNAT port slot of a packet to one of our SNAT addresses (return traffic), or null.
 SLUICE_ALWAYS_INLINE ConnEntry* const* snat_port_slot(const LbContext& ctx,
                                                        const PacketMeta& m) noexcept {
-    if (ctx.ports == nullptr) {
-        return nullptr;
-    }
     const int slot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
-    return slot < 0 ? nullptr : &(*ctx.ports)[slot][m.key.dst_port];
+    return slot < 0 ? nullptr : port_slot(ctx, slot, m.key.dst_port);
 }
 
 } // namespace
@@ -576,7 +587,7 @@ uint16_t lb_burst_owner(LbContext& ctx, const LbBurst& burst, uint16_t i, uint32
             return 0;
         }
         if (burst.hash[i] == 0) {
-            return static_cast<uint16_t>(static_cast<uint16_t>(burst.pre[i].kw.rest >> 16) %
+            return static_cast<uint16_t>(conntrack_detail::dst_port_of(burst.pre[i].kw) %
                                          ctx.workers);
         }
         return owner_of_hash(burst.hash[i], ctx.workers);
@@ -921,6 +932,16 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                        first_frag);
 }
 
+/// A packet of a flow in state `st` that changes nothing in it but its idle stamp: TCP
+/// established without SYN, FIN or RST, or UDP. What the lanes of stage 2 (established_v4,
+/// return_v4) take; anything else goes through the general path's state tracking.
+SLUICE_ALWAYS_INLINE bool quiet_established(ConnState st, uint8_t proto,
+                                            uint8_t tcp_flags) noexcept {
+    return proto == kProtoTcp ? st == ConnState::TcpEstablished &&
+                                    (tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) == 0
+                              : st == ConnState::Udp;
+}
+
 /// The established IPv4 lane of stage 2: a frame whose flow stage 1b found (the hint), with
 /// nothing to decide: the entry live and holding the key, TCP established without
 /// SYN/FIN/RST (or UDP), the endpoint still in the snapshot (IPv4), its next hop known,
@@ -935,16 +956,13 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
                                           PacketMeta& m, const LbFlowPre& pre, ConnEntry* e,
                                           const L4Service* svc, uint32_t now,
                                           LbAction& out) noexcept {
-    const uint8_t ttl = pre.ttl, proto = static_cast<uint8_t>(pre.kw.rest >> 40);
+    const uint8_t ttl = pre.ttl, proto = conntrack_detail::proto_of(pre.kw);
     const uint8_t tcp_flags = pre.tcp_flags;
     const conntrack_detail::KeyWords& kw = pre.kw;
     if (e == nullptr || svc == nullptr || pre.family != 4 || ttl <= 1 || svc->to_l7) {
         return false;
     }
-    const ConnState st = e->value.state;
-    if (proto == kProtoTcp ? st != ConnState::TcpEstablished ||
-                                 (tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
-                           : st != ConnState::Udp) {
+    if (!quiet_established(e->value.state, proto, tcp_flags)) {
         return false;
     }
     const uint32_t service = e->value.service;
@@ -1074,14 +1092,12 @@ SLUICE_ALWAYS_INLINE const L4Service* service_of(const ServiceTable& table,
     const uint64_t w[2] = {kw.dst_lo, kw.dst_hi};
     Addr dst;
     std::memcpy(dst.data(), w, sizeof(w));
-    return table.find(static_cast<uint8_t>(kw.rest >> 32), dst,
-                      static_cast<uint8_t>(kw.rest >> 40), static_cast<uint16_t>(kw.rest >> 16));
+    return table.find(conntrack_detail::family_of(kw), dst, conntrack_detail::proto_of(kw),
+                      conntrack_detail::dst_port_of(kw));
 }
 
-/// The protocol in a frame's key words.
-SLUICE_ALWAYS_INLINE uint8_t proto_of(const conntrack_detail::KeyWords& kw) noexcept {
-    return static_cast<uint8_t>(kw.rest >> 40);
-}
+using conntrack_detail::dst_port_of;
+using conntrack_detail::proto_of;
 
 } // namespace
 
@@ -1094,17 +1110,14 @@ namespace {
 /// nothing is changed and false returned.
 SLUICE_ALWAYS_INLINE bool return_v4(LbContext& ctx, uint8_t* frame, const LbFlowPre& pre,
                                     uint32_t now) noexcept {
-    const auto dport = static_cast<uint16_t>(pre.kw.rest >> 16);
+    const uint16_t dport = dst_port_of(pre.kw);
     const uint8_t proto = proto_of(pre.kw);
-    ConnEntry* e = (*ctx.ports)[pre.rslot][dport];
+    ConnEntry* e = *port_slot(ctx, pre.rslot, dport); // (a lane frame: ctx.ports is set)
     if (e == nullptr || pre.ttl <= 1 || (e->value.service & 0xFFFF) != dport ||
         e->key.proto != proto || ctx.ct->expired(*e, now)) {
         return false;
     }
-    const ConnState st = e->value.state;
-    if (proto == kProtoTcp ? st != ConnState::TcpEstablished ||
-                                 (pre.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)) != 0
-                           : st != ConnState::Udp) {
+    if (!quiet_established(e->value.state, proto, pre.tcp_flags)) {
         return false;
     }
     const uint64_t mac = ctx.peers.word(e->value.flags);
@@ -1156,10 +1169,9 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pre.l3_off = kEthHdrLen;
                 pre.l4_off = kEthHdrLen + kIpv4HdrLen;
                 pre.kw = {f.src, 0, f.dst, 0,
-                          uint64_t{f.ports} | uint64_t{4} << 32 | uint64_t{f.proto} << 40};
+                          conntrack_detail::rest_word(f.src_port, f.dst_port, 4, f.proto)};
                 if (rslot >= 0) {
-                    // Return traffic: its flow is found through the SNAT port slot.
-                    prefetch_read(&(*ctx.ports)[rslot][f.dst_port]);
+                    prefetch_port_slot(ctx, rslot, f.dst_port); // return traffic
                     continue;
                 }
             } else {
@@ -1167,10 +1179,8 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pkt_detail::fill_meta_v4(m, f);
                 if (rslot >= 0) {
                     // Return traffic (or, without a port table, a frame to refuse): stage
-                    // 2's general path, its flow found through the SNAT port slot.
-                    if (ctx.ports != nullptr) {
-                        prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
-                    }
+                    // 2's general path.
+                    prefetch_port_slot(ctx, rslot, m.key.dst_port);
                     continue;
                 }
                 pre.kw = key_words(m);
@@ -1181,9 +1191,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
             }
             if (const int rslot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
                 rslot >= 0) {
-                if (ctx.ports != nullptr) {
-                    prefetch_read(&(*ctx.ports)[rslot][m.key.dst_port]);
-                }
+                prefetch_port_slot(ctx, rslot, m.key.dst_port); // return traffic
                 continue;
             }
             pre.kw = key_words(m);
@@ -1226,8 +1234,7 @@ void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbF
         } else if (burst.pre[i].lite) {
             // Return traffic of stage 1's IPv4 lane: the flow's entry.
             const LbFlowPre& pre = burst.pre[i];
-            if (ConnEntry* e = (*ctx.ports)[pre.rslot][static_cast<uint16_t>(pre.kw.rest >> 16)];
-                e != nullptr) {
+            if (ConnEntry* e = *port_slot(ctx, pre.rslot, dst_port_of(pre.kw)); e != nullptr) {
                 prefetch_write(e);
             }
         } else if (burst.meta[i].verdict == Verdict::Forward) {

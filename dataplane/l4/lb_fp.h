@@ -467,12 +467,12 @@ SLUICE_ALWAYS_INLINE void lite_meta(const LbFrame& f, const LbFlowPre& pre,
     pkt_detail::Ipv4Fast v;
     v.src = static_cast<uint32_t>(pre.kw.src_lo);
     v.dst = static_cast<uint32_t>(pre.kw.dst_lo);
-    v.ports = static_cast<uint32_t>(pre.kw.rest);
-    v.src_port = static_cast<uint16_t>(v.ports);
-    v.dst_port = static_cast<uint16_t>(v.ports >> 16);
+    v.ports = static_cast<uint32_t>(pre.kw.rest); // (both ports: rest's low 32 bits)
+    v.src_port = conntrack_detail::src_port_of(pre.kw);
+    v.dst_port = conntrack_detail::dst_port_of(pre.kw);
     v.tot = load_be16(ip + 2);
     v.frag_id = load_be16(ip + 4);
-    v.proto = static_cast<uint8_t>(pre.kw.rest >> 40);
+    v.proto = conntrack_detail::proto_of(pre.kw);
     v.ttl = pre.ttl;
     v.tcp_flags = pre.tcp_flags;
     v.payload = static_cast<uint16_t>(
