@@ -1169,7 +1169,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pre.l3_off = kEthHdrLen;
                 pre.l4_off = kEthHdrLen + kIpv4HdrLen;
                 pre.kw = {f.src, 0, f.dst, 0,
-                          conntrack_detail::rest_word(f.src_port, f.dst_port, 4, f.proto)};
+                          uint64_t{f.ports} | conntrack_detail::rest_word(0, 0, 4, f.proto)};
                 if (rslot >= 0) {
                     prefetch_port_slot(ctx, rslot, f.dst_port); // return traffic
                     continue;
