@@ -1155,6 +1155,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
         burst.hash[i] = 0;
         pre.lite = false;
         pkt_detail::Ipv4Fast f;
+        conntrack_detail::KeyWords kw; // (the general path's key: hashed from registers)
         if (pkt_detail::ipv4_fast_check(frames[i].data, frames[i].len > 0xFFFF ? 0xFFFF : frames[i].len,
                                         ParseOptions{}, f)) [[likely]] {
             const int rslot = snat_slot(ctx, 4, v4_table_addr(f.dst));
@@ -1168,12 +1169,28 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 pre.tcp_flags = f.tcp_flags;
                 pre.l3_off = kEthHdrLen;
                 pre.l4_off = kEthHdrLen + kIpv4HdrLen;
-                pre.kw = {f.src, 0, f.dst, 0,
-                          uint64_t{f.ports} | conntrack_detail::rest_word(0, 0, 4, f.proto)};
+                kw = {f.src, 0, f.dst, 0,
+                      uint64_t{f.ports} | conntrack_detail::rest_word(0, 0, 4, f.proto)};
+                pre.kw = kw;
                 if (rslot >= 0) {
                     prefetch_port_slot(ctx, rslot, f.dst_port); // return traffic
                     continue;
                 }
+                // Hashed from the words in registers (the high address words are constant
+                // zeros here), not read back from `pre`.
+                const uint64_t h = conntrack_detail::hash_words(kw);
+                if (h != 0) [[likely]] {
+                    pre.probe = ctx.ct->probe_of(h);
+                    ctx.ct->prefetch(pre.probe);
+                    burst.hash[i] = h;
+                    continue;
+                }
+                // Hash 0 means "no stage-1 state" to the later stages (and a lite frame
+                // without a hash would read as return traffic): this frame takes the
+                // general path, with its PacketMeta (its flow looked up from scratch).
+                lb_detail::lite_meta(frames[i], pre, m);
+                pre.lite = false;
+                continue;
             } else {
                 std::memset(static_cast<void*>(&m), 0, sizeof(m));
                 pkt_detail::fill_meta_v4(m, f);
@@ -1183,7 +1200,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                     prefetch_port_slot(ctx, rslot, m.key.dst_port);
                     continue;
                 }
-                pre.kw = key_words(m);
+                kw = key_words(m);
             }
         } else {
             if (parse_packet(frames[i].data, frames[i].len, m) != Verdict::Forward) {
@@ -1194,23 +1211,15 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 prefetch_port_slot(ctx, rslot, m.key.dst_port); // return traffic
                 continue;
             }
-            pre.kw = key_words(m);
+            kw = key_words(m);
         }
-        if (!pre.lite) {
-            pre.family = m.family;
-            pre.ttl = m.ttl;
-            pre.tcp_flags = m.tcp_flags;
-            pre.l3_off = m.l3_off;
-            pre.l4_off = m.l4_off;
-        }
-        const uint64_t h = conntrack_detail::hash_words(pre.kw);
-        if (h == 0 && pre.lite) [[unlikely]] {
-            // Hash 0 means "no stage-1 state" to the later stages (and a lite frame without
-            // a hash would read as return traffic): this frame takes the general path,
-            // with its PacketMeta.
-            lb_detail::lite_meta(frames[i], pre, m);
-            pre.lite = false;
-        }
+        pre.kw = kw;
+        pre.family = m.family;
+        pre.ttl = m.ttl;
+        pre.tcp_flags = m.tcp_flags;
+        pre.l3_off = m.l3_off;
+        pre.l4_off = m.l4_off;
+        const uint64_t h = conntrack_detail::hash_words(kw);
         pre.probe = ctx.ct->probe_of(h);
         ctx.ct->prefetch(pre.probe);
         burst.hash[i] = h; // (a flow whose hash is 0 is looked up from scratch in stage 2)

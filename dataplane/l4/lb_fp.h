@@ -348,9 +348,18 @@ struct LbContext {
 /// Writes the Ethernet header's MACs: destination from a NeighborTable slot word (the MAC
 /// is the word's first 6 bytes in memory, as NeighborTable::learn stores it), source ours.
 /// The frame holds >= 12 bytes.
+/// Two stores built in registers (bytes 0..7: the destination and the source's first two
+/// bytes; 8..11 the rest of the source): a 6-byte copy of a register went through the stack.
 inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noexcept {
-    std::memcpy(frame, &dst_word, 6);
-    std::memcpy(frame + 6, src.data(), 6);
+    static_assert(std::endian::native == std::endian::little);
+    constexpr uint64_t kMac48 = (uint64_t{1} << 48) - 1;
+    uint16_t s01;
+    uint32_t s25;
+    std::memcpy(&s01, src.data(), 2);
+    std::memcpy(&s25, src.data() + 2, 4);
+    const uint64_t w0 = (dst_word & kMac48) | uint64_t{s01} << 48;
+    std::memcpy(frame, &w0, 8);
+    std::memcpy(frame + 8, &s25, 4);
 }
 
 /// Converts between the packet layer's addresses (IPv4 in bytes 12..15) and the tables'

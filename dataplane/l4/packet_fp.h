@@ -17,6 +17,9 @@
 /// 16 network-order bytes (Addr16), an IPv4 address in the low (last) 4 bytes, the first 12
 /// zero. Checksum helpers take and return the numeric value of the big-endian field.
 
+#if defined(__x86_64__)
+#include <x86intrin.h> // _addcarry_u64 (ADC: baseline x86-64)
+#endif
 #include <array>
 #include <bit>
 #include <cstddef>
@@ -623,7 +626,17 @@ SLUICE_ALWAYS_INLINE bool ipv4_header_sum_ok(const uint8_t* ip, uint32_t ihl) no
     std::memcpy(&a, ip, 8);
     std::memcpy(&b, ip + 8, 8);
     std::memcpy(&c, ip + 16, 4);
+#if defined(__x86_64__)
+    // 64-bit words with the end-around carry (add, adc, and the last carry added back):
+    // the same one's complement sum as 16-bit words (RFC 1071 2(C)). Never zero here (the
+    // first byte is 0x45), so any exact reduction folds to the same 16-bit value.
+    unsigned long long s;
+    unsigned char cf = _addcarry_u64(0, a, b, &s);
+    cf = _addcarry_u64(cf, s, c, &s);
+    s += cf; // (when the adc carried, s < 2^33: this cannot carry again)
+#else
     const uint64_t s = (a & 0xFFFFFFFFu) + (a >> 32) + (b & 0xFFFFFFFFu) + (b >> 32) + c;
+#endif
     return fold64(s) == 0xFFFF;
 }
 
@@ -952,30 +965,27 @@ SLUICE_ALWAYS_INLINE void dnat_snat_v4(uint8_t* ip, uint8_t* l4, uint8_t proto, 
     if (l4 != nullptr) {
         uint8_t* csum_p = l4 + (proto == kProtoTcp ? 16 : 6);
         const uint16_t old_csum = load_ne16(csum_p);
-        uint8_t sp_be[2], dp_be[2]; // the new ports in network order
-        store_be16(sp_be, new_src_port);
-        store_be16(dp_be, new_dst_port);
-        const uint16_t nsp_ne = load_ne16(sp_be), ndp_ne = load_ne16(dp_be);
+        // Both ports as one 32-bit word in network order, replaced and summed at once.
+        static_assert(std::endian::native == std::endian::little);
+        const uint32_t old_ports = load_ne32(l4);
+        const uint32_t new_ports = __builtin_bswap32(uint32_t{new_src_port} << 16 | new_dst_port);
         if (proto == kProtoTcp || old_csum != 0) {
-            const uint64_t d = addr + uint16_t(~load_ne16(l4)) + uint16_t(~load_ne16(l4 + 2)) +
-                               nsp_ne + ndp_ne;
+            const uint64_t d = addr + uint64_t{~old_ports} + new_ports;
             uint16_t c = static_cast<uint16_t>(~fold64(uint64_t{uint16_t(~old_csum)} + d));
             if (proto == kProtoUdp && c == 0) {
                 c = 0xFFFF; // 0 means "no checksum" for UDP
             }
             store_ne16(csum_p, c);
         }
-        store_ne16(l4, nsp_ne);
-        store_ne16(l4 + 2, ndp_ne);
+        std::memcpy(l4, &new_ports, 4);
     }
-    // TTL - 1: the new TTL/protocol word is built in registers (a byte store followed by a
-    // 16-bit load of the same bytes would stall on store forwarding).
+    // TTL - 1. In machine order the TTL/protocol word holds the TTL in its low byte, so the
+    // word drops by exactly 1 (TTL > 1: no borrow) and the header sum with it: the update
+    // adds ~1 = 0xFFFE (RFC 1624), whatever the TTL.
     const uint16_t old_w = load_ne16(ip + 8);
-    const uint8_t ttl_proto[2] = {static_cast<uint8_t>(ip[8] - 1), ip[9]};
-    const uint16_t new_w = load_ne16(ttl_proto);
-    const uint64_t d = addr + uint16_t(~old_w) + new_w;
+    const uint64_t d = addr + 0xFFFEu;
     store_ne16(ip + 10, static_cast<uint16_t>(~fold64(uint64_t{uint16_t(~load_ne16(ip + 10))} + d)));
-    store_ne16(ip + 8, new_w);
+    store_ne16(ip + 8, static_cast<uint16_t>(old_w - 1));
     std::memcpy(ip + 12, ns, 4);
     std::memcpy(ip + 16, nd, 4);
 }
