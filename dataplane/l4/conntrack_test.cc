@@ -611,6 +611,34 @@ TEST(FlowHash, SymmetricForReverseKeys) {
     EXPECT_EQ(flow_hash_symmetric(echo), flow_hash_symmetric(reversed(echo)));
 }
 
+// The hash is part of the fleet's contract (Maglev picks from it; every node must agree),
+// so it is pinned: the word-wise multiply-mix written out here with plain 128-bit
+// arithmetic, on random keys of both families, and two golden values.
+TEST(FlowHash, IsTheDocumentedFunction) {
+    __extension__ using U128 = unsigned __int128;
+    auto mum = [](uint64_t a, uint64_t b) {
+        const U128 r = static_cast<U128>(a) * b;
+        return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+    };
+    auto reference = [&mum](const FlowKey& k) {
+        uint64_t w[5];
+        std::memcpy(w, &k, 40);
+        const uint64_t a = mum(w[0] ^ 0xa0761d6478bd642fULL, w[1] ^ 0xe7037ed1a0b428dbULL);
+        const uint64_t b = mum(w[2] ^ 0x8ebc6af09c88c6e3ULL, w[3] ^ 0x589965cc75374cc3ULL);
+        return mum(a ^ w[4] ^ 0x1d8e4e27c47d124fULL, b ^ 0xe7037ed1a0b428dbULL);
+    };
+    std::mt19937_64 rng(3);
+    for (int i = 0; i < 100000; ++i) {
+        const FlowKey k = i % 2 == 0 ? v4(static_cast<uint32_t>(rng()), static_cast<uint16_t>(rng()),
+                                          static_cast<uint32_t>(rng()), static_cast<uint16_t>(rng()),
+                                          i % 4 == 0 ? ct_wire::kTcp : ct_wire::kUdp)
+                                     : v6(rng(), static_cast<uint16_t>(rng()));
+        ASSERT_EQ(flow_hash(k), reference(k)) << i;
+    }
+    EXPECT_EQ(flow_hash(v4(0x0100000a, 1024, 0x6400000a, 80)), 0xd328a4b4368ca8beULL);
+    EXPECT_EQ(flow_hash(v6(0x0123456789abcdefULL, 4242)), 0x378ea4cb0864e57ULL);
+}
+
 TEST(FlowHash, WellMixed) {
     // Sequential sources and ports must not collide and must spread over the low and
     // high bits alike (Maglev uses hash % 65537, lcore choice uses low bits).
