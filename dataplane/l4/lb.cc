@@ -1193,7 +1193,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 continue;
             } else {
                 std::memset(static_cast<void*>(&m), 0, sizeof(m));
-                pkt_detail::fill_meta_v4(m, f);
+                pkt_detail::fill_meta_v4(m, f, frames[i].data);
                 if (rslot >= 0) {
                     // Return traffic (or, without a port table, a frame to refuse): stage
                     // 2's general path.

@@ -469,26 +469,21 @@ namespace lb_detail {
 
 /// The PacketMeta parse_packet() gives a frame of stage 1's IPv4 lane (`pre` its stage-1
 /// state): stage 1 checked these bytes (unchanged since), so the straight-line parse's
-/// result is rebuilt from `pre` and three header fields, without checking again.
+/// result is rebuilt from `pre` and the header fields fill_meta_v4() reads, without
+/// checking again.
 SLUICE_ALWAYS_INLINE void lite_meta(const LbFrame& f, const LbFlowPre& pre,
                                     PacketMeta& m) noexcept {
-    const uint8_t* ip = f.data + kEthHdrLen;
     pkt_detail::Ipv4Fast v;
     v.src = static_cast<uint32_t>(pre.kw.src_lo);
     v.dst = static_cast<uint32_t>(pre.kw.dst_lo);
     v.ports = static_cast<uint32_t>(pre.kw.rest); // (both ports: rest's low 32 bits)
     v.src_port = conntrack_detail::src_port_of(pre.kw);
     v.dst_port = conntrack_detail::dst_port_of(pre.kw);
-    v.tot = load_be16(ip + 2);
-    v.frag_id = load_be16(ip + 4);
     v.proto = conntrack_detail::proto_of(pre.kw);
     v.ttl = pre.ttl;
     v.tcp_flags = pre.tcp_flags;
-    v.payload = static_cast<uint16_t>(
-        kEthHdrLen + kIpv4HdrLen +
-        (v.proto == kProtoTcp ? (uint32_t{ip[kIpv4HdrLen + 12]} >> 4) * 4 : kUdpHdrLen));
     std::memset(static_cast<void*>(&m), 0, sizeof(m));
-    pkt_detail::fill_meta_v4(m, v);
+    pkt_detail::fill_meta_v4(m, v, f.data);
 }
 
 } // namespace lb_detail

@@ -740,14 +740,14 @@ inline Verdict parse_arp(const uint8_t* p, uint32_t len, uint32_t off, PacketMet
 }
 
 /// What the straight-line parse reads from an untagged IPv4 TCP/UDP datagram with a
-/// 20-byte header (l3 at 14, l4 at 34).
+/// 20-byte header (l3 at 14, l4 at 34) for the flow: the key and the fields the L4 lanes
+/// decide on. The rest of a PacketMeta (lengths, fragment id) fill_meta_v4() reads from
+/// the checked frame when a PacketMeta is wanted: the lanes never need them, and carrying
+/// them here kept them live through stage 1 (stack spills).
 struct Ipv4Fast {
     uint32_t src = 0, dst = 0; ///< as in the frame (network order in memory)
     uint16_t src_port = 0, dst_port = 0; ///< host order
     uint32_t ports = 0; ///< src_port | dst_port << 16 (as a conntrack key's words hold them)
-    uint16_t tot = 0;     ///< IP datagram length
-    uint16_t payload = 0; ///< after the L4 header
-    uint16_t frag_id = 0;
     uint8_t proto = 0;
     uint8_t ttl = 0;
     uint8_t tcp_flags = 0;
@@ -773,7 +773,6 @@ SLUICE_ALWAYS_INLINE bool ipv4_fast_check(const uint8_t* p, uint32_t len, const 
     }
     const uint32_t avail = tot - kIpv4HdrLen;
     const uint8_t* l4 = ip + kIpv4HdrLen;
-    uint32_t payload;
     if (proto == kProtoTcp) {
         if (avail < kTcpHdrLen) { // (before reading the data offset at l4[12])
             return false;
@@ -782,13 +781,11 @@ SLUICE_ALWAYS_INLINE bool ipv4_fast_check(const uint8_t* p, uint32_t len, const 
         if (doff < kTcpHdrLen || doff > avail) {
             return false;
         }
-        payload = l4o + doff;
     } else if (proto == kProtoUdp) {
         const uint32_t ulen = load_be16(l4 + 4);
         if (ulen < kUdpHdrLen || ulen > avail) {
             return false;
         }
-        payload = l4o + kUdpHdrLen;
     } else {
         return false;
     }
@@ -804,23 +801,22 @@ SLUICE_ALWAYS_INLINE bool ipv4_fast_check(const uint8_t* p, uint32_t len, const 
     out.ports = ((pw & 0x00FF00FFu) << 8) | ((pw >> 8) & 0x00FF00FFu);
     out.src_port = static_cast<uint16_t>(out.ports);
     out.dst_port = static_cast<uint16_t>(out.ports >> 16);
-    out.tot = static_cast<uint16_t>(tot);
-    out.payload = static_cast<uint16_t>(payload);
-    out.frag_id = load_be16(ip + 4);
     out.proto = proto;
     out.ttl = ip[8];
     out.tcp_flags = proto == kProtoTcp ? l4[13] : 0;
     return true;
 }
 
-/// The PacketMeta parse_packet() gives a frame ipv4_fast_check() accepted (`m` zeroed).
-SLUICE_ALWAYS_INLINE void fill_meta_v4(PacketMeta& m, const Ipv4Fast& f) noexcept {
+/// The PacketMeta parse_packet() gives frame `p`, which ipv4_fast_check() accepted as `f`
+/// (`m` zeroed; the frame's IPv4 length, fragment id and TCP data offset read again here).
+SLUICE_ALWAYS_INLINE void fill_meta_v4(PacketMeta& m, const Ipv4Fast& f, const uint8_t* p) noexcept {
     constexpr uint16_t l3 = kEthHdrLen, l4o = kEthHdrLen + kIpv4HdrLen;
+    const uint8_t* ip = p + l3;
     m.ethertype = kEtherTypeIpv4;
     m.l2_len = l3;
     m.l3_off = l3;
     m.family = 4;
-    m.l3_len = f.tot;
+    m.l3_len = load_be16(ip + 2);
     m.ttl = f.ttl;
     m.proto = f.proto;
     m.key.family = 4;
@@ -828,11 +824,12 @@ SLUICE_ALWAYS_INLINE void fill_meta_v4(PacketMeta& m, const Ipv4Fast& f) noexcep
     std::memcpy(m.key.src.data() + 12, &f.src, 4);
     std::memcpy(m.key.dst.data() + 12, &f.dst, 4);
     m.l4_off = l4o;
-    m.payload_off = f.payload;
+    m.payload_off = static_cast<uint16_t>(
+        l4o + (f.proto == kProtoTcp ? (uint32_t{ip[kIpv4HdrLen + 12]} >> 4) * 4 : kUdpHdrLen));
     m.tcp_flags = f.tcp_flags;
     m.key.src_port = f.src_port;
     m.key.dst_port = f.dst_port;
-    m.frag_id = f.frag_id;
+    m.frag_id = load_be16(ip + 4);
     m.verdict = Verdict::Forward;
 }
 
@@ -848,7 +845,7 @@ SLUICE_ALWAYS_INLINE bool parse_ipv4_fast(const uint8_t* p, uint32_t len, Packet
     if (!ipv4_fast_check(p, len, opt, f)) {
         return false;
     }
-    fill_meta_v4(m, f);
+    fill_meta_v4(m, f, p);
     return true;
 }
 
