@@ -1168,6 +1168,15 @@ std::vector<Bytes> mixed_frames(uint16_t base_port, const std::vector<uint16_t>&
     }
     for (uint16_t i = 0; i < 40; ++i) {
         v.push_back(syn(static_cast<uint16_t>(base_port + i), i % 5 == 0 ? 0x11 : 0x10));
+        if (i % 4 == 1) {
+            // Established ACKs with a traffic class and DF, or an IP ID without DF, and data:
+            // what DSR's outer header copies (TOS), sets (DF) or keeps (the ID, RFC 6864).
+            v.push_back(PacketBuilder().eth(kClient, kOurs).ipv4("10.0.0.2", "10.0.0.100")
+                            .tos(static_cast<uint8_t>(0xb8 + i)).df(i % 8 == 1)
+                            .ip_id(static_cast<uint16_t>(0x1234 * i))
+                            .tcp(static_cast<uint16_t>(base_port + i), 80, 0x10)
+                            .payload(i).build());
+        }
     }
     for (const uint16_t p : snat_ports) { // the backends' answers, and one to a free port
         v.push_back(PacketBuilder().eth(kBackendA, kOurs).ipv4("10.0.1.1", "10.0.0.99")
