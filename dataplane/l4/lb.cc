@@ -932,41 +932,14 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                        first_frag);
 }
 
-/// DSR's IP-in-IP encapsulation (RFC 2003) of a frame of stage 1's IPv4 lane (untagged,
-/// 20-byte header, its lengths checked by stage 1) to `dst4` from tunnel source `src4`
-/// (IPv4 addresses as in a frame), MACs ours -> `mac` (a neighbour slot word): the frame
-/// moves kIpv4HdrLen into its headroom (>= that). The same bytes as dsr_forward() with
-/// pkt_detail::encap() (held equal by the burst test: outer TOS from the inner, DF and
-/// an ID only without DF as RFC 6864 says, TTL kEncapTtl, Ethernet padding dropped),
-/// without a PacketMeta, the Addr16 conversions or the general encapsulation's checks:
-/// the outer header is three stores built in registers, its checksum summed as words
-/// (RFC 1071: byte-order independent).
+/// DSR's IP-in-IP encapsulation of a frame of stage 1's IPv4 lane (its lengths checked by
+/// stage 1): pkt_detail::ipip4_in_place() and the MACs, ours -> `mac` (a neighbour slot
+/// word). The frame moves kIpv4HdrLen into its headroom (>= that).
 SLUICE_ALWAYS_INLINE void ipip4_lane(LbFrame& f, const uint8_t* src4, const uint8_t* dst4,
                                      uint64_t mac, const Mac& our) noexcept {
-    static_assert(std::endian::native == std::endian::little);
-    const uint8_t* inner = f.data + kEthHdrLen;
-    uint8_t* nf = f.data - kIpv4HdrLen;
-    const uint32_t inner_len = load_be16(inner + 2);
-    const bool df = (inner[6] & 0x40) != 0;
-    uint16_t id = 0; // in network order, as in the frame
-    if (!df) {
-        std::memcpy(&id, inner + 4, 2);
-    }
-    // The outer header as little-endian words of its bytes in network order.
-    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
-                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kIpv4HdrLen + inner_len))} << 16 |
-                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
-    const uint32_t src = pkt_detail::load_ne32(src4), dst = pkt_detail::load_ne32(dst4);
-    const uint32_t w4 = kEncapTtl | uint32_t{kProtoIpip} << 8;
-    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
-    const auto csum = static_cast<uint16_t>(~pkt_detail::fold64(sum));
-    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
-    set_macs_word(nf, mac, our);
-    const uint16_t et = 0x0008; // 0x0800 in network order
-    std::memcpy(nf + 12, &et, 2);
-    std::memcpy(nf + 14, &w01, 8);
-    std::memcpy(nf + 22, &w23, 8);
-    std::memcpy(nf + 30, &dst, 4);
+    const uint32_t inner_len = load_be16(f.data + kEthHdrLen + 2);
+    pkt_detail::ipip4_in_place(f.data, inner_len, src4, dst4);
+    set_macs_word(f.data - kIpv4HdrLen, mac, our);
     f.headroom -= kIpv4HdrLen;
     f.len = kEthHdrLen + kIpv4HdrLen + inner_len;
 }
@@ -1023,7 +996,8 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
     if (service == kDsrFlow) [[unlikely]] {
         // DSR (the flow's kind, the service's encapsulation), as to_endpoint() does it.
         if (pre.lite && svc->mode != FwdMode::DsrGue && ep->family == 4 &&
-            ctx.snat_first4 >= 0 && f.headroom >= kIpv4HdrLen) [[likely]] {
+            ctx.snat_first4 >= 0 && f.headroom >= kIpv4HdrLen &&
+            load_be16(f.data + kEthHdrLen + 2) <= 0xFFFF - kIpv4HdrLen) [[likely]] {
             // IPv4 in IPv4 from stage 1's lane: the bytes dsr_forward() writes, built here.
             ipip4_lane(f, ctx.snat[static_cast<size_t>(ctx.snat_first4)].second.data(),
                        ep->addr.data(), mac, ctx.our_mac);

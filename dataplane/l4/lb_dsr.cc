@@ -20,6 +20,18 @@ bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode, const L4Endp
         ++ctx.drops[static_cast<size_t>(DropReason::NoHeadroom)];
         return false;
     }
+    if (mode != FwdMode::DsrGue && ep.family == 4 && m.family == 4 &&
+        m.l3_off == kEthHdrLen && *headroom >= kIpv4HdrLen && m.l3_len >= kIpv4HdrLen &&
+        kEthHdrLen + uint32_t{m.l3_len} <= len && m.l3_len <= 0xFFFF - kIpv4HdrLen) [[likely]] {
+        // IPv4 in IPv4, untagged (new DSR flows, stateless forwarding past the half-open
+        // budget): in place, as the established lane does it.
+        pkt_detail::ipip4_in_place(buf.data(), m.l3_len, src->second.data(), ep.addr.data());
+        uint8_t* nf = buf.data() - kIpv4HdrLen;
+        set_macs(std::span<uint8_t>(nf, 12), ctx.our_mac, next_hop);
+        *headroom -= kIpv4HdrLen;
+        len = kEthHdrLen + kIpv4HdrLen + m.l3_len;
+        return true;
+    }
     EncapParams p;
     p.family = ep.family;
     p.src = to_packet_addr(ep.family, src->second);

@@ -1129,6 +1129,41 @@ SLUICE_ALWAYS_INLINE bool encap_ipip4_fast(std::span<uint8_t> buf, uint32_t data
     return true;
 }
 
+/// IP-in-IP (RFC 2003) of the untagged IPv4 frame at `f` (Ethernet header at f, an IPv4
+/// datagram of `inner_len` >= 20 bytes at f + 14, all in the frame) to `dst4` from tunnel
+/// source `src4` (IPv4 addresses as in a frame), in place: the new frame starts at
+/// f - kIpv4HdrLen (the caller has that headroom) and is kEthHdrLen + kIpv4HdrLen +
+/// inner_len long (Ethernet padding dropped). Writes bytes 12..33 of the new frame
+/// (ethertype, outer header); the MACs are the caller's. The same bytes as encap() with
+/// EncapParams' defaults (tested): TOS copied from the inner header, DF set as the inner
+/// one's and then ID 0, else the inner ID (RFC 6864), TTL kEncapTtl. The header is three
+/// stores built in registers, its checksum summed as little-endian words of its bytes
+/// (RFC 1071: byte-order independent).
+SLUICE_ALWAYS_INLINE void ipip4_in_place(uint8_t* f, uint32_t inner_len, const uint8_t* src4,
+                                         const uint8_t* dst4) noexcept {
+    static_assert(std::endian::native == std::endian::little);
+    const uint8_t* inner = f + kEthHdrLen;
+    uint8_t* nf = f - kIpv4HdrLen;
+    const bool df = (inner[6] & 0x40) != 0;
+    uint16_t id = 0; // in network order, as in the frame
+    if (!df) {
+        std::memcpy(&id, inner + 4, 2);
+    }
+    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
+                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kIpv4HdrLen + inner_len))} << 16 |
+                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
+    const uint32_t src = load_ne32(src4), dst = load_ne32(dst4);
+    const uint32_t w4 = kEncapTtl | uint32_t{kProtoIpip} << 8;
+    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
+    const auto csum = static_cast<uint16_t>(~fold64(sum));
+    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
+    const uint16_t et = 0x0008; // 0x0800 in network order
+    std::memcpy(nf + 12, &et, 2);
+    std::memcpy(nf + 14, &w01, 8);
+    std::memcpy(nf + 22, &w23, 8);
+    std::memcpy(nf + 30, &dst, 4);
+}
+
 /// `fast` = false skips encap_ipip4_fast() (for the test that compares the two).
 inline int32_t encap(std::span<uint8_t> buf, uint32_t data_off, const PacketMeta& m,
                      const EncapParams& p, bool gue, uint32_t& frame_len,
