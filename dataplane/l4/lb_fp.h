@@ -347,9 +347,9 @@ struct LbContext {
 
 /// Writes the Ethernet header's MACs: destination from a NeighborTable slot word (the MAC
 /// is the word's first 6 bytes in memory, as NeighborTable::learn stores it), source ours.
-/// The frame holds >= 12 bytes.
-/// Two stores built in registers (bytes 0..7: the destination and the source's first two
-/// bytes; 8..11 the rest of the source): a 6-byte copy of a register went through the stack.
+/// The frame holds >= 12 bytes. Written as two stores built in registers (bytes 0..7: the
+/// destination and the source's first two bytes; 8..11 the rest of the source): a 6-byte
+/// copy of a register went through the stack.
 inline void set_macs_word(uint8_t* frame, uint64_t dst_word, const Mac& src) noexcept {
     static_assert(std::endian::native == std::endian::little);
     constexpr uint64_t kMac48 = (uint64_t{1} << 48) - 1;
