@@ -995,9 +995,9 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
     ctx.count(LbCounter::Established);
     if (service == kDsrFlow) [[unlikely]] {
         // DSR (the flow's kind, the service's encapsulation), as to_endpoint() does it.
-        if (pre.lite && svc->mode != FwdMode::DsrGue && ep->family == 4 &&
-            ctx.snat_first4 >= 0 && f.headroom >= kIpv4HdrLen &&
-            load_be16(f.data + kEthHdrLen + 2) <= 0xFFFF - kIpv4HdrLen) [[likely]] {
+        if (pre.lite && ctx.snat_first4 >= 0 &&
+            ipip4_in_place_fits(svc->mode, ep->family, f.headroom,
+                                load_be16(f.data + kEthHdrLen + 2))) [[likely]] {
             // IPv4 in IPv4 from stage 1's lane: the bytes dsr_forward() writes, built here.
             ipip4_lane(f, ctx.snat[static_cast<size_t>(ctx.snat_first4)].second.data(),
                        ep->addr.data(), mac, ctx.our_mac);

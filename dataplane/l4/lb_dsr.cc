@@ -20,9 +20,8 @@ bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode, const L4Endp
         ++ctx.drops[static_cast<size_t>(DropReason::NoHeadroom)];
         return false;
     }
-    if (mode != FwdMode::DsrGue && ep.family == 4 && m.family == 4 &&
-        m.l3_off == kEthHdrLen && *headroom >= kIpv4HdrLen && m.l3_len >= kIpv4HdrLen &&
-        kEthHdrLen + uint32_t{m.l3_len} <= len && m.l3_len <= 0xFFFF - kIpv4HdrLen) [[likely]] {
+    if (m.family == 4 && m.l3_off == kEthHdrLen && kEthHdrLen + uint32_t{m.l3_len} <= len &&
+        ipip4_in_place_fits(mode, ep.family, *headroom, m.l3_len)) [[likely]] {
         // IPv4 in IPv4, untagged (new DSR flows, stateless forwarding past the half-open
         // budget): in place, as the established lane does it.
         pkt_detail::ipip4_in_place(buf.data(), m.l3_len, src->second.data(), ep.addr.data());

@@ -511,6 +511,17 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
 void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
                   uint16_t n, uint32_t now, LbAction* out) noexcept;
 
+/// Whether a DSR frame can take pkt_detail::ipip4_in_place(): IP-in-IP (not GUE) to an
+/// IPv4 endpoint, an IPv4 header's room in the headroom, and an inner datagram of
+/// `inner_len` bytes whose outer length fits. The caller knows the frame is untagged IPv4
+/// with the whole datagram in it, and has a tunnel source. One check for the established
+/// lane and dsr_forward().
+[[nodiscard]] inline bool ipip4_in_place_fits(FwdMode mode, uint8_t ep_family, uint32_t headroom,
+                                              uint32_t inner_len) noexcept {
+    return mode != FwdMode::DsrGue && ep_family == 4 && headroom >= kIpv4HdrLen &&
+           inner_len >= kIpv4HdrLen && inner_len <= 0xFFFF - kIpv4HdrLen;
+}
+
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).
 inline constexpr uint32_t kDsrFlow = 0xFFFFFFFFu;
 
