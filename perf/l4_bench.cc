@@ -484,6 +484,16 @@ int main(int argc, char** argv) {
     uint64_t tx_ret = 0;
     const LoopResult ret =
         stages_run(ctx, secs("ret"), [&](uint8_t* d) { ret_gen->write(d); }, tx_ret);
+    // A context like `ctx` (our MAC, neighbours, SNAT addresses) over another conntrack
+    // and SNAT port table: the DSR and SYN runs' own.
+    auto init_like_ctx = [&](LbContext& c, ConnTrack* t, SnatPorts* p) {
+        c.our_mac = ctx.our_mac;
+        c.ct = t;
+        c.neighbors = nb.get();
+        c.ports = p;
+        c.snat = ctx.snat;
+        c.index_snat();
+    };
     // Established DSR flows (IP-in-IP to the backend): the same number of flows to the DSR
     // listener (:81), warmed up (SYN, ACK) in a conntrack of their own, so the full-NAT
     // table above keeps its load. The generator's part is the full-NAT run's (AckMaker,
@@ -494,12 +504,7 @@ int main(int argc, char** argv) {
     {
         auto dct = std::move(*ConnTrack::create(cc));
         LbContext dctx;
-        dctx.our_mac = ctx.our_mac;
-        dctx.ct = dct.get();
-        dctx.neighbors = nb.get();
-        dctx.ports = ports.get(); // (DSR flows take no SNAT port)
-        dctx.snat = ctx.snat;
-        dctx.index_snat();
+        init_like_ctx(dctx, dct.get(), ports.get()); // (DSR flows take no SNAT port)
         for (uint32_t f = 0; f < max_flows; ++f) {
             const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
             for (const uint8_t flags : {uint8_t{0x02}, uint8_t{0x10}}) {
@@ -546,12 +551,7 @@ int main(int argc, char** argv) {
         auto sct = std::move(*ConnTrack::create(sc));
         auto sports = std::make_unique<SnatPorts>();
         LbContext sctx;
-        sctx.our_mac = ctx.our_mac;
-        sctx.ct = sct.get();
-        sctx.neighbors = nb.get();
-        sctx.ports = sports.get();
-        sctx.snat = ctx.snat;
-        sctx.index_snat();
+        init_like_ctx(sctx, sct.get(), sports.get());
         uint64_t seq = 0;
         auto br = std::make_unique<BurstRun>();
         auto pre = [&](rte_mbuf** b, uint16_t n) {
