@@ -745,8 +745,10 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
 }
 
 /// A flow conntrack does not know: Maglev pick, SNAT port, conntrack insert (or, past the
-/// table's limits, DSR's stateless forwarding / full-NAT's refusal).
-[[gnu::noinline]] LbAction new_flow(LbContext& ctx, const ServiceTable& table,
+/// table's limits, DSR's stateless forwarding / full-NAT's refusal). Inlined into its one
+/// caller, lookup_or_new(), itself out of line: as a call of its own (twelve arguments,
+/// most on the stack) it cost a new flow ~30 instructions of argument passing (callgrind).
+SLUICE_ALWAYS_INLINE LbAction new_flow(LbContext& ctx, const ServiceTable& table,
                                     std::span<uint8_t> buf, uint32_t& len, uint32_t now,
                                     PacketMeta& m, uint32_t* headroom, const L4Service& svc,
                                     const conntrack_detail::KeyWords& kw, uint64_t h,
