@@ -286,6 +286,10 @@ public:
     /// insert() with the probe of lookup(..., Probe&) (sig 0: computed here from `hash`).
     InsertResult insert(const FlowKey& key, uint64_t hash, const Probe& probe, uint32_t now,
                         const ConnValue& value, bool half_open, bool known_absent) noexcept;
+    /// The same with the key as words (conntrack_detail::words() of the FlowKey).
+    InsertResult insert(const conntrack_detail::KeyWords& key, uint64_t hash, const Probe& probe,
+                        uint32_t now, const ConnValue& value, bool half_open,
+                        bool known_absent) noexcept;
     /// lookup() of a key given as words (conntrack_detail::words() of the FlowKey).
     [[gnu::always_inline]] [[nodiscard]] ConnEntry* lookup(const conntrack_detail::KeyWords& key,
                                                            uint64_t hash, uint32_t now) noexcept;

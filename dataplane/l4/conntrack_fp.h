@@ -351,6 +351,12 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, uint32_
 inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const Probe& given,
                                       uint32_t now, const ConnValue& value, bool half_open,
                                       bool known_absent) noexcept {
+    return insert(conntrack_detail::words(key), hash, given, now, value, half_open, known_absent);
+}
+
+inline InsertResult ConnTrack::insert(const conntrack_detail::KeyWords& key, uint64_t hash,
+                                      const Probe& given, uint32_t now, const ConnValue& value,
+                                      bool half_open, bool known_absent) noexcept {
     const Probe p = given.sig != 0 ? given : probe(hash);
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
@@ -358,7 +364,7 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const P
         if (known_absent) {
             break;
         }
-        if (ConnEntry* e = find(b, sig_match(b, p.sig), conntrack_detail::words(key))) {
+        if (ConnEntry* e = find(b, sig_match(b, p.sig), key)) {
             if (live_or_reclaim(e, now) != nullptr) {
                 return {InsertStatus::Exists, e};
             }
@@ -366,7 +372,7 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const P
         }
     }
     ConnState state;
-    switch (key.proto) {
+    switch (conntrack_detail::proto_of(key)) {
     case ct_wire::kTcp:
         state = half_open ? ConnState::TcpSynSeen : ConnState::TcpEstablished;
         break;
@@ -400,7 +406,10 @@ inline InsertResult ConnTrack::insert(const FlowKey& key, uint64_t hash, const P
     }
     ConnEntry& e = *target;
     const Position at = position_of(e);
-    e.key = key;
+    // The key's words straight from the caller's registers (a FlowKey built on the stack
+    // and copied cost a new flow ~15 instructions).
+    static_assert(sizeof(conntrack_detail::KeyWords) == sizeof(FlowKey));
+    std::memcpy(static_cast<void*>(&e.key), &key, sizeof(key));
     e.value = value;
     e.value.state = state;
     e.value.last_seen = now;

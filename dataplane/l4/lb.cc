@@ -52,15 +52,15 @@ int alloc_port(LbContext& ctx, int slot, uint32_t now, uint32_t probes) noexcept
     // worker count: computed again only when the range or the split changed (a new flow
     // paid four integer divisions, ~100 cycles, before).
     LbContext::PortPlan& pp = ctx.port_plan;
-    if (!pp.valid || pp.lo != ctx.port_lo || pp.hi != ctx.port_hi || pp.worker != ctx.worker ||
-        pp.workers != ctx.workers) [[unlikely]] {
+    if (!pp.valid || pp.key != LbContext::PortPlan::key_of(ctx.port_lo, ctx.port_hi, ctx.worker,
+                                                           ctx.workers)) [[unlikely]] {
         pp = LbContext::PortPlan::of(ctx.port_lo, ctx.port_hi, ctx.worker, ctx.workers);
     }
     const uint32_t span = pp.span;
     if (span == 0) {
         return -1;
     }
-    const uint32_t stride = pp.workers ? pp.workers : 1;
+    const uint32_t stride = pp.stride;
     uint16_t& cur = ctx.port_cursor[slot];
     uint32_t c = cur < span ? cur : cur % span; // (after a change of the range)
     if (const auto p0 = static_cast<uint16_t>(pp.first + c * stride); owners[p0] == nullptr) {
@@ -803,9 +803,7 @@ SLUICE_ALWAYS_INLINE LbAction new_flow(LbContext& ctx, const ServiceTable& table
     // The client's MAC for the way back (clients are on-link or behind a router whose MAC
     // this is): the flow keeps it by index (PeerMacs), so answers need no neighbour lookup.
     val.flags = dsr ? 0 : ctx.peers.intern(buf.data() + 6);
-    FlowKey key;
-    std::memcpy(static_cast<void*>(&key), &kw, sizeof(key));
-    const InsertResult ins = ctx.ct->insert(key, h, probe, now, val, syn, /*known_absent=*/true);
+    const InsertResult ins = ctx.ct->insert(kw, h, probe, now, val, syn, /*known_absent=*/true);
     if (ins.status == InsertStatus::Inserted) {
         if (!dsr) {
             (*ctx.ports)[slot][sport] = ins.entry;
@@ -815,7 +813,8 @@ SLUICE_ALWAYS_INLINE LbAction new_flow(LbContext& ctx, const ServiceTable& table
                 // backend's address must not redirect that backend's traffic).
                 Mac smac{};
                 std::memcpy(smac.data(), buf.data() + 6, 6);
-                ctx.neighbors->learn(key.family, key.src, smac, /*overwrite=*/false);
+                ctx.neighbors->learn(ins.entry->key.family, ins.entry->key.src, smac,
+                                     /*overwrite=*/false);
             }
         }
         ctx.count(LbCounter::NewFlows);
