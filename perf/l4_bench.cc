@@ -236,7 +236,11 @@ ir::Ir bench_ir() {
     dsr.port = 81;
     dsr.fwd_mode = ir::FwdMode::DsrIpip;
     ir.listeners.push_back(dsr);
-    ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0, 1}, {}});
+    ir::Listener gue = l; // :82, the same by DSR GUE
+    gue.port = 82;
+    gue.fwd_mode = ir::FwdMode::DsrGue;
+    ir.listeners.push_back(gue);
+    ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0, 1, 2}, {}});
     return ir;
 }
 
@@ -423,7 +427,7 @@ int main(int argc, char** argv) {
         }
     }
 
-    // L4_BENCH_ONLY=est|ret|dsr|syn|mix|io runs just that loop at full length (the others for 10 ms), so
+    // L4_BENCH_ONLY=est|ret|dsr|gue|syn|mix|io runs just that loop at full length (the others for 10 ms), so
     // a profiler attached to the whole run sees one path.
     const char* only = std::getenv("L4_BENCH_ONLY");
     auto secs = [&](const char* name) {
@@ -494,14 +498,13 @@ int main(int argc, char** argv) {
         c.snat = ctx.snat;
         c.index_snat();
     };
-    // Established DSR flows (IP-in-IP to the backend): the same number of flows to the DSR
-    // listener (:81), warmed up (SYN, ACK) in a conntrack of their own, so the full-NAT
-    // table above keeps its load. The generator's part is the full-NAT run's (AckMaker,
-    // one constant byte apart): own work = this run - "io + packet write".
-    uint64_t tx_dsr = 0;
-    LoopResult dsr_est{};
-    uint32_t dsr_established = 0;
-    {
+    // Established DSR flows (IP-in-IP, or GUE, to the backend): the same number of flows to
+    // the DSR listener (:81 IP-in-IP, :82 GUE), warmed up (SYN, ACK) in a conntrack of their
+    // own, so the full-NAT table above keeps its load. The generator's part is the full-NAT
+    // run's (AckMaker, one constant byte apart): own work = this run - "io + packet write".
+    // `warmed`: the flows whose ACK was encapsulated (`overhead` bytes of outer headers).
+    auto dsr_run = [&](uint8_t vip_port, uint32_t overhead, const char* only, uint64_t& tx,
+                       uint32_t& warmed) {
         auto dct = std::move(*ConnTrack::create(cc));
         LbContext dctx;
         init_like_ctx(dctx, dct.get(), ports.get()); // (DSR flows take no SNAT port)
@@ -512,16 +515,22 @@ int main(int argc, char** argv) {
                 std::vector<uint8_t> p(64 + 128, 0);
                 const std::vector<uint8_t> c = client_packet(f, flags);
                 std::memcpy(p.data() + 64, c.data(), 64);
-                p[64 + 14 + 20 + 3] = 81;
+                p[64 + 14 + 20 + 3] = vip_port;
                 uint32_t len = 64, headroom = 64;
-                const bool tx = lb_process(dctx, table, std::span<uint8_t>(p.data() + 64, 128),
-                                           len, now, &headroom) == LbAction::Tx;
-                dsr_established += flags == 0x10 && tx && headroom == 64 - 20 ? 1 : 0; // IPIP
+                const bool sent = lb_process(dctx, table, std::span<uint8_t>(p.data() + 64, 128),
+                                             len, now, &headroom) == LbAction::Tx;
+                warmed += flags == 0x10 && sent && headroom == 64 - overhead ? 1 : 0;
             }
         }
-        auto dsr_gen = std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows, 81));
-        dsr_est = stages_run(dctx, secs("dsr"), [&](uint8_t* d) { dsr_gen->write(d); }, tx_dsr);
-    }
+        auto dsr_gen =
+            std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows, vip_port));
+        return stages_run(dctx, secs(only), [&](uint8_t* d) { dsr_gen->write(d); }, tx);
+    };
+    uint64_t tx_dsr = 0, tx_gue = 0;
+    uint32_t dsr_established = 0, gue_established = 0;
+    const LoopResult dsr_est = dsr_run(81, kIpv4HdrLen, "dsr", tx_dsr, dsr_established);
+    const LoopResult gue_est = dsr_run(82, kIpv4HdrLen + kUdpHdrLen + kGueHdrLen, "gue", tx_gue,
+                                       gue_established);
     // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
     // source ports), through the worker's stages like the established run, on a conntrack
     // of the dataplane's 1M-flow size and default half-open budget (an eighth). "tracked":
@@ -651,6 +660,12 @@ int main(int argc, char** argv) {
                 100.0 * static_cast<double>(tx_dsr) /
                     static_cast<double>(dsr_est.packets ? dsr_est.packets : 1),
                 dsr_established, max_flows);
+    std::printf("  sluice est. DSR GUE  %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
+                "(%.1f%% forwarded, GUE; %u/%u flows warmed up)\n",
+                gue_est.mpps, gue_est.cycles_per_pkt, gue_est.mpps / io.mpps,
+                100.0 * static_cast<double>(tx_gue) /
+                    static_cast<double>(gue_est.packets ? gue_est.packets : 1),
+                gue_established, max_flows);
     auto syn_line = [&](const char* what, const LoopResult& r) {
         std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n", what, r.mpps,
                     r.cycles_per_pkt, r.mpps / io.mpps);
@@ -678,9 +693,10 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(syn_dsr.refused));
     const double own_ret = ret.cycles_per_pkt - ret_tmpl.cycles_per_pkt;
     const double own_dsr = dsr_est.cycles_per_pkt - tmpl.cycles_per_pkt;
+    const double own_gue = gue_est.cycles_per_pkt - tmpl.cycles_per_pkt;
     std::printf("  own work per established packet: %.1f cycles (goal <= 100), per DSR packet "
-                "%.1f, per return packet %.1f; memory per flow: %zu bytes (goal <= 64)\n",
-                own, own_dsr, own_ret, sizeof(ConnEntry));
+                "%.1f (GUE %.1f), per return packet %.1f; memory per flow: %zu bytes (goal <= 64)\n",
+                own, own_dsr, own_gue, own_ret, sizeof(ConnEntry));
     if (!a.out.empty()) {
         FILE* f = std::fopen(a.out.c_str(), "w");
         if (f) {
@@ -698,7 +714,9 @@ int main(int argc, char** argv) {
                          "\"dsr_established_mpps\":%.3f,\"dsr_established_cycles\":%.1f,"
                          "\"dsr_own_cycles\":%.1f,\"syn_mpps_min\":%.3f,"
                          "\"syn_mpps_max\":%.3f,\"syn_dsr_mpps_min\":%.3f,"
-                         "\"syn_dsr_mpps_max\":%.3f,\"syn_reps\":%d}\n",
+                         "\"syn_dsr_mpps_max\":%.3f,\"syn_reps\":%d,"
+                         "\"dsr_gue_established_mpps\":%.3f,\"dsr_gue_established_cycles\":%.1f,"
+                         "\"dsr_gue_own_cycles\":%.1f}\n",
                          max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt,
                          tmpl.mpps, est.mpps,
                          est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
@@ -707,7 +725,8 @@ int main(int argc, char** argv) {
                          mix_syn_mpps, mix_est_mpps, mix_est_fwd, ret.mpps, ret.cycles_per_pkt,
                          own_ret, dsr_est.mpps, dsr_est.cycles_per_pkt, own_dsr,
                          syn.tracked_min, syn.tracked_max, syn_dsr.tracked_min,
-                         syn_dsr.tracked_max, kSynReps);
+                         syn_dsr.tracked_max, kSynReps, gue_est.mpps, gue_est.cycles_per_pkt,
+                         own_gue);
             std::fclose(f);
         }
     }

@@ -933,16 +933,24 @@ SLUICE_ALWAYS_INLINE LbAction flow_path(LbContext& ctx, const ServiceTable& tabl
                        first_frag);
 }
 
-/// DSR's IP-in-IP encapsulation of a frame of stage 1's IPv4 lane (its lengths checked by
-/// stage 1): pkt_detail::ipip4_in_place() and the MACs, ours -> `mac` (a neighbour slot
-/// word). The frame moves kIpv4HdrLen into its headroom (>= that).
-SLUICE_ALWAYS_INLINE void ipip4_lane(LbFrame& f, const uint8_t* src4, const uint8_t* dst4,
-                                     uint64_t mac, const Mac& our) noexcept {
+/// DSR's encapsulation in place (dsr4_in_place(): IP-in-IP, or GUE with the source port
+/// from the key words `kw`) of a frame of stage 1's IPv4 lane (its lengths checked by stage
+/// 1), and the MACs, ours -> `mac` (a neighbour slot word). The frame moves into its
+/// headroom (>= dsr4_overhead(mode)).
+SLUICE_ALWAYS_INLINE void dsr4_lane(LbFrame& f, FwdMode mode, const conntrack_detail::KeyWords& kw,
+                                    const uint8_t* src4, const uint8_t* dst4, uint64_t mac,
+                                    const Mac& our) noexcept {
     const uint32_t inner_len = load_be16(f.data + kEthHdrLen + 2);
-    pkt_detail::ipip4_in_place(f.data, inner_len, src4, dst4);
-    set_macs_word(f.data - kIpv4HdrLen, mac, our);
-    f.headroom -= kIpv4HdrLen;
-    f.len = kEthHdrLen + kIpv4HdrLen + inner_len;
+    const uint32_t kh =
+        mode == FwdMode::DsrGue
+            ? packet_key_hash_v4(static_cast<uint32_t>(kw.src_lo), static_cast<uint32_t>(kw.dst_lo),
+                                 conntrack_detail::src_port_of(kw),
+                                 conntrack_detail::dst_port_of(kw), conntrack_detail::proto_of(kw))
+            : 0;
+    const uint32_t moved = dsr4_in_place(f.data, mode, inner_len, src4, dst4, kh);
+    set_macs_word(f.data - moved, mac, our);
+    f.headroom -= moved;
+    f.len = kEthHdrLen + moved + inner_len;
 }
 
 /// A packet of a flow in state `st` that changes nothing in it but its idle stamp: TCP
@@ -996,12 +1004,14 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
     ctx.count(LbCounter::Established);
     if (service == kDsrFlow) [[unlikely]] {
         // DSR (the flow's kind, the service's encapsulation), as to_endpoint() does it.
+        const FwdMode mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
         if (pre.lite && ctx.snat_first4 >= 0 &&
-            ipip4_in_place_fits(svc->mode, ep->family, f.headroom,
-                                load_be16(f.data + kEthHdrLen + 2))) [[likely]] {
-            // IPv4 in IPv4 from stage 1's lane: the bytes dsr_forward() writes, built here.
-            ipip4_lane(f, ctx.snat[static_cast<size_t>(ctx.snat_first4)].second.data(),
-                       ep->addr.data(), mac, ctx.our_mac);
+            dsr4_in_place_fits(mode, ep->family, f.headroom,
+                               load_be16(f.data + kEthHdrLen + 2))) [[likely]] {
+            // IPIP or GUE over IPv4 from stage 1's lane: the bytes dsr_forward() writes,
+            // built here.
+            dsr4_lane(f, mode, kw, ctx.snat[static_cast<size_t>(ctx.snat_first4)].second.data(),
+                      ep->addr.data(), mac, ctx.our_mac);
             ctx.count(LbCounter::TxPackets);
             out = LbAction::Tx;
             return true;
@@ -1011,7 +1021,6 @@ SLUICE_ALWAYS_INLINE bool established_v4(LbContext& ctx, const ServiceTable& tab
         }
         Mac next_hop;
         std::memcpy(next_hop.data(), &mac, 6); // as set_macs_word
-        const FwdMode mode = svc->mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
         if (!dsr_forward(ctx, m, mode, *ep, next_hop, std::span<uint8_t>(f.data, f.cap), f.len,
                          &f.headroom)) {
             out = LbAction::Drop;

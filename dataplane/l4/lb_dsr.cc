@@ -21,14 +21,16 @@ bool dsr_forward(LbContext& ctx, const PacketMeta& m, FwdMode mode, const L4Endp
         return false;
     }
     if (m.family == 4 && m.l3_off == kEthHdrLen && kEthHdrLen + uint32_t{m.l3_len} <= len &&
-        ipip4_in_place_fits(mode, ep.family, *headroom, m.l3_len)) [[likely]] {
-        // IPv4 in IPv4, untagged (new DSR flows, stateless forwarding past the half-open
-        // budget): in place, as the established lane does it.
-        pkt_detail::ipip4_in_place(buf.data(), m.l3_len, src->second.data(), ep.addr.data());
-        uint8_t* nf = buf.data() - kIpv4HdrLen;
+        dsr4_in_place_fits(mode, ep.family, *headroom, m.l3_len)) [[likely]] {
+        // IPv4 in IPv4 or GUE over IPv4, untagged (new DSR flows, stateless forwarding past
+        // the half-open budget): in place, as the established lane does it.
+        const uint32_t kh = mode == FwdMode::DsrGue ? packet_key_hash(m.key) : 0;
+        const uint32_t moved = dsr4_in_place(buf.data(), mode, m.l3_len, src->second.data(),
+                                             ep.addr.data(), kh);
+        uint8_t* nf = buf.data() - moved;
         set_macs(std::span<uint8_t>(nf, 12), ctx.our_mac, next_hop);
-        *headroom -= kIpv4HdrLen;
-        len = kEthHdrLen + kIpv4HdrLen + m.l3_len;
+        *headroom -= moved;
+        len = kEthHdrLen + moved + m.l3_len;
         return true;
     }
     EncapParams p;

@@ -520,15 +520,36 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
 void lb_burst_run(LbContext& ctx, const ServiceTable& table, LbBurst& burst, LbFrame* frames,
                   uint16_t n, uint32_t now, LbAction* out) noexcept;
 
-/// Whether a DSR frame can take pkt_detail::ipip4_in_place(): IP-in-IP (not GUE) to an
-/// IPv4 endpoint, an IPv4 header's room in the headroom, and an inner datagram of
-/// `inner_len` bytes whose outer length fits. The caller knows the frame is untagged IPv4
-/// with the whole datagram in it, and has a tunnel source. One check for the established
-/// lane and dsr_forward().
-[[nodiscard]] inline bool ipip4_in_place_fits(FwdMode mode, uint8_t ep_family, uint32_t headroom,
-                                              uint32_t inner_len) noexcept {
-    return mode != FwdMode::DsrGue && ep_family == 4 && headroom >= kIpv4HdrLen &&
-           inner_len >= kIpv4HdrLen && inner_len <= 0xFFFF - kIpv4HdrLen;
+/// Bytes DSR encapsulation in place puts before an IPv4 frame's datagram in `mode`:
+/// pkt_detail::gue4_in_place() for GUE, else pkt_detail::ipip4_in_place().
+[[nodiscard]] constexpr uint32_t dsr4_overhead(FwdMode mode) noexcept {
+    return mode == FwdMode::DsrGue ? pkt_detail::kGue4Overhead : kIpv4HdrLen;
+}
+
+/// Whether a DSR frame can be encapsulated in place (dsr4_in_place()): an IPv4 endpoint,
+/// the mode's outer headers' room in the headroom, and an inner datagram of `inner_len`
+/// bytes whose outer length fits. The caller knows the frame is untagged IPv4 with the
+/// whole datagram in it, and has a tunnel source. One check for the established lane and
+/// dsr_forward().
+[[nodiscard]] inline bool dsr4_in_place_fits(FwdMode mode, uint8_t ep_family, uint32_t headroom,
+                                             uint32_t inner_len) noexcept {
+    const uint32_t overhead = dsr4_overhead(mode);
+    return ep_family == 4 && headroom >= overhead && inner_len >= kIpv4HdrLen &&
+           inner_len <= 0xFFFF - overhead;
+}
+
+/// DSR encapsulation in place of a frame dsr4_in_place_fits() accepted, IP-in-IP or GUE per
+/// `mode` (GUE's source port from the flow's key hash `key_hash`, packet_key_hash(), which
+/// the caller computes only for GUE). Returns the bytes the frame moved into its headroom.
+SLUICE_ALWAYS_INLINE uint32_t dsr4_in_place(uint8_t* f, FwdMode mode, uint32_t inner_len,
+                                            const uint8_t* src4, const uint8_t* dst4,
+                                            uint32_t key_hash) noexcept {
+    if (mode == FwdMode::DsrGue) {
+        pkt_detail::gue4_in_place(f, inner_len, src4, dst4, gue_source_port(key_hash));
+        return pkt_detail::kGue4Overhead;
+    }
+    pkt_detail::ipip4_in_place(f, inner_len, src4, dst4);
+    return kIpv4HdrLen;
 }
 
 /// ConnValue.service of a DSR flow: it owns no SNAT port (no return traffic passes here).

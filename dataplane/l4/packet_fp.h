@@ -326,6 +326,30 @@ inline void store_be32(uint8_t* p, uint32_t v) noexcept {
     return static_cast<uint32_t>(h);
 }
 
+/// packet_key_hash() of an IPv4 key (addresses as 4 network-order bytes read as native
+/// words, as in a frame; ports in host order), from registers: the same value (tested), for
+/// the lanes that have no PacketKey.
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint32_t packet_key_hash_v4(uint32_t src, uint32_t dst,
+                                                               uint16_t src_port, uint16_t dst_port,
+                                                               uint8_t proto) noexcept {
+    static_assert(std::endian::native == std::endian::little);
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t{proto} << 32) ^ (uint64_t{src_port} << 16) ^
+                 dst_port;
+    // Words 0..7 of both Addr16s are zero (IPv4 in bytes 12..15).
+    h = h * 0xFF51AFD7ED558CCDull;
+    h = (h ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
+    h = (h ^ (uint64_t{src} << 32)) * 0xFF51AFD7ED558CCDull;
+    h = (h ^ (uint64_t{dst} << 32) ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 32;
+    return static_cast<uint32_t>(h);
+}
+
+/// GUE's outer UDP source port for a flow of key hash `h` (packet_key_hash), when the
+/// configuration gives none: the ephemeral range, so ECMP and the backend's RSS spread flows.
+[[nodiscard]] constexpr uint16_t gue_source_port(uint32_t h) noexcept {
+    return static_cast<uint16_t>(0xC000 | (h & 0x3FFF));
+}
+
 // ---------------------------------------------------------------------------------------
 // Parse
 // ---------------------------------------------------------------------------------------
@@ -1164,6 +1188,47 @@ SLUICE_ALWAYS_INLINE void ipip4_in_place(uint8_t* f, uint32_t inner_len, const u
     std::memcpy(nf + 30, &dst, 4);
 }
 
+/// Outer headers GUE over IPv4 puts before the inner datagram: IPv4 + UDP + GUE.
+inline constexpr uint32_t kGue4Overhead = kIpv4HdrLen + kUdpHdrLen + kGueHdrLen;
+
+/// GUE (version 0, carrying IPv4) over IPv4 of the untagged IPv4 frame at `f`, in place, as
+/// ipip4_in_place(): the new frame starts at f - kGue4Overhead (the caller has that
+/// headroom) and is kEthHdrLen + kGue4Overhead + inner_len long; bytes 12..45 are written
+/// (ethertype, outer IPv4, UDP from `sport` to kGueDefaultPort with checksum 0, GUE), the
+/// MACs are the caller's. The same bytes as encap() with gue and EncapParams' defaults, its
+/// source port gue_source_port(packet_key_hash()) (tested). `inner_len` <= 0xFFFF -
+/// kGue4Overhead.
+SLUICE_ALWAYS_INLINE void gue4_in_place(uint8_t* f, uint32_t inner_len, const uint8_t* src4,
+                                        const uint8_t* dst4, uint16_t sport) noexcept {
+    static_assert(std::endian::native == std::endian::little);
+    const uint8_t* inner = f + kEthHdrLen;
+    uint8_t* nf = f - kGue4Overhead;
+    const bool df = (inner[6] & 0x40) != 0;
+    uint16_t id = 0; // in network order, as in the frame
+    if (!df) {
+        std::memcpy(&id, inner + 4, 2);
+    }
+    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
+                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kGue4Overhead + inner_len))} << 16 |
+                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
+    const uint32_t src = load_ne32(src4), dst = load_ne32(dst4);
+    const uint32_t w4 = kEncapTtl | uint32_t{kProtoUdp} << 8;
+    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
+    const auto csum = static_cast<uint16_t>(~fold64(sum));
+    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
+    const uint64_t udp =
+        uint64_t{__builtin_bswap16(sport)} | uint64_t{__builtin_bswap16(kGueDefaultPort)} << 16 |
+        uint64_t{__builtin_bswap16(static_cast<uint16_t>(kUdpHdrLen + kGueHdrLen + inner_len))} << 32;
+    const uint32_t gue = uint32_t{kProtoIpip} << 8; // version 0, C 0, Hlen 0, proto, flags 0
+    const uint16_t et = 0x0008; // 0x0800 in network order
+    std::memcpy(nf + 12, &et, 2);
+    std::memcpy(nf + 14, &w01, 8);
+    std::memcpy(nf + 22, &w23, 8);
+    std::memcpy(nf + 30, &dst, 4);
+    std::memcpy(nf + 34, &udp, 8);
+    std::memcpy(nf + 42, &gue, 4);
+}
+
 /// `fast` = false skips encap_ipip4_fast() (for the test that compares the two).
 inline int32_t encap(std::span<uint8_t> buf, uint32_t data_off, const PacketMeta& m,
                      const EncapParams& p, bool gue, uint32_t& frame_len,
@@ -1232,8 +1297,7 @@ inline int32_t encap(std::span<uint8_t> buf, uint32_t data_off, const PacketMeta
     }
     if (gue) {
         uint8_t* u = o + ip_len;
-        const uint16_t sport =
-            p.udp_src_port != 0 ? p.udp_src_port : static_cast<uint16_t>(0xC000 | (h & 0x3FFF));
+        const uint16_t sport = p.udp_src_port != 0 ? p.udp_src_port : gue_source_port(h);
         store_be16(u, sport);
         store_be16(u + 2, p.gue_port);
         store_be16(u + 4, static_cast<uint16_t>(udp_len));

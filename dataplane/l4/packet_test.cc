@@ -919,6 +919,76 @@ TEST(PacketEncap, FastIpipAgreesWithTheGeneralOne) {
     EXPECT_GT(in_place, 5u) << "ipip4_in_place was compared on too few frames";
 }
 
+// GUE over IPv4 in place (the L4 lanes' and dsr_forward()'s) against encap() with GUE: the
+// same bytes at every headroom it accepts, for the inner shapes it is given (untagged IPv4
+// datagrams, options, fragments, padding), with encap()'s source port (from the key hash).
+TEST(PacketEncap, GueInPlaceAgreesWithTheGeneralOne) {
+    // clang-format off
+    const std::vector<PacketBuilder> inners = {
+        tcp4(), tcp4().tos(0xB8).payload(500), udp4().df(), udp4(),
+        tcp4().ipv4_options({1, 1, 1, 0}), udp4().payload(200).fragment(64, false, 200),
+        PacketBuilder().ipv4(kClient4, kVip4).tcp(1, 2).pad_to(60),
+        PacketBuilder().ipv4(kClient4, kVip4).icmp(8, 0, 1).payload(30),
+    };
+    // clang-format on
+    uint32_t compared = 0;
+    for (const PacketBuilder& b : inners) {
+        const Bytes orig = b.build();
+        PacketMeta m;
+        ASSERT_NE(parse_exact(orig, orig.size(), m), Verdict::Drop);
+        ASSERT_EQ(m.family, 4);
+        ASSERT_EQ(m.l3_off, kEthHdrLen);
+        EncapParams p;
+        p.family = 4;
+        p.src = addr(kSnat4);
+        p.dst = addr("203.0.113.254");
+        for (uint32_t headroom = 0; headroom <= 48; headroom += 2) {
+            Bytes general(headroom, 0xEE);
+            general.insert(general.end(), orig.begin(), orig.end());
+            uint32_t lg = 7;
+            const int32_t og = pkt_detail::encap(general, headroom, m, p, /*gue=*/true, lg);
+            if (headroom < pkt_detail::kGue4Overhead) {
+                EXPECT_LT(og, 0) << "headroom " << headroom;
+                continue;
+            }
+            ASSERT_GE(og, 0) << "headroom " << headroom;
+            Bytes lane(headroom, 0xEE);
+            lane.insert(lane.end(), orig.begin(), orig.end());
+            const uint32_t at = headroom - pkt_detail::kGue4Overhead;
+            std::memmove(lane.data() + at, lane.data() + headroom, 12); // the MACs, by hand
+            pkt_detail::gue4_in_place(lane.data() + headroom, m.l3_len, p.src.data() + 12,
+                                      p.dst.data() + 12, gue_source_port(packet_key_hash(m.key)));
+            const size_t n = kEthHdrLen + pkt_detail::kGue4Overhead + m.l3_len;
+            ASSERT_EQ(n, lg);
+            ASSERT_EQ(static_cast<uint32_t>(og), at);
+            ASSERT_TRUE(std::equal(general.begin() + og, general.begin() + og + lg,
+                                   lane.begin() + at))
+                << "headroom " << headroom;
+            ++compared;
+        }
+    }
+    EXPECT_GT(compared, 50u);
+}
+
+// packet_key_hash_v4() (from registers) is packet_key_hash() of the same IPv4 key.
+TEST(PacketKeyHash, V4FromWordsIsTheSameFunction) {
+    std::mt19937_64 rng(17);
+    for (int i = 0; i < 100000; ++i) {
+        const uint64_t r = rng(), q = rng();
+        PacketKey k;
+        k.family = 4;
+        k.proto = static_cast<uint8_t>(q);
+        k.src_port = static_cast<uint16_t>(q >> 8);
+        k.dst_port = static_cast<uint16_t>(q >> 24);
+        const auto src = static_cast<uint32_t>(r), dst = static_cast<uint32_t>(r >> 32);
+        std::memcpy(k.src.data() + 12, &src, 4);
+        std::memcpy(k.dst.data() + 12, &dst, 4);
+        ASSERT_EQ(packet_key_hash_v4(src, dst, k.src_port, k.dst_port, k.proto),
+                  packet_key_hash(k))
+            << i;
+    }
+}
+
 TEST(PacketEncap, RoundTrip) {
     // clang-format off
     const std::vector<std::pair<const char*, PacketBuilder>> inners = {
