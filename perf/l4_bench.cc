@@ -654,18 +654,16 @@ int main(int argc, char** argv) {
                 "(%.1f%% forwarded; full-NAT, backend -> client)\n",
                 ret.mpps, ret.cycles_per_pkt, ret.mpps / io.mpps,
                 100.0 * static_cast<double>(tx_ret) / static_cast<double>(ret.packets ? ret.packets : 1));
-    std::printf("  sluice est. DSR      %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
-                "(%.1f%% forwarded, IP-in-IP; %u/%u flows warmed up)\n",
-                dsr_est.mpps, dsr_est.cycles_per_pkt, dsr_est.mpps / io.mpps,
-                100.0 * static_cast<double>(tx_dsr) /
-                    static_cast<double>(dsr_est.packets ? dsr_est.packets : 1),
-                dsr_established, max_flows);
-    std::printf("  sluice est. DSR GUE  %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
-                "(%.1f%% forwarded, GUE; %u/%u flows warmed up)\n",
-                gue_est.mpps, gue_est.cycles_per_pkt, gue_est.mpps / io.mpps,
-                100.0 * static_cast<double>(tx_gue) /
-                    static_cast<double>(gue_est.packets ? gue_est.packets : 1),
-                gue_established, max_flows);
+    auto dsr_line = [&](const char* name, const char* kind, const LoopResult& r, uint64_t tx,
+                        uint32_t warmed) {
+        std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward "
+                    "(%.1f%% forwarded, %s; %u/%u flows warmed up)\n",
+                    name, r.mpps, r.cycles_per_pkt, r.mpps / io.mpps,
+                    100.0 * static_cast<double>(tx) / static_cast<double>(r.packets ? r.packets : 1),
+                    kind, warmed, max_flows);
+    };
+    dsr_line("sluice est. DSR", "IP-in-IP", dsr_est, tx_dsr, dsr_established);
+    dsr_line("sluice est. DSR GUE", "GUE", gue_est, tx_gue, gue_established);
     auto syn_line = [&](const char* what, const LoopResult& r) {
         std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n", what, r.mpps,
                     r.cycles_per_pkt, r.mpps / io.mpps);

@@ -1105,10 +1105,41 @@ SLUICE_ALWAYS_INLINE bool dnat_snat(PacketMeta& m, std::span<uint8_t> frame, con
 
 namespace pkt_detail {
 
+/// The ethertype and outer IPv4 header of an encapsulation in place, written at `nf` (the
+/// new frame) for the inner IPv4 datagram at `inner`: bytes 12..33 of the new frame. TOS
+/// copied from the inner header, DF set as the inner one's and then ID 0, else the inner ID
+/// (RFC 6864), TTL `ttl`, protocol `proto`, total length `outer_len`. Three stores
+/// built in registers, the checksum summed as little-endian words of the header's bytes
+/// (RFC 1071: byte-order independent).
+SLUICE_ALWAYS_INLINE void outer_ipv4_in_place(uint8_t* nf, const uint8_t* inner, uint32_t outer_len,
+                                              uint8_t proto, const uint8_t* src4,
+                                              const uint8_t* dst4, uint8_t ttl = kEncapTtl) noexcept {
+    static_assert(std::endian::native == std::endian::little);
+    const bool df = (inner[6] & 0x40) != 0;
+    uint16_t id = 0; // in network order, as in the frame
+    if (!df) {
+        std::memcpy(&id, inner + 4, 2);
+    }
+    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
+                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(outer_len))} << 16 |
+                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
+    const uint32_t src = load_ne32(src4), dst = load_ne32(dst4);
+    const uint32_t w4 = ttl | uint32_t{proto} << 8;
+    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
+    const auto csum = static_cast<uint16_t>(~fold64(sum));
+    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
+    const uint16_t et = 0x0008; // 0x0800 in network order
+    std::memcpy(nf + 12, &et, 2);
+    std::memcpy(nf + 14, &w01, 8);
+    std::memcpy(nf + 22, &w23, 8);
+    std::memcpy(nf + 30, &dst, 4);
+}
+
 /// encap() of an untagged IPv4 datagram in IPv4, IPIP (the common DSR case) in straight
 /// lines: the same bytes as the general code below (tested), with the outer header built in
-/// registers and written as three words, and only the MACs moved (the general code moves
-/// the L2 header with memmove, and every one of the 2-byte fields is a store of its own).
+/// registers and written as three words (outer_ipv4_in_place()), and only the MACs moved
+/// (the general code moves the L2 header with memmove, and every one of the 2-byte fields
+/// is a store of its own).
 /// False (nothing written) when the frame is of another shape or does not fit.
 SLUICE_ALWAYS_INLINE bool encap_ipip4_fast(std::span<uint8_t> buf, uint32_t data_off,
                                            const PacketMeta& m, const EncapParams& p,
@@ -1121,33 +1152,9 @@ SLUICE_ALWAYS_INLINE bool encap_ipip4_fast(std::span<uint8_t> buf, uint32_t data
     }
     uint8_t* f = buf.data() + data_off;
     uint8_t* nf = f - kIpv4HdrLen; // the new frame; [nf, nf + 12) and [f, f + 12) are disjoint
-    const uint8_t* inner = f + kEthHdrLen;
-    const uint8_t tos = inner[1];
-    const bool df = (inner[6] & 0x40) != 0;
-    const auto tot = static_cast<uint16_t>(kIpv4HdrLen + inner_len);
-    const uint16_t id = df ? 0 : load_be16(inner + 4); // RFC 6864, as below
-    const uint16_t frag = df ? 0x4000 : 0;
-    const auto w4 = static_cast<uint16_t>(p.ttl << 8 | kProtoIpip);
-    const uint32_t src = load_be32(p.src.data() + 12), dst = load_be32(p.dst.data() + 12);
-    const uint32_t sum = uint32_t{0x4500u | tos} + tot + id + frag + w4 + (src >> 16) +
-                         (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF);
-    const auto csum = static_cast<uint16_t>(~csum_fold(sum));
-    std::memcpy(nf, f, 12); // MACs (set_macs() writes them anyway)
-    static_assert(std::endian::native == std::endian::little, "words below: little-endian");
-    // nf[12..13] ethertype, nf[14..33] the outer header: version/IHL, TOS, length, id,
-    // flags/offset | TTL, protocol, checksum, source | destination.
-    const uint16_t et = 0x0008; // 0x0800 in network order
-    const uint64_t a = 0x45u | uint64_t{tos} << 8 | uint64_t{__builtin_bswap16(tot)} << 16 |
-                       uint64_t{__builtin_bswap16(id)} << 32 |
-                       uint64_t{__builtin_bswap16(frag)} << 48;
-    const uint64_t b = uint64_t{p.ttl} | uint64_t{kProtoIpip} << 8 |
-                       uint64_t{__builtin_bswap16(csum)} << 16 |
-                       uint64_t{__builtin_bswap32(src)} << 32;
-    const uint32_t c = __builtin_bswap32(dst);
-    std::memcpy(nf + 12, &et, 2);
-    std::memcpy(nf + 14, &a, 8);
-    std::memcpy(nf + 22, &b, 8);
-    std::memcpy(nf + 30, &c, 4);
+    std::memcpy(nf, f, 12);        // MACs (set_macs() writes them anyway)
+    outer_ipv4_in_place(nf, f + kEthHdrLen, kIpv4HdrLen + inner_len, kProtoIpip,
+                        p.src.data() + 12, p.dst.data() + 12, p.ttl);
     new_off = static_cast<int32_t>(data_off - kIpv4HdrLen);
     frame_len = kEthHdrLen + kIpv4HdrLen + inner_len;
     return true;
@@ -1158,34 +1165,12 @@ SLUICE_ALWAYS_INLINE bool encap_ipip4_fast(std::span<uint8_t> buf, uint32_t data
 /// source `src4` (IPv4 addresses as in a frame), in place: the new frame starts at
 /// f - kIpv4HdrLen (the caller has that headroom) and is kEthHdrLen + kIpv4HdrLen +
 /// inner_len long (Ethernet padding dropped). Writes bytes 12..33 of the new frame
-/// (ethertype, outer header); the MACs are the caller's. The same bytes as encap() with
-/// EncapParams' defaults (tested): TOS copied from the inner header, DF set as the inner
-/// one's and then ID 0, else the inner ID (RFC 6864), TTL kEncapTtl. The header is three
-/// stores built in registers, its checksum summed as little-endian words of its bytes
-/// (RFC 1071: byte-order independent).
+/// (ethertype, outer header: outer_ipv4_in_place()); the MACs are the caller's. The same
+/// bytes as encap() with EncapParams' defaults (tested).
 SLUICE_ALWAYS_INLINE void ipip4_in_place(uint8_t* f, uint32_t inner_len, const uint8_t* src4,
                                          const uint8_t* dst4) noexcept {
-    static_assert(std::endian::native == std::endian::little);
-    const uint8_t* inner = f + kEthHdrLen;
-    uint8_t* nf = f - kIpv4HdrLen;
-    const bool df = (inner[6] & 0x40) != 0;
-    uint16_t id = 0; // in network order, as in the frame
-    if (!df) {
-        std::memcpy(&id, inner + 4, 2);
-    }
-    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
-                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kIpv4HdrLen + inner_len))} << 16 |
-                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
-    const uint32_t src = load_ne32(src4), dst = load_ne32(dst4);
-    const uint32_t w4 = kEncapTtl | uint32_t{kProtoIpip} << 8;
-    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
-    const auto csum = static_cast<uint16_t>(~fold64(sum));
-    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
-    const uint16_t et = 0x0008; // 0x0800 in network order
-    std::memcpy(nf + 12, &et, 2);
-    std::memcpy(nf + 14, &w01, 8);
-    std::memcpy(nf + 22, &w23, 8);
-    std::memcpy(nf + 30, &dst, 4);
+    outer_ipv4_in_place(f - kIpv4HdrLen, f + kEthHdrLen, kIpv4HdrLen + inner_len, kProtoIpip,
+                        src4, dst4);
 }
 
 /// Outer headers GUE over IPv4 puts before the inner datagram: IPv4 + UDP + GUE.
@@ -1200,31 +1185,12 @@ inline constexpr uint32_t kGue4Overhead = kIpv4HdrLen + kUdpHdrLen + kGueHdrLen;
 /// kGue4Overhead.
 SLUICE_ALWAYS_INLINE void gue4_in_place(uint8_t* f, uint32_t inner_len, const uint8_t* src4,
                                         const uint8_t* dst4, uint16_t sport) noexcept {
-    static_assert(std::endian::native == std::endian::little);
-    const uint8_t* inner = f + kEthHdrLen;
     uint8_t* nf = f - kGue4Overhead;
-    const bool df = (inner[6] & 0x40) != 0;
-    uint16_t id = 0; // in network order, as in the frame
-    if (!df) {
-        std::memcpy(&id, inner + 4, 2);
-    }
-    const uint64_t w01 = 0x45u | uint64_t{inner[1]} << 8 |
-                         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kGue4Overhead + inner_len))} << 16 |
-                         uint64_t{id} << 32 | uint64_t{df ? 0x0040u : 0u} << 48;
-    const uint32_t src = load_ne32(src4), dst = load_ne32(dst4);
-    const uint32_t w4 = kEncapTtl | uint32_t{kProtoUdp} << 8;
-    const uint64_t sum = (w01 & 0xFFFFFFFFu) + (w01 >> 32) + w4 + src + dst;
-    const auto csum = static_cast<uint16_t>(~fold64(sum));
-    const uint64_t w23 = w4 | uint64_t{csum} << 16 | uint64_t{src} << 32;
+    outer_ipv4_in_place(nf, f + kEthHdrLen, kGue4Overhead + inner_len, kProtoUdp, src4, dst4);
     const uint64_t udp =
         uint64_t{__builtin_bswap16(sport)} | uint64_t{__builtin_bswap16(kGueDefaultPort)} << 16 |
         uint64_t{__builtin_bswap16(static_cast<uint16_t>(kUdpHdrLen + kGueHdrLen + inner_len))} << 32;
     const uint32_t gue = uint32_t{kProtoIpip} << 8; // version 0, C 0, Hlen 0, proto, flags 0
-    const uint16_t et = 0x0008; // 0x0800 in network order
-    std::memcpy(nf + 12, &et, 2);
-    std::memcpy(nf + 14, &w01, 8);
-    std::memcpy(nf + 22, &w23, 8);
-    std::memcpy(nf + 30, &dst, 4);
     std::memcpy(nf + 34, &udp, 8);
     std::memcpy(nf + 42, &gue, 4);
 }
