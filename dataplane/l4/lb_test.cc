@@ -492,6 +492,58 @@ TEST(LbDsr, EstablishedFlowsKeepTheirBackendAcrossTableChanges) {
     EXPECT_NE(dsr_backend_of(fx, 50000, 0x10), "dropped");
 }
 
+// Two sluice nodes behind an ECMP router: the router's hash moves a flow to the other node
+// (a node added or lost, a link down). With the same IR both nodes pick the same backend
+// for every flow (Maglev from the flow hash, identical on every node), so a DSR flow whose
+// packets switch node mid-flow keeps its backend on the node that never saw its SYN, and a
+// table change applied on both keeps the other backends' flows where they are. The nodes
+// differ in what is local to each: their conntrack tables' seeds.
+TEST(LbDsr, EcmpPeersAgreeOnEveryFlowsBackend) {
+    const auto dsr = ir::FwdMode::DsrIpip;
+    const ir::Ir three = l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 2}, {"10.0.1.3", 1}}, dsr);
+    Fixture a(three), b(three);
+    ConnTrackConfig c;
+    c.capacity = 1 << 14;
+    c.seed = 12345; // b's table places flows elsewhere
+    b.ct = std::move(*ConnTrack::create(c));
+    b.ctx.ct = b.ct.get();
+    for (Fixture* fx : {&a, &b}) {
+        fx->learn("10.0.1.1", kBackendA);
+        fx->learn("10.0.1.2", kBackendB);
+        fx->learn("10.0.1.3", kBackendB);
+    }
+    std::map<uint16_t, std::string> on_a;
+    std::map<std::string, int> share;
+    for (uint16_t p = 20000; p < 21000; ++p) {
+        on_a[p] = dsr_backend_of(a, p);
+        ASSERT_NE(on_a[p], "dropped");
+        ++share[on_a[p]];
+    }
+    EXPECT_EQ(share.size(), 3u) << "every backend takes flows";
+    EXPECT_GT(share["10.0.1.2"], share["10.0.1.1"]) << "weights honoured";
+    // Mid-flow ACKs of a's flows arrive at b, which has no state for them.
+    for (auto& [p, be] : on_a) {
+        ASSERT_EQ(dsr_backend_of(b, p, 0x10), be) << "source port " << p;
+    }
+    EXPECT_EQ(b.counter(LbCounter::NewFlows) + b.counter(LbCounter::StatelessFallback) +
+                  b.counter(LbCounter::Established),
+              on_a.size())
+        << "b handled each of them";
+    // The same change on both nodes (a backend removed): flows of the other backends keep
+    // theirs on either node (b tracks them since their first ACK: DSR resumes an unknown
+    // flow by its Maglev pick).
+    const ir::Ir two = l4_ir({{"10.0.1.1", 1}, {"10.0.1.2", 2}}, dsr);
+    a.table = std::move(*build_service_table(two, {}));
+    b.table = std::move(*build_service_table(two, {}));
+    for (auto& [p, be] : on_a) {
+        if (be == "10.0.1.3") {
+            continue;
+        }
+        EXPECT_EQ(dsr_backend_of(a, p, 0x10), be) << "source port " << p;
+        EXPECT_EQ(dsr_backend_of(b, p, 0x10), be) << "source port " << p;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Issue 3 protocol coverage: IPv6, neighbour discovery, ICMP errors, fragments, TTL.
 // Every checksum is recomputed from scratch with the naive reference sum.
