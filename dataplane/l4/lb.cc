@@ -749,10 +749,10 @@ SLUICE_ALWAYS_INLINE LbAction to_endpoint(LbContext& ctx, std::span<uint8_t> buf
 /// caller, lookup_or_new(), itself out of line: as a call of its own (twelve arguments,
 /// most on the stack) it cost a new flow ~30 instructions of argument passing (callgrind).
 SLUICE_ALWAYS_INLINE LbAction new_flow(LbContext& ctx, const ServiceTable& table,
-                                    std::span<uint8_t> buf, uint32_t& len, uint32_t now,
-                                    PacketMeta& m, uint32_t* headroom, const L4Service& svc,
-                                    const conntrack_detail::KeyWords& kw, uint64_t h,
-                                    const ConnTrack::Probe& probe, bool first_frag) noexcept {
+                                       std::span<uint8_t> buf, uint32_t& len, uint32_t now,
+                                       PacketMeta& m, uint32_t* headroom, const L4Service& svc,
+                                       const conntrack_detail::KeyWords& kw, uint64_t h,
+                                       const ConnTrack::Probe& probe, bool first_frag) noexcept {
     const bool dsr = svc.mode == FwdMode::DsrIpip || svc.mode == FwdMode::DsrGue;
     const FwdMode dsr_mode = svc.mode == FwdMode::DsrGue ? FwdMode::DsrGue : FwdMode::DsrIpip;
     if (!dsr && m.proto == kProtoTcp && !(m.tcp_flags & kTcpSyn)) {
