@@ -528,9 +528,10 @@ int main(int argc, char** argv) {
     };
     uint64_t tx_dsr = 0, tx_gue = 0;
     uint32_t dsr_established = 0, gue_established = 0;
-    const LoopResult dsr_est = dsr_run(81, kIpv4HdrLen, "dsr", tx_dsr, dsr_established);
-    const LoopResult gue_est = dsr_run(82, kIpv4HdrLen + kUdpHdrLen + kGueHdrLen, "gue", tx_gue,
-                                       gue_established);
+    const LoopResult dsr_est =
+        dsr_run(81, dsr4_overhead(ir::FwdMode::DsrIpip), "dsr", tx_dsr, dsr_established);
+    const LoopResult gue_est =
+        dsr_run(82, dsr4_overhead(ir::FwdMode::DsrGue), "gue", tx_gue, gue_established);
     // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
     // source ports), through the worker's stages like the established run, on a conntrack
     // of the dataplane's 1M-flow size and default half-open budget (an eighth). "tracked":

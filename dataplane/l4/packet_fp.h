@@ -309,39 +309,44 @@ inline void store_be32(uint8_t* p, uint32_t v) noexcept {
     return csum_apply(hc, csum_diff_bytes(0, old_a, new_a, 16));
 }
 
-/// Cheap well-mixed hash of a key (entropy for GUE source ports and IPv6 flow labels; not
-/// the conntrack hash).
-[[nodiscard]] inline uint32_t packet_key_hash(const PacketKey& k) noexcept {
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t{k.proto} << 32) ^ (uint64_t{k.src_port} << 16) ^
-                 k.dst_port;
-    for (size_t i = 0; i < 16; i += 8) {
-        uint64_t a = 0;
-        uint64_t b = 0;
-        std::memcpy(&a, k.src.data() + i, 8);
-        std::memcpy(&b, k.dst.data() + i, 8);
-        h = (h ^ a) * 0xFF51AFD7ED558CCDull;
-        h = (h ^ b ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
-    }
+namespace pkt_detail {
+/// packet_key_hash()'s function of its key as words: the ports and protocol, then the
+/// addresses' 8-byte words (src0/dst0 bytes 0..7, src1/dst1 bytes 8..15, native order).
+[[nodiscard]] SLUICE_ALWAYS_INLINE uint32_t key_hash_words(uint16_t src_port, uint16_t dst_port,
+                                                           uint8_t proto, uint64_t src0,
+                                                           uint64_t dst0, uint64_t src1,
+                                                           uint64_t dst1) noexcept {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t{proto} << 32) ^ (uint64_t{src_port} << 16) ^
+                 dst_port;
+    h = (h ^ src0) * 0xFF51AFD7ED558CCDull;
+    h = (h ^ dst0 ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
+    h = (h ^ src1) * 0xFF51AFD7ED558CCDull;
+    h = (h ^ dst1 ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
     h ^= h >> 32;
     return static_cast<uint32_t>(h);
 }
+} // namespace pkt_detail
+
+/// Cheap well-mixed hash of a key (entropy for GUE source ports and IPv6 flow labels; not
+/// the conntrack hash).
+[[nodiscard]] inline uint32_t packet_key_hash(const PacketKey& k) noexcept {
+    uint64_t w[4];
+    std::memcpy(&w[0], k.src.data(), 8);
+    std::memcpy(&w[1], k.dst.data(), 8);
+    std::memcpy(&w[2], k.src.data() + 8, 8);
+    std::memcpy(&w[3], k.dst.data() + 8, 8);
+    return pkt_detail::key_hash_words(k.src_port, k.dst_port, k.proto, w[0], w[1], w[2], w[3]);
+}
 
 /// packet_key_hash() of an IPv4 key (addresses as 4 network-order bytes read as native
-/// words, as in a frame; ports in host order), from registers: the same value (tested), for
-/// the lanes that have no PacketKey.
+/// words, as in a frame; ports in host order), from registers: the same function (tested),
+/// for the lanes that have no PacketKey. An IPv4 Addr16 is zero but for bytes 12..15.
 [[nodiscard]] SLUICE_ALWAYS_INLINE uint32_t packet_key_hash_v4(uint32_t src, uint32_t dst,
                                                                uint16_t src_port, uint16_t dst_port,
                                                                uint8_t proto) noexcept {
     static_assert(std::endian::native == std::endian::little);
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t{proto} << 32) ^ (uint64_t{src_port} << 16) ^
-                 dst_port;
-    // Words 0..7 of both Addr16s are zero (IPv4 in bytes 12..15).
-    h = h * 0xFF51AFD7ED558CCDull;
-    h = (h ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
-    h = (h ^ (uint64_t{src} << 32)) * 0xFF51AFD7ED558CCDull;
-    h = (h ^ (uint64_t{dst} << 32) ^ (h >> 29)) * 0xC4CEB9FE1A85EC53ull;
-    h ^= h >> 32;
-    return static_cast<uint32_t>(h);
+    return pkt_detail::key_hash_words(src_port, dst_port, proto, 0, 0, uint64_t{src} << 32,
+                                      uint64_t{dst} << 32);
 }
 
 /// GUE's outer UDP source port for a flow of key hash `h` (packet_key_hash), when the
