@@ -276,6 +276,22 @@ public:
     }
     /// prefetch() and prefetch_entry() with the probe already computed.
     [[gnu::always_inline]] void prefetch(const Probe& p) const noexcept;
+    /// The lines prefetch(p) would prefetch (the signature lines of both buckets), written
+    /// to `out` for the caller to prefetch later; returns their number, kProbeLines.
+    /// A burst's first stage collects them while it parses and prefetches them all in a
+    /// loop of their own: a prefetch that misses the TLB (a table of a million flows on
+    /// 4 KiB host pages under a VM: nearly every one) holds its place in the reorder
+    /// buffer until the page walk ends, so among the parse's ~60 instructions per frame
+    /// only a few are in flight at once; in a loop of a few instructions per line all of
+    /// the burst's are (docs/adr/0015, fourteenth-session addendum). Thread: worker (owner).
+    static constexpr uint32_t kProbeLines = 2 * (kConnBucketSlots / 4);
+    [[gnu::always_inline]] uint32_t probe_lines(const Probe& p, const void** out) const noexcept {
+        for (uint32_t i = 0; i < kConnBucketSlots / 4; ++i) {
+            out[2 * i] = &slot(p.b1, i);
+            out[2 * i + 1] = &slot(p.b2, i);
+        }
+        return kProbeLines;
+    }
     /// `insert_likely`: where no signature matches, also prefetch the slot an insert would
     /// take now (false under a SYN flood past the budget, whose SYNs insert nothing).
     [[gnu::always_inline]] ConnEntry* prefetch_entry(const Probe& p,

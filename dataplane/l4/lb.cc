@@ -529,14 +529,6 @@ SLUICE_ALWAYS_INLINE ConnEntry* const* port_slot(const LbContext& ctx, int rslot
     return ctx.ports == nullptr ? nullptr : &(*ctx.ports)[rslot][port];
 }
 
-/// Stage 1 for return traffic: its flow is found through the SNAT port slot.
-SLUICE_ALWAYS_INLINE void prefetch_port_slot(const LbContext& ctx, int rslot,
-                                             uint16_t port) noexcept {
-    if (ConnEntry* const* p = port_slot(ctx, rslot, port); p != nullptr) {
-        prefetch_read(p);
-    }
-}
-
 /// The SNAT port slot of a packet to one of our SNAT addresses (return traffic), or null.
 SLUICE_ALWAYS_INLINE ConnEntry* const* snat_port_slot(const LbContext& ctx,
                                                        const PacketMeta& m) noexcept {
@@ -1181,6 +1173,18 @@ SLUICE_ALWAYS_INLINE bool return_v4(LbContext& ctx, uint8_t* frame, const LbFlow
 void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames, uint16_t first,
                     uint16_t count) noexcept {
     const uint16_t end = static_cast<uint16_t>(first + count);
+    // The lines this stage prefetches (conntrack signature lines, return traffic's SNAT
+    // port slots), collected here and prefetched by the loop at the end: a prefetch that
+    // misses the TLB blocks retirement until its page walk ends, and among the parse's
+    // instructions only a few of them would be in flight at a time (ConnTrack::
+    // probe_lines(); measured: 1M flows, own work per established packet -18%).
+    const void* lines[LbBurst::kMax * ConnTrack::kProbeLines];
+    uint32_t nl = 0;
+    auto port_line = [&](int rslot, uint16_t port) {
+        if (ConnEntry* const* p = port_slot(ctx, rslot, port); p != nullptr) {
+            lines[nl++] = p;
+        }
+    };
     for (uint16_t i = first; i < end; ++i) {
         PacketMeta& m = burst.meta[i];
         LbFlowPre& pre = burst.pre[i];
@@ -1205,7 +1209,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                       uint64_t{f.ports} | conntrack_detail::rest_word(0, 0, 4, f.proto)};
                 pre.kw = kw;
                 if (rslot >= 0) {
-                    prefetch_port_slot(ctx, rslot, f.dst_port); // return traffic
+                    port_line(rslot, f.dst_port); // return traffic
                     continue;
                 }
                 // Hashed from the words in registers (the high address words are constant
@@ -1213,7 +1217,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 const uint64_t h = conntrack_detail::hash_words(kw);
                 if (h != 0) [[likely]] {
                     pre.probe = ctx.ct->probe_of(h);
-                    ctx.ct->prefetch(pre.probe);
+                    nl += ctx.ct->probe_lines(pre.probe, lines + nl);
                     burst.hash[i] = h;
                     continue;
                 }
@@ -1229,7 +1233,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
                 if (rslot >= 0) {
                     // Return traffic (or, without a port table, a frame to refuse): stage
                     // 2's general path.
-                    prefetch_port_slot(ctx, rslot, m.key.dst_port);
+                    port_line(rslot, m.key.dst_port);
                     continue;
                 }
                 kw = key_words(m);
@@ -1240,7 +1244,7 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
             }
             if (const int rslot = snat_slot(ctx, m.family, to_table_addr(m.family, m.key.dst));
                 rslot >= 0) {
-                prefetch_port_slot(ctx, rslot, m.key.dst_port); // return traffic
+                port_line(rslot, m.key.dst_port); // return traffic
                 continue;
             }
             kw = key_words(m);
@@ -1253,8 +1257,11 @@ void lb_burst_parse(const LbContext& ctx, LbBurst& burst, const LbFrame* frames,
         pre.l4_off = m.l4_off;
         const uint64_t h = conntrack_detail::hash_words(kw);
         pre.probe = ctx.ct->probe_of(h);
-        ctx.ct->prefetch(pre.probe);
+        nl += ctx.ct->probe_lines(pre.probe, lines + nl);
         burst.hash[i] = h; // (a flow whose hash is 0 is looked up from scratch in stage 2)
+    }
+    for (uint32_t j = 0; j < nl; ++j) {
+        prefetch_read(lines[j]);
     }
 }
 
