@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "conntrack_fp.h"
 
@@ -25,6 +26,8 @@ namespace {
 // hides that when the page walk itself hits. Smaller tables (tests) use the heap.
 // TODO(lead): rte_zmalloc_socket() for NUMA placement (STYLE H2) once conntrack links DPDK.
 constexpr size_t kHugePage = size_t{2} << 20;
+/// Small tables are page-aligned too: a flow's two buckets are one 4 KiB page's (probe()).
+constexpr size_t kPage = 4096;
 
 size_t mapped_bytes(size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 
@@ -54,7 +57,7 @@ ConnEntry* table_alloc(size_t bytes, int socket) noexcept {
             (void)::madvise(p, len, MADV_HUGEPAGE); // best effort: 4 KiB pages still work
         }
     } else {
-        p = ::operator new (bytes, std::align_val_t{kConnBucketBytes}, std::nothrow);
+        p = ::operator new (bytes, std::align_val_t{kPage}, std::nothrow);
         if (p == nullptr) {
             return nullptr;
         }
@@ -68,7 +71,7 @@ void table_free(ConnEntry* p, size_t bytes) noexcept {
     if (bytes >= kHugePage) {
         ::munmap(p, mapped_bytes(bytes));
     } else {
-        ::operator delete (p, std::align_val_t{kConnBucketBytes});
+        ::operator delete (p, std::align_val_t{kPage});
     }
 }
 
@@ -144,11 +147,58 @@ size_t ConnTrack::sweep(uint32_t now, size_t max_buckets) noexcept {
     return freed;
 }
 
+ConnEntry* ConnTrack::find_third(const Probe& p,
+                                 const conntrack_detail::KeyWords& key) const noexcept {
+    const uint16_t sig3 = static_cast<uint16_t>(p.sig | kSigThird);
+    const uint32_t b3 = third_bucket(p.b1, p.sig);
+    return find(b3, sig_match(b3, sig3), key);
+}
+
+ConnEntry* ConnTrack::third_slot(const Probe& p, uint32_t now) noexcept {
+    const uint32_t b3 = third_bucket(p.b1, p.sig);
+    uint32_t f = sig_match(b3, 0);
+    if (f == 0) {
+        reclaim_expired(b3, now);
+        f = sig_match(b3, 0);
+    }
+    return f == 0 ? nullptr : &slot(b3, static_cast<uint32_t>(std::countr_zero(f)));
+}
+
+std::string ConnTrack::audit() const {
+    const uint32_t buckets = bucket_mask_ + 1;
+    std::vector<uint32_t> third(buckets, 0); // per first bucket: its flows in a third one
+    for (uint32_t b = 0; b < buckets; ++b) {
+        for (uint32_t s = 0; s < kConnBucketSlots; ++s) {
+            const uint16_t v = sig(b, s);
+            if (v == 0 || (v & kSigThird) == 0) {
+                continue;
+            }
+            // The slot's flow: its first bucket must name this one as its third.
+            const ConnEntry& e = slot(b, s);
+            const Probe p = probe(conntrack_detail::hash_words(conntrack_detail::words(e.key)));
+            if (third_bucket(p.b1, p.sig) != b || (p.sig | kSigThird) != v) {
+                return "bucket " + std::to_string(b) + " slot " + std::to_string(s) +
+                       ": marked third, but not its flow's third bucket";
+            }
+            ++third[p.b1];
+        }
+    }
+    for (uint32_t b = 0; b < buckets; ++b) {
+        const uint32_t c = overflow_count(b);
+        if (c != third[b] && c != kOverflowSaturated) {
+            return "bucket " + std::to_string(b) + ": overflow count " + std::to_string(c) +
+                   ", flows in their third bucket " + std::to_string(third[b]);
+        }
+    }
+    return "";
+}
+
 ConnTrackStats ConnTrack::stats() const noexcept {
     return {.entries = entries_n_.get(),
             .half_open = half_open_n_.get(),
             .inserts = inserts_.get(),
             .insert_full = insert_full_.get(),
+            .inserts_third = inserts_third_.get(),
             .insert_budget = insert_budget_.get(),
             .expired = expired_.get(),
             .erased = erased_.get()};

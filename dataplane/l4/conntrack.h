@@ -7,13 +7,17 @@
 /// across table and backend-set changes: the worker re-checks only that the backend id is
 /// still valid in the current snapshot (STYLE H4: ids + generation, never pointers).
 ///
-/// Layout: 2-choice bucketed hashing. Buckets are kConnBucketSlots entries; the first line
-/// of every bucket also carries 16-bit signatures of four slots, so a miss reads one line
-/// per bucket (per four slots) and a hit one or two. No kicking, no chains, no tombstones:
-/// an expired entry is a free slot. Inserting never evicts a live entry; when both
-/// candidate buckets are live and full the insert returns Full and the caller forwards
-/// statelessly (Maglev). Without relocation the share of new flows refused as Full grows
-/// with the load: ~0.03% at 60%, ~0.7% at 75%, ~6% at 95% (measured at 2^20 slots), so
+/// Layout: 2-choice bucketed hashing with an overflow bucket. Buckets are kConnBucketSlots
+/// entries; the first line of every bucket also carries 16-bit signatures of four slots,
+/// so a miss reads one line per bucket (per four slots) and a hit one or two. A flow's two
+/// buckets lie on one 4 KiB page (one TLB miss per lookup, not two); when both are full it
+/// goes to a third bucket anywhere in the table, and its first bucket counts it (4 bits
+/// in its signature line), so lookups read the third bucket only behind a counted first
+/// bucket. No kicking, no chains, no tombstones: an expired entry is a free slot.
+/// Inserting never evicts a live entry; when all three buckets are live and full the
+/// insert returns Full and the caller forwards statelessly (Maglev). The share of new
+/// flows refused as Full grows with the load: none at 50% (1M flows in 2^21 slots),
+/// ~0.3% up to 75%, ~7% up to 95% (cumulative, simulated and measured at 2^20 slots), so
 /// size `capacity` at ~1.3x the flows to track. Half-open TCP flows (SYN seen, not yet
 /// ACKed) have a short timeout and their own budget, so a SYN flood fills at most
 /// `half_open_max` slots and cannot push out established flows.
@@ -35,8 +39,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "result.h"
 
@@ -144,8 +150,9 @@ struct alignas(64) ConnEntry {
     FlowKey key;
     ConnValue value;
     /// Table-internal: in the first kConnBucketSlots / 4 entries of each bucket, the
-    /// 16-bit signatures of the bucket's slots (0 = free), four per entry; unused in the
-    /// other entries. Never written by callers.
+    /// 16-bit signatures of the bucket's slots (low 15 bits 0 = free), four per entry,
+    /// and in their bit 15 the bucket's overflow count; unused in the other entries.
+    /// Never written by callers.
     std::array<uint16_t, 4> bucket_sigs{};
 };
 static_assert(sizeof(ConnEntry) == 64, "one cache line per flow (issue: <= 64 B per flow)");
@@ -178,7 +185,8 @@ struct ConnTrackStats {
     uint64_t entries = 0;       ///< occupied slots (live, or expired and not yet reclaimed)
     uint64_t half_open = 0;     ///< occupied slots in TcpSynSeen
     uint64_t inserts = 0;       ///< successful inserts
-    uint64_t insert_full = 0;   ///< inserts refused: both buckets live and full
+    uint64_t insert_full = 0;   ///< inserts refused: all three buckets live and full
+    uint64_t inserts_third = 0; ///< of `inserts`, those placed in their third bucket
     uint64_t insert_budget = 0; ///< inserts refused: half-open budget exhausted
     uint64_t expired = 0;       ///< entries reclaimed after their idle timeout
     uint64_t erased = 0;        ///< entries removed by erase()
@@ -368,6 +376,14 @@ public:
     /// consistent values. Thread: any.
     [[nodiscard]] ConnTrackStats stats() const noexcept;
 
+    /// Checks the table's internal bookkeeping: every slot marked third sits in its flow's
+    /// third bucket, and every bucket's overflow count equals the number of its flows in
+    /// their third bucket (unless saturated at 15: kept from then on). Needs every insert's
+    /// `hash` to have been flow_hash() of its key, as the worker's are. Returns "" when
+    /// consistent, else what is wrong. O(capacity): tests and diagnostics only.
+    /// Thread: the owner, or any while the owner is stopped.
+    [[nodiscard]] std::string audit() const;
+
     /// Slots (a power of two). Thread: any.
     [[nodiscard]] uint32_t capacity() const noexcept { return capacity_; }
     /// Bytes allocated for the table: capacity() * sizeof(ConnEntry). Thread: any.
@@ -386,8 +402,41 @@ private:
     ConnEntry& slot(uint32_t bucket, uint32_t s) const noexcept {
         return entries_[static_cast<size_t>(bucket) * kConnBucketSlots + s];
     }
-    uint16_t& sig(uint32_t bucket, uint32_t s) const noexcept {
+    // Signature lanes (ConnEntry::bucket_sigs): bit 0 set in every used slot, bit 1
+    // (kSigThird) set where the entry sits in its third bucket, bits 2..14 the hash's
+    // signature; bit 15 belongs to the bucket, not the slot: lane i's is bit i of the
+    // bucket's overflow count (its flows placed in their third bucket; 15 = saturated, kept).
+    static constexpr uint16_t kSigThird = 2;
+    static constexpr uint16_t kSigSlotBits = 0x7FFF;
+    static constexpr uint64_t kOverflowBits = 0x8000800080008000ULL;
+    uint16_t& sig_lane(uint32_t bucket, uint32_t s) const noexcept {
         return slot(bucket, s / 4).bucket_sigs[s % 4];
+    }
+    /// Slot s's signature (0: free).
+    uint16_t sig(uint32_t bucket, uint32_t s) const noexcept {
+        return static_cast<uint16_t>(sig_lane(bucket, s) & kSigSlotBits);
+    }
+    void set_sig(uint32_t bucket, uint32_t s, uint16_t v) noexcept {
+        uint16_t& l = sig_lane(bucket, s);
+        l = static_cast<uint16_t>((l & ~kSigSlotBits) | v);
+    }
+    /// The first four lanes of a bucket as one word (little-endian: lane i in bits 16i..).
+    uint64_t sig_word(uint32_t bucket) const noexcept {
+        uint64_t w;
+        std::memcpy(&w, slot(bucket, 0).bucket_sigs.data(), sizeof(w));
+        return w;
+    }
+    /// True when some flow whose first bucket is `bucket` may sit in its third bucket.
+    bool overflowed(uint32_t bucket) const noexcept {
+        return (sig_word(bucket) & kOverflowBits) != 0;
+    }
+    uint32_t overflow_count(uint32_t bucket) const noexcept;
+    void set_overflow_count(uint32_t bucket, uint32_t n) noexcept;
+    /// A flow's third bucket: its first XOR an odd offset from the signature alone, so an
+    /// entry there (kSigThird) finds its first bucket again the same way (for the count).
+    uint32_t third_bucket(uint32_t bucket, uint16_t sig) const noexcept {
+        const uint64_t x = static_cast<uint64_t>(sig >> 2) * 0xD6E8FEB86659FD93ULL;
+        return bucket ^ (static_cast<uint32_t>(x >> shift_) | 1u);
     }
     [[gnu::always_inline]] uint32_t sig_match(uint32_t bucket, uint16_t sig) const noexcept;
     /// Where an entry of this table lies: its bucket and its slot in the bucket.
@@ -404,6 +453,12 @@ private:
     [[gnu::always_inline]] ConnEntry* free_slot(const Probe& p) const noexcept;
     [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates,
                                            const conntrack_detail::KeyWords& key) const noexcept;
+    /// The slot holding `key` in its third bucket (looked at only when its first bucket
+    /// overflowed), or nullptr.
+    ConnEntry* find_third(const Probe& p, const conntrack_detail::KeyWords& key) const noexcept;
+    /// A free slot in the third bucket of `p` (expired entries there reclaimed), or nullptr.
+    ConnEntry* third_slot(const Probe& p, uint32_t now) noexcept;
+    static constexpr uint32_t kOverflowSaturated = 15;
     void reclaim(uint32_t bucket, uint32_t s) noexcept;
     uint32_t reclaim_expired(uint32_t bucket, uint32_t now) noexcept;
     [[gnu::always_inline]] ConnEntry* live_or_reclaim(ConnEntry* e, uint32_t now) noexcept;
@@ -423,6 +478,7 @@ private:
     ConnCounter half_open_n_;
     ConnCounter inserts_;
     ConnCounter insert_full_;
+    ConnCounter inserts_third_;
     ConnCounter insert_budget_;
     ConnCounter expired_;
     ConnCounter erased_;

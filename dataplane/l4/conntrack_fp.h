@@ -105,17 +105,21 @@ __extension__ using U128 = unsigned __int128;
 // ---- ConnTrack inline members -----------------------------------------------------------
 
 inline ConnTrack::Probe ConnTrack::probe(uint64_t hash) const noexcept {
-    // One keyed Fibonacci multiply: its high bits pick the first bucket; bits 8 and up
-    // (each a function of the keyed hash's bits below it, all of them well mixed) pick the
-    // second as the first XOR an odd offset, so the two always differ (there are >= 2
-    // buckets), with no compare. The signature is the hash's top 16 bits with bit 0 set:
-    // never 0 (free), 15 bits of information (a false match per occupied slot 1 in 32 Ki).
-    // Placement quality as two independent multiplies' (simulated, 1M flows in 2M slots:
-    // the same share refused Full at 48%, 70% and 90% load); ~10 instructions fewer.
+    // One keyed Fibonacci multiply: its high bits pick the first bucket; bits 8..11 pick
+    // the second as the first XOR an odd offset below 16, so the two always differ (there
+    // are >= 2 buckets) and lie on the same 4 KiB page (16 buckets of 256 B): a lookup's
+    // two signature lines cost one TLB miss, not two (ADR 0015, fourteenth-session
+    // addendum: on 4 KiB host pages under a VM the page walks, not the lines, bound a
+    // million-flow table; paired, own work per established packet -10%). Page-local
+    // buckets alone refuse more flows as Full (a page's 64 slots fill together); the
+    // third bucket (third_bucket(), anywhere in the table, used only when both are full)
+    // more than makes up for it. The signature: bits 2..14 from the hash's top bits, bit 0
+    // set (never 0: free), bit 1 clear (kSigThird marks an entry in its third bucket); a
+    // false match per occupied slot 1 in 8 Ki.
     const uint64_t x = (hash ^ seed_) * 0x9e3779b97f4a7c15ULL;
     const uint32_t b1 = static_cast<uint32_t>(x >> shift_);
-    const uint32_t b2 = b1 ^ ((static_cast<uint32_t>(x >> 8) & bucket_mask_) | 1u);
-    return {b1, b2, static_cast<uint16_t>(static_cast<uint16_t>(hash >> 48) | 1u)};
+    const uint32_t b2 = b1 ^ ((static_cast<uint32_t>(x >> 8) & bucket_mask_ & 15u) | 1u);
+    return {b1, b2, static_cast<uint16_t>((static_cast<uint16_t>(hash >> 48) & 0x7FFCu) | 1u)};
 }
 
 inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexcept {
@@ -124,7 +128,10 @@ inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexce
         // The four signatures in the low half of a vector, compared as 16-bit lanes; the
         // lane masks packed to bytes and gathered by movemask: 7 instructions (the SWAR
         // version below takes 16, and a new flow asks six times).
-        const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(slot(bucket, 0).bucket_sigs.data()));
+        // (Bit 15 of each lane is the bucket's overflow count, not the slot's: masked.)
+        const __m128i w = _mm_and_si128(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(slot(bucket, 0).bucket_sigs.data())),
+            _mm_set1_epi16(static_cast<short>(kSigSlotBits)));
         const __m128i eq = _mm_cmpeq_epi16(w, _mm_set1_epi16(static_cast<short>(sig)));
         // Lanes 4..7 compare the zeroed upper half (equal when sig == 0): masked off.
         return static_cast<uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(eq, _mm_setzero_si128()))) & 0xFu;
@@ -136,10 +143,9 @@ inline uint32_t ConnTrack::sig_match(uint32_t bucket, uint16_t sig) const noexce
         // set in t (exact, no borrow between lanes), and one multiply gathers bits 15, 31,
         // 47 and 63 into bits 48..51 (the other partial products land below bit 48 at
         // distinct positions, so nothing carries into them).
-        uint64_t w;
-        std::memcpy(&w, slot(bucket, 0).bucket_sigs.data(), sizeof(w));
-        const uint64_t x = w ^ (uint64_t{sig} * 0x0001000100010001ULL);
         constexpr uint64_t kLow15 = 0x7FFF7FFF7FFF7FFFULL;
+        const uint64_t w = sig_word(bucket) & kLow15; // (bit 15: the bucket's count)
+        const uint64_t x = w ^ (uint64_t{sig} * 0x0001000100010001ULL);
         const uint64_t t = ~(((x & kLow15) + kLow15) | x) & ~kLow15;
         return static_cast<uint32_t>(((t >> 15) * 0x0001000200040008ULL) >> 48) & 0xFu;
     }
@@ -170,13 +176,34 @@ inline bool ConnTrack::expired(const ConnEntry& e, uint32_t now) const noexcept 
     return age > timeout_[static_cast<size_t>(e.value.state)];
 }
 
+inline uint32_t ConnTrack::overflow_count(uint32_t bucket) const noexcept {
+    const uint64_t w = sig_word(bucket);
+    return static_cast<uint32_t>(((w >> 15) & 1) | ((w >> 30) & 2) | ((w >> 45) & 4) |
+                                 ((w >> 60) & 8));
+}
+
+inline void ConnTrack::set_overflow_count(uint32_t bucket, uint32_t n) noexcept {
+    const uint64_t c = n;
+    const uint64_t w = (sig_word(bucket) & ~kOverflowBits) | (c & 1) << 15 | (c & 2) << 30 |
+                       (c & 4) << 45 | (c & 8) << 60;
+    std::memcpy(slot(bucket, 0).bucket_sigs.data(), &w, sizeof(w));
+}
+
 inline void ConnTrack::reclaim(uint32_t bucket, uint32_t s) noexcept {
     ConnEntry& e = slot(bucket, s);
     if (e.value.state == ConnState::TcpSynSeen) {
         half_open_n_.sub(1);
     }
     e.value.state = ConnState::Free;
-    sig(bucket, s) = 0;
+    if (const uint16_t v = sig(bucket, s); (v & kSigThird) != 0) [[unlikely]] {
+        // In its third bucket: one fewer overflowed flow for its first (a saturated count
+        // stays: lookups there then always look at the third bucket too, never wrongly).
+        const uint32_t home = third_bucket(bucket, v);
+        if (const uint32_t c = overflow_count(home); c != 0 && c != kOverflowSaturated) {
+            set_overflow_count(home, c - 1);
+        }
+    }
+    set_sig(bucket, s, 0);
     entries_n_.sub(1);
 }
 
@@ -245,6 +272,9 @@ inline ConnEntry* ConnTrack::prefetch_entry(const Probe& p, bool insert_likely) 
         e = &slot(p.b1, static_cast<uint32_t>(std::countr_zero(m1)));
     } else if (const uint32_t m2 = sig_match(p.b2, p.sig); m2 != 0) {
         e = &slot(p.b2, static_cast<uint32_t>(std::countr_zero(m2)));
+    } else if (overflowed(p.b1)) [[unlikely]] {
+        // Perhaps in its third bucket (not prefetched: rare); the lookup decides.
+        return nullptr;
     } else {
         // No signature matches: a new flow, most likely. Its insert() will write the slot
         // free_slot() names now (unless the burst's earlier frames take it): fetch that line
@@ -289,6 +319,9 @@ inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, const
     ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
     if (e == nullptr) {
         e = find(p.b2, sig_match(p.b2, p.sig), key);
+        if (e == nullptr && overflowed(p.b1)) [[unlikely]] {
+            e = find_third(p, key);
+        }
     }
     return live_or_reclaim(e, now);
 }
@@ -330,15 +363,18 @@ inline uint64_t ConnTrack::lookup_bulk(std::span<const FlowKey> keys,
     uint64_t hits = 0;
     for (size_t i = 0; i < n; ++i) {
         ConnEntry* e = nullptr;
+        const conntrack_detail::KeyWords kw = conntrack_detail::words(keys[i]);
         if (cand[i] != 0) {
             constexpr uint32_t kMask = (1u << kConnBucketSlots) - 1;
-            const conntrack_detail::KeyWords kw = conntrack_detail::words(keys[i]);
             e = find(b1[i], cand[i] & kMask, kw);
             if (e == nullptr) {
                 e = find(b2[i], static_cast<uint32_t>(cand[i]) >> kConnBucketSlots, kw);
             }
-            e = live_or_reclaim(e, now);
         }
+        if (e == nullptr && overflowed(b1[i])) [[unlikely]] {
+            e = find_third(probe(hashes[i]), kw);
+        }
+        e = live_or_reclaim(e, now);
         out[i] = e;
         hits |= static_cast<uint64_t>(e != nullptr) << i;
     }
@@ -363,15 +399,16 @@ inline InsertResult ConnTrack::insert(const conntrack_detail::KeyWords& key, uin
     const Probe p = given.sig != 0 ? given : probe(hash);
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
-    for (const uint32_t b : {p.b1, p.b2}) {
-        if (known_absent) {
-            break;
+    if (!known_absent) {
+        ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
+        if (e == nullptr) {
+            e = find(p.b2, sig_match(p.b2, p.sig), key);
         }
-        if (ConnEntry* e = find(b, sig_match(b, p.sig), key)) {
-            if (live_or_reclaim(e, now) != nullptr) {
-                return {InsertStatus::Exists, e};
-            }
-            break;
+        if (e == nullptr && overflowed(p.b1)) {
+            e = find_third(p, key);
+        }
+        if (e != nullptr && live_or_reclaim(e, now) != nullptr) {
+            return {InsertStatus::Exists, e};
         }
     }
     ConnState state;
@@ -395,16 +432,25 @@ inline InsertResult ConnTrack::insert(const conntrack_detail::KeyWords& key, uin
         return {InsertStatus::HalfOpenBudget, nullptr};
     }
     // Two choices: the bucket with more free slots (fewer collisions later). If both are
-    // full, expired entries in them are free slots: reclaim them and look again. Live
-    // entries are never evicted.
+    // full, expired entries in them are free slots: reclaim them and look again; then the
+    // third bucket. Live entries are never evicted.
     ConnEntry* target = free_slot(p);
-    if (target == nullptr) {
+    uint16_t sig_bits = p.sig;
+    if (target == nullptr) [[unlikely]] {
         reclaim_expired(p.b1, now);
         reclaim_expired(p.b2, now);
         target = free_slot(p);
         if (target == nullptr) {
-            insert_full_.add(1);
-            return {InsertStatus::Full, nullptr};
+            target = third_slot(p, now);
+            if (target == nullptr) {
+                insert_full_.add(1);
+                return {InsertStatus::Full, nullptr};
+            }
+            sig_bits = static_cast<uint16_t>(p.sig | kSigThird);
+            inserts_third_.add(1);
+            if (const uint32_t c = overflow_count(p.b1); c != kOverflowSaturated) {
+                set_overflow_count(p.b1, c + 1);
+            }
         }
     }
     ConnEntry& e = *target;
@@ -416,7 +462,7 @@ inline InsertResult ConnTrack::insert(const conntrack_detail::KeyWords& key, uin
     e.value = value;
     e.value.state = state;
     e.value.last_seen = now;
-    sig(at.bucket, at.slot) = p.sig;
+    set_sig(at.bucket, at.slot, sig_bits);
     entries_n_.add(1);
     if (state == ConnState::TcpSynSeen) {
         half_open_n_.add(1);
