@@ -291,7 +291,7 @@ public:
     /// 4 KiB host pages under a VM: nearly every one) holds its place in the reorder
     /// buffer until the page walk ends, so among the parse's ~60 instructions per frame
     /// only a few are in flight at once; in a loop of a few instructions per line all of
-    /// the burst's are (docs/adr/0015, fourteenth-session addendum). Thread: worker (owner).
+    /// the burst's are (docs/adr/0015, thirteenth-session addendum). Thread: worker (owner).
     static constexpr uint32_t kProbeLines = 2 * (kConnBucketSlots / 4);
     [[gnu::always_inline]] uint32_t probe_lines(const Probe& p, const void** out) const noexcept {
         for (uint32_t i = 0; i < kConnBucketSlots / 4; ++i) {

@@ -108,7 +108,7 @@ inline ConnTrack::Probe ConnTrack::probe(uint64_t hash) const noexcept {
     // One keyed Fibonacci multiply: its high bits pick the first bucket; bits 8..11 pick
     // the second as the first XOR an odd offset below 16, so the two always differ (there
     // are >= 2 buckets) and lie on the same 4 KiB page (16 buckets of 256 B): a lookup's
-    // two signature lines cost one TLB miss, not two (ADR 0015, fourteenth-session
+    // two signature lines cost one TLB miss, not two (ADR 0015, thirteenth-session
     // addendum: on 4 KiB host pages under a VM the page walks, not the lines, bound a
     // million-flow table; paired, own work per established packet -10%). Page-local
     // buckets alone refuse more flows as Full (a page's 64 slots fill together); the
