@@ -381,6 +381,7 @@ int main(int argc, char** argv) {
                  ",\"half_open\":" + std::to_string(cs.half_open) +
                  ",\"inserts\":" + std::to_string(cs.inserts) +
                  ",\"insert_full\":" + std::to_string(cs.insert_full) +
+                 ",\"inserts_third\":" + std::to_string(cs.inserts_third) +
                  ",\"insert_budget\":" + std::to_string(cs.insert_budget) +
                  ",\"expired\":" + std::to_string(cs.expired) +
                  ",\"capacity\":" + std::to_string(ctxs[w]->ct->capacity()) + "}}";
@@ -411,6 +412,9 @@ int main(int argc, char** argv) {
         std::string cap = "# HELP sluice_dp_flow_capacity conntrack slots\n# TYPE sluice_dp_flow_capacity gauge\n";
         std::string refused = "# HELP sluice_dp_flow_refused_total new flows not tracked\n"
                               "# TYPE sluice_dp_flow_refused_total counter\n";
+        std::string third = "# HELP sluice_dp_flow_third_bucket_total new flows whose two conntrack "
+                            "buckets were full (tracked in a third; a table filling up)\n"
+                            "# TYPE sluice_dp_flow_third_bucket_total counter\n";
         for (uint16_t w = 0; w < workers; ++w) {
             const ConnTrackStats cs = ctxs[w]->ct->stats();
             flows += "sluice_dp_flows{" + lcl(w) + ",state=\"all\"} " + std::to_string(cs.entries) + "\n"
@@ -420,8 +424,10 @@ int main(int argc, char** argv) {
                        std::to_string(cs.insert_full) + "\n"
                        "sluice_dp_flow_refused_total{" + lcl(w) + ",why=\"half_open_budget\"} " +
                        std::to_string(cs.insert_budget) + "\n";
+            third += "sluice_dp_flow_third_bucket_total{" + lcl(w) + "} " +
+                     std::to_string(cs.inserts_third) + "\n";
         }
-        return t + flows + cap + refused +
+        return t + flows + cap + refused + third +
                "# HELP sluice_dp_generation IR generation in force\n# TYPE sluice_dp_generation gauge\n"
                "sluice_dp_generation " + std::to_string(ctl.applied_generation()) + "\n";
     };
