@@ -241,8 +241,14 @@ int main(int argc, char** argv) {
             return die("--snat " + o.snat[i] + " is not an IP address");
         }
     }
-    // Per worker: its LbContext, conntrack and SNAT port owners; the neighbour table is
-    // shared (lock-free, see NeighborTable).
+    // Worker 0 runs on the main lcore, the others on the EAL's worker lcores in order.
+    std::vector<unsigned> lcores = {rte_lcore_id()};
+    unsigned lc = 0;
+    RTE_LCORE_FOREACH_WORKER(lc) {
+        lcores.push_back(lc);
+    }
+    // Per worker: its LbContext, conntrack (on its lcore's NUMA node) and SNAT port owners;
+    // the neighbour table is shared (lock-free, see NeighborTable).
     auto neighbors = std::make_unique<NeighborTable>();
     std::vector<std::unique_ptr<LbContext>> ctxs;
     std::vector<std::unique_ptr<ConnTrack>> cts;
@@ -251,6 +257,7 @@ int main(int argc, char** argv) {
         ConnTrackConfig cc;
         cc.capacity = o.ct_capacity;
         cc.half_open_max = o.ct_half_open;
+        cc.numa_socket = static_cast<int>(rte_lcore_to_socket_id(lcores[w]));
         auto ct = ConnTrack::create(cc);
         if (!ct) {
             rte_eal_cleanup();
@@ -330,12 +337,6 @@ int main(int argc, char** argv) {
     std::thread ctl_thread([&] { ctl.run(); });
     std::cerr << "sluice-dataplane: port 0 up, listening on " << o.dp_socket << std::endl;
 
-    // Worker 0 runs on the main lcore, the others on the EAL's worker lcores in order.
-    std::vector<unsigned> lcores = {rte_lcore_id()};
-    unsigned lc = 0;
-    RTE_LCORE_FOREACH_WORKER(lc) {
-        lcores.push_back(lc);
-    }
     std::vector<std::unique_ptr<Worker>> ws;
     for (uint16_t w = 0; w < workers; ++w) {
         WorkerConfig wc;

@@ -12,7 +12,10 @@
 
 #include "conntrack_fp.h"
 
+#include <linux/mempolicy.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 namespace sluice::dp {
 
@@ -24,15 +27,30 @@ namespace {
 // default "madvise" THP mode honours). A flow lookup is a random access into a table of up
 // to gigabytes: on 4 KiB pages nearly every one also misses the TLB, and a prefetch only
 // hides that when the page walk itself hits. Smaller tables (tests) use the heap.
-// TODO(lead): rte_zmalloc_socket() for NUMA placement (STYLE H2) once conntrack links DPDK.
+// NUMA (STYLE H2): a mapped table is bound to `numa_socket`'s node before its pages are
+// touched (mbind, MPOL_PREFERRED: the node's memory while it has some, never a failure),
+// so the worker that owns it reads local memory on a multi-socket machine. The kernel's
+// node numbers are DPDK's socket ids (both come from the same sysfs topology).
 constexpr size_t kHugePage = size_t{2} << 20;
 /// Small tables are page-aligned too: a flow's two buckets are one 4 KiB page's (probe()).
 constexpr size_t kPage = 4096;
 
 size_t mapped_bytes(size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 
+/// Asks for [p, p + len) on NUMA node `node` (best effort: on a kernel without NUMA, or a
+/// node that is not there, the memory stays where the default policy puts it).
+void prefer_node(void* p, size_t len, int node) noexcept {
+    constexpr int kMaxNode = 1023;
+    if (node < 0 || node > kMaxNode) {
+        return;
+    }
+    unsigned long mask[(kMaxNode + 1) / (8 * sizeof(unsigned long))] = {};
+    mask[static_cast<size_t>(node) / (8 * sizeof(unsigned long))] |=
+        1UL << (static_cast<size_t>(node) % (8 * sizeof(unsigned long)));
+    (void)::syscall(SYS_mbind, p, len, MPOL_PREFERRED, mask, kMaxNode + 1, 0);
+}
+
 ConnEntry* table_alloc(size_t bytes, int socket) noexcept {
-    (void)socket;
     void* p = nullptr;
     if (bytes >= kHugePage) {
         const size_t len = mapped_bytes(bytes);
@@ -61,6 +79,9 @@ ConnEntry* table_alloc(size_t bytes, int socket) noexcept {
         if (p == nullptr) {
             return nullptr;
         }
+    }
+    if (bytes >= kHugePage) {
+        prefer_node(p, mapped_bytes(bytes), socket);
     }
     // Zero = every signature free. Also faults every page in now, not on the hot path.
     std::memset(p, 0, bytes);

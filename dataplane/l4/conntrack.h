@@ -178,7 +178,9 @@ struct ConnTrackConfig {
     uint32_t udp_ms = 30000;         ///< also other non-TCP, non-ICMP protocols
     uint32_t icmp_ms = 10000;
     uint64_t seed = 0;    ///< keys bucket placement (hash-flood resistance); 0 = random
-    int numa_socket = -1; ///< where the table memory should live (-1 = any)
+    /// NUMA node (DPDK socket id) a mapped table (>= 2 MiB) prefers for its memory: the
+    /// owning worker lcore's (rte_lcore_to_socket_id). -1 = wherever the kernel puts it.
+    int numa_socket = -1;
 };
 
 struct ConnTrackStats {

@@ -1,5 +1,6 @@
 #include "conntrack_fp.h"
 
+#include <cerrno>
 #include <optional>
 #include <random>
 #include <set>
@@ -7,6 +8,10 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include <linux/mempolicy.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 namespace sluice::dp {
 namespace {
@@ -661,6 +666,34 @@ TEST(ConnTrack, ThirdBucketFlowsAreFoundAndUncounted) {
     }
     EXPECT_GE(again, 240u);
     EXPECT_EQ(t->audit(), "");
+}
+
+// A mapped table asks for its worker's NUMA node (STYLE H2): the kernel reports the
+// preferred-node policy on its memory, and the default one without a node.
+TEST(ConnTrack, MappedTablePrefersItsNumaNode) {
+    auto policy_at = [](const ConnTrack& t) {
+        const void* lines[ConnTrack::kProbeLines];
+        (void)t.probe_lines(t.probe_of(12345), lines);
+        int mode = -1;
+        if (::syscall(SYS_get_mempolicy, &mode, nullptr, 0UL, lines[0], MPOL_F_ADDR) != 0) {
+            return -errno;
+        }
+        return mode;
+    };
+    auto plain = ConnTrack::create({.capacity = 1u << 16}); // 4 MiB: mapped
+    ASSERT_TRUE(plain.has_value());
+    const int def = policy_at(**plain);
+    if (def == -ENOSYS) {
+        GTEST_SKIP() << "kernel without NUMA policy support";
+    }
+    EXPECT_EQ(def, MPOL_DEFAULT);
+    auto bound = ConnTrack::create({.capacity = 1u << 16, .numa_socket = 0});
+    ASSERT_TRUE(bound.has_value());
+    EXPECT_EQ(policy_at(**bound), MPOL_PREFERRED);
+    // Still a working table.
+    const FlowKey k = v4(0x0a000001, 1000);
+    EXPECT_EQ(put(**bound, k, 0), InsertStatus::Inserted);
+    EXPECT_NE(get(**bound, k, 1), nullptr);
 }
 
 TEST(ConnTrack, RejectsBadConfig) {
