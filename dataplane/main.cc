@@ -252,7 +252,20 @@ int main(int argc, char** argv) {
     auto neighbors = std::make_unique<NeighborTable>();
     std::vector<std::unique_ptr<LbContext>> ctxs;
     std::vector<std::unique_ptr<ConnTrack>> cts;
-    std::vector<std::unique_ptr<SnatPorts>> snat_ports;
+    // SNAT port owners (8 MiB per worker) from the EAL's memory on the worker's socket
+    // (hugepages when the EAL has them; STYLE H2), or the heap when the EAL's -m is short.
+    // EAL memory is not freed one table at a time: these live as long as the process, and
+    // rte_eal_cleanup() (which every exit path calls before these destructors run) gives
+    // all of it back.
+    struct SnatPortsFree {
+        bool from_eal = false;
+        void operator()(SnatPorts* p) const noexcept {
+            if (!from_eal) {
+                delete p;
+            }
+        }
+    };
+    std::vector<std::unique_ptr<SnatPorts, SnatPortsFree>> snat_ports;
     for (uint16_t w = 0; w < workers; ++w) {
         ConnTrackConfig cc;
         cc.capacity = o.ct_capacity;
@@ -272,7 +285,17 @@ int main(int argc, char** argv) {
         ctx->workers = workers;
         ctx->ct = ct->get();
         ctx->neighbors = neighbors.get();
-        snat_ports.push_back(std::make_unique<SnatPorts>());
+        if (void* mem = rte_zmalloc_socket("sluice_snat_ports", sizeof(SnatPorts),
+                                           RTE_CACHE_LINE_SIZE, cc.numa_socket);
+            mem != nullptr) {
+            snat_ports.emplace_back(static_cast<SnatPorts*>(mem), SnatPortsFree{true});
+        } else {
+            std::cerr << "sluice-dataplane: worker " << w
+                      << "'s SNAT port table (8 MiB) is on the heap: the EAL's memory (-m) "
+                         "had no room on socket "
+                      << cc.numa_socket << std::endl;
+            snat_ports.emplace_back(new SnatPorts{}, SnatPortsFree{false});
+        }
         ctx->ports = snat_ports.back().get();
         cts.push_back(std::move(*ct));
         ctxs.push_back(std::move(ctx));
