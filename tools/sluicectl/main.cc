@@ -485,7 +485,8 @@ int cmd_stats(const std::vector<std::string>& args) {
         std::cout << "  flows " << f.value("entries", 0) << " of " << f.value("capacity", 0)
                   << " (half-open " << f.value("half_open", 0) << ", refused full "
                   << f.value("insert_full", 0) << ", refused budget "
-                  << f.value("insert_budget", 0) << ")\n";
+                  << f.value("insert_budget", 0) << ", in a third bucket "
+                  << f.value("inserts_third", 0) << ")\n";
     }
     return 0;
 }
