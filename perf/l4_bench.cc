@@ -4,6 +4,7 @@
 //   io+template: rx_burst -> write a 64-byte client packet -> tx   (what feeding frames costs)
 //   sluice est.: rx_burst -> write packet -> lb_process -> tx     (established flows)
 //   sluice SYN : the same with a new flow per packet                (new-flow rate)
+//   also: return traffic, DSR IP-in-IP and GUE, and IPv6 full-NAT (74-byte frames) rows
 // "Our own work" = sluice - io+template, in cycles per packet; each sluice run and its
 // io+template baseline take turns in 100 ms slices (interleaved()), so both see the host alike.
 //
@@ -76,6 +77,66 @@ std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
     return f;
 }
 
+/// The IPv6 row's frames: Ethernet + IPv6 + TCP, 74 bytes (the shortest IPv6 TCP frame).
+constexpr uint32_t kV6Len = 74;
+
+/// Flow f's frame over IPv6: client fd00:2::<f> -> VIP fd00::100:80, TCP `flags`.
+std::vector<uint8_t> client_packet6(uint32_t flow, uint8_t flags) {
+    std::vector<uint8_t> f(kV6Len, 0);
+    const uint8_t ours[6] = {0x02, 0, 0, 0, 0, 0x02}, cli[6] = {0x02, 0, 0, 0, 0, 0x01};
+    std::memcpy(f.data(), ours, 6);
+    std::memcpy(f.data() + 6, cli, 6);
+    f[12] = 0x86;
+    f[13] = 0xDD;
+    uint8_t* ip = f.data() + 14;
+    ip[0] = 0x60;
+    ip[5] = 20; // payload: the TCP header
+    ip[6] = 6;
+    ip[7] = 64;
+    ip[8] = 0xfd;
+    ip[11] = 2;
+    ip[20] = static_cast<uint8_t>(flow >> 24);
+    ip[21] = static_cast<uint8_t>(flow >> 16);
+    ip[22] = static_cast<uint8_t>(flow >> 8);
+    ip[23] = static_cast<uint8_t>(flow);
+    ip[24] = 0xfd;
+    ip[38] = 0x01; // fd00::100
+    uint8_t* tcp = ip + 40;
+    tcp[0] = static_cast<uint8_t>((1024 + flow % 60000) >> 8);
+    tcp[1] = static_cast<uint8_t>(1024 + (flow % 60000));
+    tcp[3] = 80;
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    return f;
+}
+
+/// Flow f's ACK over IPv6, client_packet6(f, ACK) byte for byte (no header checksum).
+class AckMaker6 {
+public:
+    explicit AckMaker6(uint32_t flows) : flows_(flows) {
+        const std::vector<uint8_t> t = client_packet6(0, 0x10);
+        std::memcpy(tpl_, t.data(), kV6Len);
+    }
+    void next(uint8_t* d) noexcept {
+        std::memcpy(d, tpl_, kV6Len);
+        const uint32_t f = flow_;
+        uint8_t* ip = d + 14;
+        ip[20] = static_cast<uint8_t>(f >> 24);
+        ip[21] = static_cast<uint8_t>(f >> 16);
+        ip[22] = static_cast<uint8_t>(f >> 8);
+        ip[23] = static_cast<uint8_t>(f);
+        const auto sp = static_cast<uint16_t>(1024 + f % 60000);
+        ip[40] = static_cast<uint8_t>(sp >> 8);
+        ip[41] = static_cast<uint8_t>(sp);
+        flow_ = flow_ + 1 == flows_ ? 0 : flow_ + 1;
+    }
+
+private:
+    uint8_t tpl_[kV6Len] = {};
+    uint32_t flows_;
+    uint32_t flow_ = 0;
+};
+
 /// Frames for the established runs as a NIC would hand them over: each copied (one 64-byte
 /// memcpy) from a ring of the next kRing flows' frames, which stays in L1/L2; the slot just
 /// copied is rewritten by `Maker` with the frame of the flow kRing ahead. Copying from a
@@ -83,7 +144,7 @@ std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
 /// competing with the conntrack lookups: the baseline grew with the flow count (42 cycles
 /// at 2k flows, 66-75 at 1M) and did not subtract cleanly. `Maker::next(d)` writes the
 /// frame of the next flow (0, 1, ... wrapping at the flow count).
-template <class Maker>
+template <class Maker, uint32_t kLen = 64>
 class FrameRing {
 public:
     FrameRing(uint32_t flows, Maker maker)
@@ -92,9 +153,9 @@ public:
             maker_.next(ring_[k]);
         }
     }
-    /// Writes the next flow's frame to `d` (64 bytes) and moves to the next flow.
+    /// Writes the next flow's frame to `d` (kLen bytes) and moves to the next flow.
     void write(uint8_t* d) noexcept {
-        std::memcpy(d, ring_[slot_], 64);
+        std::memcpy(d, ring_[slot_], kLen);
         if (ring_n_ < flows_) {
             maker_.next(ring_[slot_]); // the frame of the flow ring_n_ ahead
         }
@@ -102,8 +163,8 @@ public:
     }
 
 private:
-    static constexpr uint32_t kRing = 1024; // 64 KiB
-    alignas(64) uint8_t ring_[kRing][64] = {};
+    static constexpr uint32_t kRing = 1024; // 64 KiB of 64-byte frames
+    alignas(64) uint8_t ring_[kRing][kLen] = {};
     Maker maker_;
     uint32_t flows_;
     uint32_t ring_n_;
@@ -243,6 +304,21 @@ ir::Ir bench_ir() {
     gue.fwd_mode = ir::FwdMode::DsrGue;
     ir.listeners.push_back(gue);
     ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0, 1, 2}, {}});
+    // The IPv6 row: VIP fd00::100:80, full-NAT, eight IPv6 backends.
+    ir::Rule r6;
+    for (int i = 0; i < 8; ++i) {
+        ir::BackendGroup g;
+        g.ns = "bench";
+        g.name = "b6-" + std::to_string(i);
+        g.endpoints.push_back({"fd00:1::" + std::to_string(i + 1), 8080, true, true, false, g.name});
+        ir.groups.push_back(g);
+        r6.backends.push_back({static_cast<uint32_t>(8 + i), 1, 0, "", ir::kNone});
+    }
+    ir.rules.push_back(r6);
+    ir::Listener l6 = l;
+    l6.l4_rule = 1;
+    ir.listeners.push_back(l6);
+    ir.gateways.push_back({"bench", "gw6", {"fd00::100"}, {3}, {}});
     return ir;
 }
 
@@ -457,7 +533,7 @@ int main(int argc, char** argv) {
         }
     }
 
-    // L4_BENCH_ONLY=est|ret|dsr|gue|syn|mix|io runs just that loop at full length (the others for 10 ms), so
+    // L4_BENCH_ONLY=est|ret|dsr|gue|v6|syn|mix|io runs just that loop at full length (the others for 10 ms), so
     // a profiler attached to the whole run sees one path.
     const char* only = std::getenv("L4_BENCH_ONLY");
     auto secs = [&](const char* name) {
@@ -483,9 +559,14 @@ int main(int argc, char** argv) {
     auto gen = std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows));
     auto write_ack = [&](uint8_t* d) { gen->write(d); };
     // "io + packet write": the generator's part of the runs below, each beside its own.
-    auto write_loop = [&](auto& ring) {
-        return [&](double seconds) {
-            return run_loop(port, seconds, [&](rte_mbuf* m) {
+    // `len`: the frames' length, set in each mbuf (net_null hands over 64-byte ones).
+    auto write_loop = [&](auto& ring, uint16_t len = 64) {
+        return [&, len](double seconds) {
+            return run_loop(port, seconds, [&, len](rte_mbuf* m) {
+                if (len != 64) {
+                    m->data_len = len;
+                    m->pkt_len = len;
+                }
                 ring.write(rte_pktmbuf_mtod(m, uint8_t*));
                 return true;
             });
@@ -496,7 +577,8 @@ int main(int argc, char** argv) {
     // As the worker does it: write the burst's frames (`write`, the generator's part), then
     // the L4 stages over the burst (lb_burst_parse, lb_burst_run), then transmit; `tx`
     // counts the frames sent.
-    auto stages_run = [&](LbContext& c, double seconds, auto&& write, uint64_t& tx) {
+    auto stages_run = [&](LbContext& c, double seconds, auto&& write, uint64_t& tx,
+                          uint16_t len = 64) {
         return run_loop(
             port, seconds,
             [&](rte_mbuf* m) {
@@ -507,6 +589,10 @@ int main(int argc, char** argv) {
             [&](rte_mbuf** b, uint16_t n) {
                 const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
                 for (uint16_t i = 0; i < n; ++i) {
+                    if (len != 64) {
+                        b[i]->data_len = len;
+                        b[i]->pkt_len = len;
+                    }
                     write(rte_pktmbuf_mtod(b[i], uint8_t*));
                 }
                 est_run->run(c, table, b, n, now);
@@ -568,6 +654,40 @@ int main(int argc, char** argv) {
         dsr_run(81, dsr4_overhead(ir::FwdMode::DsrIpip), "dsr", tx_dsr, dsr_established);
     const auto [gue_tmpl, gue_est] =
         dsr_run(82, dsr4_overhead(ir::FwdMode::DsrGue), "gue", tx_gue, gue_established);
+    // Established IPv6 flows, full-NAT (fd00:2::<f> -> fd00::100:80, 74-byte frames), on a
+    // context of their own with 16 IPv6 SNAT addresses, warmed up (SYN, ACK) like the
+    // IPv4 ones; beside the same frames' "io + packet write".
+    uint64_t tx_v6 = 0;
+    uint32_t v6_established = 0;
+    auto v6_ct = std::move(*ConnTrack::create(cc));
+    auto v6_ports = std::make_unique<SnatPorts>();
+    LbContext v6ctx;
+    init_like_ctx(v6ctx, v6_ct.get(), v6_ports.get());
+    for (int i = 0; i < static_cast<int>(kMaxSnat); ++i) {
+        v6ctx.snat[i].first = 6;
+        v6ctx.snat[i].second = Addr{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                    static_cast<uint8_t>(64 + i)};
+    }
+    v6ctx.index_snat();
+    for (int i = 0; i < 8; ++i) {
+        nb->learn(6, Addr{0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, static_cast<uint8_t>(i + 1)},
+                  Mac{0x02, 0, 0, 0, 6, static_cast<uint8_t>(i)});
+    }
+    for (uint32_t f = 0; f < max_flows; ++f) {
+        const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
+        for (const uint8_t flags : {uint8_t{0x02}, uint8_t{0x10}}) {
+            std::vector<uint8_t> p = client_packet6(f, flags);
+            p.resize(128);
+            uint32_t len = kV6Len;
+            const bool sent = lb_process(v6ctx, table, p, len, now) == LbAction::Tx;
+            v6_established += flags == 0x10 && sent ? 1 : 0;
+        }
+    }
+    auto v6_gen = std::make_unique<FrameRing<AckMaker6, kV6Len>>(max_flows, AckMaker6(max_flows));
+    const auto [v6_tmpl, v6_est] =
+        interleaved(secs("v6"), write_loop(*v6_gen, kV6Len), [&](double sec) {
+            return stages_run(v6ctx, sec, [&](uint8_t* d) { v6_gen->write(d); }, tx_v6, kV6Len);
+        });
     // New flows: every SYN a 5-tuple never seen before (65,536 client addresses x 64,000
     // source ports), through the worker's stages like the established run, on a conntrack
     // of the dataplane's 1M-flow size and default half-open budget (an eighth). "tracked":
@@ -701,6 +821,7 @@ int main(int argc, char** argv) {
     };
     dsr_line("sluice est. DSR", "IP-in-IP", dsr_est, tx_dsr, dsr_established);
     dsr_line("sluice est. DSR GUE", "GUE", gue_est, tx_gue, gue_established);
+    dsr_line("sluice est. IPv6", "full-NAT, 74-byte frames", v6_est, tx_v6, v6_established);
     auto syn_line = [&](const char* what, const LoopResult& r) {
         std::printf("  %-20s %7.2f Mpps  %6.1f cycles/pkt   = %.2f of io-forward\n", what, r.mpps,
                     r.cycles_per_pkt, r.mpps / io.mpps);
@@ -729,9 +850,11 @@ int main(int argc, char** argv) {
     const double own_ret = ret.cycles_per_pkt - ret_tmpl.cycles_per_pkt;
     const double own_dsr = dsr_est.cycles_per_pkt - dsr_tmpl.cycles_per_pkt;
     const double own_gue = gue_est.cycles_per_pkt - gue_tmpl.cycles_per_pkt;
+    const double own_v6 = v6_est.cycles_per_pkt - v6_tmpl.cycles_per_pkt;
     std::printf("  own work per established packet: %.1f cycles (goal <= 100), per DSR packet "
                 "%.1f (GUE %.1f), per return packet %.1f; memory per flow: %zu bytes (goal <= 64)\n",
                 own, own_dsr, own_gue, own_ret, sizeof(ConnEntry));
+    std::printf("  own work per established IPv6 packet (full-NAT): %.1f cycles\n", own_v6);
     if (!a.out.empty()) {
         FILE* f = std::fopen(a.out.c_str(), "w");
         if (f) {
@@ -751,7 +874,8 @@ int main(int argc, char** argv) {
                          "\"syn_mpps_max\":%.3f,\"syn_dsr_mpps_min\":%.3f,"
                          "\"syn_dsr_mpps_max\":%.3f,\"syn_reps\":%d,"
                          "\"dsr_gue_established_mpps\":%.3f,\"dsr_gue_established_cycles\":%.1f,"
-                         "\"dsr_gue_own_cycles\":%.1f}\n",
+                         "\"dsr_gue_own_cycles\":%.1f,\"v6_established_mpps\":%.3f,"
+                         "\"v6_established_cycles\":%.1f,\"v6_own_cycles\":%.1f}\n",
                          max_flows, hugepages ? "true" : "false", io.mpps, io.cycles_per_pkt,
                          tmpl.mpps, est.mpps,
                          est.cycles_per_pkt, own, syn.tracked.mpps, syn.flood.mpps,
@@ -761,7 +885,7 @@ int main(int argc, char** argv) {
                          own_ret, dsr_est.mpps, dsr_est.cycles_per_pkt, own_dsr,
                          syn.tracked_min, syn.tracked_max, syn_dsr.tracked_min,
                          syn_dsr.tracked_max, kSynReps, gue_est.mpps, gue_est.cycles_per_pkt,
-                         own_gue);
+                         own_gue, v6_est.mpps, v6_est.cycles_per_pkt, own_v6);
             std::fclose(f);
         }
     }
