@@ -280,13 +280,24 @@ inline void store_be32(uint8_t* p, uint32_t v) noexcept {
     acc = csum_diff16(acc, static_cast<uint16_t>(old_v >> 16), static_cast<uint16_t>(new_v >> 16));
     return csum_diff16(acc, static_cast<uint16_t>(old_v), static_cast<uint16_t>(new_v));
 }
-/// Same for an even-length byte field (an IPv6 address: len 16).
+/// Same for an even-length byte field (an IPv6 address: len 16). Summed as 32-bit words
+/// in a 64-bit accumulator and folded once (the one's-complement sum of the 16-bit words,
+/// as csum_add() takes it): an IPv6 NAT's two addresses in ~25 instructions, not ~100
+/// (a fold per word). The same residue as the word-by-word sum; where that sum is zero it
+/// may come out as 0xFFFF instead of 0 (both are zero in one's complement).
 [[nodiscard]] inline uint32_t csum_diff_bytes(uint32_t acc, const uint8_t* old_b,
                                               const uint8_t* new_b, size_t len) noexcept {
-    for (size_t i = 0; i + 2 <= len; i += 2) {
-        acc = csum_diff16(acc, load_be16(old_b + i), load_be16(new_b + i));
+    uint64_t s = acc;
+    size_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        s += uint64_t{static_cast<uint32_t>(~load_be32(old_b + i))} + load_be32(new_b + i);
     }
-    return acc;
+    for (; i + 2 <= len; i += 2) {
+        s += uint64_t{static_cast<uint16_t>(~load_be16(old_b + i))} + load_be16(new_b + i);
+    }
+    s = (s & 0xFFFFFFFF) + (s >> 32);
+    s = (s & 0xFFFFFFFF) + (s >> 32);
+    return csum_fold(static_cast<uint32_t>(s));
 }
 /// Applies an accumulated difference to a checksum field value.
 [[nodiscard]] constexpr uint16_t csum_apply(uint16_t hc, uint32_t diff) noexcept {

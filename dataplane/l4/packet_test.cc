@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <memory>
+#include <array>
 #include <random>
 #include <set>
 #include <string>
@@ -648,6 +649,30 @@ TEST(PacketChecksum, FullAndIncremental) {
         }
         sluice::test::set16(b, 0, c);
         EXPECT_EQ(ref_sum(b.data(), len), 0xFFFFu) << "len " << len;
+    }
+}
+
+// csum_diff_bytes() sums words of 32 bits and folds once; its result is the word-by-word
+// RFC 1624 accumulation's (one fold per 16-bit word) in one's complement: the same value,
+// or 0xFFFF where that is 0 (both zero), for every length it is used with.
+TEST(Checksum, DiffOfByteFieldsEqualsTheWordByWordSum) {
+    std::mt19937 rng(1624);
+    auto mod = [](uint32_t v) { return v % 0xFFFFu; }; // 0 and 0xFFFF: one residue
+    for (int i = 0; i < 200'000; ++i) {
+        const size_t len = std::array<size_t, 4>{2, 4, 6, 16}[static_cast<size_t>(i) % 4];
+        uint8_t a[16], b[16];
+        for (size_t k = 0; k < len; ++k) {
+            a[k] = static_cast<uint8_t>(rng());
+            b[k] = i % 7 == 0 ? a[k] : static_cast<uint8_t>(rng()); // some fields unchanged
+        }
+        const auto acc = static_cast<uint32_t>(rng() & 0xFFFF);
+        uint32_t ref = acc;
+        for (size_t k = 0; k + 2 <= len; k += 2) {
+            ref = csum_diff16(ref, load_be16(a + k), load_be16(b + k));
+        }
+        const uint32_t got = csum_diff_bytes(acc, a, b, len);
+        ASSERT_LE(got, 0xFFFFu);
+        ASSERT_EQ(mod(got), mod(ref)) << "len " << len << " case " << i;
     }
 }
 
