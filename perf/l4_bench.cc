@@ -42,13 +42,29 @@ struct Args {
     std::string out = "";
 };
 
-std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
-    // Ethernet + IPv4 + TCP, 64 bytes, client 10.(flow) -> VIP 10.0.0.100:80.
-    std::vector<uint8_t> f(64, 0);
+/// A client frame of `len` bytes: our MAC <- the client's, `ethertype`, and at `l4` a TCP
+/// header from port 1024 + flow % 60000 to port 80 with `flags`; the IP header is the
+/// caller's.
+std::vector<uint8_t> client_frame(uint32_t len, uint16_t ethertype, uint32_t l4, uint32_t flow,
+                                  uint8_t flags) {
+    std::vector<uint8_t> f(len, 0);
     const uint8_t ours[6] = {0x02, 0, 0, 0, 0, 0x02}, cli[6] = {0x02, 0, 0, 0, 0, 0x01};
     std::memcpy(f.data(), ours, 6);
     std::memcpy(f.data() + 6, cli, 6);
-    f[12] = 0x08;
+    f[12] = static_cast<uint8_t>(ethertype >> 8);
+    f[13] = static_cast<uint8_t>(ethertype);
+    uint8_t* tcp = f.data() + l4;
+    tcp[0] = static_cast<uint8_t>((1024 + flow % 60000) >> 8);
+    tcp[1] = static_cast<uint8_t>(1024 + (flow % 60000));
+    tcp[3] = 80;
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    return f;
+}
+
+std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
+    // Ethernet + IPv4 + TCP, 64 bytes, client 10.(flow) -> VIP 10.0.0.100:80.
+    std::vector<uint8_t> f = client_frame(64, 0x0800, 14 + 20, flow, flags);
     uint8_t* ip = f.data() + 14;
     ip[0] = 0x45;
     ip[3] = 40;
@@ -68,12 +84,6 @@ std::vector<uint8_t> client_packet(uint32_t flow, uint8_t flags) {
     sum = (sum & 0xFFFF) + (sum >> 16);
     ip[10] = static_cast<uint8_t>(~sum >> 8);
     ip[11] = static_cast<uint8_t>(~sum);
-    uint8_t* tcp = ip + 20;
-    tcp[0] = static_cast<uint8_t>((1024 + flow % 60000) >> 8);
-    tcp[1] = static_cast<uint8_t>(1024 + (flow % 60000));
-    tcp[3] = 80;
-    tcp[12] = 0x50;
-    tcp[13] = flags;
     return f;
 }
 
@@ -82,12 +92,7 @@ constexpr uint32_t kV6Len = 74;
 
 /// Flow f's frame over IPv6: client fd00:2::<f> -> VIP fd00::100:80, TCP `flags`.
 std::vector<uint8_t> client_packet6(uint32_t flow, uint8_t flags) {
-    std::vector<uint8_t> f(kV6Len, 0);
-    const uint8_t ours[6] = {0x02, 0, 0, 0, 0, 0x02}, cli[6] = {0x02, 0, 0, 0, 0, 0x01};
-    std::memcpy(f.data(), ours, 6);
-    std::memcpy(f.data() + 6, cli, 6);
-    f[12] = 0x86;
-    f[13] = 0xDD;
+    std::vector<uint8_t> f = client_frame(kV6Len, 0x86DD, 14 + 40, flow, flags);
     uint8_t* ip = f.data() + 14;
     ip[0] = 0x60;
     ip[5] = 20; // payload: the TCP header
@@ -101,12 +106,6 @@ std::vector<uint8_t> client_packet6(uint32_t flow, uint8_t flags) {
     ip[23] = static_cast<uint8_t>(flow);
     ip[24] = 0xfd;
     ip[38] = 0x01; // fd00::100
-    uint8_t* tcp = ip + 40;
-    tcp[0] = static_cast<uint8_t>((1024 + flow % 60000) >> 8);
-    tcp[1] = static_cast<uint8_t>(1024 + (flow % 60000));
-    tcp[3] = 80;
-    tcp[12] = 0x50;
-    tcp[13] = flags;
     return f;
 }
 
@@ -283,16 +282,20 @@ ir::Ir bench_ir() {
     ir::Listener l;
     l.port = 80;
     l.protocol = ir::Protocol::TCP;
-    ir::Rule r;
-    for (int i = 0; i < 8; ++i) {
-        ir::BackendGroup g;
-        g.ns = "bench";
-        g.name = "b" + std::to_string(i);
-        g.endpoints.push_back({"10.0.1." + std::to_string(i + 1), 8080, true, true, false, g.name});
-        ir.groups.push_back(g);
-        r.backends.push_back({static_cast<uint32_t>(i), 1, 0, "", ir::kNone});
-    }
-    ir.rules.push_back(r);
+    // A rule over eight backends, `prefix` + 1..8 port 8080, each its own group.
+    auto add_rule = [&ir](const std::string& name, const std::string& prefix) {
+        ir::Rule r;
+        for (int i = 0; i < 8; ++i) {
+            ir::BackendGroup g;
+            g.ns = "bench";
+            g.name = name + std::to_string(i);
+            g.endpoints.push_back({prefix + std::to_string(i + 1), 8080, true, true, false, g.name});
+            r.backends.push_back({static_cast<uint32_t>(ir.groups.size()), 1, 0, "", ir::kNone});
+            ir.groups.push_back(g);
+        }
+        ir.rules.push_back(r);
+    };
+    add_rule("b", "10.0.1.");
     l.l4_rule = 0;
     ir.listeners.push_back(l);
     ir::Listener dsr = l; // :81, the same backends by DSR (IP-in-IP): the SYN run's second VIP
@@ -305,16 +308,7 @@ ir::Ir bench_ir() {
     ir.listeners.push_back(gue);
     ir.gateways.push_back({"bench", "gw", {"10.0.0.100"}, {0, 1, 2}, {}});
     // The IPv6 row: VIP fd00::100:80, full-NAT, eight IPv6 backends.
-    ir::Rule r6;
-    for (int i = 0; i < 8; ++i) {
-        ir::BackendGroup g;
-        g.ns = "bench";
-        g.name = "b6-" + std::to_string(i);
-        g.endpoints.push_back({"fd00:1::" + std::to_string(i + 1), 8080, true, true, false, g.name});
-        ir.groups.push_back(g);
-        r6.backends.push_back({static_cast<uint32_t>(8 + i), 1, 0, "", ir::kNone});
-    }
-    ir.rules.push_back(r6);
+    add_rule("b6-", "fd00:1::");
     ir::Listener l6 = l;
     l6.l4_rule = 1;
     ir.listeners.push_back(l6);
