@@ -365,6 +365,15 @@ LoopResult run_loop(uint16_t port, double seconds, F&& per_packet, P&& pre_burst
     return r;
 }
 
+/// Gives a received mbuf the length of the frame about to be written into it (net_null
+/// hands over 64-byte ones; the IPv6 row writes 74).
+void set_frame_len(rte_mbuf* m, uint16_t len) noexcept {
+    if (len != 64) {
+        m->data_len = len;
+        m->pkt_len = len;
+    }
+}
+
 /// A run and its baseline (each: seconds -> LoopResult) in alternating 100 ms slices,
 /// `seconds` each in all, their figures the sums of their slices: a change in the host's
 /// speed during the invocation (this VM's neighbours) moves both alike, so their difference,
@@ -553,14 +562,11 @@ int main(int argc, char** argv) {
     auto gen = std::make_unique<FrameRing<AckMaker>>(max_flows, AckMaker(max_flows));
     auto write_ack = [&](uint8_t* d) { gen->write(d); };
     // "io + packet write": the generator's part of the runs below, each beside its own.
-    // `len`: the frames' length, set in each mbuf (net_null hands over 64-byte ones).
+    // `len`: the frames' length (set_frame_len()).
     auto write_loop = [&](auto& ring, uint16_t len = 64) {
         return [&, len](double seconds) {
             return run_loop(port, seconds, [&, len](rte_mbuf* m) {
-                if (len != 64) {
-                    m->data_len = len;
-                    m->pkt_len = len;
-                }
+                set_frame_len(m, len);
                 ring.write(rte_pktmbuf_mtod(m, uint8_t*));
                 return true;
             });
@@ -583,10 +589,7 @@ int main(int argc, char** argv) {
             [&](rte_mbuf** b, uint16_t n) {
                 const auto now = static_cast<uint32_t>(rte_get_tsc_cycles() / hz_ms);
                 for (uint16_t i = 0; i < n; ++i) {
-                    if (len != 64) {
-                        b[i]->data_len = len;
-                        b[i]->pkt_len = len;
-                    }
+                    set_frame_len(b[i], len);
                     write(rte_pktmbuf_mtod(b[i], uint8_t*));
                 }
                 est_run->run(c, table, b, n, now);

@@ -74,14 +74,12 @@ ConnEntry* table_alloc(size_t bytes, int socket) noexcept {
             p = reinterpret_cast<void*>(aligned);
             (void)::madvise(p, len, MADV_HUGEPAGE); // best effort: 4 KiB pages still work
         }
+        prefer_node(p, len, socket); // (before the memset below touches the pages)
     } else {
         p = ::operator new (bytes, std::align_val_t{kPage}, std::nothrow);
         if (p == nullptr) {
             return nullptr;
         }
-    }
-    if (bytes >= kHugePage) {
-        prefer_node(p, mapped_bytes(bytes), socket);
     }
     // Zero = every signature free. Also faults every page in now, not on the hot path.
     std::memset(p, 0, bytes);

@@ -18,9 +18,10 @@
 /// insert returns Full and the caller forwards statelessly (Maglev). The share of new
 /// flows refused as Full grows with the load: a handful of 1M flows in 2^21 slots, 0.28%
 /// of those offered up to 75% load, 4.2% of 1M offered to 2^20 slots (which then hold
-/// 91%) (measured; conntrack_test), so size `capacity` at ~1.3x the flows to track. Half-open TCP flows (SYN seen, not yet
-/// ACKed) have a short timeout and their own budget, so a SYN flood fills at most
-/// `half_open_max` slots and cannot push out established flows.
+/// 91%) (measured; conntrack_test), so size `capacity` at ~1.3x the flows to track.
+/// Half-open TCP flows (SYN seen, not yet ACKed) have a short timeout and their own
+/// budget, so a SYN flood fills at most `half_open_max` slots and cannot push out
+/// established flows.
 ///
 /// Time is a caller-supplied uint32 millisecond tick; ages are signed 32-bit differences,
 /// so the tick may wrap. An entry counts toward `entries`/`half_open` until it is reclaimed
@@ -294,9 +295,9 @@ public:
     /// buffer until the page walk ends, so among the parse's ~60 instructions per frame
     /// only a few are in flight at once; in a loop of a few instructions per line all of
     /// the burst's are (docs/adr/0015, thirteenth-session addendum). Thread: worker (owner).
-    static constexpr uint32_t kProbeLines = 2 * (kConnBucketSlots / 4);
+    static constexpr uint32_t kProbeLines = 2 * kConnSigLines;
     [[gnu::always_inline]] uint32_t probe_lines(const Probe& p, const void** out) const noexcept {
-        for (uint32_t i = 0; i < kConnBucketSlots / 4; ++i) {
+        for (uint32_t i = 0; i < kConnSigLines; ++i) {
             out[2 * i] = &slot(p.b1, i);
             out[2 * i + 1] = &slot(p.b2, i);
         }
@@ -455,6 +456,10 @@ private:
     [[gnu::always_inline]] ConnEntry* free_slot(const Probe& p) const noexcept;
     [[gnu::always_inline]] ConnEntry* find(uint32_t bucket, uint32_t candidates,
                                            const conntrack_detail::KeyWords& key) const noexcept;
+    /// The slot holding `key` (live or expired) in the buckets of `p`: the first, the
+    /// second, and the third only behind a first bucket's overflow count; or nullptr.
+    [[gnu::always_inline]] ConnEntry* find_key(const Probe& p,
+                                               const conntrack_detail::KeyWords& key) const noexcept;
     /// The slot holding `key` in its third bucket (looked at only when its first bucket
     /// overflowed), or nullptr.
     ConnEntry* find_third(const Probe& p, const conntrack_detail::KeyWords& key) const noexcept;

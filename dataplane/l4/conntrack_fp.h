@@ -236,9 +236,9 @@ inline void ConnTrack::prefetch(uint64_t hash) const noexcept {
 }
 
 inline void ConnTrack::prefetch(const Probe& p) const noexcept {
-    for (uint32_t i = 0; i < kConnSigLines; ++i) {
-        prefetch_read(&slot(p.b1, i));
-        prefetch_read(&slot(p.b2, i));
+    const void* lines[kProbeLines];
+    for (uint32_t i = 0, n = probe_lines(p, lines); i < n; ++i) {
+        prefetch_read(lines[i]);
     }
 }
 
@@ -314,8 +314,8 @@ inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, uint6
     return lookup(key, static_cast<const Probe&>(p), now);
 }
 
-inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, const Probe& p,
-                                    uint32_t now) noexcept {
+inline ConnEntry* ConnTrack::find_key(const Probe& p,
+                                      const conntrack_detail::KeyWords& key) const noexcept {
     ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
     if (e == nullptr) {
         e = find(p.b2, sig_match(p.b2, p.sig), key);
@@ -323,7 +323,12 @@ inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, const
             e = find_third(p, key);
         }
     }
-    return live_or_reclaim(e, now);
+    return e;
+}
+
+inline ConnEntry* ConnTrack::lookup(const conntrack_detail::KeyWords& key, const Probe& p,
+                                    uint32_t now) noexcept {
+    return live_or_reclaim(find_key(p, key), now);
 }
 
 inline ConnEntry* ConnTrack::lookup_hinted(const conntrack_detail::KeyWords& key, uint64_t hash,
@@ -400,14 +405,7 @@ inline InsertResult ConnTrack::insert(const conntrack_detail::KeyWords& key, uin
     // An existing entry for the key: report it if live; reclaim it if expired, so the key
     // never occupies two slots.
     if (!known_absent) {
-        ConnEntry* e = find(p.b1, sig_match(p.b1, p.sig), key);
-        if (e == nullptr) {
-            e = find(p.b2, sig_match(p.b2, p.sig), key);
-        }
-        if (e == nullptr && overflowed(p.b1)) {
-            e = find_third(p, key);
-        }
-        if (e != nullptr && live_or_reclaim(e, now) != nullptr) {
+        if (ConnEntry* e = find_key(p, key); e != nullptr && live_or_reclaim(e, now) != nullptr) {
             return {InsertStatus::Exists, e};
         }
     }
